@@ -1,0 +1,23 @@
+# Two entry points, both self-contained on a fresh machine (see README):
+#   make quickstart   - create .venv, install orchestrate, run examples/quickstart
+#   make test         - create .venv, install orchestrate with test extras, run the suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+$(BIN)/orchestrate: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+.PHONY: install quickstart test bench
+install: $(BIN)/orchestrate
+
+quickstart: install
+	cd examples/quickstart && ../../$(BIN)/orchestrate run plan
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/fanout.py

@@ -1,0 +1,212 @@
+"""Executor: one actor per adapter; runs attempts without ever blocking its mailbox.
+
+Processes are started here and watched by the shared :class:`ProcessReactor`, which tells
+this actor a :class:`ProcessExited` when one ends. The executor then runs the task's
+acceptance checks (state VALIDATING) one after another and reports the outcome to the
+Scheduler. Exit codes are facts, not verdicts: the outcome is decided here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from actors.base import SupervisedActor
+from actors.directory import SCHEDULER, Directory
+from adapters.process import ProcessReactor, ProcessResult, ProcessSpec
+from adapters.tools import ToolAdapter, acceptance_spec
+from domain.errors import ErrorClass
+from domain.states import TaskState
+from messages import ExecuteTask, TaskFinished, TaskStarted, TaskValidating
+from messages.executor import ProcessExited
+from persistence.clock import utc_now_iso
+
+log = structlog.get_logger("orchestrate.executor")
+
+GATE_OUTPUT_LIMIT = 4000
+
+
+@dataclass(slots=True)
+class _InFlight:
+    request: ExecuteTask
+    started: float
+    tool_result: ProcessResult | None = None
+    gate_logs: list[str] = field(default_factory=list)
+
+
+def _tail(path: str, limit: int = GATE_OUTPUT_LIMIT) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class ExecutorActor(SupervisedActor):
+    def __init__(
+        self, name: str, directory: Directory, adapter_name: str, adapter: ToolAdapter, reactor: ProcessReactor
+    ) -> None:
+        super().__init__(name, directory)
+        self.adapter_name = adapter_name
+        self.adapter = adapter
+        self.reactor = reactor
+        self.in_flight: dict[tuple[str, str, int], _InFlight] = {}
+
+    def on_receive(self, message: object) -> None:
+        if isinstance(message, ExecuteTask):
+            self._start(message)
+        elif isinstance(message, ProcessExited):
+            self._exited(message)
+
+    # -- the tool --------------------------------------------------------------------------
+    def _start(self, request: ExecuteTask) -> None:
+        key = (request.run_id, request.task.key, request.attempt)
+        Path(request.log_path).parent.mkdir(parents=True, exist_ok=True)
+        self.in_flight[key] = _InFlight(request=request, started=time.monotonic())
+        spec = self.adapter.process_spec(request.task, request.log_path)
+        pid, create_time = self._spawn(spec, request, "tool")
+        self.directory.tell(
+            SCHEDULER,
+            TaskStarted(
+                run_id=request.run_id,
+                task_key=request.task.key,
+                attempt=request.attempt,
+                adapter=self.adapter_name,
+                started_at=utc_now_iso(),
+                pid=pid if pid > 0 else None,
+                pid_create_time=create_time if pid > 0 else None,
+                log_path=request.log_path,
+            ),
+        )
+
+    def _spawn(self, spec: ProcessSpec, request: ExecuteTask, phase: str, check_index: int = -1) -> tuple[int, float]:
+        me = self.actor_ref
+
+        def on_exit(result: ProcessResult) -> None:
+            me.tell(
+                ProcessExited(
+                    run_id=request.run_id,
+                    task_key=request.task.key,
+                    attempt=request.attempt,
+                    phase=phase,
+                    result=result,
+                    check_index=check_index,
+                )
+            )
+
+        return self.reactor.spawn(spec, on_exit)
+
+    def _exited(self, message: ProcessExited) -> None:
+        key = (message.run_id, message.task_key, message.attempt)
+        flight = self.in_flight.get(key)
+        if flight is None:
+            return
+        result = message.result
+        if message.phase == "tool":
+            flight.tool_result = result
+            failure = _tool_failure(result)
+            if failure is not None:
+                self._finish(key, flight, *failure)
+                return
+            if not flight.request.task.acceptance:
+                self._finish(key, flight, TaskState.COMPLETED, "", "")
+                return
+            self.directory.tell(
+                SCHEDULER,
+                TaskValidating(message.run_id, message.task_key, message.attempt, utc_now_iso()),
+            )
+            self._run_check(flight, 0)
+            return
+        gate_log = flight.gate_logs[message.check_index]
+        check = flight.request.task.acceptance[message.check_index]
+        if result.outcome == "exited" and result.exit_code == 0:
+            if message.check_index + 1 < len(flight.request.task.acceptance):
+                self._run_check(flight, message.check_index + 1)
+            else:
+                self._finish(key, flight, TaskState.COMPLETED, "", "")
+            return
+        state = TaskState.TIMEOUT if result.outcome == "timeout" else TaskState.FAILED
+        detail = _describe(result)
+        self._finish(
+            key,
+            flight,
+            state,
+            ErrorClass.TIMEOUT if state is TaskState.TIMEOUT else ErrorClass.GATE,
+            f"acceptance check {check.name or check.command!r} failed: {detail}",
+            gate_output=_tail(gate_log),
+        )
+
+    def _run_check(self, flight: _InFlight, index: int) -> None:
+        request = flight.request
+        log_path = str(Path(request.log_path).with_suffix(f".check{index + 1}.log"))
+        flight.gate_logs.append(log_path)
+        check = request.task.acceptance[index]
+        self._spawn(acceptance_spec(request.task, check, log_path), request, "check", index)
+
+    def _finish(
+        self,
+        key: tuple[str, str, int],
+        flight: _InFlight,
+        state: TaskState,
+        error_class: str,
+        message: str,
+        gate_output: str = "",
+    ) -> None:
+        del self.in_flight[key]
+        tool = flight.tool_result
+        self.directory.tell(
+            SCHEDULER,
+            TaskFinished(
+                run_id=key[0],
+                task_key=key[1],
+                attempt=key[2],
+                adapter=self.adapter_name,
+                outcome=state.value,
+                at=utc_now_iso(),
+                exit_code=tool.exit_code if tool else None,
+                duration_s=round(time.monotonic() - flight.started, 6),
+                max_rss_bytes=tool.max_rss_bytes if tool else None,
+                cpu_s=tool.cpu_s if tool else None,
+                error_class=str(error_class),
+                message=message,
+                gate_output=gate_output,
+            ),
+        )
+
+
+def _describe(result: ProcessResult) -> str:
+    if result.outcome == "spawn_error":
+        return f"could not start: {result.error}"
+    if result.outcome == "timeout":
+        return f"timed out after {result.duration_s:.1f}s; process tree killed"
+    if result.outcome == "resource_limit":
+        return f"memory limit exceeded (peak RSS {result.max_rss_bytes // (1024 * 1024)} MiB); process tree killed"
+    if result.outcome == "cancelled":
+        return "cancelled; process tree killed"
+    if result.signal is not None:
+        return f"killed by signal {result.signal}"
+    return f"exit code {result.exit_code}"
+
+
+def _tool_failure(result: ProcessResult) -> tuple[TaskState, str, str] | None:
+    """The task state, error class and message for a tool process that did not succeed."""
+    if result.outcome == "exited" and result.exit_code == 0:
+        return None
+    detail = _describe(result)
+    if result.outcome == "timeout":
+        return TaskState.TIMEOUT, ErrorClass.TIMEOUT, detail
+    if result.outcome == "resource_limit":
+        return TaskState.FAILED, ErrorClass.RESOURCE_LIMIT, detail
+    if result.outcome == "cancelled":
+        return TaskState.CANCELLED, ErrorClass.CANCELLED, detail
+    if result.outcome == "spawn_error":
+        return TaskState.FAILED, ErrorClass.BAD_INPUT, detail
+    if result.signal is not None:
+        return TaskState.FAILED, ErrorClass.CRASH, detail
+    return TaskState.FAILED, ErrorClass.TOOL_ERROR, detail

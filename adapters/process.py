@@ -1,0 +1,606 @@
+"""Process supervision for executor actors: start tools, watch them, end whole process trees.
+
+One :class:`ProcessReactor` thread watches every running tool through Linux pidfds, so the actor
+that started a process never blocks its mailbox on it. Each process runs in its own session and
+process group; when it times out, exceeds its memory limit, is cancelled, or simply exits, every
+process left in its tree is killed before the caller is told (:func:`kill_tree`).
+
+A process is identified by ``(pid, create_time)`` (``create_time`` as :mod:`psutil` reports it),
+never by pid alone: pids are reused, and quickly (``pid_max`` can be as low as 32768).
+
+Linux only (``os.pidfd_open``, ``signal.pidfd_send_signal``, ``/proc``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import resource
+import select
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import psutil
+import structlog
+
+log = structlog.get_logger("orchestrate.process")
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# After SIGKILL only uninterruptible sleep (D state) delays death; don't wait for that forever.
+_KILL_WAIT_S = 5.0
+# Looking for a finished process's leftovers takes a /proc scan (~0.2 ms for 70 processes).
+# Under a burst of short processes, batch the scans: at most one per this interval.
+_SWEEP_INTERVAL_S = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """What to run. ``env`` is the complete environment (see :func:`environment_for`)."""
+
+    argv: tuple[str, ...]
+    cwd: str
+    env: tuple[tuple[str, str], ...]
+    log_path: str  # stdout+stderr appended here; parent directories are created
+    timeout_s: float | None = None
+    memory_limit_mb: float | None = None  # summed RSS of the whole tree
+    grace_s: float = 2.0  # SIGTERM, wait this long, then SIGKILL
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessResult:
+    """How a process ended.
+
+    ``outcome`` is one of ``exited`` (on its own; see ``exit_code``/``signal``), ``timeout``,
+    ``resource_limit``, ``cancelled`` (all three: the tree was killed by us) or ``spawn_error``
+    (never started: ``pid`` is -1 and ``error`` says why). Otherwise exactly one of ``exit_code``
+    and ``signal`` is set (both None only if something else in this process reaped the child).
+    """
+
+    pid: int
+    create_time: float
+    exit_code: int | None
+    signal: int | None
+    outcome: str
+    duration_s: float
+    max_rss_bytes: int  # peak sampled tree RSS, at least the reaped tree's ru_maxrss
+    cpu_s: float  # user+sys of the process and the descendants it reaped
+    error: str = ""
+
+
+OnExit = Callable[[ProcessResult], None]
+
+
+def environment_for(
+    env_pairs: Iterable[tuple[str, str]], extra: Mapping[str, str] | None = None
+) -> tuple[tuple[str, str], ...]:
+    """The full environment for a task: ``os.environ``, ``PYTHONUNBUFFERED=1``, the task's
+    pairs, then ``extra``; later entries win, so a task may override the unbuffered default."""
+    env = dict(os.environ)
+    # Python children block-buffer stdout when it is not a tty; logs should arrive as written.
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(env_pairs)
+    env.update(extra or {})
+    return tuple(env.items())
+
+
+# -- /proc -------------------------------------------------------------------------------------
+
+
+class _Stat(NamedTuple):
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    create_time: float
+
+
+def _read_stat(pid: int, boot_time: float) -> _Stat | None:
+    """``pid``'s line of ``/proc/<pid>/stat``, or None if it is gone (zombies are still there)."""
+    # os.open/os.read rather than open(): this runs for every process on every scan.
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:  # ESRCH: it was reaped between open and read
+        return None
+    finally:
+        os.close(fd)
+    # The command name is parenthesised and may itself contain ") ": split after the last one.
+    fields = data[data.rfind(b")") + 2 :].split()
+    # Same arithmetic as psutil's create_time(), so the floats compare equal.
+    return _Stat(pid, int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]) / _CLOCK_TICKS + boot_time)
+
+
+class _ProcTable:
+    """One pass over /proc: every process with its parent, process group and session."""
+
+    def __init__(self) -> None:
+        boot_time = psutil.boot_time()
+        self.stats: dict[int, _Stat] = {}
+        self.children: defaultdict[int, list[_Stat]] = defaultdict(list)
+        self.by_group_or_session: defaultdict[int, list[_Stat]] = defaultdict(list)
+        for name in os.listdir("/proc"):
+            if name.isdigit() and (stat := _read_stat(int(name), boot_time)) is not None:
+                self.stats[stat.pid] = stat
+                self.children[stat.ppid].append(stat)
+                self.by_group_or_session[stat.pgid].append(stat)
+                if stat.sid != stat.pgid:
+                    self.by_group_or_session[stat.sid].append(stat)
+
+    def tree(self, pid: int, create_time: float, known: Iterable[tuple[int, float]] = ()) -> list[_Stat]:
+        """The process ``(pid, create_time)`` (root first, if alive), every process in the group or
+        session named by ``pid``, the ``known`` identities still alive, and all their descendants.
+
+        The group and session members count even when the root is gone: while any process is in
+        group or session N, the kernel does not hand out N as a new pid, so they can only be the
+        root's. If pid N now names a different process, the root's group is empty and only
+        ``known`` (e.g. escapees that called setsid, seen while their parent lived) remain."""
+        seeds = [stat for p, ct in known if (stat := self.stats.get(p)) is not None and stat.create_time == ct]
+        root = self.stats.get(pid)
+        if root is None or root.create_time == create_time:
+            seeds[:0] = ([root] if root else []) + self.by_group_or_session.get(pid, [])
+        found: dict[int, _Stat] = {}
+        queue = deque(seeds)
+        while queue:
+            stat = queue.popleft()
+            if stat.pid not in found and stat.pid != os.getpid():
+                found[stat.pid] = stat
+                queue.extend(self.children.get(stat.pid, ()))
+        return list(found.values())
+
+
+# -- killing -----------------------------------------------------------------------------------
+
+
+def _exited(pidfd: int) -> bool:
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _pin(targets: Iterable[_Stat]) -> dict[int, _Stat]:
+    """pidfds for the targets that still have the same identity. A pidfd keeps naming its
+    process even if the pid is reused afterwards, so signals sent through it cannot go astray."""
+    boot_time = psutil.boot_time()
+    pinned: dict[int, _Stat] = {}
+    try:
+        for target in targets:
+            try:
+                pidfd = os.pidfd_open(target.pid)
+            except ProcessLookupError:
+                continue
+            now = _read_stat(target.pid, boot_time)
+            if now is None or now.create_time != target.create_time:
+                os.close(pidfd)  # the pid was reused between the snapshot and pidfd_open
+            else:
+                pinned[pidfd] = target
+    except BaseException:
+        for pidfd in pinned:
+            os.close(pidfd)
+        raise
+    return pinned
+
+
+def _signal(pinned: Mapping[int, _Stat], group: int, signum: int) -> list[int]:
+    """Send ``signum`` to process group ``group`` and to each pinned process still alive (in
+    order, root first); return the pids signalled."""
+    alive = {pidfd: stat for pidfd, stat in pinned.items() if not _exited(pidfd)}
+    # killpg also reaches members forked after the snapshot. It is only safe while a live member
+    # of ours holds the group id (see _ProcTable.tree).
+    if any(stat.pgid == group for stat in alive.values()):
+        try:
+            os.killpg(group, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+    sent = []
+    for pidfd, stat in alive.items():
+        try:
+            signal.pidfd_send_signal(pidfd, signum)
+            sent.append(stat.pid)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return sent
+
+
+def _wait_exited(pinned: Mapping[int, _Stat], timeout_s: float) -> dict[int, _Stat]:
+    """Wait until every pinned process has exited (zombies count: they are dead, merely not yet
+    reaped by their parent) or ``timeout_s`` passes; return those still alive."""
+    alive = dict(pinned)
+    poller = select.poll()
+    for pidfd in alive:
+        poller.register(pidfd, select.POLLIN)
+    deadline = time.monotonic() + timeout_s
+    while alive and (remaining := deadline - time.monotonic()) > 0:
+        for pidfd, _ in poller.poll(remaining * 1000):
+            poller.unregister(pidfd)
+            del alive[pidfd]
+    return alive
+
+
+def _terminate(targets: list[_Stat], group: int, grace_s: float) -> list[int]:
+    """SIGTERM the targets and ``group``, wait ``grace_s``, SIGKILL survivors, wait again."""
+    pinned = _pin(targets)
+    try:
+        killed = _signal(pinned, group, signal.SIGTERM)
+        survivors = _wait_exited(pinned, grace_s)
+        if survivors:
+            killed += [pid for pid in _signal(survivors, group, signal.SIGKILL) if pid not in killed]
+            if survivors := _wait_exited(survivors, _KILL_WAIT_S):
+                log.warning("processes survived SIGKILL", pids=[stat.pid for stat in survivors.values()])
+        return killed
+    finally:
+        for pidfd in pinned:
+            os.close(pidfd)
+
+
+def kill_tree(pid: int, create_time: float, grace_s: float = 2.0) -> list[int]:
+    """Kill process ``(pid, create_time)`` and everything that belongs to it; return the pids
+    that were alive and got a signal.
+
+    The tree is snapshotted first: descendants, plus every process in the process group or session
+    named ``pid`` (a grandchild may have left the group with setsid, or been orphaned). Then SIGTERM
+    to the group and each process, up to ``grace_s`` to exit, SIGKILL to survivors. Works when the
+    root itself has already exited. Does nothing if ``pid`` now names a different process. Never
+    reaps: a zombie counts as dead and is left to its parent. Blocks for up to ``grace_s`` + 5 s.
+    """
+    return _terminate(_ProcTable().tree(pid, create_time), pid, grace_s)
+
+
+# -- the reactor -------------------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class _Task:
+    spec: ProcessSpec
+    on_exit: OnExit
+    popen: subprocess.Popen[bytes]
+    pidfd: int
+    create_time: float
+    started: float
+    outcome: str = "exited"
+    killing: bool = False  # a kill thread is working on the tree
+    reaped: bool = False
+    ended: float = 0.0
+    status: int | None = None  # wait status; None if someone else reaped it
+    rusage: resource.struct_rusage | None = None
+    max_rss: int = 0
+    # Every tree member seen by a sample, kept so later samples reuse the psutil objects and so a
+    # kill still finds members that have since been orphaned outside the group and session.
+    members: dict[tuple[int, float], psutil.Process] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.spec.timeout_s is None else self.started + self.spec.timeout_s
+
+
+def _start(spec: ProcessSpec) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``spec`` in a new session; return it and its pidfd."""
+    os.makedirs(os.path.dirname(spec.log_path) or ".", exist_ok=True)
+    log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        popen = subprocess.Popen(
+            spec.argv,
+            cwd=spec.cwd,
+            env=dict(spec.env),
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(log_fd)
+    try:
+        return popen, os.pidfd_open(popen.pid)
+    except OSError:
+        # Out of file descriptors: a process nobody watches must not keep running.
+        os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+        raise
+
+
+def _error_text(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror if exc.filename is None else f"{exc.strerror}: {exc.filename!r}"
+    return str(exc)
+
+
+def _report(on_exit: OnExit, result: ProcessResult) -> None:
+    try:
+        on_exit(result)
+    except Exception:
+        log.exception("process on_exit callback failed", pid=result.pid, outcome=result.outcome)
+
+
+class ProcessReactor:
+    """Starts processes and watches them all from one daemon thread.
+
+    ``spawn``, ``cancel``, ``running`` and ``stop`` may be called from any thread. Callbacks run on
+    the reactor thread and should be quick (tell an actor a message). Kills run on short-lived
+    helper threads so that one tree's grace period never delays another process's report.
+
+    Nothing else in this Python process may reap these children: do not set SIGCHLD to SIG_IGN
+    or call ``os.waitpid(-1, ...)``.
+    """
+
+    def __init__(self, sample_interval_s: float = 0.5) -> None:
+        self._sample_interval_s = sample_interval_s
+        # _lock guards _accepting, _closed, _tasks and the order of commands posted by spawn/stop.
+        self._lock = threading.Lock()
+        self._accepting = False
+        self._closed = True  # until start() opens the wakeup pipe
+        self._tasks: set[_Task] = set()  # spawned, on_exit not yet called
+        self._commands: deque[Callable[[], None]] = deque()
+        self._thread = threading.Thread(target=self._run, name="orchestrate-processes", daemon=True)
+        # Reactor-thread state.
+        self._live: dict[int, _Task] = {}  # not yet reaped, by pid (unique until reaped)
+        self._unswept: list[_Task] = []  # exited on their own; leftovers not yet looked for
+        self._next_sweep = 0.0
+        self._stopping = False
+        self._detached = False
+        self._next_sample = 0.0
+        self._selector: selectors.BaseSelector  # these three are opened by start()
+        self._wake_r = self._wake_w = -1
+
+    def start(self) -> None:
+        """Start the reactor thread; ``spawn`` is accepted from now until ``stop``."""
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        with self._lock:
+            self._accepting, self._closed = True, False
+        self._thread.start()
+
+    def spawn(self, spec: ProcessSpec, on_exit: OnExit) -> tuple[int, float]:
+        """Start ``spec`` now, in the caller's thread, and return its ``(pid, create_time)``.
+
+        The process gets its own session and process group, stdin from /dev/null, and stdout and
+        stderr appended to ``spec.log_path``. ``on_exit`` is called exactly once, on the reactor
+        thread, after the process is reaped and every process of its tree is dead (background jobs
+        it left behind are killed too, even after a successful exit). If it cannot be started
+        (bad cwd, missing executable, unwritable log) ``on_exit`` gets outcome ``spawn_error`` and
+        this returns ``(-1, 0.0)``. Raises RuntimeError if the reactor is not running.
+        """
+        with self._lock:
+            if not self._accepting:
+                raise RuntimeError("ProcessReactor is not running")
+            started = time.monotonic()
+            try:
+                popen, pidfd = _start(spec)
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                failed = ProcessResult(-1, 0.0, None, None, "spawn_error", 0.0, 0, 0.0, _error_text(exc))
+                self._post_locked(lambda: _report(on_exit, failed))
+                return -1, 0.0
+            # Unreaped, so the stat file is there even if it already exited.
+            stat = _read_stat(popen.pid, psutil.boot_time())
+            assert stat is not None
+            task = _Task(spec, on_exit, popen, pidfd, stat.create_time, started)
+            self._tasks.add(task)
+            self._post_locked(lambda: self._watch(task))
+            return task.pid, task.create_time
+
+    def cancel(self, pid: int, create_time: float | None = None) -> None:
+        """Kill the tree of running process ``pid`` (only if its create_time matches, when given);
+        it is reported with outcome ``cancelled``. Unknown or finished pids are ignored."""
+
+        def command() -> None:
+            task = self._live.get(pid)
+            if task is not None and create_time in (None, task.create_time):
+                self._kill(task, "cancelled")
+
+        self._post(command)
+
+    def running(self) -> list[tuple[int, float]]:
+        """``(pid, create_time)`` of every spawned process whose ``on_exit`` has not been called."""
+        with self._lock:
+            return [(task.pid, task.create_time) for task in self._tasks]
+
+    def stop(self, kill: bool = True) -> None:
+        """Stop accepting spawns and join the reactor thread. Must not be called from ``on_exit``.
+
+        ``kill=True``: kill every tree still running; each is reported (outcome ``cancelled``)
+        before this returns. ``kill=False``: leave them running and unreported; the stdlib's
+        subprocess bookkeeping reaps them later.
+        """
+        with self._lock:
+            if not self._accepting:
+                return
+            self._accepting = False
+            self._post_locked(functools.partial(self._begin_stop, kill))
+        self._thread.join()
+
+    # -- posting to the reactor thread (any thread) ----------------------------------------------
+
+    def _post(self, command: Callable[[], None]) -> None:
+        with self._lock:
+            self._post_locked(command)
+
+    def _post_locked(self, command: Callable[[], None]) -> None:
+        if self._closed:  # the reactor has finished; the wakeup fd may already be reused
+            return
+        self._commands.append(command)
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full, so a wakeup is pending anyway
+
+    # -- the reactor thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            log.exception("process reactor crashed")
+            raise
+        finally:
+            with self._lock:
+                self._accepting = False
+                self._closed = True
+            for task in self._live.values():
+                os.close(task.pidfd)
+            self._selector.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _loop(self) -> None:
+        while True:
+            exited = []
+            for key, _ in self._selector.select(self._poll_timeout()):
+                if key.data is None:
+                    self._drain_wakeups()
+                else:
+                    exited.append(key.data)
+            while self._commands:
+                self._commands.popleft()()
+            if self._detached:
+                return
+            for task in exited:
+                self._reap(task)
+            table = functools.cache(_ProcTable)  # at most one /proc scan per round
+            now = time.monotonic()
+            if self._unswept and now >= self._next_sweep:
+                self._next_sweep = now + _SWEEP_INTERVAL_S
+                self._sweep(table())
+            for task in list(self._live.values()):
+                if not task.killing and task.deadline is not None and now >= task.deadline:
+                    self._kill(task, "timeout")
+            if self._live and now >= self._next_sample:
+                self._next_sample = now + self._sample_interval_s
+                self._sample(table())
+            if self._stopping and not self._tasks:
+                return
+
+    def _poll_timeout(self) -> float | None:
+        due = self._next_sweep if self._unswept else math.inf
+        if self._live:
+            due = min(due, self._next_sample)
+        for task in self._live.values():
+            if not task.killing and (deadline := task.deadline) is not None:
+                due = min(due, deadline)
+        return None if due == math.inf else max(0.0, due - time.monotonic())
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _watch(self, task: _Task) -> None:
+        self._live[task.pid] = task
+        self._selector.register(task.pidfd, selectors.EVENT_READ, task)
+
+    def _begin_stop(self, kill: bool) -> None:
+        self._stopping = True
+        if not kill:
+            self._detached = True
+            return
+        for task in list(self._live.values()):
+            self._kill(task, "cancelled")
+
+    def _reap(self, task: _Task) -> None:
+        try:
+            pid, status, rusage = os.wait4(task.pid, os.WNOHANG)
+        except ChildProcessError:
+            log.warning("process was reaped by someone else", pid=task.pid)
+            pid, status, rusage = task.pid, None, None
+        if pid == 0:
+            return  # readable before the whole thread group is waitable: wait for the next event
+        self._selector.unregister(task.pidfd)
+        os.close(task.pidfd)
+        del self._live[task.pid]
+        task.reaped, task.ended, task.status, task.rusage = True, time.monotonic(), status, rusage
+        # Popen must never wait for this pid again (it may belong to someone else by then).
+        task.popen.returncode = -1 if status is None else os.waitstatus_to_exitcode(status)
+        if not task.killing:
+            self._unswept.append(task)
+
+    def _sweep(self, table: _ProcTable) -> None:
+        """Kill what processes that exited on their own left behind (background jobs must not
+        outlive their task, even after a successful exit), then report them."""
+        for task in self._unswept:
+            leftovers = [s for s in table.tree(task.pid, task.create_time, task.members) if s.pid != task.pid]
+            if leftovers:
+                self._kill(task, task.outcome, lambda leftovers=leftovers: leftovers)
+            else:
+                self._finish(task)
+        self._unswept.clear()
+
+    def _kill(self, task: _Task, outcome: str, targets: Callable[[], list[_Stat]] | None = None) -> None:
+        """Kill ``task``'s tree on a helper thread (snapshotted there unless ``targets`` is given);
+        the task is finished once that is done and the process is reaped."""
+        if task.killing:
+            return
+        task.outcome, task.killing = outcome, True
+        known = list(task.members)
+        snapshot = targets or (lambda: _ProcTable().tree(task.pid, task.create_time, known))
+
+        def work() -> None:
+            try:
+                _terminate(snapshot(), task.pid, task.spec.grace_s)
+            except Exception:
+                log.exception("killing process tree failed", pid=task.pid)
+            self._post(functools.partial(self._killed, task))
+
+        threading.Thread(target=work, name=f"orchestrate-kill-{task.pid}", daemon=True).start()
+
+    def _killed(self, task: _Task) -> None:
+        task.killing = False
+        if task.reaped:
+            self._finish(task)
+
+    def _finish(self, task: _Task) -> None:
+        with self._lock:
+            self._tasks.discard(task)
+        status, rusage = task.status, task.rusage
+        code = None if status is None else os.waitstatus_to_exitcode(status)
+        max_rss = task.max_rss if rusage is None else max(task.max_rss, rusage.ru_maxrss * 1024)  # KiB on Linux
+        result = ProcessResult(
+            pid=task.pid,
+            create_time=task.create_time,
+            exit_code=code if code is not None and code >= 0 else None,
+            signal=-code if code is not None and code < 0 else None,
+            outcome=task.outcome,
+            duration_s=task.ended - task.started,
+            max_rss_bytes=max_rss,
+            cpu_s=0.0 if rusage is None else rusage.ru_utime + rusage.ru_stime,
+        )
+        _report(task.on_exit, result)
+
+    def _sample(self, table: _ProcTable) -> None:
+        """Measure each running tree's RSS; kill trees over their memory limit."""
+        for task in list(self._live.values()):
+            if task.killing:
+                continue
+            members: dict[tuple[int, float], psutil.Process] = {}
+            rss = 0
+            for stat in table.tree(task.pid, task.create_time, task.members):
+                key = (stat.pid, stat.create_time)
+                try:
+                    proc = task.members.get(key) or psutil.Process(stat.pid)
+                    if proc.create_time() != stat.create_time:
+                        continue  # the pid was reused since the scan
+                    with proc.oneshot():
+                        rss += proc.memory_info().rss
+                except psutil.Error:
+                    continue
+                members[key] = proc
+            task.members = members
+            task.max_rss = max(task.max_rss, rss)
+            limit = task.spec.memory_limit_mb
+            if limit is not None and rss > limit * 1024 * 1024:
+                self._kill(task, "resource_limit")

@@ -1,0 +1,87 @@
+"""Tool adapters: how a task of each tool becomes a process to supervise.
+
+An adapter is a plain object with no threads: it turns a :class:`TaskSpec` into a
+:class:`ProcessSpec`. Executor actors own the running processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Protocol
+
+from adapters.process import ProcessSpec, environment_for
+from planning.model import AcceptanceCheck, TaskSpec
+
+SHELL = "/bin/sh"
+_RUNTIME_BIN = os.path.dirname(sys.executable)
+_PYCALL = Path(__file__).with_name("pycall.py")
+# run_path, not ``-m`` or a script path: the child needs neither orchestrate installed nor
+# adapters/ on sys.path (which would shadow the user's modules); sys.path[0] stays the cwd.
+_PYCALL_BOOTSTRAP = "import runpy; runpy.run_path(__import__('sys').argv[1], run_name='__main__')"
+
+
+class ToolAdapter(Protocol):
+    type: str
+
+    def process_spec(self, task: TaskSpec, log_path: str) -> ProcessSpec: ...
+
+
+def task_environment(task: TaskSpec) -> tuple[tuple[str, str], ...]:
+    """The runtime's environment plus the task's, with the runtime's interpreter first on PATH.
+
+    So ``python`` and tools installed beside orchestrate (pytest in its virtualenv) are the
+    ones a task finds, on any machine, without the user activating anything.
+    """
+    env = dict(task.env)
+    base = env.get("PATH", os.environ.get("PATH", ""))
+    env["PATH"] = os.pathsep.join(p for p in (_RUNTIME_BIN, base) if p)
+    return environment_for(tuple(env.items()))
+
+
+def _spec(task: TaskSpec, argv: tuple[str, ...], log_path: str, timeout_s: float | None) -> ProcessSpec:
+    return ProcessSpec(
+        argv=argv,
+        cwd=task.cwd or ".",
+        env=task_environment(task),
+        log_path=log_path,
+        timeout_s=timeout_s,
+        memory_limit_mb=task.memory_limit_mb,
+    )
+
+
+class ShellAdapter:
+    """``command`` run by ``/bin/sh -c`` in the task's cwd, in its own session."""
+
+    type = "shell"
+
+    def process_spec(self, task: TaskSpec, log_path: str) -> ProcessSpec:
+        return _spec(task, (SHELL, "-c", task.command or ""), log_path, task.timeout_s)
+
+
+class PythonAdapter:
+    """``module:function`` called in a fresh interpreter (see :mod:`adapters.pycall`).
+
+    A child process rather than a thread in the runtime: a callable that hangs or leaks can be
+    timed out and killed like any tool, and cannot corrupt the runtime's own state.
+    """
+
+    type = "python"
+
+    def process_spec(self, task: TaskSpec, log_path: str) -> ProcessSpec:
+        payload = json.dumps(
+            {"callable": task.callable, "args": list(task.args), "kwargs": dict(task.kwargs)}
+        )
+        argv = (sys.executable, "-c", _PYCALL_BOOTSTRAP, str(_PYCALL), payload)
+        return _spec(task, argv, log_path, task.timeout_s)
+
+
+def acceptance_spec(task: TaskSpec, check: AcceptanceCheck, log_path: str) -> ProcessSpec:
+    """An acceptance check: a shell command in the task's cwd and environment."""
+    timeout = check.timeout_s if check.timeout_s is not None else task.timeout_s
+    return _spec(task, (SHELL, "-c", check.command), log_path, timeout)
+
+
+BUILTIN_ADAPTERS: dict[str, ToolAdapter] = {"shell": ShellAdapter(), "python": PythonAdapter()}

@@ -1,0 +1,378 @@
+"""The CLI's commands: each turns parsed arguments into calls on planning, the store and the
+runtime, and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from actors.runtime import Runtime, RuntimeAborted
+from adapters.process import kill_tree
+from adapters.tools import BUILTIN_ADAPTERS
+from cli.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, EXIT_USAGE, CliError
+from cli.logging import configure_logging
+from cli.output import paint, progress_line, table, use_colour
+from domain.states import TERMINAL_RUN_STATES, RunState, TaskState
+from persistence.clock import utc_now_iso
+from persistence.db import DatabaseUnavailable, make_engine, resolve_db_url
+from persistence.migrate import init_db
+from persistence.store import DuplicateRun, Store
+from planning.errors import PlanError, PlanIssue
+from planning.loader import load_plan
+from planning.model import Plan
+from planning.request import RequestInvalid, build_request, select_workstreams, validate_request_json
+from planning.schemas import SchemaMissing, load_schema
+
+log = structlog.get_logger("orchestrate.cli")
+
+REQUIRED_SCHEMAS = ("workstream.v1.json", "execution_request.v1.json", "run_record.v1.json")
+
+
+# -- shared steps --------------------------------------------------------------------------------
+def _load(plan_path: str) -> Plan:
+    try:
+        _require_schemas()
+        plan = load_plan(plan_path)
+    except PlanError as error:
+        raise CliError(_format_plan_error(error), EXIT_USAGE) from None
+    issues = _unknown_tools(plan)
+    if issues:
+        raise CliError(_format_plan_error(PlanError(tuple(issues))), EXIT_USAGE)
+    return plan
+
+
+def _format_plan_error(error: PlanError) -> str:
+    count = len(error.issues)
+    lines = [f"the plan is not valid ({count} problem{'s' if count != 1 else ''}):"]
+    lines += [f"  {issue}" for issue in error.issues]
+    return "\n".join(lines)
+
+
+def _unknown_tools(plan: Plan) -> list[PlanIssue]:
+    known = sorted(BUILTIN_ADAPTERS)
+    issues = []
+    for ws in plan.workstreams:
+        for index, task in enumerate(ws.tasks):
+            if task.tool not in BUILTIN_ADAPTERS:
+                issues.append(
+                    PlanIssue(
+                        ws.source_file,
+                        f"$.tasks[{index}].tool" if not ws.source_file.endswith("]") else f"{ws.source_file}.tasks[{index}].tool",
+                        f"unknown tool {task.tool!r}; expected one of: {', '.join(known)}",
+                    )
+                )
+    return issues
+
+
+def _require_schemas() -> None:
+    try:
+        for name in REQUIRED_SCHEMAS:
+            load_schema(name)
+    except SchemaMissing as error:
+        raise CliError(f"safe mode: {error}", EXIT_RUNTIME) from None
+
+
+def _open_store(args: argparse.Namespace) -> tuple[Store, Path]:
+    state_dir = Path(args.state_dir).resolve()
+    url = resolve_db_url(state_dir)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        init_db(url)
+        engine = make_engine(url)
+        store = Store(engine, state_dir / "transitions.jsonl")
+    except DatabaseUnavailable as error:
+        raise CliError(f"safe mode: {error}", EXIT_RUNTIME) from None
+    except OSError as error:
+        raise CliError(f"safe mode: cannot use state directory {state_dir}: {error.strerror}", EXIT_RUNTIME) from None
+    configure_logging(state_dir / "logs" / "runtime.jsonl")
+    return store, state_dir
+
+
+def _create_or_find_run(store: Store, plan: Plan, concurrency: int, new: bool, run_id: str | None = None) -> tuple[str, bool]:
+    """The run for this request: an existing unfinished one (unless ``new``), else a new one."""
+    request = build_request(plan, concurrency=concurrency)
+    request_json = request.to_json()
+    try:
+        validate_request_json(request_json)
+    except RequestInvalid as error:
+        raise CliError(f"the execution request is not valid: {error}", EXIT_USAGE) from None
+    if not new and run_id is None:
+        existing = store.find_run_by_request_hash(request.request_hash)
+        if existing is not None:
+            return existing, False
+    try:
+        created = store.create_run(request_json, plan.to_json(), run_id=run_id, at=utc_now_iso())
+    except DuplicateRun as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+    return created, True
+
+
+def _execute(store: Store, state_dir: Path, run_id: str, concurrency: int, quiet: bool) -> int:
+    run = store.get_run(run_id)
+    if run is None:
+        raise CliError(f"no run {run_id!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
+    if run["status"] == RunState.COMPLETED.value:
+        print(f"run {run_id} is already completed; nothing to do")
+        return EXIT_OK
+    plan = Plan.from_json(run["metadata"]["plan"])
+    tasks = store.get_tasks(run_id)
+    _kill_leftovers(store, run_id)
+    colour = use_colour()
+    total = len(tasks)
+    done_before = sum(1 for t in tasks if t["state"] == TaskState.COMPLETED.value)
+    print(
+        paint(f"orchestrate: run {run_id}", "bold", colour)
+        + f" — {len(plan.workstreams)} workstreams, {total} tasks, concurrency {concurrency}"
+        + (f", resuming ({done_before} already completed)" if done_before else "")
+    )
+    runtime = Runtime(store, state_dir, concurrency)
+    started = time.monotonic()
+
+    def show(event) -> None:
+        if not quiet:
+            line = progress_line(event, colour)
+            if line:
+                print(line, flush=True)
+
+    try:
+        runtime.start()
+        result = runtime.execute(
+            run_id,
+            plan,
+            task_states={t["task_key"]: t["state"] for t in tasks},
+            attempts={t["task_key"]: t["attempts"] for t in tasks},
+            workstream_states={w["ws_id"]: w["status"] for w in store.get_workstreams(run_id)},
+            on_progress=show,
+        )
+    except RuntimeAborted as error:
+        raise CliError(f"runtime stopped: {error}", EXIT_RUNTIME) from None
+    finally:
+        runtime.stop()
+    elapsed = time.monotonic() - started
+    _print_summary(store, run_id, result.state, elapsed, colour)
+    return EXIT_OK if result.state == RunState.COMPLETED.value else EXIT_RUN_FAILED
+
+
+def _kill_leftovers(store: Store, run_id: str) -> None:
+    """Processes of attempts that a dead runtime left IN_PROGRESS: killed before resuming."""
+    for attempt in store.get_attempts(run_id):
+        if attempt["status"] == TaskState.IN_PROGRESS.value and attempt.get("pid"):
+            killed = kill_tree(attempt["pid"], attempt["pid_create_time"] or 0.0, 2.0)
+            if killed:
+                log.warning("killed_leftover_process", run_id=run_id, task=attempt["step_name"], pids=killed)
+
+
+def _plan_order(run: dict[str, Any]) -> list[str]:
+    return [task.key for task in Plan.from_json(run["metadata"]["plan"]).tasks]
+
+
+def _print_summary(store: Store, run_id: str, state: str, elapsed: float, colour: bool) -> None:
+    run = store.get_run(run_id)
+    tasks = _tasks_with_attempts(store, run_id, _plan_order(run) if run else [])
+    counts: dict[str, int] = {}
+    for task in tasks:
+        counts[task["state"]] = counts.get(task["state"], 0) + 1
+    tint = "green" if state == RunState.COMPLETED.value else "red"
+    parts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    print(f"\nrun {run_id} {paint(state, tint, colour)} in {elapsed:.2f}s: {parts}")
+    failed = [t for t in tasks if t["state"] in (TaskState.FAILED.value, TaskState.TIMEOUT.value)]
+    for task in failed:
+        print(f"  {paint('✗', 'red', colour)} {task['task_key']}: {task.get('last_message') or task['state']}")
+    blocked = [t["task_key"] for t in tasks if t["state"] == TaskState.BLOCKED.value]
+    if blocked:
+        print(f"  blocked: {', '.join(blocked)}")
+    print(f"details: orchestrate runs show {run_id}")
+
+
+# -- commands --------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    plan = _load(args.plan)
+    store, state_dir = _open_store(args)
+    try:
+        run_id, created = _create_or_find_run(store, plan, args.concurrency, args.new)
+        if not created:
+            run = store.get_run(run_id)
+            if run is not None and run["status"] in TERMINAL_RUN_STATES and run["status"] != RunState.PARTIAL.value:
+                run_id, created = _create_or_find_run(store, plan, args.concurrency, True)
+        return _execute(store, state_dir, run_id, args.concurrency, args.quiet)
+    finally:
+        store.close()
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    plan = _load(args.plan)
+    tools = sorted({t.tool for t in plan.tasks})
+    if args.json:
+        print(json.dumps({"valid": True, "workstreams": len(plan.workstreams), "tasks": len(plan.tasks),
+                          "tools": tools, "hash": plan.content_hash()}))
+    else:
+        print(f"plan is valid: {len(plan.workstreams)} workstreams, {len(plan.tasks)} tasks "
+              f"(tools: {', '.join(tools)})")
+    return EXIT_OK
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    plan = _plan_for_request(args.workstream, args.plan)
+    store, _ = _open_store(args)
+    try:
+        run_id, created = _create_or_find_run(store, plan, args.concurrency, args.new, args.run_id)
+        run = store.get_run(run_id)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"run_id": run_id, "created": created, "status": run["status"] if run else None}))
+    else:
+        print(f"{'created' if created else 'existing'} run {run_id} ({len(plan.tasks)} tasks); "
+              f"execute it with: orchestrate execute --run {run_id}")
+    return EXIT_OK
+
+
+def _plan_for_request(selectors: list[str], plan_path: str) -> Plan:
+    paths = [s for s in selectors if Path(s).exists()]
+    ids = [s for s in selectors if not Path(s).exists()]
+    if paths and ids:
+        raise CliError("give either plan files or workstream ids to --workstream, not both", EXIT_USAGE)
+    if paths:
+        if len(paths) > 1:
+            raise CliError("give one plan file or directory per request", EXIT_USAGE)
+        return _load(paths[0])
+    if not Path(plan_path).exists():
+        raise CliError(
+            f"workstream {ids[0]!r} is not a file, and the plan directory {plan_path!r} to look it up in "
+            "does not exist (use --plan)",
+            EXIT_USAGE,
+        )
+    plan = _load(plan_path)
+    try:
+        return select_workstreams(plan, ids)
+    except PlanError as error:
+        raise CliError(_format_plan_error(error), EXIT_USAGE) from None
+
+
+def cmd_execute(args: argparse.Namespace) -> int:
+    _require_schemas()
+    store, state_dir = _open_store(args)
+    try:
+        run = store.get_run(args.run_id)
+        if run is None:
+            raise CliError(f"no run {args.run_id!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
+        concurrency = args.concurrency or int(run["metadata"]["request"]["options"]["concurrency"])
+        return _execute(store, state_dir, args.run_id, concurrency, args.quiet)
+    finally:
+        store.close()
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    store, _ = _open_store(args)
+    try:
+        if args.runs_command == "show":
+            return _show_run(store, args.run_id, args.json)
+        runs = store.list_runs()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(runs, indent=2, default=str))
+        return EXIT_OK
+    if not runs:
+        print("no runs yet; start one with: orchestrate run PLAN")
+        return EXIT_OK
+    rows = [
+        (r["run_id"], r["status"], r["created_at"], r["plan_source"],
+         " ".join(f"{k.lower()}={v}" for k, v in sorted(r["task_counts"].items())))
+        for r in runs
+    ]
+    print(table(("RUN", "STATUS", "CREATED", "PLAN", "TASKS"), rows))
+    return EXIT_OK
+
+
+def _show_run(store: Store, run_id: str, as_json: bool) -> int:
+    run = store.get_run(run_id)
+    if run is None:
+        raise CliError(f"no run {run_id!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
+    tasks = _tasks_with_attempts(store, run_id, _plan_order(run))
+    workstreams = store.get_workstreams(run_id)
+    errors = store.get_errors(run_id)
+    if as_json:
+        document: dict[str, Any] = {
+            key: value for key, value in run.items() if key != "metadata"
+        } | {"request": run["metadata"].get("request"), "workstreams": workstreams, "tasks": tasks, "errors": errors}
+        print(json.dumps(document, indent=2, default=str))
+        return EXIT_OK
+    print(f"run {run_id}: {run['status']}  (created {run['created_at']}, updated {run['updated_at']})")
+    if run.get("status_reason"):
+        print(f"  reason: {run['status_reason']}")
+    print(f"  plan: {run['plan_source']}")
+    print()
+    print(table(("WORKSTREAM", "STATUS"), [(w["ws_id"], w["status"]) for w in workstreams]))
+    print()
+    rows = []
+    for task in tasks:
+        rows.append((
+            task["task_key"], task["state"], task["attempts"], task.get("adapter") or "",
+            _duration(task), task.get("exit_code") if task.get("exit_code") is not None else "",
+        ))
+    print(table(("TASK", "STATE", "ATTEMPTS", "ADAPTER", "DURATION", "EXIT"), rows))
+    if errors:
+        print()
+        print(table(("ERROR", "TASK", "COUNT", "SIGNATURE", "MESSAGE"),
+                    [(e["error_code"], e["step_name"], e["count"], e["signature"], e["message"][:60]) for e in errors]))
+    return EXIT_OK
+
+
+def _tasks_with_attempts(store: Store, run_id: str, plan_order: list[str]) -> list[dict[str, Any]]:
+    """Tasks in plan order, each with its attempts and the last attempt's timing and message."""
+    attempts: dict[str, list[dict[str, Any]]] = {}
+    for attempt in store.get_attempts(run_id):
+        attempts.setdefault(attempt["step_name"], []).append(attempt)
+    position = {key: index for index, key in enumerate(plan_order)}
+    tasks = sorted(store.get_tasks(run_id), key=lambda t: position.get(t["task_key"], len(position)))
+    for task in tasks:
+        history = attempts.get(task["task_key"], [])
+        last = history[-1] if history else {}
+        task["duration_s"] = last.get("duration_s")
+        task["last_message"] = last.get("message") or ""
+        task["attempt_history"] = history
+    return tasks
+
+
+def _duration(task: dict[str, Any]) -> str:
+    value = task.get("duration_s")
+    return f"{value:.2f}s" if isinstance(value, (int, float)) else ""
+
+
+def cmd_db_init(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    url = resolve_db_url(state_dir)
+    try:
+        report = init_db(url)
+    except DatabaseUnavailable as error:
+        raise CliError(f"safe mode: {error}", EXIT_RUNTIME) from None
+    if report.applied:
+        print(f"initialised {report.url}: applied {', '.join(report.applied)}; schema version {report.schema_version}")
+    else:
+        print(f"{report.url} is up to date (schema version {report.schema_version}); nothing to do")
+    return EXIT_OK
+
+
+def cmd_db_inspect(args: argparse.Namespace) -> int:
+    store, _ = _open_store(args)
+    try:
+        summary = store.inspect_summary()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return EXIT_OK
+    print(f"database: {summary['db_url']} (schema version {summary['schema_version']})")
+    for title in ("runs", "workstreams", "tasks"):
+        counts = summary[title]
+        body = ", ".join(f"{name}={count}" for name, count in sorted(counts.items())) or "none"
+        print(f"  {title}: {body}")
+    print(f"  events: {summary['events']}")
+    return EXIT_OK

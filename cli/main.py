@@ -1,0 +1,105 @@
+"""``orchestrate``: the command line.
+
+Exit codes: 0 every task completed (or the command succeeded); 1 the run ended with failed,
+blocked, timed-out or cancelled tasks; 2 bad input or usage; 3 the runtime could not work
+(database unreachable, schemas missing, supervision gave up). User errors never print a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from cli import commands
+from cli.errors import CliError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrate",
+        description="Run development pipelines: plans of workstreams executed by actors, with a durable ledger.",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=os.environ.get("ORCHESTRATE_STATE_DIR", ".state"),
+        help="where the database, logs and transitions live (default: ./.state)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser("run", help="validate a plan, create (or resume) its run and execute it in the foreground")
+    run.add_argument("plan", help="a workstream file, a {\"workstreams\": [...]} file, or a directory of them")
+    run.add_argument("--concurrency", "-j", type=_positive_int, default=4, help="tasks running at once (default 4)")
+    run.add_argument("--new", action="store_true", help="always make a new run, even if an unfinished one exists")
+    run.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
+    run.set_defaults(handler=commands.cmd_run)
+
+    validate = sub.add_parser("validate", help="check a plan against the schema and as a graph; run nothing")
+    validate.add_argument("plan")
+    validate.add_argument("--json", action="store_true")
+    validate.set_defaults(handler=commands.cmd_validate)
+
+    request = sub.add_parser("request", help="create the run for a plan or workstream (idempotent) without executing it")
+    request.add_argument("--workstream", "-w", required=True, action="append", metavar="FILE|ID",
+                         help="a plan file/directory, or a workstream id found in --plan (repeatable)")
+    request.add_argument("--plan", default="workstreams", help="where workstream ids are looked up (default: ./workstreams)")
+    request.add_argument("--concurrency", "-j", type=_positive_int, default=4)
+    request.add_argument("--new", action="store_true", help="make a new run even if this request was made before")
+    request.add_argument("--run-id", help="the id to give the new run (refused if it exists)")
+    request.add_argument("--json", action="store_true")
+    request.set_defaults(handler=commands.cmd_request)
+
+    execute = sub.add_parser("execute", help="execute (or resume) a run recorded in the ledger")
+    execute.add_argument("--run", required=True, dest="run_id", metavar="ID")
+    execute.add_argument("--concurrency", "-j", type=_positive_int, default=None,
+                         help="default: the concurrency the run was requested with")
+    execute.add_argument("--quiet", "-q", action="store_true")
+    execute.set_defaults(handler=commands.cmd_execute)
+
+    runs = sub.add_parser("runs", help="list runs; `runs show ID` for one run's tasks")
+    runs.add_argument("--json", action="store_true")
+    runs_sub = runs.add_subparsers(dest="runs_command", metavar="show")
+    show = runs_sub.add_parser("show", help="every task's state, attempts, timings and exit code")
+    show.add_argument("run_id", metavar="ID")
+    show.add_argument("--json", action="store_true")
+    runs.set_defaults(handler=commands.cmd_runs)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", metavar="init|inspect")
+    db_sub.required = True
+    init = db_sub.add_parser("init", help="create or upgrade the database (idempotent)")
+    init.set_defaults(handler=commands.cmd_db_init)
+    inspect = db_sub.add_parser("inspect", help="summarise runs, workstreams and tasks by state")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(handler=commands.cmd_db_inspect)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except CliError as error:
+        print(f"orchestrate: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("orchestrate: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Terminal output: progress lines and tables, coloured only on a terminal."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from domain.states import TaskState
+from messages import RunProgress
+
+_COLOURS = {"green": "32", "red": "31", "yellow": "33", "cyan": "36", "dim": "2", "bold": "1"}
+
+_STATE_STYLE = {
+    TaskState.COMPLETED.value: ("✓", "green"),
+    TaskState.FAILED.value: ("✗", "red"),
+    TaskState.TIMEOUT.value: ("⏱", "red"),
+    TaskState.BLOCKED.value: ("⊘", "yellow"),
+    TaskState.CANCELLED.value: ("⊘", "yellow"),
+    TaskState.IN_PROGRESS.value: ("▶", "cyan"),
+    TaskState.RETRY_WAIT.value: ("↻", "yellow"),
+}
+
+
+def use_colour(stream=sys.stdout) -> bool:
+    return stream.isatty() and os.environ.get("NO_COLOR") is None
+
+
+def paint(text: str, colour: str, enabled: bool) -> str:
+    return f"\033[{_COLOURS[colour]}m{text}\033[0m" if enabled else text
+
+
+def progress_line(event: RunProgress, colour: bool) -> str | None:
+    if not event.task_key:
+        return None
+    symbol, tint = _STATE_STYLE.get(event.state, ("·", "dim"))
+    width = len(str(event.total))
+    counter = f"[{event.done:>{width}}/{event.total}]"
+    text = f"  {counter} {paint(symbol, tint, colour)} {event.task_key}"
+    if event.state != TaskState.IN_PROGRESS.value:
+        text += f"  {paint(event.state, tint, colour)}"
+    if event.detail and event.state not in (TaskState.COMPLETED.value, TaskState.IN_PROGRESS.value):
+        text += f"  {paint(event.detail, 'dim', colour)}"
+    return text
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""Which tasks of a run may start, which are blocked, and how the run ends.
+
+:class:`RunBook` holds the task states of one run and answers the Scheduler's questions; it
+never starts anything itself. States change only through :meth:`RunBook.set_state`, which
+applies the task state machine, so the book and the ledger agree.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from domain.states import (
+    TERMINAL_TASK_STATES,
+    RunState,
+    TaskState,
+    WorkstreamState,
+    WORKSTREAM_TRANSITIONS,
+    check_transition,
+)
+
+_NOT_STARTED = frozenset({TaskState.PENDING, TaskState.QUEUED, TaskState.BLOCKED})
+_FAILURE_STATES = frozenset({TaskState.FAILED, TaskState.TIMEOUT, TaskState.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    task_key: str
+    adapter: str
+
+
+class RunBook:
+    """Task states and the dependency graph of one run.
+
+    ``deps`` maps every task key to the keys it waits for; ``priorities`` orders ready tasks
+    (higher first, then the order the keys were given in, which the caller makes topological).
+    """
+
+    def __init__(
+        self,
+        deps: Mapping[str, Iterable[str]],
+        priorities: Mapping[str, int],
+        workstream_of: Mapping[str, str],
+        states: Mapping[str, str] | None = None,
+    ) -> None:
+        self.deps: dict[str, frozenset[str]] = {key: frozenset(d) for key, d in deps.items()}
+        self.dependants: dict[str, list[str]] = {key: [] for key in self.deps}
+        for key, prerequisites in self.deps.items():
+            for prerequisite in prerequisites:
+                self.dependants[prerequisite].append(key)
+        self.order = {key: index for index, key in enumerate(self.deps)}
+        self.priorities = dict(priorities)
+        self.workstream_of = dict(workstream_of)
+        self.states: dict[str, TaskState] = {
+            key: TaskState((states or {}).get(key, TaskState.PENDING)) for key in self.deps
+        }
+        self._waiting = {
+            key: sum(1 for d in prerequisites if self.states[d] is not TaskState.COMPLETED)
+            for key, prerequisites in self.deps.items()
+        }
+        self._queue: list[tuple[int, int, str]] = []
+        self._queued_adapter: dict[str, str] = {}
+        self._sequence = itertools.count()
+
+    # -- state -----------------------------------------------------------------------------
+    def set_state(self, key: str, state: TaskState) -> TaskState:
+        """Move ``key`` to ``state`` (checked); returns the previous state."""
+        previous = self.states[key]
+        check_transition("task", previous, state, key)
+        self.states[key] = state
+        if state is TaskState.COMPLETED and previous is not TaskState.COMPLETED:
+            for dependant in self.dependants[key]:
+                self._waiting[dependant] -= 1
+        elif previous is TaskState.COMPLETED and state is not TaskState.COMPLETED:
+            for dependant in self.dependants[key]:
+                self._waiting[dependant] += 1
+        return previous
+
+    def ready_pending(self) -> list[str]:
+        """PENDING tasks whose prerequisites are all COMPLETED, in plan order."""
+        return [
+            key
+            for key, state in self.states.items()
+            if state is TaskState.PENDING and self._waiting[key] == 0
+        ]
+
+    def ready_dependants(self, key: str) -> list[str]:
+        """Dependants of ``key`` that became startable because ``key`` completed."""
+        return [
+            dependant
+            for dependant in self.dependants[key]
+            if self.states[dependant] is TaskState.PENDING and self._waiting[dependant] == 0
+        ]
+
+    def blocked_by(self, key: str) -> list[str]:
+        """Every not-yet-terminal task downstream of ``key``, breadth first: they cannot run."""
+        blocked: list[str] = []
+        seen = {key}
+        frontier = list(self.dependants[key])
+        while frontier:
+            current = frontier.pop(0)
+            if current in seen:
+                continue
+            seen.add(current)
+            if self.states[current] in (TaskState.PENDING, TaskState.RETRY_WAIT, TaskState.QUEUED):
+                blocked.append(current)
+                frontier.extend(self.dependants[current])
+        return blocked
+
+    # -- dispatch queue ----------------------------------------------------------------------
+    def enqueue(self, key: str, adapter: str) -> None:
+        """A QUEUED task, routed to ``adapter``, waits here for a free slot."""
+        self._queued_adapter[key] = adapter
+        heapq.heappush(self._queue, (-self.priorities.get(key, 0), self.order[key], key))
+
+    def take_dispatchable(
+        self,
+        free_slots: int,
+        adapter_running: Mapping[str, int],
+        adapter_limits: Mapping[str, int],
+    ) -> list[Dispatch]:
+        """Highest-priority queued tasks that fit the global and per-adapter limits.
+
+        A task whose adapter is full is skipped (not dropped), so a busy adapter never holds
+        back work for an idle one.
+        """
+        chosen: list[Dispatch] = []
+        skipped: list[tuple[int, int, str]] = []
+        running = dict(adapter_running)
+        while self._queue and len(chosen) < free_slots:
+            entry = heapq.heappop(self._queue)
+            key = entry[2]
+            adapter = self._queued_adapter.get(key)
+            if adapter is None or self.states[key] is not TaskState.QUEUED:
+                continue
+            limit = adapter_limits.get(adapter)
+            if limit is not None and running.get(adapter, 0) >= limit:
+                skipped.append(entry)
+                continue
+            running[adapter] = running.get(adapter, 0) + 1
+            del self._queued_adapter[key]
+            chosen.append(Dispatch(key, adapter))
+        for entry in skipped:
+            heapq.heappush(self._queue, entry)
+        return chosen
+
+    def forget_queued(self, key: str) -> None:
+        self._queued_adapter.pop(key, None)
+
+    # -- summaries ---------------------------------------------------------------------------
+    def is_finished(self) -> bool:
+        return all(state in TERMINAL_TASK_STATES for state in self.states.values())
+
+    def counts(self) -> dict[str, int]:
+        result: dict[str, int] = {}
+        for state in self.states.values():
+            result[state.value] = result.get(state.value, 0) + 1
+        return result
+
+    def done_count(self) -> int:
+        return sum(1 for state in self.states.values() if state in TERMINAL_TASK_STATES)
+
+    def run_outcome(self) -> RunState:
+        """How a finished run ends: all completed, none completed, or some of each."""
+        completed = sum(1 for s in self.states.values() if s is TaskState.COMPLETED)
+        if completed == len(self.states):
+            return RunState.COMPLETED
+        if all(s is TaskState.CANCELLED or s is TaskState.COMPLETED for s in self.states.values()):
+            return RunState.CANCELLED
+        return RunState.PARTIAL if completed else RunState.FAILED
+
+    def workstream_target(self, ws_id: str) -> WorkstreamState:
+        """The workstream state its tasks' states imply."""
+        states = [s for key, s in self.states.items() if self.workstream_of[key] == ws_id]
+        return derive_workstream_state(states)
+
+
+def derive_workstream_state(task_states: Iterable[TaskState]) -> WorkstreamState:
+    states = list(task_states)
+    if all(s is TaskState.COMPLETED for s in states):
+        return WorkstreamState.DONE
+    if all(s in TERMINAL_TASK_STATES for s in states):
+        if any(s in _FAILURE_STATES for s in states):
+            return WorkstreamState.FAILED
+        return WorkstreamState.BLOCKED
+    if any(s not in _NOT_STARTED for s in states):
+        return WorkstreamState.EDITING
+    if any(s is TaskState.QUEUED for s in states):
+        return WorkstreamState.READY
+    return WorkstreamState.PENDING
+
+
+def workstream_path(current: WorkstreamState, target: WorkstreamState) -> list[WorkstreamState]:
+    """The shortest legal sequence of states from ``current`` to ``target`` (excluding current).
+
+    Empty when already there or when the machine offers no way (the caller then leaves the
+    workstream where it is rather than writing an illegal state).
+    """
+    if current is target:
+        return []
+    previous: dict[WorkstreamState, WorkstreamState] = {}
+    frontier = [current]
+    seen = {current}
+    while frontier:
+        node = frontier.pop(0)
+        for nxt in sorted(WORKSTREAM_TRANSITIONS[node], key=list(WorkstreamState).index):
+            if nxt in seen:
+                continue
+            seen.add(nxt)
+            previous[nxt] = node
+            if nxt is target:
+                path = [nxt]
+                while path[-1] in previous and previous[path[-1]] is not current:
+                    path.append(previous[path[-1]])
+                return list(reversed(path))
+            frontier.append(nxt)
+    return []

@@ -1,0 +1,21 @@
+"""Messages an executor tells itself when a process it started ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adapters.process import ProcessResult
+from messages.base import Message
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExited(Message):
+    """``phase`` is ``tool`` for the task's own process, ``check`` for acceptance check
+    number ``check_index``."""
+
+    run_id: str
+    task_key: str
+    attempt: int
+    phase: str
+    result: ProcessResult
+    check_index: int = -1

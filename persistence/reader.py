@@ -1,0 +1,157 @@
+"""Read-only queries over the ledger, for the CLI, the monitor and the Store's callers.
+
+Each call opens its own short session, so reads never share the writer's connection and see
+only committed data. Rows come back as plain dicts keyed by column name; a ``*_json`` column
+comes back decoded under the name without ``_json`` (text that is not JSON stays as is), and
+``workstreams.depends_on`` as a list.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy.orm import Session
+
+from persistence.models import (
+    Base,
+    ErrorRecord,
+    Event,
+    RoutingDecision,
+    Run,
+    SchemaMeta,
+    StepAttempt,
+    Task,
+    Workstream,
+)
+
+_JSON_SUFFIX = "_json"
+
+
+class StateReader:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run with ``metadata`` (the execution request and the plan snapshot)."""
+        with Session(self._engine) as session:
+            run = session.get(Run, run_id)
+            return _as_dict(run) if run is not None else None
+
+    def find_run_by_request_hash(self, request_hash: str) -> str | None:
+        """The most recently created run of this request, if any."""
+        with Session(self._engine) as session:
+            return session.scalar(
+                select(Run.run_id)
+                .where(Run.request_hash == request_hash)
+                .order_by(Run.created_at.desc(), Run.run_id.desc())
+                .limit(1)
+            )
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        """Runs newest first, without metadata, each with ``task_counts`` by state."""
+        with Session(self._engine) as session:
+            counts: dict[str, dict[str, int]] = {}
+            for run_id, state, count in session.execute(
+                select(Task.run_id, Task.state, func.count()).group_by(Task.run_id, Task.state)
+            ):
+                counts.setdefault(run_id, {})[state] = count
+            runs = session.scalars(select(Run).order_by(Run.created_at.desc(), Run.run_id.desc()))
+            return [
+                _as_dict(run, skip=("metadata_json",)) | {"task_counts": counts.get(run.run_id, {})}
+                for run in runs
+            ]
+
+    def get_workstreams(self, run_id: str) -> list[dict[str, Any]]:
+        return self._rows(select(Workstream).where(Workstream.run_id == run_id)
+                          .order_by(Workstream.ws_id))
+
+    def get_tasks(self, run_id: str) -> list[dict[str, Any]]:
+        """Tasks by key; ``attempts`` is the number of attempts started."""
+        return self._rows(select(Task).where(Task.run_id == run_id).order_by(Task.task_key))
+
+    def get_attempts(self, run_id: str, task_key: str | None = None) -> list[dict[str, Any]]:
+        """Step attempts in the order they started."""
+        query = select(StepAttempt).where(StepAttempt.run_id == run_id)
+        if task_key is not None:
+            query = query.where(StepAttempt.step_name == task_key)
+        return self._rows(query.order_by(StepAttempt.id))
+
+    def get_errors(self, run_id: str) -> list[dict[str, Any]]:
+        return self._rows(select(ErrorRecord).where(ErrorRecord.run_id == run_id)
+                          .order_by(ErrorRecord.id))
+
+    def error_count(self, run_id: str, ws_id: str, step_name: str, signature: str) -> int:
+        """How often this error was seen; 0 if never."""
+        with Session(self._engine) as session:
+            count = session.scalar(select(ErrorRecord.count).where(
+                ErrorRecord.run_id == run_id, ErrorRecord.ws_id == ws_id,
+                ErrorRecord.step_name == step_name, ErrorRecord.signature == signature,
+            ))
+            return count or 0
+
+    def get_events(self, run_id: str, after_id: int = 0,
+                   types: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Events of the run with ``id > after_id`` in id order; ``types`` filters event types.
+
+        Ids only grow, so the last id seen is a cursor for the next call.
+        """
+        query = select(Event).where(Event.run_id == run_id, Event.id > after_id)
+        if types is not None:
+            query = query.where(Event.event_type.in_(list(types)))
+        return self._rows(query.order_by(Event.id))
+
+    def get_routing_decisions(self, run_id: str) -> list[dict[str, Any]]:
+        """Routing decisions in the order they were recorded; ``candidates`` is a list."""
+        return self._rows(select(RoutingDecision).where(RoutingDecision.run_id == run_id)
+                          .order_by(RoutingDecision.id))
+
+    def inspect_summary(self) -> dict[str, Any]:
+        """What ``orchestrate db inspect`` shows: counts by state, schema version, masked URL."""
+        with Session(self._engine) as session:
+            version = session.get(SchemaMeta, "schema_version")
+            return {
+                "db_url": self._engine.url.render_as_string(hide_password=True),
+                "schema_version": version.value if version is not None else None,
+                "runs": _counts(session, Run.status),
+                "workstreams": _counts(session, Workstream.status),
+                "tasks": _counts(session, Task.state),
+                "events": session.scalar(select(func.count()).select_from(Event)) or 0,
+            }
+
+    def _rows(self, query: Any) -> list[dict[str, Any]]:
+        with Session(self._engine) as session:
+            return [_as_dict(row) for row in session.scalars(query)]
+
+
+def _counts(session: Session, column: Any) -> dict[str, int]:
+    return {value: count for value, count in session.execute(
+        select(column, func.count()).group_by(column).order_by(column)
+    )}
+
+
+def _as_dict(row: Base, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attribute in inspect(row).mapper.column_attrs:
+        name = attribute.key
+        if name in skip:
+            continue
+        value = getattr(row, name)
+        if name.endswith(_JSON_SUFFIX):
+            out[name[: -len(_JSON_SUFFIX)]] = _decoded(value)
+        elif name == "depends_on":
+            out[name] = json.loads(value)
+        else:
+            out[name] = value
+    return out
+
+
+def _decoded(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -1,0 +1,520 @@
+"""The ledger's store: the only code that writes the database.
+
+:meth:`Store.apply` applies a burst of :mod:`messages.ledger` ops in one transaction (group
+commit). Every state change is checked against :mod:`domain.states` using an in-memory cache of
+current states, so the hot path issues no SELECT once a run is warm, and rows are written with
+one ``executemany`` per statement (:mod:`persistence.writes`). The seed-style single-op methods
+are thin wrappers around :meth:`Store.apply`.
+
+A Store owns one long-lived connection; its writes are serialised by a lock, so it may be
+shared between threads, but only one Store (one process) should write a database at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+
+from sqlalchemy import Engine, insert, select
+
+from domain.states import EntityKind, IllegalTransition, check_transition, initial_state
+from messages.ledger import (
+    AttemptFinished,
+    AttemptStarted,
+    ErrorObserved,
+    EventObserved,
+    LedgerOp,
+    RoutingDecided,
+    TransitionRun,
+    TransitionTask,
+    TransitionWorkstream,
+)
+from persistence.clock import utc_now_iso
+from persistence.errors import DuplicateAttempt, DuplicateRun, UnknownEntity
+from persistence.models import Event, Run, Task, Workstream
+from persistence.reader import StateReader
+from persistence.state_cache import RunStates, StateCache, StateKey, load_run_states
+from persistence.writes import Transition, WriteBatch
+from planning.model import canonical_json, sha256_of, task_key
+
+RUN_ID_PREFIX = "run-"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An op :meth:`Store.apply` skipped; ``error`` is what the single-op API raises for it."""
+
+    op: LedgerOp
+    reason: str
+    error: Exception
+
+
+def new_run_id() -> str:
+    return RUN_ID_PREFIX + uuid.uuid4().hex[:12]
+
+
+class Store:
+    """Writes runs, states, attempts, errors, events and routing decisions; reads them back.
+
+    ``transitions_log``, if given, receives one JSON line per accepted transition after its
+    transaction commits (``{"at","run_id","entity","key","from","to","reason"}``).
+    """
+
+    def __init__(self, engine: Engine, transitions_log: Path | None = None) -> None:
+        self._reader = StateReader(engine)
+        self._cache = StateCache()
+        self._lock = threading.Lock()
+        self._connection = engine.connect()
+        self._log: TextIO | None = None
+        if transitions_log is not None:
+            transitions_log.parent.mkdir(parents=True, exist_ok=True)
+            self._log = transitions_log.open("a", encoding="utf-8")
+        self._handlers: dict[type, Callable[[Any, WriteBatch], Rejected | None]] = {
+            TransitionRun: self._transition_run,
+            TransitionWorkstream: self._transition_workstream,
+            TransitionTask: self._transition_task,
+            AttemptStarted: self._attempt_started,
+            AttemptFinished: self._attempt_finished,
+            ErrorObserved: self._error_observed,
+            EventObserved: self._event_observed,
+            RoutingDecided: self._routing_decided,
+        }
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        request_json: dict[str, Any],
+        plan_json: dict[str, Any],
+        *,
+        run_id: str | None = None,
+        at: str,
+    ) -> str:
+        """Create a run with all its workstreams and tasks, all pending, in one transaction.
+
+        Also writes events ``RUN_CREATED`` and ``EXECUTION_REQUEST_VALIDATED``. The request
+        hash is ``request_json["request_hash"]`` if present, else the SHA-256 of the request's
+        canonical JSON. Raises :class:`DuplicateRun` if ``run_id`` exists; if anything fails,
+        nothing is written.
+        """
+        run_id = run_id or new_run_id()
+        request_hash = request_json.get("request_hash") or sha256_of(request_json)
+        run_row = {
+            "run_id": run_id,
+            "status": initial_state("run"),
+            "created_at": at,
+            "updated_at": at,
+            "request_hash": request_hash,
+            "plan_source": plan_json.get("source") or None,
+            "status_reason": None,
+            "metadata_json": json.dumps({"request": request_json, "plan": plan_json}),
+        }
+        workstreams, tasks = _plan_rows(run_id, plan_json, at)
+        created = {
+            "request_hash": request_hash,
+            "plan_source": run_row["plan_source"],
+            "workstreams": len(workstreams),
+            "tasks": len(tasks),
+        }
+        events = [
+            _event_row(at, run_id, "RUN_CREATED", created),
+            _event_row(at, run_id, "EXECUTION_REQUEST_VALIDATED", {"request_hash": request_hash}),
+        ]
+        with self._lock, self._connection.begin():
+            exists = self._connection.execute(select(Run.run_id).where(Run.run_id == run_id))
+            if exists.first() is not None:
+                raise DuplicateRun(f"run {run_id!r} already exists; resume it or use another id")
+            self._connection.execute(insert(Run.__table__), [run_row])
+            if workstreams:
+                self._connection.execute(insert(Workstream.__table__), workstreams)
+            if tasks:
+                self._connection.execute(insert(Task.__table__), tasks)
+            self._connection.execute(insert(Event.__table__), events)
+        states: dict[StateKey, str] = {("run", run_id): run_row["status"]}
+        states.update((("workstream", ws["ws_id"]), ws["status"]) for ws in workstreams)
+        states.update((("task", task["task_key"]), task["state"]) for task in tasks)
+        self._cache.put(
+            run_id,
+            RunStates(states=states, task_ws={t["task_key"]: t["ws_id"] for t in tasks}),
+        )
+        return run_id
+
+    # -- the ledger's entry point -----------------------------------------------------------
+
+    def apply(self, ops: Sequence[LedgerOp]) -> list[Rejected]:
+        """Apply ``ops`` in order in one transaction; return the ops that were skipped.
+
+        A refused op does not abort the batch: an illegal transition is skipped and recorded
+        as an ``ILLEGAL_TRANSITION`` event; an op naming an unknown run, task or attempt, or
+        starting an attempt twice, is skipped. A transition to the current state is a no-op
+        (nothing written, not refused), so replaying ops is harmless. If the transaction fails,
+        nothing of the batch is written, the state cache is unchanged, and the error propagates.
+        After the commit the transitions are appended to the transitions log; if that write
+        fails, the OSError propagates although the database holds the batch.
+        """
+        if not ops:
+            return []
+        batch = WriteBatch()
+        rejected: list[Rejected] = []
+        with self._lock:
+            try:
+                with self._connection.begin():
+                    for op in ops:
+                        handler = self._handlers.get(type(op))
+                        if handler is None:
+                            raise TypeError(f"not a ledger op: {op!r}")
+                        refusal = handler(op, batch)
+                        if refusal is not None:
+                            rejected.append(refusal)
+                    batch.execute(self._connection)
+            except BaseException:
+                self._cache.rollback()
+                raise
+            self._cache.commit()
+            if self._log is not None and batch.transitions:
+                self._log.writelines(batch.log_lines())
+                self._log.flush()
+        return rejected
+
+    # -- single-op API (each its own transaction) -------------------------------------------
+
+    def update_run_status(self, run_id: str, new_status: str, reason: str = "") -> None:
+        """Raises IllegalTransition (after recording it) or UnknownEntity."""
+        self._apply_one(TransitionRun(run_id, new_status, utc_now_iso(), reason))
+
+    def update_workstream_status(
+        self, run_id: str, ws_id: str, new_status: str, reason: str = ""
+    ) -> None:
+        """Raises IllegalTransition (after recording it) or UnknownEntity."""
+        self._apply_one(TransitionWorkstream(run_id, ws_id, new_status, utc_now_iso(), reason))
+
+    def update_task_state(self, run_id: str, task_key: str, new_state: str, reason: str = "") -> None:
+        """Raises IllegalTransition (after recording it) or UnknownEntity."""
+        self._apply_one(TransitionTask(run_id, task_key, new_state, utc_now_iso(), reason=reason))
+
+    def record_step_attempt(
+        self,
+        run_id: str,
+        ws_id: str,
+        step_name: str,
+        attempt: int,
+        *,
+        adapter: str = "",
+        pid: int | None = None,
+        pid_create_time: float | None = None,
+        log_path: str = "",
+        started_at: str | None = None,
+    ) -> None:
+        """Record the start of attempt ``attempt`` of task ``step_name`` (status IN_PROGRESS).
+
+        Raises UnknownEntity for an unknown task, DuplicateAttempt if already recorded.
+        """
+        started = AttemptStarted(
+            run_id,
+            ws_id,
+            step_name,
+            attempt,
+            adapter,
+            started_at or utc_now_iso(),
+            pid=pid,
+            pid_create_time=pid_create_time,
+            log_path=log_path,
+        )
+        self._apply_one(started)
+
+    def finish_step_attempt(
+        self,
+        run_id: str,
+        step_name: str,
+        attempt: int,
+        status: str,
+        *,
+        exit_code: int | None = None,
+        duration_s: float | None = None,
+        max_rss_bytes: int | None = None,
+        cpu_s: float | None = None,
+        error_class: str = "",
+        message: str = "",
+        gate_output: str = "",
+        completed_at: str | None = None,
+    ) -> None:
+        """Record the end of an attempt (``status``: the task state it ended in).
+
+        Also sets the task's exit_code and error_class. Raises UnknownEntity if the attempt was
+        never started.
+        """
+        finished = AttemptFinished(
+            run_id,
+            step_name,
+            attempt,
+            status,
+            completed_at or utc_now_iso(),
+            exit_code=exit_code,
+            duration_s=duration_s,
+            max_rss_bytes=max_rss_bytes,
+            cpu_s=cpu_s,
+            error_class=error_class,
+            message=message,
+            gate_output=gate_output,
+        )
+        self._apply_one(finished)
+
+    def record_error(
+        self,
+        run_id: str,
+        ws_id: str,
+        step_name: str,
+        error_code: str,
+        signature: str,
+        message: str,
+        context_json: str = "",
+    ) -> int:
+        """Count an error; return how often this (run, ws, step, signature) has been seen."""
+        observed = ErrorObserved(
+            run_id, ws_id, step_name, error_code, signature, message, utc_now_iso(), context_json
+        )
+        self._apply_one(observed)
+        return self._reader.error_count(run_id, ws_id, step_name, signature)
+
+    def record_event(
+        self,
+        run_id: str | None,
+        ws_id: str | None,
+        event_type: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        task_key: str | None = None,
+    ) -> None:
+        """Insert an event; ``payload`` is stored as JSON."""
+        payload_json = json.dumps(payload) if payload is not None else ""
+        self._apply_one(
+            EventObserved(event_type, utc_now_iso(), run_id, ws_id, task_key, payload_json)
+        )
+
+    # -- reads (committed data, separate connections) ---------------------------------------
+
+    def find_run_by_request_hash(self, request_hash: str) -> str | None:
+        return self._reader.find_run_by_request_hash(request_hash)
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        return self._reader.get_run(run_id)
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        return self._reader.list_runs()
+
+    def get_workstreams(self, run_id: str) -> list[dict[str, Any]]:
+        return self._reader.get_workstreams(run_id)
+
+    def get_tasks(self, run_id: str) -> list[dict[str, Any]]:
+        return self._reader.get_tasks(run_id)
+
+    def get_attempts(self, run_id: str, task_key: str | None = None) -> list[dict[str, Any]]:
+        return self._reader.get_attempts(run_id, task_key)
+
+    def get_errors(self, run_id: str) -> list[dict[str, Any]]:
+        return self._reader.get_errors(run_id)
+
+    def get_events(
+        self, run_id: str, after_id: int = 0, types: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        return self._reader.get_events(run_id, after_id, types)
+
+    def get_routing_decisions(self, run_id: str) -> list[dict[str, Any]]:
+        return self._reader.get_routing_decisions(run_id)
+
+    def inspect_summary(self) -> dict[str, Any]:
+        return self._reader.inspect_summary()
+
+    def close(self) -> None:
+        """Release the connection and the log file; the engine stays the caller's."""
+        with self._lock:
+            self._connection.close()
+            if self._log is not None:
+                self._log.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- op handlers: validate against the cache, queue rows on the batch ---------------------
+
+    def _apply_one(self, op: LedgerOp) -> None:
+        rejected = self.apply([op])
+        if rejected:
+            raise rejected[0].error
+
+    def _run(self, run_id: str) -> RunStates | None:
+        run = self._cache.get(run_id)
+        if run is None:
+            run = load_run_states(self._connection, run_id)
+            if run is not None:
+                self._cache.put(run_id, run)
+        return run
+
+    def _transition_run(self, op: TransitionRun, batch: WriteBatch) -> Rejected | None:
+        run = self._run(op.run_id)
+        if run is None:
+            return _unknown(op, f"unknown run {op.run_id!r}")
+        return self._transition(op, batch, run, "run", op.run_id, None, None, batch.run_status)
+
+    def _transition_workstream(self, op: TransitionWorkstream, batch: WriteBatch) -> Rejected | None:
+        run = self._run(op.run_id)
+        if run is None or ("workstream", op.ws_id) not in run.states:
+            return _unknown(op, f"unknown workstream {op.ws_id!r} of run {op.run_id!r}")
+        return self._transition(
+            op, batch, run, "workstream", op.ws_id, op.ws_id, None, batch.workstream_status
+        )
+
+    def _transition_task(self, op: TransitionTask, batch: WriteBatch) -> Rejected | None:
+        run = self._run(op.run_id)
+        ws_id = run.task_ws.get(op.task_key) if run is not None else None
+        if run is None or ws_id is None:
+            return _unknown(op, f"unknown task {op.task_key!r} of run {op.run_id!r}")
+        def write(change: Transition) -> None:
+            batch.task_state(change, op.adapter)
+
+        return self._transition(op, batch, run, "task", op.task_key, ws_id, op.task_key, write)
+
+    def _transition(
+        self,
+        op: TransitionRun | TransitionWorkstream | TransitionTask,
+        batch: WriteBatch,
+        run: RunStates,
+        entity: EntityKind,
+        key: str,
+        ws_id: str | None,
+        event_task_key: str | None,
+        write: Callable[[Transition], None],
+    ) -> Rejected | None:
+        current = run.states[(entity, key)]
+        if current == op.to_state:
+            return None
+        try:
+            check_transition(entity, current, op.to_state, key)
+        except IllegalTransition as exc:
+            payload = {"entity": entity, "key": key, "from": current, "to": op.to_state}
+            batch.event(
+                op.at, "ILLEGAL_TRANSITION", op.run_id, ws_id, event_task_key, json.dumps(payload)
+            )
+            return Rejected(op, str(exc), exc)
+        self._cache.set_state(run, (entity, key), op.to_state)
+        change = Transition(op.at, op.run_id, entity, key, current, op.to_state, op.reason)
+        batch.transition(change, ws_id, event_task_key)
+        write(change)
+        return None
+
+    def _attempt_started(self, op: AttemptStarted, batch: WriteBatch) -> Rejected | None:
+        run = self._run(op.run_id)
+        ws_id = run.task_ws.get(op.task_key) if run is not None else None
+        if run is None or ws_id is None:
+            return _unknown(op, f"unknown task {op.task_key!r} of run {op.run_id!r}")
+        attempt = (op.task_key, op.attempt)
+        if attempt in run.attempts:
+            reason = (
+                f"attempt {op.attempt} of task {op.task_key!r} of run {op.run_id!r}"
+                " was already started"
+            )
+            return Rejected(op, reason, DuplicateAttempt(reason))
+        self._cache.add(run.attempts, attempt)
+        # The task's own workstream, not the sender's idea of it, keeps attempts consistent.
+        batch.attempt_started(op, ws_id)
+        return None
+
+    def _attempt_finished(self, op: AttemptFinished, batch: WriteBatch) -> Rejected | None:
+        run = self._run(op.run_id)
+        if run is None or (op.task_key, op.attempt) not in run.attempts:
+            return _unknown(
+                op, f"unknown attempt {op.attempt} of task {op.task_key!r} of run {op.run_id!r}"
+            )
+        batch.attempt_finished(op)
+        return None
+
+    def _error_observed(self, op: ErrorObserved, batch: WriteBatch) -> Rejected | None:
+        run = self._run(op.run_id)
+        if run is None:
+            return _unknown(op, f"unknown run {op.run_id!r}")
+        error = (op.ws_id, op.step_name, op.signature)
+        if error in run.errors:
+            batch.error_repeated(op)
+        else:
+            self._cache.add(run.errors, error)
+            batch.error_new(op)
+        return None
+
+    def _event_observed(self, op: EventObserved, batch: WriteBatch) -> Rejected | None:
+        # Events need no known run (no foreign key): the audit trail takes everything.
+        batch.event(op.at, op.event_type, op.run_id, op.ws_id, op.task_key, op.payload_json or None)
+        return None
+
+    def _routing_decided(self, op: RoutingDecided, batch: WriteBatch) -> Rejected | None:
+        if self._run(op.run_id) is None:
+            return _unknown(op, f"unknown run {op.run_id!r}")
+        batch.routing(op)
+        return None
+
+
+def _unknown(op: LedgerOp, reason: str) -> Rejected:
+    return Rejected(op, reason, UnknownEntity(reason))
+
+
+def _event_row(at: str, run_id: str, event_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "timestamp": at,
+        "run_id": run_id,
+        "ws_id": None,
+        "task_key": None,
+        "event_type": event_type,
+        "payload_json": json.dumps(payload),
+    }
+
+
+def _plan_rows(
+    run_id: str, plan_json: dict[str, Any], at: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Workstream and task rows of a plan in its ``Plan.to_json()`` form, all in initial states."""
+    workstreams: list[dict[str, Any]] = []
+    tasks: list[dict[str, Any]] = []
+    for ws in plan_json.get("workstreams") or ():
+        ws_id = ws["id"]
+        workstreams.append({
+            "run_id": run_id,
+            "ws_id": ws_id,
+            "status": initial_state("workstream"),
+            "depends_on": json.dumps(list(ws.get("depends_on") or ())),
+            "title": ws.get("title") or None,
+            "created_at": at,
+            "updated_at": at,
+            "metadata_json": json.dumps({k: v for k, v in ws.items() if k != "tasks"}),
+        })
+        for task in ws.get("tasks") or ():
+            tasks.append({
+                "run_id": run_id,
+                "task_key": task_key(ws_id, task["id"]),
+                "ws_id": ws_id,
+                "tool": task.get("tool"),
+                "adapter": None,
+                "state": initial_state("task"),
+                "priority": int(task.get("priority") or 0),
+                "attempts": 0,
+                "exit_code": None,
+                "error_class": None,
+                "created_at": at,
+                "updated_at": at,
+                "started_at": None,
+                "finished_at": None,
+                "spec_json": canonical_json(task),
+            })
+    return workstreams, tasks

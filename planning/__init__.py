@@ -1,0 +1,1 @@
+"""Plan input: workstream files -> validated, immutable :class:`Plan` -> ExecutionRequest."""

@@ -1,0 +1,222 @@
+"""Read workstream files (JSON or YAML) into a validated, normalised :class:`Plan`.
+
+A plan is one file or a directory of files; each file holds one workstream or a bundle
+``{"workstreams": [...], "defaults": {...}}``. Loading either returns a plan whose ids are
+unique, whose dependencies all exist and which has no cycle, or raises :class:`PlanError`
+listing every problem found - it never lets another exception escape for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from planning.checks import WorkstreamSource, graph_issues, qualify
+from planning.errors import PlanError, PlanIssue
+from planning.model import AcceptanceCheck, Plan, TaskSpec, Workstream
+from planning.schemas import describe_value, json_path, schema_issues
+
+WORKSTREAM_SCHEMA = "workstream.v1.json"
+PLAN_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def load_plan(path: str | os.PathLike[str]) -> Plan:
+    """Load the plan at ``path`` (a plan file, or a directory of them read in name order).
+
+    Task ``cwd`` is made absolute against the plan's base directory (the file's directory, or
+    the directory given) and defaults to it; task ``depends_on`` entries become task keys
+    ``ws/task``; ``max_attempts`` and ``timeout_s`` fall back to the bundle's ``defaults``.
+    The result carries its content hash. Raises :class:`PlanError` for anything the user wrote
+    wrong, including a missing path; :class:`SchemaMissing` if the schema itself is absent.
+    """
+    source = os.fspath(path)
+    files, base_dir = _plan_files(source)
+    issues: list[PlanIssue] = []
+    sources: list[WorkstreamSource] = []
+    for label, file in files:
+        data, read_issues = _read(label, file)
+        if read_issues:
+            issues += read_issues
+            continue
+        invalid = [
+            PlanIssue(label, where, message)
+            for where, message in schema_issues(WORKSTREAM_SCHEMA, data)
+        ]
+        if invalid:
+            issues += invalid
+            continue
+        sources += _workstreams_of(label, data)
+    if issues:
+        raise PlanError(issues)
+
+    plan = Plan(tuple(_workstream(source, base_dir) for source in sources), source, base_dir)
+    issues = graph_issues(plan, sources)
+    if issues:
+        raise PlanError(issues)
+    return plan.with_hash()
+
+
+def _plan_files(source: str) -> tuple[list[tuple[str, Path]], str]:
+    """``(label, path)`` of each plan file, and the absolute base directory."""
+    root = Path(source)
+    kinds = ", ".join(PLAN_SUFFIXES)
+    try:
+        if root.is_dir():
+            # Dotfiles are editor and tool droppings (locks, backups), never plan content.
+            names = sorted(
+                entry.name
+                for entry in root.iterdir()
+                if entry.suffix.lower() in PLAN_SUFFIXES
+                and not entry.name.startswith(".")
+                and entry.is_file()
+            )
+            if not names:
+                raise PlanError([PlanIssue(source, "$", f"directory has no plan files ({kinds})")])
+            files = [(os.path.join(source, name), root / name) for name in names]
+            return files, os.path.abspath(root)
+        if root.is_file():
+            if root.suffix.lower() not in PLAN_SUFFIXES:
+                raise PlanError(
+                    [PlanIssue(source, "$", f"not a plan file: expected a name ending in {kinds}")]
+                )
+            return [(source, root)], os.path.abspath(root.parent)
+    except OSError as exc:
+        raise PlanError([PlanIssue(source, "$", f"cannot read: {exc.strerror or exc}")]) from None
+    raise PlanError([PlanIssue(source, "$", "no such file or directory")])
+
+
+def _read(label: str, file: Path) -> tuple[Any, list[PlanIssue]]:
+    """The parsed document, or the issues that stop it being one."""
+
+    def fail(message: str) -> tuple[Any, list[PlanIssue]]:
+        return None, [PlanIssue(label, "$", message)]
+
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return fail(f"not UTF-8 text (bad byte at offset {exc.start})")
+    except OSError as exc:
+        return fail(f"cannot read: {exc.strerror or exc}")
+    if not text.strip():
+        return fail("file is empty")
+    try:
+        data = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
+        problems = list(_non_json_values(data, (), set()))
+    except json.JSONDecodeError as exc:
+        return fail(f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")
+    except yaml.YAMLError as exc:
+        return fail(_yaml_message(exc))
+    except RecursionError:
+        return fail("nested too deeply")
+    return data, [PlanIssue(label, json_path(parts), message) for parts, message in problems]
+
+
+def _yaml_message(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = ": ".join(
+        p for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p
+    )
+    if mark is None:
+        return f"malformed YAML: {problem or exc}"
+    return f"malformed YAML at line {mark.line + 1}, column {mark.column + 1}: {problem or exc}"
+
+
+def _non_json_values(
+    value: Any, parts: tuple[str | int, ...], open_ids: set[int]
+) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Values JSON cannot hold: YAML dates, sets, binary, non-string keys, aliases to an
+    enclosing node, and NaN/Infinity (from either format) - each with where it is."""
+    if value is None or isinstance(value, bool | int | str):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield parts, f"{describe_value(value)} is not allowed; use a finite number"
+        return
+    if not isinstance(value, list | dict):
+        yield parts, f"{describe_value(value)} is not a JSON value; quote it to make it a string"
+        return
+    if id(value) in open_ids:
+        yield parts, "refers to an enclosing node (recursive YAML alias)"
+        return
+    open_ids.add(id(value))
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_json_values(item, (*parts, index), open_ids)
+    else:
+        for key, item in value.items():
+            if not isinstance(key, str):
+                yield parts, f"key {describe_value(key)} is not a string; quote it"
+                continue
+            yield from _non_json_values(item, (*parts, key), open_ids)
+    open_ids.discard(id(value))
+
+
+def _workstreams_of(label: str, data: Mapping[str, Any]) -> list[WorkstreamSource]:
+    if "workstreams" not in data:
+        return [WorkstreamSource(label, "$", data)]
+    defaults = data.get("defaults", {})
+    return [
+        WorkstreamSource(label, f"$.workstreams[{index}]", ws, defaults)
+        for index, ws in enumerate(data["workstreams"])
+    ]
+
+
+def _workstream(source: WorkstreamSource, base_dir: str) -> Workstream:
+    data = source.data
+    return Workstream(
+        id=data["id"],
+        title=data.get("title", ""),
+        depends_on=tuple(data.get("depends_on", ())),
+        tasks=tuple(_task(data["id"], task, base_dir, source.defaults) for task in data["tasks"]),
+        source_file=source.file,
+    )
+
+
+def _task(
+    ws_id: str, data: Mapping[str, Any], base_dir: str, defaults: Mapping[str, Any]
+) -> TaskSpec:
+    timeout_s = data.get("timeout_s", defaults.get("timeout_s"))
+    return TaskSpec(
+        workstream_id=ws_id,
+        id=data["id"],
+        tool=data["tool"],
+        command=data.get("command"),
+        callable=data.get("callable"),
+        args=tuple(data.get("args", ())),
+        kwargs=_pairs(data.get("kwargs", {})),
+        prompt=data.get("prompt"),
+        files=tuple(data.get("files", ())),
+        # "t" and "ws/t" name the same task; keep the first mention.
+        depends_on=tuple(dict.fromkeys(qualify(ws_id, ref) for ref in data.get("depends_on", ()))),
+        # Floats throughout, so "60" and "60.0" in a file give the same plan hash.
+        timeout_s=_float_or_none(timeout_s),
+        cwd=os.path.abspath(os.path.join(base_dir, data.get("cwd", "."))),
+        env=_pairs(data.get("env", {})),
+        priority=int(data.get("priority", 0)),
+        tags=tuple(data.get("tags", ())),
+        acceptance=tuple(
+            AcceptanceCheck(
+                command=check["command"],
+                name=check.get("name", ""),
+                timeout_s=_float_or_none(check.get("timeout_s")),
+            )
+            for check in data.get("acceptance", ())
+        ),
+        memory_limit_mb=_float_or_none(data.get("memory_limit_mb")),
+        max_attempts=int(data.get("max_attempts", defaults.get("max_attempts", 1))),
+        kind=data.get("kind"),
+    )
+
+
+def _pairs(mapping: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(mapping.items()))
+
+
+def _float_or_none(value: float | None) -> float | None:
+    return None if value is None else float(value)

@@ -1,0 +1,209 @@
+"""The immutable, normalised form of a plan that the rest of the runtime consumes.
+
+A loaded plan never changes; actors pass these objects between threads without copying.
+Collections are tuples, and mappings are tuples of ``(key, value)`` pairs sorted by key, so
+every object is hashable and compares by value. ``to_json()`` gives the canonical JSON-able
+form, from which the plan hash is computed and from which :func:`plan_from_json` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+TASK_KEY_SEPARATOR = "/"
+
+
+def task_key(workstream_id: str, task_id: str) -> str:
+    """The run-wide identity of a task: ``<workstream>/<task>``."""
+    return f"{workstream_id}{TASK_KEY_SEPARATOR}{task_id}"
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, UTF-8 kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_of(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def _pairs(mapping: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((mapping or {}).items()))
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptanceCheck:
+    """A gate run in VALIDATING after the tool succeeded; exit 0 passes."""
+
+    command: str
+    name: str = ""
+    timeout_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": self.command, "name": self.name, "timeout_s": self.timeout_s}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AcceptanceCheck:
+        return cls(command=data["command"], name=data.get("name") or "", timeout_s=data.get("timeout_s"))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One step of a workstream, as written by the user, with dependencies made run-wide.
+
+    ``depends_on`` holds task keys (``ws/task``); a bare id in the file means a task of the
+    same workstream. ``cwd`` is absolute (resolved against the plan's base directory).
+    """
+
+    workstream_id: str
+    id: str
+    tool: str
+    command: str | None = None
+    callable: str | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+    prompt: str | None = None
+    files: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    timeout_s: float | None = None
+    cwd: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    priority: int = 0
+    tags: tuple[str, ...] = ()
+    acceptance: tuple[AcceptanceCheck, ...] = ()
+    memory_limit_mb: float | None = None
+    max_attempts: int = 1
+    kind: str | None = None
+
+    @property
+    def key(self) -> str:
+        return task_key(self.workstream_id, self.id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workstream_id": self.workstream_id,
+            "id": self.id,
+            "tool": self.tool,
+            "command": self.command,
+            "callable": self.callable,
+            "args": list(self.args),
+            "kwargs": dict(self.kwargs),
+            "prompt": self.prompt,
+            "files": list(self.files),
+            "depends_on": list(self.depends_on),
+            "timeout_s": self.timeout_s,
+            "cwd": self.cwd,
+            "env": dict(self.env),
+            "priority": self.priority,
+            "tags": list(self.tags),
+            "acceptance": [check.to_json() for check in self.acceptance],
+            "memory_limit_mb": self.memory_limit_mb,
+            "max_attempts": self.max_attempts,
+            "kind": self.kind,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskSpec:
+        return cls(
+            workstream_id=data["workstream_id"],
+            id=data["id"],
+            tool=data["tool"],
+            command=data.get("command"),
+            callable=data.get("callable"),
+            args=tuple(data.get("args") or ()),
+            kwargs=_pairs(data.get("kwargs")),
+            prompt=data.get("prompt"),
+            files=tuple(data.get("files") or ()),
+            depends_on=tuple(data.get("depends_on") or ()),
+            timeout_s=data.get("timeout_s"),
+            cwd=data.get("cwd"),
+            env=_pairs(data.get("env")),
+            priority=int(data.get("priority") or 0),
+            tags=tuple(data.get("tags") or ()),
+            acceptance=tuple(AcceptanceCheck.from_json(c) for c in data.get("acceptance") or ()),
+            memory_limit_mb=data.get("memory_limit_mb"),
+            max_attempts=int(data.get("max_attempts") or 1),
+            kind=data.get("kind"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Workstream:
+    id: str
+    title: str = ""
+    depends_on: tuple[str, ...] = ()
+    tasks: tuple[TaskSpec, ...] = ()
+    source_file: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "depends_on": list(self.depends_on),
+            "tasks": [task.to_json() for task in self.tasks],
+            "source_file": self.source_file,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Workstream:
+        return cls(
+            id=data["id"],
+            title=data.get("title") or "",
+            depends_on=tuple(data.get("depends_on") or ()),
+            tasks=tuple(TaskSpec.from_json(t) for t in data.get("tasks") or ()),
+            source_file=data.get("source_file") or "",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A validated plan: workstreams in file order, each task's dependencies run-wide.
+
+    ``base_dir`` is the absolute directory task ``cwd`` values were resolved against;
+    ``source`` is the path the user named.
+    """
+
+    workstreams: tuple[Workstream, ...]
+    source: str
+    base_dir: str
+    hash: str = field(default="", compare=False)
+
+    @property
+    def tasks(self) -> tuple[TaskSpec, ...]:
+        return tuple(task for ws in self.workstreams for task in ws.tasks)
+
+    def task(self, key: str) -> TaskSpec:
+        for candidate in self.tasks:
+            if candidate.key == key:
+                return candidate
+        raise KeyError(key)
+
+    def content_json(self) -> dict[str, Any]:
+        """What the plan asks for, independent of where its files were read from."""
+        return {"workstreams": [ws.to_json() | {"source_file": ""} for ws in self.workstreams]}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "base_dir": self.base_dir,
+            "hash": self.content_hash(),
+            "workstreams": [ws.to_json() for ws in self.workstreams],
+        }
+
+    def content_hash(self) -> str:
+        return sha256_of(self.content_json())
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        plan = cls(
+            workstreams=tuple(Workstream.from_json(w) for w in data["workstreams"]),
+            source=data.get("source") or "",
+            base_dir=data.get("base_dir") or "",
+        )
+        return plan.with_hash()
+
+    def with_hash(self) -> Plan:
+        return Plan(self.workstreams, self.source, self.base_dir, self.content_hash())
