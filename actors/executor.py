@@ -67,7 +67,6 @@ class ExecutorActor(SupervisedActor):
     # -- the tool --------------------------------------------------------------------------
     def _start(self, request: ExecuteTask) -> None:
         key = (request.run_id, request.task.key, request.attempt)
-        Path(request.log_path).parent.mkdir(parents=True, exist_ok=True)
         self.in_flight[key] = _InFlight(request=request, started=time.monotonic())
         spec = self.adapter.process_spec(request.task, request.log_path)
         pid, create_time = self._spawn(spec, request, "tool")

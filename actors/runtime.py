@@ -69,7 +69,7 @@ class Runtime:
     def _spec(self) -> SupervisorSpec:
         directory = self.directory
         children = [
-            ChildSpec(LEDGER, lambda: LedgerActor.start(LEDGER, directory, self.store)),
+            ChildSpec(LEDGER, lambda: LedgerActor.start(LEDGER, directory, self.store, self.timers)),
             ChildSpec(ROUTER, lambda: RouterActor.start(ROUTER, directory, self.adapters)),
         ]
         for name, info in self.adapters.items():

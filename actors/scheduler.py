@@ -34,11 +34,11 @@ from messages import (
     ErrorObserved,
     EventObserved,
     ExecuteTask,
-    RouteTask,
+    RouteTasks,
     RunProgress,
     StartRun,
     TaskFinished,
-    TaskRouted,
+    TasksRouted,
     TaskStarted,
     TaskValidating,
     TransitionRun,
@@ -94,12 +94,14 @@ class SchedulerActor(SupervisedActor):
         self.retry_defaults = retry_defaults
         self.runs: dict[str, _Run] = {}
         self.adapter_running: Counter[str] = Counter()
+        # Tasks that became ready while handling one message; routed together afterwards.
+        self.to_route: dict[str, list[TaskSpec]] = {}
 
     # -- mailbox -------------------------------------------------------------------------------
     def on_receive(self, message: object) -> None:
         if isinstance(message, StartRun):
             self._start_run(message)
-        elif isinstance(message, TaskRouted):
+        elif isinstance(message, TasksRouted):
             self._routed(message)
         elif isinstance(message, TaskStarted):
             self._started(message)
@@ -109,6 +111,9 @@ class SchedulerActor(SupervisedActor):
             self._finished(message)
         elif isinstance(message, RetryDue):
             self._retry_due(message)
+        for run_id, tasks in self.to_route.items():
+            self.directory.tell(ROUTER, RouteTasks(run_id, tuple(tasks)))
+        self.to_route.clear()
 
     # -- starting a run --------------------------------------------------------------------------
     def _start_run(self, message: StartRun) -> None:
@@ -145,8 +150,7 @@ class SchedulerActor(SupervisedActor):
                 self._route(run, key)
         for key in book.ready_pending():
             self._queue(run, key)
-        for ws_id in run.ws_states:
-            self._refresh_workstream(run, ws_id)
+        self._refresh_workstreams(run)
         self._check_finished(run)
 
     # -- task lifecycle ----------------------------------------------------------------------------
@@ -155,18 +159,20 @@ class SchedulerActor(SupervisedActor):
         self._route(run, key)
 
     def _route(self, run: _Run, key: str) -> None:
-        self.directory.tell(ROUTER, RouteTask(run.run_id, run.specs[key], run.attempts.get(key, 0) + 1))
+        self.to_route.setdefault(run.run_id, []).append(run.specs[key])
 
-    def _routed(self, message: TaskRouted) -> None:
+    def _routed(self, message: TasksRouted) -> None:
         run = self.runs.get(message.run_id)
-        if run is None or run.book.states[message.task_key] is not TaskState.QUEUED:
+        if run is None:
             return
-        if not message.adapter:
-            self._fail(run, message.task_key, TaskState.FAILED, ErrorClass.BAD_INPUT, message.reason, attempt=0)
-            self._after_change(run)
-            return
-        run.book.enqueue(message.task_key, message.adapter)
-        self._dispatch()
+        for routed in message.routes:
+            if run.book.states[routed.task_key] is not TaskState.QUEUED:
+                continue
+            if routed.adapter:
+                run.book.enqueue(routed.task_key, routed.adapter)
+            else:
+                self._fail(run, routed.task_key, TaskState.FAILED, ErrorClass.BAD_INPUT, routed.reason, attempt=0)
+        self._after_change(run)
 
     def _dispatch(self) -> None:
         for run in list(self.runs.values()):
@@ -211,7 +217,7 @@ class SchedulerActor(SupervisedActor):
             )
         )
         self._event(run, "TASK_STARTED", message.task_key, {"attempt": message.attempt, "adapter": message.adapter, "pid": message.pid})
-        self._refresh_workstream(run, spec.workstream_id)
+        self._refresh_workstreams(run)
 
     def _validating(self, message: TaskValidating) -> None:
         run = self.runs.get(message.run_id)
@@ -298,8 +304,7 @@ class SchedulerActor(SupervisedActor):
             self.adapter_running[adapter] -= 1
 
     def _after_change(self, run: _Run) -> None:
-        for ws_id in run.ws_states:
-            self._refresh_workstream(run, ws_id)
+        self._refresh_workstreams(run)
         self._check_finished(run)
         self._dispatch()
 
@@ -330,12 +335,13 @@ class SchedulerActor(SupervisedActor):
                 RunProgress(run.run_id, key, state.value, at, run.book.done_count(), len(run.book.states), reason)
             )
 
-    def _refresh_workstream(self, run: _Run, ws_id: str) -> None:
-        current = run.ws_states[ws_id]
-        target = run.book.workstream_target(ws_id)
-        for step in workstream_path(current, target):
-            self._ledger(TransitionWorkstream(run.run_id, ws_id, step.value, utc_now_iso()))
-            run.ws_states[ws_id] = step
+    def _refresh_workstreams(self, run: _Run) -> None:
+        """Move each workstream whose tasks changed to the state they imply, by legal steps."""
+        for ws_id in run.book.take_dirty_workstreams():
+            target = run.book.workstream_target(ws_id)
+            for step in workstream_path(run.ws_states[ws_id], target):
+                self._ledger(TransitionWorkstream(run.run_id, ws_id, step.value, utc_now_iso()))
+                run.ws_states[ws_id] = step
 
     def _record_error(self, run: _Run, key: str, error_class: str, message: str, gate_output: str) -> None:
         spec = run.specs[key]

@@ -99,10 +99,17 @@ class _Stat(NamedTuple):
     ppid: int
     pgid: int
     sid: int
-    create_time: float
+    # Clock ticks from boot to the process's start. Internally (pid, start) is the identity, as in
+    # psutil: unlike create_time it does not move when the wall clock is stepped.
+    start: int
 
 
-def _read_stat(pid: int, boot_time: float) -> _Stat | None:
+def _create_time(start: int) -> float:
+    """psutil's ``create_time()`` for a start tick (same arithmetic, so the floats compare equal)."""
+    return start / _CLOCK_TICKS + psutil.boot_time()
+
+
+def _read_stat(pid: int) -> _Stat | None:
     """``pid``'s line of ``/proc/<pid>/stat``, or None if it is gone (zombies are still there)."""
     # os.open/os.read rather than open(): this runs for every process on every scan.
     try:
@@ -117,37 +124,35 @@ def _read_stat(pid: int, boot_time: float) -> _Stat | None:
         os.close(fd)
     # The command name is parenthesised and may itself contain ") ": split after the last one.
     fields = data[data.rfind(b")") + 2 :].split()
-    # Same arithmetic as psutil's create_time(), so the floats compare equal.
-    return _Stat(pid, int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]) / _CLOCK_TICKS + boot_time)
+    return _Stat(pid, int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]))
 
 
 class _ProcTable:
     """One pass over /proc: every process with its parent, process group and session."""
 
     def __init__(self) -> None:
-        boot_time = psutil.boot_time()
         self.stats: dict[int, _Stat] = {}
         self.children: defaultdict[int, list[_Stat]] = defaultdict(list)
         self.by_group_or_session: defaultdict[int, list[_Stat]] = defaultdict(list)
         for name in os.listdir("/proc"):
-            if name.isdigit() and (stat := _read_stat(int(name), boot_time)) is not None:
+            if name.isdigit() and (stat := _read_stat(int(name))) is not None:
                 self.stats[stat.pid] = stat
                 self.children[stat.ppid].append(stat)
                 self.by_group_or_session[stat.pgid].append(stat)
                 if stat.sid != stat.pgid:
                     self.by_group_or_session[stat.sid].append(stat)
 
-    def tree(self, pid: int, create_time: float, known: Iterable[tuple[int, float]] = ()) -> list[_Stat]:
-        """The process ``(pid, create_time)`` (root first, if alive), every process in the group or
+    def tree(self, pid: int, start: int, known: Iterable[tuple[int, int]] = ()) -> list[_Stat]:
+        """The process ``(pid, start)`` (root first, if alive), every process in the group or
         session named by ``pid``, the ``known`` identities still alive, and all their descendants.
 
         The group and session members count even when the root is gone: while any process is in
         group or session N, the kernel does not hand out N as a new pid, so they can only be the
         root's. If pid N now names a different process, the root's group is empty and only
         ``known`` (e.g. escapees that called setsid, seen while their parent lived) remain."""
-        seeds = [stat for p, ct in known if (stat := self.stats.get(p)) is not None and stat.create_time == ct]
+        seeds = [stat for p, t in known if (stat := self.stats.get(p)) is not None and stat.start == t]
         root = self.stats.get(pid)
-        if root is None or root.create_time == create_time:
+        if root is None or root.start == start:
             seeds[:0] = ([root] if root else []) + self.by_group_or_session.get(pid, [])
         found: dict[int, _Stat] = {}
         queue = deque(seeds)
@@ -163,6 +168,7 @@ class _ProcTable:
 
 
 def _exited(pidfd: int) -> bool:
+    """A pidfd polls readable once its process has exited (as a zombie or reaped)."""
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
     return bool(poller.poll(0))
@@ -171,7 +177,6 @@ def _exited(pidfd: int) -> bool:
 def _pin(targets: Iterable[_Stat]) -> dict[int, _Stat]:
     """pidfds for the targets that still have the same identity. A pidfd keeps naming its
     process even if the pid is reused afterwards, so signals sent through it cannot go astray."""
-    boot_time = psutil.boot_time()
     pinned: dict[int, _Stat] = {}
     try:
         for target in targets:
@@ -179,8 +184,8 @@ def _pin(targets: Iterable[_Stat]) -> dict[int, _Stat]:
                 pidfd = os.pidfd_open(target.pid)
             except ProcessLookupError:
                 continue
-            now = _read_stat(target.pid, boot_time)
-            if now is None or now.create_time != target.create_time:
+            now = _read_stat(target.pid)
+            if now is None or now.start != target.start:
                 os.close(pidfd)  # the pid was reused between the snapshot and pidfd_open
             else:
                 pinned[pidfd] = target
@@ -253,7 +258,23 @@ def kill_tree(pid: int, create_time: float, grace_s: float = 2.0) -> list[int]:
     root itself has already exited. Does nothing if ``pid`` now names a different process. Never
     reaps: a zombie counts as dead and is left to its parent. Blocks for up to ``grace_s`` + 5 s.
     """
-    return _terminate(_ProcTable().tree(pid, create_time), pid, grace_s)
+    start = round((create_time - psutil.boot_time()) * _CLOCK_TICKS)
+    return _terminate(_ProcTable().tree(pid, start), pid, grace_s)
+
+
+def _group_empty(pgid: int) -> bool:
+    """True when no process is in group ``pgid`` (signal 0 probes without signalling)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _other_members(task: _Task) -> bool:
+    return any(pid != task.pid for pid, _ in task.members)
 
 
 # -- the reactor -------------------------------------------------------------------------------
@@ -265,6 +286,7 @@ class _Task:
     on_exit: OnExit
     popen: subprocess.Popen[bytes]
     pidfd: int
+    start: int  # identity, with pid (see _Stat)
     create_time: float
     started: float
     outcome: str = "exited"
@@ -276,7 +298,7 @@ class _Task:
     max_rss: int = 0
     # Every tree member seen by a sample, kept so later samples reuse the psutil objects and so a
     # kill still finds members that have since been orphaned outside the group and session.
-    members: dict[tuple[int, float], psutil.Process] = field(default_factory=dict)
+    members: dict[tuple[int, int], psutil.Process] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -289,8 +311,12 @@ class _Task:
 
 def _start(spec: ProcessSpec) -> tuple[subprocess.Popen[bytes], int]:
     """Start ``spec`` in a new session; return it and its pidfd."""
-    os.makedirs(os.path.dirname(spec.log_path) or ".", exist_ok=True)
-    log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    try:
+        log_fd = os.open(spec.log_path, flags, 0o644)
+    except FileNotFoundError:  # first log of its directory: create it only then (spawn is hot)
+        os.makedirs(os.path.dirname(spec.log_path) or ".", exist_ok=True)
+        log_fd = os.open(spec.log_path, flags, 0o644)
     try:
         popen = subprocess.Popen(
             spec.argv,
@@ -386,9 +412,9 @@ class ProcessReactor:
                 self._post_locked(lambda: _report(on_exit, failed))
                 return -1, 0.0
             # Unreaped, so the stat file is there even if it already exited.
-            stat = _read_stat(popen.pid, psutil.boot_time())
+            stat = _read_stat(popen.pid)
             assert stat is not None
-            task = _Task(spec, on_exit, popen, pidfd, stat.create_time, started)
+            task = _Task(spec, on_exit, popen, pidfd, stat.start, _create_time(stat.start), started)
             self._tasks.add(task)
             self._post_locked(lambda: self._watch(task))
             return task.pid, task.create_time
@@ -413,8 +439,8 @@ class ProcessReactor:
         """Stop accepting spawns and join the reactor thread. Must not be called from ``on_exit``.
 
         ``kill=True``: kill every tree still running; each is reported (outcome ``cancelled``)
-        before this returns. ``kill=False``: leave them running and unreported; the stdlib's
-        subprocess bookkeeping reaps them later.
+        before this returns. ``kill=False``: leave them running, unwatched and unreported (still
+        listed by ``running``).
         """
         with self._lock:
             if not self._accepting:
@@ -526,14 +552,20 @@ class ProcessReactor:
         task.reaped, task.ended, task.status, task.rusage = True, time.monotonic(), status, rusage
         # Popen must never wait for this pid again (it may belong to someone else by then).
         task.popen.returncode = -1 if status is None else os.waitstatus_to_exitcode(status)
-        if not task.killing:
+        if task.killing:
+            return
+        if _group_empty(task.pid) and not _other_members(task):
+            # The common case, decided with one syscall: nothing of the task's process group is
+            # left and no sample ever saw a member outside it, so there is nothing to sweep.
+            self._finish(task)
+        else:
             self._unswept.append(task)
 
     def _sweep(self, table: _ProcTable) -> None:
         """Kill what processes that exited on their own left behind (background jobs must not
         outlive their task, even after a successful exit), then report them."""
         for task in self._unswept:
-            leftovers = [s for s in table.tree(task.pid, task.create_time, task.members) if s.pid != task.pid]
+            leftovers = [s for s in table.tree(task.pid, task.start, task.members) if s.pid != task.pid]
             if leftovers:
                 self._kill(task, task.outcome, lambda leftovers=leftovers: leftovers)
             else:
@@ -547,7 +579,7 @@ class ProcessReactor:
             return
         task.outcome, task.killing = outcome, True
         known = list(task.members)
-        snapshot = targets or (lambda: _ProcTable().tree(task.pid, task.create_time, known))
+        snapshot = targets or (lambda: _ProcTable().tree(task.pid, task.start, known))
 
         def work() -> None:
             try:
@@ -586,14 +618,16 @@ class ProcessReactor:
         for task in list(self._live.values()):
             if task.killing:
                 continue
-            members: dict[tuple[int, float], psutil.Process] = {}
+            members: dict[tuple[int, int], psutil.Process] = {}
             rss = 0
-            for stat in table.tree(task.pid, task.create_time, task.members):
-                key = (stat.pid, stat.create_time)
+            for stat in table.tree(task.pid, task.start, task.members):
+                key = (stat.pid, stat.start)
                 try:
-                    proc = task.members.get(key) or psutil.Process(stat.pid)
-                    if proc.create_time() != stat.create_time:
-                        continue  # the pid was reused since the scan
+                    if (proc := task.members.get(key)) is None:
+                        proc = psutil.Process(stat.pid)
+                        # Same start after the object was made: it is the process that was scanned.
+                        if (now := _read_stat(stat.pid)) is None or now.start != stat.start:
+                            continue
                     with proc.oneshot():
                         rss += proc.memory_info().rss
                 except psutil.Error:

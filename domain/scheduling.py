@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -60,6 +61,11 @@ class RunBook:
             key: sum(1 for d in prerequisites if self.states[d] is not TaskState.COMPLETED)
             for key, prerequisites in self.deps.items()
         }
+        self._ws_counts: dict[str, Counter[TaskState]] = {}
+        for key, state in self.states.items():
+            self._ws_counts.setdefault(self.workstream_of[key], Counter())[state] += 1
+        self._terminal = sum(1 for state in self.states.values() if state in TERMINAL_TASK_STATES)
+        self.dirty_workstreams: set[str] = set(self._ws_counts)
         self._queue: list[tuple[int, int, str]] = []
         self._queued_adapter: dict[str, str] = {}
         self._sequence = itertools.count()
@@ -70,6 +76,11 @@ class RunBook:
         previous = self.states[key]
         check_transition("task", previous, state, key)
         self.states[key] = state
+        counts = self._ws_counts[self.workstream_of[key]]
+        counts[previous] -= 1
+        counts[state] += 1
+        self._terminal += (state in TERMINAL_TASK_STATES) - (previous in TERMINAL_TASK_STATES)
+        self.dirty_workstreams.add(self.workstream_of[key])
         if state is TaskState.COMPLETED and previous is not TaskState.COMPLETED:
             for dependant in self.dependants[key]:
                 self._waiting[dependant] -= 1
@@ -151,7 +162,7 @@ class RunBook:
 
     # -- summaries ---------------------------------------------------------------------------
     def is_finished(self) -> bool:
-        return all(state in TERMINAL_TASK_STATES for state in self.states.values())
+        return self._terminal == len(self.states)
 
     def counts(self) -> dict[str, int]:
         result: dict[str, int] = {}
@@ -160,7 +171,7 @@ class RunBook:
         return result
 
     def done_count(self) -> int:
-        return sum(1 for state in self.states.values() if state in TERMINAL_TASK_STATES)
+        return self._terminal
 
     def run_outcome(self) -> RunState:
         """How a finished run ends: all completed, none completed, or some of each."""
@@ -173,8 +184,12 @@ class RunBook:
 
     def workstream_target(self, ws_id: str) -> WorkstreamState:
         """The workstream state its tasks' states imply."""
-        states = [s for key, s in self.states.items() if self.workstream_of[key] == ws_id]
-        return derive_workstream_state(states)
+        return derive_workstream_state(state for state, n in self._ws_counts[ws_id].items() if n > 0)
+
+    def take_dirty_workstreams(self) -> list[str]:
+        """Workstreams whose tasks changed state since the last call."""
+        dirty, self.dirty_workstreams = self.dirty_workstreams, set()
+        return sorted(dirty)
 
 
 def derive_workstream_state(task_states: Iterable[TaskState]) -> WorkstreamState:

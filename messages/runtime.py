@@ -22,19 +22,25 @@ class StartRun(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class RouteTask(Message):
+class RouteTasks(Message):
+    """Router: decide adapters for tasks that became ready together (one reply for all, so
+    the Scheduler can start them in priority order)."""
+
     run_id: str
-    task: TaskSpec
-    attempt: int
+    tasks: tuple[TaskSpec, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class TaskRouted(Message):
-    run_id: str
     task_key: str
-    attempt: int
     adapter: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TasksRouted(Message):
+    run_id: str
+    routes: tuple[TaskRouted, ...]
 
 
 @dataclass(frozen=True, slots=True)

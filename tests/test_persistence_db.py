@@ -109,3 +109,11 @@ def test_timestamps_are_iso_utc_and_round_trip() -> None:
     parsed = parse_iso(stamp)
     assert parsed.utcoffset() is not None and parsed.utcoffset().total_seconds() == 0
     assert parsed.strftime("%Y-%m-%dT%H:%M:%S.%fZ") == stamp
+
+
+def test_head_revision_constant_matches_the_newest_migration():
+    from alembic.script import ScriptDirectory
+
+    from persistence.migrate import HEAD_REVISION, _alembic_config
+
+    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == HEAD_REVISION

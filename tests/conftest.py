@@ -1,0 +1,58 @@
+"""Shared fixtures: a real `orchestrate` command line run as a subprocess, and plan writers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ORCHESTRATE = ROOT / "bin" / "orchestrate"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def orchestrate(tmp_path):
+    """Run ``orchestrate ARGS`` in ``tmp_path`` (or ``cwd=``) with its own state directory."""
+
+    def run(*args: str, cwd: Path | None = None, timeout: float = 120, env: dict | None = None) -> Result:
+        environment = {k: v for k, v in os.environ.items() if k not in ("ORCHESTRATE_DB_URL", "PIPELINE_DB_PATH")}
+        environment.update(env or {})
+        completed = subprocess.run(
+            [sys.executable, str(ORCHESTRATE), *args],
+            cwd=cwd or tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=environment,
+        )
+        return Result(completed.returncode, completed.stdout, completed.stderr)
+
+    return run
+
+
+@pytest.fixture
+def write_plan(tmp_path):
+    """Write a workstream (or bundle) as JSON under tmp_path and return its path."""
+
+    def write(document: dict, name: str = "plan.json") -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(document, indent=2))
+        return path
+
+    return write

@@ -1,0 +1,102 @@
+"""Bad input gets a clear error, exit 2, no traceback, and leaves nothing in the ledger."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+
+def runs_in_ledger(tmp_path) -> int:
+    db_path = tmp_path / ".state" / "orchestration.db"
+    if not db_path.exists():
+        return 0
+    return sqlite3.connect(db_path).execute("select count(*) from runs").fetchone()[0]
+
+
+BAD_PLANS = {
+    "malformed JSON": ('{"id": "ws", "tasks": [', ["plan.json", "$", "line 1"]),
+    "schema violation": (
+        json.dumps({"id": "ws", "tasks": [{"id": "t", "tool": "shell", "command": "true", "timeout_s": "soon"}]}),
+        ["plan.json", "$.tasks[0].timeout_s", "number"],
+    ),
+    "duplicate task id": (
+        json.dumps({"id": "ws", "tasks": [{"id": "t", "tool": "shell", "command": "true"},
+                                           {"id": "t", "tool": "shell", "command": "true"}]}),
+        ["plan.json", "$.tasks[1].id", "duplicate"],
+    ),
+    "unknown dependency": (
+        json.dumps({"id": "ws", "tasks": [{"id": "t", "tool": "shell", "command": "true", "depends_on": ["ghost"]}]}),
+        ["plan.json", "$.tasks[0].depends_on[0]", "ghost"],
+    ),
+    "cycle": (
+        json.dumps({"id": "ws", "tasks": [
+            {"id": "a", "tool": "shell", "command": "true", "depends_on": ["c"]},
+            {"id": "b", "tool": "shell", "command": "true", "depends_on": ["a"]},
+            {"id": "c", "tool": "shell", "command": "true", "depends_on": ["b"]}]}),
+        ["plan.json", "cycle", "ws/a -> ws/c -> ws/b -> ws/a"],
+    ),
+    "unknown tool": (
+        json.dumps({"id": "ws", "tasks": [{"id": "t", "tool": "teleport", "command": "true"}]}),
+        ["plan.json", "$.tasks[0].tool", "teleport", "shell"],
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_PLANS)
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_a_bad_plan_exits_2_naming_file_path_and_reason_and_creates_no_run(tmp_path, orchestrate, kind, command):
+    text, expected = BAD_PLANS[kind]
+    (tmp_path / "plan.json").write_text(text)
+    result = orchestrate(command, "plan.json")
+    assert result.code == 2, result.out + result.err
+    for fragment in expected:
+        assert fragment in result.err, (fragment, result.err)
+    assert "Traceback" not in result.err
+    assert runs_in_ledger(tmp_path) == 0
+
+
+def test_several_problems_are_reported_together(tmp_path, orchestrate):
+    (tmp_path / "plan.json").write_text(json.dumps({"id": "ws", "tasks": [
+        {"id": "t", "tool": "shell", "command": "true", "priority": "high"},
+        {"id": "u", "tool": "shell", "timeout_s": -1}]}))
+    result = orchestrate("validate", "plan.json")
+    assert result.code == 2
+    assert "$.tasks[0].priority" in result.err and "$.tasks[1]" in result.err
+    assert "problems" in result.err
+
+
+def test_a_missing_plan_path_is_a_usage_error(tmp_path, orchestrate):
+    result = orchestrate("run", "nowhere.json")
+    assert result.code == 2 and "nowhere.json" in result.err and "Traceback" not in result.err
+
+
+def test_an_unreachable_database_is_refused_with_exit_3_and_one_clear_line(tmp_path, orchestrate):
+    (tmp_path / "plan.json").write_text(json.dumps({"id": "ws", "tasks": [{"id": "t", "tool": "shell", "command": "true"}]}))
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    result = orchestrate("run", "plan.json", env={"PIPELINE_DB_PATH": str(tmp_path / "blocker" / "db.sqlite")})
+    assert result.code == 3, result.out + result.err
+    assert "Traceback" not in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
+def test_executing_an_unknown_run_is_a_usage_error(tmp_path, orchestrate):
+    result = orchestrate("execute", "--run", "run-doesnotexist")
+    assert result.code == 2 and "run-doesnotexist" in result.err
+
+
+def test_db_init_is_idempotent_and_says_what_it_did(tmp_path, orchestrate):
+    first = orchestrate("db", "init")
+    assert first.code == 0 and "applied" in first.out
+    second = orchestrate("db", "init")
+    assert second.code == 0 and "up to date" in second.out
+    inspected = orchestrate("db", "inspect", "--json").json()
+    assert inspected["schema_version"] == "1" and inspected["runs"] == {}
+
+
+def test_orchestrate_db_url_overrides_the_default_location(tmp_path, orchestrate):
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    assert orchestrate("db", "init", env={"ORCHESTRATE_DB_URL": url}).code == 0
+    assert (tmp_path / "elsewhere.db").exists()
+    assert not (tmp_path / ".state" / "orchestration.db").exists()
