@@ -48,6 +48,14 @@ def _tail(path: str, limit: int = GATE_OUTPUT_LIMIT) -> str:
         return ""
 
 
+def _last_line(path: str) -> str:
+    """The last non-empty line a tool printed: usually the reason it failed."""
+    for line in reversed(_tail(path, 1000).splitlines()):
+        if line.strip():
+            return line.strip()[:200]
+    return ""
+
+
 class ExecutorActor(SupervisedActor):
     def __init__(
         self, name: str, directory: Directory, adapter_name: str, adapter: ToolAdapter, reactor: ProcessReactor
@@ -111,7 +119,9 @@ class ExecutorActor(SupervisedActor):
             flight.tool_result = result
             failure = _tool_failure(result)
             if failure is not None:
-                self._finish(key, flight, *failure)
+                state, error_class, detail = failure
+                last = _last_line(flight.request.log_path)
+                self._finish(key, flight, state, error_class, f"{detail}: {last}" if last else detail)
                 return
             if not flight.request.task.acceptance:
                 self._finish(key, flight, TaskState.COMPLETED, "", "")

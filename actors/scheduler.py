@@ -248,7 +248,8 @@ class SchedulerActor(SupervisedActor):
             )
         )
         if outcome is TaskState.COMPLETED:
-            self._transition(run, key, TaskState.COMPLETED, "", message.attempt)
+            took = f"in {message.duration_s:.2f}s" if message.duration_s is not None else ""
+            self._transition(run, key, TaskState.COMPLETED, took, message.attempt)
             self._event(run, "TASK_COMPLETED", key, {"attempt": message.attempt, "duration_s": message.duration_s})
             for dependant in run.book.ready_dependants(key):
                 self._queue(run, dependant)

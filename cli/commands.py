@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -134,11 +135,18 @@ def _execute(store: Store, state_dir: Path, run_id: str, concurrency: int, quiet
     runtime = Runtime(store, state_dir, concurrency)
     started = time.monotonic()
 
+    printing = not quiet
+
     def show(event) -> None:
-        if not quiet:
-            line = progress_line(event, colour)
-            if line:
+        nonlocal printing
+        line = progress_line(event, colour) if printing else None
+        if line:
+            try:
                 print(line, flush=True)
+            except BrokenPipeError:
+                # The reader went away (`| head`): the run goes on, silently.
+                printing = False
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     try:
         runtime.start()

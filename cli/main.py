@@ -13,8 +13,12 @@ import os
 import sys
 from collections.abc import Sequence
 
+import structlog
+
 from cli import commands
-from cli.errors import CliError
+from cli.errors import EXIT_RUNTIME, CliError
+
+log = structlog.get_logger("orchestrate.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("orchestrate: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        # A bug, not a user error: say so in one line and keep the traceback in the log.
+        log.exception("internal_error")
+        print(f"orchestrate: internal error: {type(error).__name__}: {error} "
+              f"(traceback in {args.state_dir}/logs/runtime.jsonl)", file=sys.stderr)
+        return EXIT_RUNTIME
 
 
 if __name__ == "__main__":

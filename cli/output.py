@@ -37,9 +37,9 @@ def progress_line(event: RunProgress, colour: bool) -> str | None:
     width = len(str(event.total))
     counter = f"[{event.done:>{width}}/{event.total}]"
     text = f"  {counter} {paint(symbol, tint, colour)} {event.task_key}"
-    if event.state != TaskState.IN_PROGRESS.value:
+    if event.state not in (TaskState.IN_PROGRESS.value, TaskState.COMPLETED.value):
         text += f"  {paint(event.state, tint, colour)}"
-    if event.detail and event.state not in (TaskState.COMPLETED.value, TaskState.IN_PROGRESS.value):
+    if event.detail and event.state != TaskState.IN_PROGRESS.value:
         text += f"  {paint(event.detail, 'dim', colour)}"
     return text
 

@@ -93,3 +93,14 @@ def test_unknown_state_names_are_illegal_not_crashes():
 
 def test_a_transition_to_the_same_state_is_a_harmless_replay():
     check_transition("task", "QUEUED", "QUEUED")
+
+
+def test_the_state_machine_document_matches_the_tables():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "state_machine.md").read_text()
+    for table in (RUN_TRANSITIONS, WORKSTREAM_TRANSITIONS, TASK_TRANSITIONS):
+        for source, targets in table.items():
+            ordered = sorted(targets, key=list(type(source)).index)
+            cell = ", ".join(f"`{t.value}`" for t in ordered) or "— (final)"
+            assert f"| `{source.value}` | {cell} |" in doc, source
