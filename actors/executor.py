@@ -20,7 +20,7 @@ from adapters.process import ProcessReactor, ProcessResult, ProcessSpec
 from adapters.tools import ToolAdapter, acceptance_spec
 from domain.errors import ErrorClass
 from domain.states import TaskState
-from messages import ExecuteTask, TaskFinished, TaskStarted, TaskValidating
+from messages import AttemptFinished, AttemptStarted, ExecuteTask, TaskValidating
 from messages.executor import ProcessExited
 from persistence.clock import utc_now_iso
 
@@ -80,8 +80,9 @@ class ExecutorActor(SupervisedActor):
         pid, create_time = self._spawn(spec, request, "tool")
         self.directory.tell(
             SCHEDULER,
-            TaskStarted(
+            AttemptStarted(
                 run_id=request.run_id,
+                ws_id=request.task.workstream_id,
                 task_key=request.task.key,
                 attempt=request.attempt,
                 adapter=self.adapter_name,
@@ -171,13 +172,12 @@ class ExecutorActor(SupervisedActor):
         tool = flight.tool_result
         self.directory.tell(
             SCHEDULER,
-            TaskFinished(
+            AttemptFinished(
                 run_id=key[0],
                 task_key=key[1],
                 attempt=key[2],
-                adapter=self.adapter_name,
-                outcome=state.value,
-                at=utc_now_iso(),
+                status=state.value,
+                completed_at=utc_now_iso(),
                 exit_code=tool.exit_code if tool else None,
                 duration_s=round(time.monotonic() - flight.started, 6),
                 max_rss_bytes=tool.max_rss_bytes if tool else None,

@@ -37,9 +37,7 @@ from messages import (
     RouteTasks,
     RunProgress,
     StartRun,
-    TaskFinished,
     TasksRouted,
-    TaskStarted,
     TaskValidating,
     TransitionRun,
     TransitionTask,
@@ -103,11 +101,11 @@ class SchedulerActor(SupervisedActor):
             self._start_run(message)
         elif isinstance(message, TasksRouted):
             self._routed(message)
-        elif isinstance(message, TaskStarted):
+        elif isinstance(message, AttemptStarted):
             self._started(message)
         elif isinstance(message, TaskValidating):
             self._validating(message)
-        elif isinstance(message, TaskFinished):
+        elif isinstance(message, AttemptFinished):
             self._finished(message)
         elif isinstance(message, RetryDue):
             self._retry_due(message)
@@ -197,25 +195,12 @@ class SchedulerActor(SupervisedActor):
                     self._fail(run, choice.task_key, TaskState.FAILED, ErrorClass.CRASH, str(exc), attempt)
                     self._after_change(run)
 
-    def _started(self, message: TaskStarted) -> None:
+    def _started(self, message: AttemptStarted) -> None:
         run = self.runs.get(message.run_id)
         if run is None:
             return
-        spec = run.specs[message.task_key]
         self._transition(run, message.task_key, TaskState.IN_PROGRESS, "", message.attempt, message.adapter)
-        self._ledger(
-            AttemptStarted(
-                run_id=run.run_id,
-                ws_id=spec.workstream_id,
-                task_key=message.task_key,
-                attempt=message.attempt,
-                adapter=message.adapter,
-                started_at=message.started_at,
-                pid=message.pid,
-                pid_create_time=message.pid_create_time,
-                log_path=message.log_path,
-            )
-        )
+        self._ledger(message)
         self._event(run, "TASK_STARTED", message.task_key, {"attempt": message.attempt, "adapter": message.adapter, "pid": message.pid})
         self._refresh_workstreams(run)
 
@@ -224,29 +209,14 @@ class SchedulerActor(SupervisedActor):
         if run is not None:
             self._transition(run, message.task_key, TaskState.VALIDATING, "tool succeeded", message.attempt)
 
-    def _finished(self, message: TaskFinished) -> None:
+    def _finished(self, message: AttemptFinished) -> None:
         run = self.runs.get(message.run_id)
         if run is None or run.running.get(message.task_key) is None:
             return
         key = message.task_key
         self._release(run, key)
-        outcome = TaskState(message.outcome)
-        self._ledger(
-            AttemptFinished(
-                run_id=run.run_id,
-                task_key=key,
-                attempt=message.attempt,
-                status=outcome.value,
-                completed_at=message.at,
-                exit_code=message.exit_code,
-                duration_s=message.duration_s,
-                max_rss_bytes=message.max_rss_bytes,
-                cpu_s=message.cpu_s,
-                error_class=message.error_class,
-                message=message.message,
-                gate_output=message.gate_output,
-            )
-        )
+        outcome = TaskState(message.status)
+        self._ledger(message)
         if outcome is TaskState.COMPLETED:
             took = f"in {message.duration_s:.2f}s" if message.duration_s is not None else ""
             self._transition(run, key, TaskState.COMPLETED, took, message.attempt)

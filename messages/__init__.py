@@ -24,10 +24,8 @@ from messages.runtime import (
     RouteTasks,
     RunProgress,
     StartRun,
-    TaskFinished,
     TaskRouted,
     TasksRouted,
-    TaskStarted,
     TaskValidating,
 )
 
@@ -45,10 +43,8 @@ __all__ = [
     "RoutingDecided",
     "RunProgress",
     "StartRun",
-    "TaskFinished",
     "TaskRouted",
     "TasksRouted",
-    "TaskStarted",
     "TaskValidating",
     "TransitionRun",
     "TransitionTask",

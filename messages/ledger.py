@@ -43,7 +43,10 @@ class TransitionTask(Message):
 
 @dataclass(frozen=True, slots=True)
 class AttemptStarted(Message):
-    """A tool began working on a task; ``pid``/``pid_create_time`` identify its process."""
+    """A tool began working on a task; ``pid``/``pid_create_time`` identify its process.
+
+    Executors tell it to the Scheduler, which forwards it to the Ledger after the task's
+    IN_PROGRESS transition."""
 
     run_id: str
     ws_id: str
@@ -58,7 +61,11 @@ class AttemptStarted(Message):
 
 @dataclass(frozen=True, slots=True)
 class AttemptFinished(Message):
-    """The end of an attempt. ``status`` is the task state it ended the attempt in."""
+    """The end of an attempt. ``status`` is the task state it ended the attempt in
+    (COMPLETED, FAILED, TIMEOUT or CANCELLED).
+
+    Executors tell it to the Scheduler, which decides what follows and forwards it to the
+    Ledger."""
 
     run_id: str
     task_key: str

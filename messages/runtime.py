@@ -54,42 +54,11 @@ class ExecuteTask(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class TaskStarted(Message):
-    run_id: str
-    task_key: str
-    attempt: int
-    adapter: str
-    started_at: str
-    pid: int | None = None
-    pid_create_time: float | None = None
-    log_path: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class TaskValidating(Message):
     run_id: str
     task_key: str
     attempt: int
     at: str
-
-
-@dataclass(frozen=True, slots=True)
-class TaskFinished(Message):
-    """The outcome of one attempt. ``outcome`` is COMPLETED, FAILED or TIMEOUT."""
-
-    run_id: str
-    task_key: str
-    attempt: int
-    adapter: str
-    outcome: str
-    at: str
-    exit_code: int | None = None
-    duration_s: float | None = None
-    max_rss_bytes: int | None = None
-    cpu_s: float | None = None
-    error_class: str = ""
-    message: str = ""
-    gate_output: str = ""
 
 
 @dataclass(frozen=True, slots=True)
