@@ -1,7 +1,13 @@
-"""The base of every supervised actor: reports its own death to the Supervisor."""
+"""The base of every supervised actor: heartbeats, fault injection, and a death notice.
+
+Subclasses implement :meth:`SupervisedActor.handle`; the base answers the Supervisor's
+:class:`Ping` with a :class:`Heartbeat` from the actor's own thread, so a heartbeat proves the
+mailbox is being served. A hung handler therefore shows up as missing heartbeats.
+"""
 
 from __future__ import annotations
 
+import threading
 import traceback
 from types import TracebackType
 
@@ -10,8 +16,13 @@ import structlog
 
 from actors.directory import SUPERVISOR, Directory, PeerUnavailable
 from messages import ActorDied
+from messages.control import Crash, Hang, Heartbeat, Ping
 
 log = structlog.get_logger("orchestrate.actors")
+
+
+class InjectedFault(RuntimeError):
+    """Raised by :class:`Crash`: a test's way to kill an actor through its own code path."""
 
 
 class SupervisedActor(pykka.ThreadingActor):
@@ -25,6 +36,24 @@ class SupervisedActor(pykka.ThreadingActor):
         super().__init__()
         self.name = name
         self.directory = directory
+
+    def on_receive(self, message: object) -> object:
+        if isinstance(message, Ping):
+            try:
+                self.directory.tell(SUPERVISOR, Heartbeat(self.name, message.seq))
+            except PeerUnavailable:
+                pass
+            return None
+        if isinstance(message, Hang):
+            threading.Event().wait(message.seconds)
+            return None
+        if isinstance(message, Crash):
+            raise InjectedFault(message.reason)
+        return self.handle(message)
+
+    def handle(self, message: object) -> object:
+        """Handle one message of the actor's own protocol; unknown messages are ignored."""
+        return None
 
     def on_failure(
         self,

@@ -9,7 +9,7 @@ Scheduler. Exit codes are facts, not verdicts: the outcome is decided here.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
@@ -17,10 +17,11 @@ import structlog
 from actors.base import SupervisedActor
 from actors.directory import SCHEDULER, Directory
 from adapters.process import ProcessReactor, ProcessResult, ProcessSpec
-from adapters.tools import ToolAdapter, acceptance_spec
+from adapters.tools import ToolAdapter, acceptance_spec, attempt_markers
 from domain.errors import ErrorClass
 from domain.states import TaskState
 from messages import AttemptFinished, AttemptStarted, ExecuteTask, TaskValidating
+from messages.runtime import CancelAttempt
 from messages.executor import ProcessExited
 from persistence.clock import utc_now_iso
 
@@ -35,6 +36,8 @@ class _InFlight:
     started: float
     tool_result: ProcessResult | None = None
     gate_logs: list[str] = field(default_factory=list)
+    process: tuple[int, float] | None = None  # the process running now (tool or check)
+    cancelled: bool = False
 
 
 def _tail(path: str, limit: int = GATE_OUTPUT_LIMIT) -> str:
@@ -66,11 +69,20 @@ class ExecutorActor(SupervisedActor):
         self.reactor = reactor
         self.in_flight: dict[tuple[str, str, int], _InFlight] = {}
 
-    def on_receive(self, message: object) -> None:
+    def handle(self, message: object) -> None:
         if isinstance(message, ExecuteTask):
             self._start(message)
         elif isinstance(message, ProcessExited):
             self._exited(message)
+        elif isinstance(message, CancelAttempt):
+            self._cancel(message)
+
+    def _cancel(self, message: CancelAttempt) -> None:
+        flight = self.in_flight.get((message.run_id, message.task_key, message.attempt))
+        if flight is None or flight.process is None:
+            return
+        flight.cancelled = True
+        self.reactor.cancel(*flight.process)
 
     # -- the tool --------------------------------------------------------------------------
     def _start(self, request: ExecuteTask) -> None:
@@ -78,6 +90,7 @@ class ExecutorActor(SupervisedActor):
         self.in_flight[key] = _InFlight(request=request, started=time.monotonic())
         spec = self.adapter.process_spec(request.task, request.log_path)
         pid, create_time = self._spawn(spec, request, "tool")
+        self.in_flight[key].process = (pid, create_time) if pid > 0 else None
         self.directory.tell(
             SCHEDULER,
             AttemptStarted(
@@ -95,6 +108,9 @@ class ExecutorActor(SupervisedActor):
 
     def _spawn(self, spec: ProcessSpec, request: ExecuteTask, phase: str, check_index: int = -1) -> tuple[int, float]:
         me = self.actor_ref
+        # Every process of an attempt carries these, so a resumed runtime can find (and kill)
+        # what a dead one left behind, even processes that escaped its process group.
+        spec = replace(spec, env=spec.env + attempt_markers(request.run_id, request.task.key, request.attempt))
 
         def on_exit(result: ProcessResult) -> None:
             me.tell(
@@ -116,6 +132,9 @@ class ExecutorActor(SupervisedActor):
         if flight is None:
             return
         result = message.result
+        flight.process = None
+        if flight.cancelled and result.outcome != "cancelled":
+            result = replace(result, outcome="cancelled")
         if message.phase == "tool":
             flight.tool_result = result
             failure = _tool_failure(result)
@@ -135,6 +154,9 @@ class ExecutorActor(SupervisedActor):
             return
         gate_log = flight.gate_logs[message.check_index]
         check = flight.request.task.acceptance[message.check_index]
+        if result.outcome == "cancelled":
+            self._finish(key, flight, TaskState.CANCELLED, ErrorClass.CANCELLED, _describe(result))
+            return
         if result.outcome == "exited" and result.exit_code == 0:
             if message.check_index + 1 < len(flight.request.task.acceptance):
                 self._run_check(flight, message.check_index + 1)
@@ -157,7 +179,8 @@ class ExecutorActor(SupervisedActor):
         log_path = str(Path(request.log_path).with_suffix(f".check{index + 1}.log"))
         flight.gate_logs.append(log_path)
         check = request.task.acceptance[index]
-        self._spawn(acceptance_spec(request.task, check, log_path), request, "check", index)
+        pid, create_time = self._spawn(acceptance_spec(request.task, check, log_path), request, "check", index)
+        flight.process = (pid, create_time) if pid > 0 else None
 
     def _finish(
         self,

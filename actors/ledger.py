@@ -8,6 +8,7 @@ waits longer than the interval to become durable.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import structlog
@@ -16,7 +17,9 @@ from actors.base import SupervisedActor
 from actors.directory import Directory
 from actors.timers import TimerService
 from messages import Flush
+from messages.ledger import CreateRun
 from messages.base import Message
+from persistence.clock import utc_now_iso
 from persistence.store import Store
 
 log = structlog.get_logger("orchestrate.ledger")
@@ -40,10 +43,16 @@ class LedgerActor(SupervisedActor):
         self.commits = 0
         self.ops_written = 0
 
-    def on_receive(self, message: object) -> object:
+    def handle(self, message: object) -> object:
         if isinstance(message, Flush):
             self._commit()
             return {"commits": self.commits, "ops": self.ops_written}
+        if isinstance(message, CreateRun):
+            self._commit()
+            return self.store.create_run(
+                json.loads(message.request_json), json.loads(message.plan_json),
+                run_id=message.run_id, at=utc_now_iso(),
+            )
         if isinstance(message, CommitDue):
             self.commit_pending = False
             self._commit()

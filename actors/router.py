@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from actors.base import SupervisedActor
-from actors.directory import LEDGER, SCHEDULER, Directory
-from domain.routing import AdapterInfo, route
+from actors.directory import LEDGER, SCHEDULER, Directory, executor_name
+from domain.routing import RouterConfig, RoutingTable
 from messages import RouteTasks, RoutingDecided, TaskRouted, TasksRouted
 from persistence.clock import utc_now_iso
 
 
 class RouterActor(SupervisedActor):
-    def __init__(self, name: str, directory: Directory, adapters: Mapping[str, AdapterInfo]) -> None:
+    def __init__(self, name: str, directory: Directory, config: RouterConfig) -> None:
         super().__init__(name, directory)
-        self.adapters = dict(adapters)
+        self.table = RoutingTable(config)
 
-    def on_receive(self, message: object) -> None:
+    def handle(self, message: object) -> None:
         if isinstance(message, RouteTasks):
+            load = dict(message.load)
+            dead = frozenset(
+                info.name for info in self.table.config.adapters
+                if executor_name(info.name) not in self.directory.names()
+            )
             routes = []
             for task in message.tasks:
-                decision = route(task, self.adapters)
+                decision = self.table.route(task, message.open_circuits, load, dead)
+                if decision.routed:
+                    load[decision.chosen] = load.get(decision.chosen, 0) + 1
                 self.directory.tell(
                     LEDGER,
                     RoutingDecided(

@@ -1,43 +1,68 @@
-"""The foreground runtime: the actor system around one state directory.
+"""The runtime: the actor system around one state directory.
 
-:class:`Runtime` wires the Supervisor, Ledger, Router, Scheduler and executors together,
-runs a run to its end and stops everything, leaving no process behind. It is what
-``orchestrate run`` and ``orchestrate execute`` drive; it holds no decisions of its own.
+:class:`Runtime` takes the state directory's lock, wires the Supervisor, Ledger, Router,
+Scheduler and one executor per configured adapter together, serves the control socket, and
+fans the Scheduler's progress out to whoever watches (the foreground display, ``watch``
+clients, callers waiting for a run). ``stop()`` leaves no process behind. It holds no
+decisions of its own.
 """
 
 from __future__ import annotations
 
+import fcntl
+import importlib
+import os
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pykka
 import structlog
 
-from actors.directory import LEDGER, ROUTER, SCHEDULER, Directory, executor_name
+from actors.directory import LEDGER, ROUTER, SCHEDULER, SUPERVISOR, Directory, executor_name
 from actors.executor import ExecutorActor
+from actors.human import HumanExecutorActor
 from actors.ledger import LedgerActor
+from actors.recovery import recorded_processes, start_message
 from actors.router import RouterActor
-from actors.scheduler import SchedulerActor
+from actors.scheduler import SchedulerActor, SchedulerConfig
 from actors.supervisor import StartChildren, SupervisorActor
 from actors.timers import TimerService
+from adapters.leftovers import kill_leftovers
 from adapters.process import ProcessReactor
-from adapters.tools import BUILTIN_ADAPTERS
-from domain.routing import AdapterInfo, default_adapters
-from domain.supervision import ChildSpec, Restart, SupervisorSpec
-from messages import Flush, RunProgress, StartRun
+from adapters.tools import BUILTIN_ADAPTERS, ToolAdapter
+from domain.routing import AdapterInfo, RouterConfig, default_config
+from domain.supervision import ChildSpec, HeartbeatPolicy, Restart, SupervisorSpec
+from messages import Flush, RunProgress
+from messages.control import StopRuns
 from persistence.store import Store
-from planning.model import Plan
 
 log = structlog.get_logger("orchestrate.runtime")
 
 ASK_TIMEOUT_S = 30.0
+LOCK_FILE = "runtime.lock"
+SOCKET_FILE = "orchestrate.sock"
 
 
 class RuntimeAborted(RuntimeError):
-    """The supervisor gave up (restart intensity exceeded); the message says why."""
+    """The runtime stopped before the run finished; the message says why."""
+
+
+class RuntimeLocked(RuntimeError):
+    """Another runtime holds the state directory."""
+
+    def __init__(self, state_dir: Path, pid: str) -> None:
+        self.pid = pid
+        super().__init__(
+            f"another orchestrate runtime (pid {pid or 'unknown'}) is using {state_dir}; "
+            "stop it (`orchestrate shutdown`) or use another --state-dir"
+        )
+
+
+class AdapterUnavailable(ValueError):
+    """An adapter in the router configuration cannot be built (unknown type, bad class)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,52 +71,126 @@ class RunResult:
     state: str
 
 
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    state_dir: Path
+    concurrency: int = 4
+    router: RouterConfig = field(default_factory=default_config)
+    quarantine_after: int = 10
+    heartbeat: HeartbeatPolicy = HeartbeatPolicy()
+    max_restarts: int = 5
+    restart_period_s: float = 10.0
+    control_socket: Path | None = None
+
+
+def build_adapter(info: AdapterInfo) -> ToolAdapter:
+    """The process adapter for a configured adapter (``human`` is an actor of its own)."""
+    if info.type == "custom":
+        module_name, _, class_name = (info.class_ref or "").partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as exc:
+            raise AdapterUnavailable(f"adapter {info.name!r}: cannot load {info.class_ref!r}: {exc}") from None
+        return factory(dict(info.settings))
+    if info.type not in BUILTIN_ADAPTERS:
+        raise AdapterUnavailable(f"adapter {info.name!r}: type {info.type!r} is not available in this runtime")
+    return BUILTIN_ADAPTERS[info.type]
+
+
+class StateDirLock:
+    """An exclusive ``flock`` on ``<state dir>/runtime.lock`` holding the owner's pid."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_FILE
+        self.state_dir = state_dir
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip()
+            os.close(fd)
+            raise RuntimeLocked(self.state_dir, holder) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+
 class Runtime:
-    def __init__(self, store: Store, state_dir: Path, concurrency: int) -> None:
+    def __init__(self, store: Store, options: RuntimeOptions) -> None:
         self.store = store
-        self.state_dir = Path(state_dir)
-        self.concurrency = concurrency
+        self.options = options
+        self.state_dir = Path(options.state_dir)
         self.directory = Directory()
         self.reactor = ProcessReactor()
         self.timers = TimerService()
-        self.adapters: dict[str, AdapterInfo] = {a.name: a for a in default_adapters(sorted(BUILTIN_ADAPTERS))}
-        self._progress: queue.Queue[RunProgress | str] = queue.Queue()
+        self.lock = StateDirLock(self.state_dir)
+        self.adapters = {info.name: info for info in options.router.adapters}
+        self._tool_adapters = {
+            name: build_adapter(info) for name, info in self.adapters.items() if info.type != "human"
+        }
+        self._events: queue.Queue[RunProgress | None] = queue.Queue()
+        self._listeners: list[Callable[[RunProgress], None]] = []
+        self._listeners_lock = threading.Lock()
+        self._finished: dict[str, str] = {}
+        self._finished_cond = threading.Condition()
+        self._abort_reason = ""
+        self._stopping = threading.Event()
         self._supervisor: pykka.ActorRef | None = None
-        self._abort = threading.Event()
+        self._hub = threading.Thread(target=self._fan_out, name="orchestrate-events", daemon=True)
+        self.control = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        self.reactor.start()
-        self.timers.start()
-        self._supervisor = SupervisorActor.start(self.directory, self._spec(), self._escalate)
-        self._supervisor.ask(StartChildren(), timeout=ASK_TIMEOUT_S)
+        """Take the lock and start everything; raises :class:`RuntimeLocked` if taken."""
+        self.lock.acquire()
+        try:
+            self.reactor.start()
+            self.timers.start()
+            self._hub.start()
+            self._supervisor = SupervisorActor.start(
+                self.directory, self._spec(), self._escalate, self.timers,
+                heartbeat=self.options.heartbeat, on_hung=self._hung,
+            )
+            self.directory.register(SUPERVISOR, self._supervisor)
+            self._supervisor.ask(StartChildren(), timeout=ASK_TIMEOUT_S)
+            if self.options.control_socket is not None:
+                from actors.control import RuntimeControl
+                from control.server import ControlServer
+
+                self.control = ControlServer(self.options.control_socket, RuntimeControl(self))
+                self.control.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def _spec(self) -> SupervisorSpec:
         directory = self.directory
         children = [
             ChildSpec(LEDGER, lambda: LedgerActor.start(LEDGER, directory, self.store, self.timers)),
-            ChildSpec(ROUTER, lambda: RouterActor.start(ROUTER, directory, self.adapters)),
+            ChildSpec(ROUTER, lambda: RouterActor.start(ROUTER, directory, self.options.router)),
         ]
         for name, info in self.adapters.items():
-            adapter = BUILTIN_ADAPTERS[info.type]
-            children.append(
-                ChildSpec(
-                    executor_name(name),
-                    lambda name=name, adapter=adapter: ExecutorActor.start(
-                        executor_name(name), directory, name, adapter, self.reactor
-                    ),
-                )
-            )
+            children.append(ChildSpec(executor_name(name), self._executor_factory(name, info)))
+        config = SchedulerConfig(
+            concurrency=self.options.concurrency,
+            adapters=tuple(self.adapters.values()),
+            quarantine_after=self.options.quarantine_after,
+        )
         children.append(
             ChildSpec(
                 SCHEDULER,
                 lambda: SchedulerActor.start(
-                    SCHEDULER,
-                    directory,
-                    self.concurrency,
-                    {name: info.concurrency for name, info in self.adapters.items() if info.concurrency},
-                    self.timers,
-                    self._progress.put,
+                    SCHEDULER, directory, config, self.timers, self._events.put, self.reactor.cancel
                 ),
                 # Its run state lives only in memory: a crashed scheduler ends the runtime,
                 # and `orchestrate execute --run` resumes the run from the ledger.
@@ -99,63 +198,137 @@ class Runtime:
                 significant=True,
             )
         )
-        return SupervisorSpec(children=tuple(children))
+        return SupervisorSpec(
+            children=tuple(children),
+            max_restarts=self.options.max_restarts,
+            period_s=self.options.restart_period_s,
+        )
+
+    def _executor_factory(self, name: str, info: AdapterInfo) -> Callable[[], pykka.ActorRef]:
+        directory = self.directory
+        if info.type == "human":
+            return lambda: HumanExecutorActor.start(executor_name(name), directory, name, self.timers)
+        adapter = self._tool_adapters[name]
+        return lambda: ExecutorActor.start(executor_name(name), directory, name, adapter, self.reactor)
 
     def _escalate(self, reason: str) -> None:
-        self._abort.set()
-        self._progress.put(reason)
+        self._abort_reason = f"supervision gave up: {reason}"
+        log.error("runtime_escalated", reason=reason)
+        with self._finished_cond:
+            self._finished_cond.notify_all()
+        self._stopping.set()
+
+    def _hung(self, name: str, silent_s: float) -> None:
+        log.warning("actor_missed_heartbeats", actor=name, silent_s=round(silent_s, 2))
+        for listener in self._listeners_snapshot():
+            try:
+                listener(RunProgress("", name, "HUNG", "", 0, 0, f"no heartbeat for {silent_s:.1f}s"))
+            except Exception:
+                log.exception("listener_failed")
 
     def stop(self) -> None:
-        """Flush the ledger, stop every actor, kill any process still running."""
+        """Flush the ledger, stop every actor, kill any process still running, release the lock."""
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
         try:
             self.flush()
         except Exception:
             log.exception("final_flush_failed")
-        self.timers.stop()
         self.reactor.stop(kill=True)
+        self.timers.stop()
         if self._supervisor is not None:
             self._supervisor.stop()
+            self._supervisor = None
         for name in self.directory.names():
             try:
-                self.directory.get(name).stop(timeout=ASK_TIMEOUT_S)
-            except pykka.ActorDeadError:
-                pass
+                self.directory.get(name).stop(timeout=5)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                log.warning("actor_did_not_stop", actor=name)
+            self.directory.unregister(name)
+        self._events.put(None)
+        self.lock.release()
 
     def flush(self) -> None:
         self.directory.get(LEDGER).ask(Flush(), timeout=ASK_TIMEOUT_S)
 
-    # -- running -----------------------------------------------------------------------------
-    def execute(
-        self,
-        run_id: str,
-        plan: Plan,
-        task_states: dict[str, str] | None = None,
-        attempts: dict[str, int] | None = None,
-        workstream_states: dict[str, str] | None = None,
-        on_progress: Callable[[RunProgress], None] | None = None,
-    ) -> RunResult:
-        """Run ``run_id`` until every task is terminal; returns the run's final state.
+    # -- progress fan-out ----------------------------------------------------------------------
+    def add_listener(self, listener: Callable[[RunProgress], None]) -> Callable[[], None]:
+        """Call ``listener`` (on the event thread) with every progress event; returns a remover."""
+        with self._listeners_lock:
+            self._listeners.append(listener)
 
-        Raises :class:`RuntimeAborted` if supervision gave up on the way.
-        """
-        self.directory.tell(
-            SCHEDULER,
-            StartRun(
-                run_id=run_id,
-                plan=plan,
-                concurrency=self.concurrency,
-                state_dir=str(self.state_dir),
-                task_states=tuple(sorted((task_states or {}).items())),
-                attempts=tuple(sorted((attempts or {}).items())),
-                workstream_states=tuple(sorted((workstream_states or {}).items())),
-            ),
-        )
-        while True:
-            item = self._progress.get()
-            if isinstance(item, str):
-                raise RuntimeAborted(item)
-            if on_progress is not None:
-                on_progress(item)
-            if item.run_id == run_id and item.finished_run_state:
-                self.flush()
-                return RunResult(run_id, item.finished_run_state)
+        def remove() -> None:
+            with self._listeners_lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
+    def _listeners_snapshot(self) -> list[Callable[[RunProgress], None]]:
+        with self._listeners_lock:
+            return list(self._listeners)
+
+    def _fan_out(self) -> None:
+        while (event := self._events.get()) is not None:
+            for listener in self._listeners_snapshot():
+                try:
+                    listener(event)
+                except Exception:
+                    log.exception("listener_failed")
+            if event.finished_run_state:
+                with self._finished_cond:
+                    self._finished[event.run_id] = event.finished_run_state
+                    self._finished_cond.notify_all()
+
+    # -- runs ----------------------------------------------------------------------------------
+    def submit(self, run_id: str, reset: tuple[str, ...] | None = None) -> None:
+        """Start (or resume) ``run_id`` from the ledger. Leftover processes of a dead runtime
+        that ran it are killed first."""
+        killed = kill_leftovers(run_id, recorded_processes(self.store, run_id))
+        if killed:
+            log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
+        with self._finished_cond:
+            self._finished.pop(run_id, None)
+        self.directory.tell(SCHEDULER, start_message(self.store, run_id, self.state_dir, reset))
+
+    def wait(self, run_id: str) -> RunResult:
+        """Block until ``run_id`` finishes; raises :class:`RuntimeAborted` if the runtime stops
+        first."""
+        with self._finished_cond:
+            while run_id not in self._finished:
+                if self._abort_reason or self._stopping.is_set():
+                    raise RuntimeAborted(self._abort_reason or "the runtime was shut down")
+                self._finished_cond.wait(0.5)
+            return RunResult(run_id, self._finished[run_id])
+
+    def serve_forever(self) -> None:
+        """Block until a shutdown is requested (or supervision gives up)."""
+        self._stopping.wait()
+        if self._abort_reason:
+            raise RuntimeAborted(self._abort_reason)
+
+    def request_shutdown(self, timeout_s: float = 30.0) -> None:
+        """Graceful, then forced: start nothing more, let running tasks finish for up to
+        ``timeout_s``, then kill what still runs. Runs stay resumable. Returns at once."""
+
+        def shut_down() -> None:
+            from messages.control import Drain, StatusQuery
+
+            scheduler = self.directory.get(SCHEDULER)
+            scheduler.ask(Drain(), timeout=ASK_TIMEOUT_S)
+            deadline = threading.Event()
+            waited = 0.0
+            while waited < timeout_s and scheduler.ask(StatusQuery(), timeout=ASK_TIMEOUT_S)["running"]:
+                deadline.wait(0.1)
+                waited += 0.1
+            scheduler.ask(StopRuns(), timeout=ASK_TIMEOUT_S)
+            self._stopping.set()
+            with self._finished_cond:
+                self._finished_cond.notify_all()
+
+        threading.Thread(target=shut_down, name="orchestrate-shutdown", daemon=True).start()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()

@@ -1,25 +1,32 @@
 """The Scheduler: owns every task's state and decides what starts when.
 
-It asks the Router where a ready task goes, starts it on that adapter's executor when the
-global and per-adapter limits allow, and turns executor reports into state transitions it
-tells the Ledger. Dependants of a task that finally failed are marked BLOCKED, never skipped.
+It asks the Router where ready tasks go, starts them on their adapter's executor when the
+global limit, the adapter's limit and the adapter's circuit breaker allow, and turns executor
+reports into state transitions it tells the Ledger. Dependants of a task that finally failed
+are marked BLOCKED, never skipped. Failed attempts are retried per the task's policy; a run
+whose failures repeat one signature too often is quarantined. Control messages (pause,
+resume, cancel, retry, approve, drain) are asked of it and answered with a small result.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from actors.base import SupervisedActor
 from actors.directory import LEDGER, ROUTER, Directory, PeerUnavailable, executor_name
 from actors.timers import TimerService
+from domain.breaker import BreakerChange, CircuitBreaker, CircuitState
 from domain.errors import ErrorClass, error_signature
 from domain.retry import RetryPolicy
+from domain.routing import AdapterInfo
 from domain.scheduling import RunBook, workstream_path
 from domain.states import (
     ACTIVE_TASK_STATES,
@@ -44,21 +51,53 @@ from messages import (
     TransitionWorkstream,
 )
 from messages.base import Message
+from messages.control import (
+    Approval,
+    CancelWork,
+    Drain,
+    PauseRuns,
+    ResumeRuns,
+    RetryTask,
+    StatusQuery,
+    StopRuns,
+)
+from messages.runtime import ApprovalDecision, CancelAttempt, ExecutorLost, TaskAwaitingApproval
 from persistence.clock import utc_now_iso
 from planning.graph import task_dependencies, topological_order
 from planning.model import Plan, TaskSpec
 
 log = structlog.get_logger("orchestrate.scheduler")
 
-_RESUME_AS_PENDING = frozenset(
-    {TaskState.FAILED, TaskState.TIMEOUT, TaskState.BLOCKED, TaskState.CANCELLED}
-)
+_UNSUCCESSFUL = frozenset({TaskState.FAILED, TaskState.TIMEOUT, TaskState.BLOCKED, TaskState.CANCELLED})
+# Failures that say the tool is broken (not the task's input or its checks): they count
+# toward the adapter's circuit breaker.
+_BREAKER_FAILURES = frozenset({ErrorClass.TOOL_ERROR, ErrorClass.CRASH, ErrorClass.TIMEOUT, ErrorClass.TRANSIENT})
 
 
 @dataclass(frozen=True, slots=True)
 class RetryDue(Message):
     run_id: str
     task_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerDue(Message):
+    adapter: str
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    concurrency: int
+    adapters: tuple[AdapterInfo, ...]
+    quarantine_after: int = 10  # failures with one signature in one run before quarantine
+
+
+@dataclass(slots=True)
+class _Running:
+    adapter: str
+    attempt: int
+    pid: int | None = None
+    create_time: float | None = None
 
 
 @dataclass(slots=True)
@@ -68,9 +107,19 @@ class _Run:
     book: RunBook
     specs: dict[str, TaskSpec]
     attempts: dict[str, int]
+    failures: Counter[str]
     ws_states: dict[str, WorkstreamState]
     log_dir: Path
-    running: dict[str, str] = field(default_factory=dict)
+    running: dict[str, _Running] = field(default_factory=dict)
+    signatures: Counter[str] = field(default_factory=Counter)
+    paused: bool = False
+    cancelling: bool = False
+    quarantine_reason: str = ""
+    awaiting: dict[str, str] = field(default_factory=dict)
+
+
+class ControlRefused(Exception):
+    """A control request that cannot be done in the current state; the message says why."""
 
 
 class SchedulerActor(SupervisedActor):
@@ -78,25 +127,30 @@ class SchedulerActor(SupervisedActor):
         self,
         name: str,
         directory: Directory,
-        concurrency: int,
-        adapter_limits: Mapping[str, int],
+        config: SchedulerConfig,
         timers: TimerService,
         progress: Callable[[RunProgress], None],
-        retry_defaults: RetryPolicy = RetryPolicy(),
+        kill_process: Callable[[int, float], None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(name, directory)
-        self.concurrency = concurrency
-        self.adapter_limits = dict(adapter_limits)
+        self.config = config
+        self.adapters = {info.name: info for info in config.adapters}
         self.timers = timers
         self.progress = progress
-        self.retry_defaults = retry_defaults
+        self.kill_process = kill_process
+        self.clock = clock
         self.runs: dict[str, _Run] = {}
         self.adapter_running: Counter[str] = Counter()
+        self.breakers = {info.name: CircuitBreaker(info.name, info.breaker) for info in config.adapters}
+        self.paused_all = False
+        self.draining = False
         # Tasks that became ready while handling one message; routed together afterwards.
         self.to_route: dict[str, list[TaskSpec]] = {}
 
     # -- mailbox -------------------------------------------------------------------------------
-    def on_receive(self, message: object) -> None:
+    def handle(self, message: object) -> object:
+        result: object = None
         if isinstance(message, StartRun):
             self._start_run(message)
         elif isinstance(message, TasksRouted):
@@ -105,51 +159,108 @@ class SchedulerActor(SupervisedActor):
             self._started(message)
         elif isinstance(message, TaskValidating):
             self._validating(message)
+        elif isinstance(message, TaskAwaitingApproval):
+            self._awaiting(message)
         elif isinstance(message, AttemptFinished):
             self._finished(message)
         elif isinstance(message, RetryDue):
             self._retry_due(message)
+        elif isinstance(message, BreakerDue):
+            self._breaker_due(message)
+        elif isinstance(message, ExecutorLost):
+            self._executor_lost(message)
+        else:
+            result = self._control(message)
+        self._flush_routes()
+        return result
+
+    def _flush_routes(self) -> None:
+        if not self.to_route:
+            return
+        open_circuits = frozenset(n for n, b in self.breakers.items() if b.state is CircuitState.OPEN)
+        load = tuple(sorted(self.adapter_running.items()))
         for run_id, tasks in self.to_route.items():
-            self.directory.tell(ROUTER, RouteTasks(run_id, tuple(tasks)))
+            self.directory.tell(ROUTER, RouteTasks(run_id, tuple(tasks), open_circuits, load))
         self.to_route.clear()
 
     # -- starting a run --------------------------------------------------------------------------
     def _start_run(self, message: StartRun) -> None:
+        if message.run_id in self.runs:
+            log.warning("run_already_active", run_id=message.run_id)
+            return
         plan = message.plan
         deps = task_dependencies(plan)
         order = topological_order(deps)
         specs = {task.key: task for task in plan.tasks}
         recorded = {key: TaskState(state) for key, state in message.task_states}
-        book = RunBook(
-            deps={key: deps[key] for key in order},
-            priorities={key: specs[key].priority for key in order},
-            workstream_of={key: specs[key].workstream_id for key in order},
-            states={key: state.value for key, state in recorded.items()},
-        )
         run = _Run(
             run_id=message.run_id,
             plan=plan,
-            book=book,
+            book=RunBook(
+                deps={key: deps[key] for key in order},
+                priorities={key: specs[key].priority for key in order},
+                workstream_of={key: specs[key].workstream_id for key in order},
+                states={key: state.value for key, state in recorded.items()},
+            ),
             specs=specs,
             attempts=dict(message.attempts),
+            failures=Counter(dict(message.failures)),
             ws_states={ws.id: WorkstreamState.PENDING for ws in plan.workstreams}
             | {ws: WorkstreamState(state) for ws, state in message.workstream_states},
             log_dir=Path(message.state_dir) / "logs" / message.run_id,
         )
         self.runs[run.run_id] = run
         self._ledger(TransitionRun(run.run_id, RunState.RUNNING.value, utc_now_iso(), "execution started"))
-        for key, state in recorded.items():
-            if state in _RESUME_AS_PENDING:
+        for key, attempt in message.interrupted:
+            self._ledger(
+                AttemptFinished(
+                    run_id=run.run_id,
+                    task_key=key,
+                    attempt=attempt,
+                    status=TaskState.FAILED.value,
+                    completed_at=utc_now_iso(),
+                    error_class=ErrorClass.INTERRUPTED.value,
+                    message="interrupted: the runtime running this attempt stopped",
+                )
+            )
+        to_reset = (
+            {key for key, state in recorded.items() if state in _UNSUCCESSFUL}
+            if message.reset is None
+            else self._retry_closure(run, message.reset)
+        )
+        for key in run.book.states:
+            state = run.book.states[key]
+            if key in to_reset and state in _UNSUCCESSFUL:
+                run.failures[key] = 0
                 self._transition(run, key, TaskState.PENDING, "resumed: tried again")
             elif state in ACTIVE_TASK_STATES or state is TaskState.RETRY_WAIT:
                 self._transition(run, key, TaskState.QUEUED, "resumed: attempt was interrupted")
-        for key, state in list(book.states.items()):
+        for key, state in list(run.book.states.items()):
             if state is TaskState.QUEUED:
                 self._route(run, key)
-        for key in book.ready_pending():
+        for key in run.book.ready_pending():
             self._queue(run, key)
-        self._refresh_workstreams(run)
-        self._check_finished(run)
+        self._after_change(run)
+
+    def _retry_closure(self, run: _Run, keys: tuple[str, ...]) -> set[str]:
+        """The tasks to reset when ``keys`` are retried: each, the unsuccessful prerequisites
+        it waits on (else it could never start), and its unsuccessful dependants."""
+        closure: set[str] = set()
+        frontier = list(keys)
+        while frontier:
+            key = frontier.pop()
+            if key in closure:
+                continue
+            closure.add(key)
+            frontier += [p for p in run.book.deps[key] if run.book.states[p] in _UNSUCCESSFUL]
+        downstream = list(closure)
+        while downstream:
+            key = downstream.pop()
+            for dependant in run.book.dependants[key]:
+                if dependant not in closure and run.book.states[dependant] in _UNSUCCESSFUL:
+                    closure.add(dependant)
+                    downstream.append(dependant)
+        return closure
 
     # -- task lifecycle ----------------------------------------------------------------------------
     def _queue(self, run: _Run, key: str) -> None:
@@ -164,7 +275,7 @@ class SchedulerActor(SupervisedActor):
         if run is None:
             return
         for routed in message.routes:
-            if run.book.states[routed.task_key] is not TaskState.QUEUED:
+            if run.book.states[routed.task_key] is not TaskState.QUEUED or run.book.is_enqueued(routed.task_key):
                 continue
             if routed.adapter:
                 run.book.enqueue(routed.task_key, routed.adapter)
@@ -172,85 +283,142 @@ class SchedulerActor(SupervisedActor):
                 self._fail(run, routed.task_key, TaskState.FAILED, ErrorClass.BAD_INPUT, routed.reason, attempt=0)
         self._after_change(run)
 
+    def _limits(self) -> dict[str, int]:
+        """Each adapter's limit now: its concurrency, closed to 0 by an open circuit, and to one
+        probe at a time when half-open."""
+        limits: dict[str, int] = {}
+        for name, info in self.adapters.items():
+            breaker = self.breakers[name]
+            if breaker.state is CircuitState.OPEN:
+                limits[name] = 0
+            elif breaker.state is CircuitState.HALF_OPEN:
+                limits[name] = self.adapter_running[name] + (0 if breaker.probe_in_flight else 1)
+            elif info.concurrency is not None:
+                limits[name] = info.concurrency
+        return limits
+
     def _dispatch(self) -> None:
+        if self.paused_all:
+            return
         for run in list(self.runs.values()):
-            free = self.concurrency - sum(self.adapter_running.values())
+            if run.paused or run.cancelling or run.quarantine_reason:
+                continue
+            free = self.config.concurrency - sum(self.adapter_running.values())
             if free <= 0:
                 return
-            for choice in run.book.take_dispatchable(free, self.adapter_running, self.adapter_limits):
-                attempt = run.attempts.get(choice.task_key, 0) + 1
-                run.attempts[choice.task_key] = attempt
-                run.running[choice.task_key] = choice.adapter
-                self.adapter_running[choice.adapter] += 1
-                spec = run.specs[choice.task_key]
-                name = spec.id if attempt == 1 else f"{spec.id}.attempt{attempt}"
-                log_path = run.log_dir / spec.workstream_id / f"{name}.log"
-                try:
-                    self.directory.tell(
-                        executor_name(choice.adapter),
-                        ExecuteTask(run.run_id, spec, attempt, str(log_path)),
-                    )
-                except PeerUnavailable as exc:
-                    self._release(run, choice.task_key)
-                    self._fail(run, choice.task_key, TaskState.FAILED, ErrorClass.CRASH, str(exc), attempt)
-                    self._after_change(run)
+            for choice in run.book.take_dispatchable(free, self.adapter_running, self._limits()):
+                self._start_attempt(run, choice.task_key, choice.adapter)
+
+    def _start_attempt(self, run: _Run, key: str, adapter: str) -> None:
+        attempt = run.attempts.get(key, 0) + 1
+        run.attempts[key] = attempt
+        run.running[key] = _Running(adapter, attempt)
+        self.adapter_running[adapter] += 1
+        self.breakers[adapter].started()
+        spec = run.specs[key]
+        name = spec.id if attempt == 1 else f"{spec.id}.attempt{attempt}"
+        log_path = run.log_dir / spec.workstream_id / f"{name}.log"
+        try:
+            self.directory.tell(executor_name(adapter), ExecuteTask(run.run_id, spec, attempt, str(log_path)))
+        except PeerUnavailable as exc:
+            self._finished(self._lost_attempt(run, key, f"executor unavailable: {exc}"))
 
     def _started(self, message: AttemptStarted) -> None:
         run = self.runs.get(message.run_id)
-        if run is None:
+        running = run.running.get(message.task_key) if run else None
+        if run is None or running is None or running.attempt != message.attempt:
             return
+        running.pid, running.create_time = message.pid, message.pid_create_time
         self._transition(run, message.task_key, TaskState.IN_PROGRESS, "", message.attempt, message.adapter)
         self._ledger(message)
-        self._event(run, "TASK_STARTED", message.task_key, {"attempt": message.attempt, "adapter": message.adapter, "pid": message.pid})
-        self._refresh_workstreams(run)
+        self._event(run, "TASK_STARTED", message.task_key,
+                    {"attempt": message.attempt, "adapter": message.adapter, "pid": message.pid})
 
     def _validating(self, message: TaskValidating) -> None:
         run = self.runs.get(message.run_id)
-        if run is not None:
+        if run is not None and message.task_key in run.running:
             self._transition(run, message.task_key, TaskState.VALIDATING, "tool succeeded", message.attempt)
+
+    def _awaiting(self, message: TaskAwaitingApproval) -> None:
+        run = self.runs.get(message.run_id)
+        if run is None or message.task_key not in run.running:
+            return
+        run.awaiting[message.task_key] = message.prompt
+        self._transition(run, message.task_key, TaskState.AWAITING_APPROVAL, message.prompt, message.attempt)
+        self._event(run, "APPROVAL_REQUESTED", message.task_key, {"attempt": message.attempt, "prompt": message.prompt})
 
     def _finished(self, message: AttemptFinished) -> None:
         run = self.runs.get(message.run_id)
-        if run is None or run.running.get(message.task_key) is None:
+        running = run.running.get(message.task_key) if run else None
+        if run is None or running is None or running.attempt != message.attempt:
             return
         key = message.task_key
         self._release(run, key)
+        run.awaiting.pop(key, None)
         outcome = TaskState(message.status)
         self._ledger(message)
+        self._breaker_outcome(running.adapter, outcome, message.error_class, message.message, run)
         if outcome is TaskState.COMPLETED:
             took = f"in {message.duration_s:.2f}s" if message.duration_s is not None else ""
             self._transition(run, key, TaskState.COMPLETED, took, message.attempt)
             self._event(run, "TASK_COMPLETED", key, {"attempt": message.attempt, "duration_s": message.duration_s})
             for dependant in run.book.ready_dependants(key):
                 self._queue(run, dependant)
+        elif outcome is TaskState.CANCELLED or run.cancelling:
+            self._fail(run, key, TaskState.CANCELLED, ErrorClass.CANCELLED, message.message or "cancelled",
+                       message.attempt, recorded=True)
         else:
-            policy = self._policy(run.specs[key])
-            self._record_error(run, key, message.error_class, message.message, message.gate_output)
-            if policy.should_retry(message.attempt, message.error_class):
-                delay = policy.delay_s(message.attempt)
-                self._transition(run, key, TaskState.RETRY_WAIT, f"{message.message}; retry in {delay:.2f}s", message.attempt)
-                me = self.actor_ref
-                self.timers.call_later(delay, lambda: me.tell(RetryDue(run.run_id, key)))
+            signature = self._record_error(run, key, message.error_class, message.message, message.gate_output)
+            if message.error_class != ErrorClass.INTERRUPTED:
+                run.failures[key] += 1
+            self._count_signature(run, signature, message.message)
+            policy = RetryPolicy.for_task(run.specs[key])
+            if policy.should_retry(run.failures[key], message.error_class) and not run.quarantine_reason:
+                delay = policy.delay_s(run.failures[key])
+                self._transition(run, key, TaskState.RETRY_WAIT, f"{message.message}; retry in {delay:.2f}s",
+                                 message.attempt)
+                me, run_id = self.actor_ref, run.run_id
+                self.timers.call_later(delay, lambda: me.tell(RetryDue(run_id, key)))
+            elif message.error_class == ErrorClass.INTERRUPTED:
+                self._transition(run, key, TaskState.QUEUED, message.message)
+                self._route(run, key)
             else:
                 self._fail(run, key, outcome, message.error_class, message.message, message.attempt, recorded=True)
         self._after_change(run)
 
     def _retry_due(self, message: RetryDue) -> None:
         run = self.runs.get(message.run_id)
-        if run is not None and run.book.states.get(message.task_key) is TaskState.RETRY_WAIT:
-            self._transition(run, message.task_key, TaskState.QUEUED, "retry backoff elapsed")
-            self._route(run, message.task_key)
+        if run is None or run.book.states.get(message.task_key) is not TaskState.RETRY_WAIT:
+            return
+        if run.quarantine_reason or run.cancelling:
+            return
+        self._transition(run, message.task_key, TaskState.QUEUED, "retry backoff elapsed")
+        self._route(run, message.task_key)
 
-    def _policy(self, spec: TaskSpec) -> RetryPolicy:
-        defaults = self.retry_defaults
-        return RetryPolicy(
-            max_attempts=max(spec.max_attempts, 1),
-            base_delay_s=defaults.base_delay_s,
-            factor=defaults.factor,
-            max_delay_s=defaults.max_delay_s,
-            jitter=defaults.jitter,
+    def _lost_attempt(self, run: _Run, key: str, reason: str) -> AttemptFinished:
+        running = run.running[key]
+        return AttemptFinished(
+            run_id=run.run_id,
+            task_key=key,
+            attempt=running.attempt,
+            status=TaskState.FAILED.value,
+            completed_at=utc_now_iso(),
+            error_class=ErrorClass.CRASH.value,
+            message=reason,
         )
 
+    def _executor_lost(self, message: ExecutorLost) -> None:
+        """An executor died or hung: its attempts are crashed attempts (retried per policy,
+        counted by the breaker), and their processes are killed."""
+        for run in list(self.runs.values()):
+            for key, running in list(run.running.items()):
+                if running.adapter != message.adapter:
+                    continue
+                if running.pid is not None and running.create_time is not None:
+                    self.kill_process(running.pid, running.create_time)
+                self._finished(self._lost_attempt(run, key, f"executor {message.adapter} crashed: {message.error}"))
+
+    # -- failure, blocking, quarantine ---------------------------------------------------------------
     def _fail(
         self,
         run: _Run,
@@ -263,16 +431,28 @@ class SchedulerActor(SupervisedActor):
     ) -> None:
         if not recorded:
             self._record_error(run, key, error_class, message, "")
+        run.book.forget_queued(key)
         self._transition(run, key, state, message, attempt)
-        self._event(run, "TASK_FAILED", key, {"attempt": attempt, "state": state.value, "error_class": error_class, "message": message})
+        self._event(run, "TASK_FAILED", key,
+                    {"attempt": attempt, "state": state.value, "error_class": error_class, "message": message})
         for dependant in run.book.blocked_by(key):
             run.book.forget_queued(dependant)
             self._transition(run, dependant, TaskState.BLOCKED, f"dependency {key} ended {state.value}")
 
+    def _count_signature(self, run: _Run, signature: str, message: str) -> None:
+        run.signatures[signature] += 1
+        count = run.signatures[signature]
+        if count > self.config.quarantine_after and not run.quarantine_reason:
+            run.quarantine_reason = (
+                f"quarantined: {count} failures with signature {signature} "
+                f"(threshold {self.config.quarantine_after}); last: {message}"
+            )
+            self._event(run, "RUN_QUARANTINED", None, {"signature": signature, "count": count, "reason": run.quarantine_reason})
+
     def _release(self, run: _Run, key: str) -> None:
-        adapter = run.running.pop(key, None)
-        if adapter is not None:
-            self.adapter_running[adapter] -= 1
+        running = run.running.pop(key, None)
+        if running is not None:
+            self.adapter_running[running.adapter] -= 1
 
     def _after_change(self, run: _Run) -> None:
         self._refresh_workstreams(run)
@@ -280,19 +460,202 @@ class SchedulerActor(SupervisedActor):
         self._dispatch()
 
     def _check_finished(self, run: _Run) -> None:
-        if run.running or not run.book.is_finished():
+        if run.running or run.run_id not in self.runs:
             return
-        outcome = run.book.run_outcome()
+        if run.quarantine_reason:
+            outcome, reason = RunState.QUARANTINED, run.quarantine_reason
+        elif run.book.is_finished():
+            outcome = run.book.run_outcome()
+            reason = ", ".join(f"{n} {state.lower()}" for state, n in sorted(run.book.counts().items()))
+        else:
+            return
         at = utc_now_iso()
-        counts = run.book.counts()
-        summary = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
-        self._ledger(TransitionRun(run.run_id, outcome.value, at, summary))
-        self._event(run, "EXECUTION_FINISHED", None, {"state": outcome.value, "tasks": counts})
+        self._ledger(TransitionRun(run.run_id, outcome.value, at, reason))
+        self._event(run, "EXECUTION_FINISHED", None, {"state": outcome.value, "tasks": run.book.counts()})
         del self.runs[run.run_id]
         total = len(run.book.states)
-        self.progress(RunProgress(run.run_id, "", outcome.value, at, total, total, finished_run_state=outcome.value))
+        self.progress(RunProgress(run.run_id, "", outcome.value, at, run.book.done_count(), total,
+                                  reason, finished_run_state=outcome.value))
 
-    # -- writing -------------------------------------------------------------------------------
+    # -- circuit breakers ------------------------------------------------------------------------------
+    def _breaker_outcome(self, adapter: str, outcome: TaskState, error_class: str, message: str, run: _Run) -> None:
+        breaker = self.breakers.get(adapter)
+        if breaker is None:
+            return
+        if outcome is TaskState.COMPLETED:
+            change = breaker.succeeded()
+        elif error_class in _BREAKER_FAILURES:
+            change = breaker.failed(self.clock(), message)
+        else:
+            return
+        if change is not None:
+            self._breaker_changed(change, run)
+
+    def _breaker_due(self, message: BreakerDue) -> None:
+        change = self.breakers[message.adapter].due(self.clock())
+        if change is not None:
+            self._breaker_changed(change, None)
+            self._dispatch()
+
+    def _breaker_changed(self, change: BreakerChange, run: _Run | None) -> None:
+        payload = {"adapter": change.adapter, "state": change.state.value, "reason": change.reason}
+        self._ledger(EventObserved(event_type=f"CIRCUIT_{change.state.name}", at=utc_now_iso(),
+                                   run_id=run.run_id if run else None, payload_json=json.dumps(payload)))
+        log.warning("circuit_changed", **payload)
+        if change.state is CircuitState.OPEN and change.retry_at is not None:
+            me, adapter = self.actor_ref, change.adapter
+            self.timers.call_later(max(0.0, change.retry_at - self.clock()), lambda: me.tell(BreakerDue(adapter)))
+            # Tasks waiting for this adapter go back to the Router, which sends them to the
+            # fallback if there is one; the rest come back here and wait for the probe.
+            for active in self.runs.values():
+                for key in active.book.queued_for(change.adapter):
+                    active.book.forget_queued(key)
+                    self._route(active, key)
+
+    # -- control -----------------------------------------------------------------------------------------
+    def _control(self, message: object) -> object:
+        if isinstance(message, StatusQuery):
+            return self._status(message.run_id)
+        if isinstance(message, PauseRuns):
+            return self._set_paused(message.run_id, True)
+        if isinstance(message, ResumeRuns):
+            return self._set_paused(message.run_id, False)
+        if isinstance(message, Drain):
+            self.paused_all = self.draining = True
+            return {"draining": True, "running": sum(len(r.running) for r in self.runs.values())}
+        if isinstance(message, CancelWork):
+            return self._cancel(message)
+        if isinstance(message, RetryTask):
+            return self._retry(message)
+        if isinstance(message, Approval):
+            return self._approve(message)
+        if isinstance(message, StopRuns):
+            self.paused_all = True
+            for run in self.runs.values():
+                for key, running in run.running.items():
+                    self._tell_executor(running.adapter, CancelAttempt(run.run_id, key, running.attempt))
+            return {"stopping": sum(len(r.running) for r in self.runs.values())}
+        return None
+
+    def _run(self, run_id: str) -> _Run:
+        run = self.runs.get(run_id)
+        if run is None:
+            raise ControlRefused(f"run {run_id!r} is not active in this runtime")
+        return run
+
+    def _set_paused(self, run_id: str | None, paused: bool) -> dict[str, Any]:
+        if run_id is None:
+            self.paused_all = paused
+            if not paused:
+                self.draining = False
+                for run in self.runs.values():
+                    run.paused = False
+        else:
+            self._run(run_id).paused = paused
+        for run in self.runs.values() if run_id is None else [self.runs[run_id]]:
+            self._event(run, "RUN_PAUSED" if paused else "RUN_RESUMED", None, {})
+        if not paused:
+            self._dispatch()
+        return {"paused": paused, "runs": [run_id] if run_id else sorted(self.runs)}
+
+    def _cancel(self, message: CancelWork) -> dict[str, Any]:
+        run = self._run(message.run_id)
+        if message.task_key is None:
+            run.cancelling = True
+            keys = list(run.book.states)
+        else:
+            if message.task_key not in run.book.states:
+                raise ControlRefused(f"run {run.run_id} has no task {message.task_key!r}")
+            if run.book.states[message.task_key] in TERMINAL_TASK_STATES:
+                raise ControlRefused(
+                    f"task {message.task_key} already ended {run.book.states[message.task_key].value}"
+                )
+            keys = [message.task_key]
+        killing = []
+        for key in keys:
+            state = run.book.states[key]
+            if key in run.running:
+                running = run.running[key]
+                self._tell_executor(running.adapter, CancelAttempt(run.run_id, key, running.attempt))
+                killing.append(key)
+            elif state not in TERMINAL_TASK_STATES or (run.cancelling and state is TaskState.BLOCKED):
+                self._fail(run, key, TaskState.CANCELLED, ErrorClass.CANCELLED, "cancelled by request", 0)
+        self._after_change(run)
+        return {"cancelled": keys, "killing": killing}
+
+    def _retry(self, message: RetryTask) -> dict[str, Any]:
+        run = self._run(message.run_id)
+        if message.task_key not in run.book.states:
+            raise ControlRefused(f"run {run.run_id} has no task {message.task_key!r}")
+        state = run.book.states[message.task_key]
+        if state not in _UNSUCCESSFUL:
+            raise ControlRefused(f"task {message.task_key} is {state.value}; only failed, timed-out, "
+                                 "blocked or cancelled tasks can be retried")
+        reset = sorted(self._retry_closure(run, (message.task_key,)))
+        for key in reset:
+            run.failures[key] = 0
+            self._transition(run, key, TaskState.PENDING, "retried by request")
+        for key in reset:
+            if run.book.states[key] is TaskState.PENDING and run.book.is_ready(key):
+                self._queue(run, key)
+        self._after_change(run)
+        return {"retried": reset}
+
+    def _approve(self, message: Approval) -> dict[str, Any]:
+        run = self._run(message.run_id)
+        state = run.book.states.get(message.task_key)
+        if state is not TaskState.AWAITING_APPROVAL:
+            raise ControlRefused(f"task {message.task_key} is not awaiting approval "
+                                 f"(it is {state.value if state else 'unknown'})")
+        running = run.running[message.task_key]
+        self._event(run, "TASK_APPROVED" if message.approved else "TASK_REJECTED", message.task_key,
+                    {"who": message.who, "comment": message.comment, "at": utc_now_iso(), "attempt": running.attempt})
+        self._tell_executor(
+            running.adapter,
+            ApprovalDecision(run.run_id, message.task_key, running.attempt, message.approved, message.who, message.comment),
+        )
+        return {"task": message.task_key, "approved": message.approved, "who": message.who}
+
+    def _tell_executor(self, adapter: str, message: object) -> None:
+        try:
+            self.directory.tell(executor_name(adapter), message)
+        except PeerUnavailable:
+            log.warning("executor_unavailable", adapter=adapter, message=type(message).__name__)
+
+    def _status(self, run_id: str | None) -> dict[str, Any]:
+        runs = [self._run(run_id)] if run_id else list(self.runs.values())
+        return {
+            "paused_all": self.paused_all,
+            "draining": self.draining,
+            "running": sum(self.adapter_running.values()),
+            "concurrency": self.config.concurrency,
+            "circuits": {name: b.state.value for name, b in self.breakers.items()},
+            "queued": {name: n for name, n in self._queue_depths().items()},
+            "runs": [
+                {
+                    "run_id": run.run_id,
+                    "paused": run.paused or self.paused_all,
+                    "cancelling": run.cancelling,
+                    "quarantine_reason": run.quarantine_reason,
+                    "counts": run.book.counts(),
+                    "done": run.book.done_count(),
+                    "total": len(run.book.states),
+                    "running": sorted(run.running),
+                    "awaiting_approval": [{"task": k, "prompt": p} for k, p in sorted(run.awaiting.items())],
+                    "tasks": {key: state.value for key, state in run.book.states.items()},
+                }
+                for run in runs
+            ],
+        }
+
+    def _queue_depths(self) -> Counter[str]:
+        depths: Counter[str] = Counter()
+        for run in self.runs.values():
+            for adapter in run.book.queued_adapters():
+                depths[adapter] += 1
+        return depths
+
+    # -- writing -----------------------------------------------------------------------------------
     def _transition(
         self, run: _Run, key: str, state: TaskState, reason: str = "", attempt: int = 0, adapter: str = ""
     ) -> None:
@@ -301,7 +664,7 @@ class SchedulerActor(SupervisedActor):
             return
         at = utc_now_iso()
         self._ledger(TransitionTask(run.run_id, key, state.value, at, attempt, reason, adapter))
-        if state in TERMINAL_TASK_STATES or state is TaskState.IN_PROGRESS or state is TaskState.RETRY_WAIT:
+        if state is not TaskState.QUEUED and state is not TaskState.PENDING and state is not TaskState.VALIDATING:
             self.progress(
                 RunProgress(run.run_id, key, state.value, at, run.book.done_count(), len(run.book.states), reason)
             )
@@ -314,20 +677,22 @@ class SchedulerActor(SupervisedActor):
                 self._ledger(TransitionWorkstream(run.run_id, ws_id, step.value, utc_now_iso()))
                 run.ws_states[ws_id] = step
 
-    def _record_error(self, run: _Run, key: str, error_class: str, message: str, gate_output: str) -> None:
+    def _record_error(self, run: _Run, key: str, error_class: str, message: str, gate_output: str) -> str:
         spec = run.specs[key]
+        signature = error_signature(error_class, message)
         self._ledger(
             ErrorObserved(
                 run_id=run.run_id,
                 ws_id=spec.workstream_id,
                 step_name=key,
                 error_code=error_class,
-                signature=error_signature(error_class, message),
+                signature=signature,
                 message=message,
                 at=utc_now_iso(),
                 context_json=json.dumps({"gate_output": gate_output[-2000:]}) if gate_output else "",
             )
         )
+        return signature
 
     def _event(self, run: _Run, event_type: str, key: str | None, payload: dict) -> None:
         ws_id = run.specs[key].workstream_id if key else None

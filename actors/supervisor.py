@@ -1,31 +1,70 @@
-"""The Supervisor: starts the other actors from child specs and is told of their deaths.
+"""The Supervisor: starts the other actors from child specs, watches their heartbeats, and
+restarts the ones that die or hang.
 
-A dead child is restarted per its spec while the restart intensity allows; past it the
-supervisor escalates: the runtime is told to stop, with the reason.
+A dead or hung child is replaced per its spec (after a backoff with jitter) while the restart
+intensity allows; past it the supervisor escalates: the runtime is told to stop, with the
+reason. When an executor is replaced, the Scheduler is told, so the attempts it was running
+count as crashed attempts. A hung actor's thread cannot be killed (pykka runs handlers on
+plain threads); it is abandoned and no message reaches it again.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pykka
 import structlog
 
-from actors.directory import LEDGER, Directory, PeerUnavailable
-from domain.supervision import RestartIntensity, Strategy, SupervisorSpec, should_restart
+from actors.directory import LEDGER, SCHEDULER, Directory, PeerUnavailable
+from actors.timers import TimerService
+from domain.supervision import (
+    ChildSpec,
+    HeartbeatPolicy,
+    Liveness,
+    RestartIntensity,
+    Strategy,
+    SupervisorSpec,
+    liveness,
+    restart_delay,
+    should_restart,
+)
 from messages import ActorDied, EventObserved
 from messages.base import Message
+from messages.control import HealthQuery, Heartbeat, Ping
+from messages.runtime import ExecutorLost
 from persistence.clock import utc_now_iso
 
 log = structlog.get_logger("orchestrate.supervisor")
+
+EXECUTOR_PREFIX = "executor:"
 
 
 @dataclass(frozen=True, slots=True)
 class StartChildren(Message):
     """Asked once: the reply comes when every child is running."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick(Message):
+    """The heartbeat interval elapsed: ping every child, look for silent ones."""
+
+
+@dataclass(frozen=True, slots=True)
+class RestartDue(Message):
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RestartBackoff:
+    min_s: float = 0.05
+    max_s: float = 2.0
+    random_factor: float = 0.2
 
 
 class SupervisorActor(pykka.ThreadingActor):
@@ -34,52 +73,120 @@ class SupervisorActor(pykka.ThreadingActor):
         directory: Directory,
         spec: SupervisorSpec,
         escalate: Callable[[str], None],
+        timers: TimerService,
+        heartbeat: HeartbeatPolicy = HeartbeatPolicy(),
+        backoff: RestartBackoff = RestartBackoff(),
+        on_hung: Callable[[str, float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self.directory = directory
         self.spec = spec
         self.escalate = escalate
+        self.timers = timers
+        self.heartbeat = heartbeat
+        self.backoff = backoff
+        self.on_hung = on_hung
         self.clock = clock
         self.intensity = RestartIntensity(spec.max_restarts, spec.period_s)
         self.restarts: dict[str, int] = {child.name: 0 for child in spec.children}
+        self.last_seen: dict[str, float] = {}
+        self.down: dict[str, str] = {}  # name -> why, while waiting for a restart (or for good)
+        self.seq = 0
         self.given_up = False
+        self.rng = random.Random()
 
     def on_receive(self, message: object) -> object:
         if isinstance(message, StartChildren):
+            now = self.clock()
             for child in self.spec.children:
                 self.directory.register(child.name, child.start())
+                self.last_seen[child.name] = now
+            self._schedule_tick()
             return sorted(self.restarts)
-        if isinstance(message, ActorDied):
-            self._child_died(message)
+        if isinstance(message, Heartbeat):
+            self.last_seen[message.name] = self.clock()
+        elif isinstance(message, Tick):
+            self._tick()
+        elif isinstance(message, ActorDied):
+            self._child_down(message.name, message.error, "ACTOR_DIED")
+        elif isinstance(message, RestartDue):
+            self._restart(message.name, message.reason)
+        elif isinstance(message, HealthQuery):
+            return self._health()
         return None
 
-    def _child_died(self, message: ActorDied) -> None:
-        self.directory.unregister(message.name)
-        self._event("ACTOR_DIED", {"actor": message.name, "error": message.error})
+    # -- heartbeats ------------------------------------------------------------------------------
+    def _schedule_tick(self) -> None:
+        me = self.actor_ref
+        self.timers.call_later(self.heartbeat.interval_s, lambda: me.tell(Tick()))
+
+    def _tick(self) -> None:
+        self.seq += 1
+        now = self.clock()
+        for child in self.spec.children:
+            if child.name in self.down:
+                continue
+            age = now - self.last_seen.get(child.name, now)
+            if liveness(age, self.heartbeat) is Liveness.HUNG:
+                log.warning("actor_hung", actor=child.name, silent_s=round(age, 2))
+                if self.on_hung is not None:
+                    self.on_hung(child.name, age)
+                self._child_down(child.name, f"no heartbeat for {age:.1f}s", "ACTOR_HUNG")
+                continue
+            try:
+                self.directory.tell(child.name, Ping(self.seq))
+            except PeerUnavailable:
+                pass
+        if not self.given_up:
+            self._schedule_tick()
+
+    # -- deaths and restarts -----------------------------------------------------------------------
+    def _child_down(self, name: str, error: str, event: str) -> None:
+        if name in self.down:
+            return
+        self.down[name] = error
+        self.directory.unregister(name)
+        self._event(event, {"actor": name, "error": error})
+        if name.startswith(EXECUTOR_PREFIX):
+            self._tell_scheduler(ExecutorLost(adapter=name[len(EXECUTOR_PREFIX):], error=error))
         if self.given_up:
             return
-        child = next((c for c in self.spec.children if c.name == message.name), None)
+        child = self._child(name)
         if child is None:
             return
         if not should_restart(child, abnormal=True):
             if child.significant:
-                self._give_up(message.name, f"actor {message.name!r} died: {message.error}")
+                self._give_up(name, f"actor {name!r} stopped: {error}")
             return
         if not self.intensity.allow(self.clock()):
             self._give_up(
-                message.name,
-                f"actor {message.name!r} died more than {self.spec.max_restarts} times "
-                f"in {self.spec.period_s:g}s (last error: {message.error})",
+                name,
+                f"actor {name!r} failed more than {self.spec.max_restarts} times "
+                f"in {self.spec.period_s:g}s (last: {error})",
             )
+            return
+        delay = restart_delay(self.restarts[name], self.backoff.min_s, self.backoff.max_s,
+                              self.backoff.random_factor, self.rng.random())
+        me = self.actor_ref
+        self.timers.call_later(delay, lambda: me.tell(RestartDue(name, error)))
+
+    def _restart(self, name: str, reason: str) -> None:
+        child = self._child(name)
+        if child is None or self.given_up:
             return
         to_restart = self.spec.children if self.spec.strategy is Strategy.ONE_FOR_ALL else (child,)
         for spec in to_restart:
             if spec is not child:
                 self._stop_child(spec.name)
             self.directory.register(spec.name, spec.start())
+            self.down.pop(spec.name, None)
+            self.last_seen[spec.name] = self.clock()
             self.restarts[spec.name] += 1
-            self._event("ACTOR_RESTARTED", {"actor": spec.name, "restarts": self.restarts[spec.name]})
+            self._event("ACTOR_RESTARTED", {"actor": spec.name, "restarts": self.restarts[spec.name], "after": reason})
+
+    def _child(self, name: str) -> ChildSpec | None:
+        return next((c for c in self.spec.children if c.name == name), None)
 
     def _give_up(self, name: str, reason: str) -> None:
         self.given_up = True
@@ -92,6 +199,32 @@ class SupervisorActor(pykka.ThreadingActor):
         except (PeerUnavailable, pykka.ActorDeadError):
             pass
         self.directory.unregister(name)
+
+    # -- health ------------------------------------------------------------------------------------
+    def _health(self) -> dict[str, Any]:
+        now = self.clock()
+        actors = {}
+        for child in self.spec.children:
+            age = now - self.last_seen.get(child.name, now)
+            status = Liveness.DEAD if child.name in self.down else liveness(age, self.heartbeat)
+            actors[child.name] = {
+                "status": status.value,
+                "heartbeat_age_s": round(age, 3),
+                "restarts": self.restarts[child.name],
+                "error": self.down.get(child.name, ""),
+            }
+        return {
+            "actors": actors,
+            "heartbeat_interval_s": self.heartbeat.interval_s,
+            "hung_after_intervals": self.heartbeat.hung_after,
+            "gave_up": self.given_up,
+        }
+
+    def _tell_scheduler(self, message: object) -> None:
+        try:
+            self.directory.tell(SCHEDULER, message)
+        except PeerUnavailable:
+            log.error("scheduler_unreachable", message=type(message).__name__)
 
     def _event(self, event_type: str, payload: dict) -> None:
         try:

@@ -29,6 +29,17 @@ class ToolAdapter(Protocol):
     def process_spec(self, task: TaskSpec, log_path: str) -> ProcessSpec: ...
 
 
+MARKER_RUN = "ORCHESTRATE_RUN_ID"
+MARKER_TASK = "ORCHESTRATE_TASK"
+MARKER_ATTEMPT = "ORCHESTRATE_ATTEMPT"
+
+
+def attempt_markers(run_id: str, task_key: str, attempt: int) -> tuple[tuple[str, str], ...]:
+    """Environment variables that identify the attempt a process belongs to; tools may read
+    them too (e.g. to make an effect idempotent per attempt)."""
+    return ((MARKER_RUN, run_id), (MARKER_TASK, task_key), (MARKER_ATTEMPT, str(attempt)))
+
+
 def task_environment(task: TaskSpec) -> tuple[tuple[str, str], ...]:
     """The runtime's environment plus the task's, with the runtime's interpreter first on PATH.
 

@@ -13,13 +13,20 @@ from typing import Any
 
 import structlog
 
-from actors.runtime import Runtime, RuntimeAborted
-from adapters.process import kill_tree
-from adapters.tools import BUILTIN_ADAPTERS
+from actors.runtime import (
+    SOCKET_FILE,
+    AdapterUnavailable,
+    Runtime,
+    RuntimeAborted,
+    RuntimeLocked,
+    RuntimeOptions,
+)
+from control.server import ControlSocketError
+from domain.routing import RouterConfig
 from cli.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli.logging import configure_logging
 from cli.output import paint, progress_line, table, use_colour
-from domain.states import TERMINAL_RUN_STATES, RunState, TaskState
+from domain.states import RunState, TaskState
 from persistence.clock import utc_now_iso
 from persistence.db import DatabaseUnavailable, make_engine, resolve_db_url
 from persistence.migrate import init_db
@@ -28,21 +35,25 @@ from planning.errors import PlanError, PlanIssue
 from planning.loader import load_plan
 from planning.model import Plan
 from planning.request import RequestInvalid, build_request, select_workstreams, validate_request_json
+from planning.router_config import find_router_config, load_router_config
 from planning.schemas import SchemaMissing, load_schema
 
 log = structlog.get_logger("orchestrate.cli")
 
 REQUIRED_SCHEMAS = ("workstream.v1.json", "execution_request.v1.json", "run_record.v1.json")
+# `run PLAN` continues the existing run of the same request only while it is unfinished;
+# a finished one (even unsuccessful) gets a fresh run. `execute --run` resumes anything.
+RESUMABLE_BY_RUN = frozenset({RunState.PENDING.value, RunState.RUNNING.value})
 
 
 # -- shared steps --------------------------------------------------------------------------------
-def _load(plan_path: str) -> Plan:
+def _load(plan_path: str, router: RouterConfig) -> Plan:
     try:
         _require_schemas()
         plan = load_plan(plan_path)
     except PlanError as error:
         raise CliError(_format_plan_error(error), EXIT_USAGE) from None
-    issues = _unknown_tools(plan)
+    issues = _unknown_tools(plan, router)
     if issues:
         raise CliError(_format_plan_error(PlanError(tuple(issues))), EXIT_USAGE)
     return plan
@@ -55,20 +66,30 @@ def _format_plan_error(error: PlanError) -> str:
     return "\n".join(lines)
 
 
-def _unknown_tools(plan: Plan) -> list[PlanIssue]:
-    known = sorted(BUILTIN_ADAPTERS)
+def _unknown_tools(plan: Plan, router: RouterConfig) -> list[PlanIssue]:
+    served = sorted({tool for info in router.adapters for tool in info.serves})
     issues = []
     for ws in plan.workstreams:
         for index, task in enumerate(ws.tasks):
-            if task.tool not in BUILTIN_ADAPTERS:
+            if not router.serves(task.tool):
                 issues.append(
                     PlanIssue(
                         ws.source_file,
                         f"$.tasks[{index}].tool" if not ws.source_file.endswith("]") else f"{ws.source_file}.tasks[{index}].tool",
-                        f"unknown tool {task.tool!r}; expected one of: {', '.join(known)}",
+                        f"unknown tool {task.tool!r}; expected one of: {', '.join(served)}",
                     )
                 )
     return issues
+
+
+def _router(args: argparse.Namespace) -> RouterConfig:
+    path = find_router_config(getattr(args, "router_config", None), Path.cwd())
+    try:
+        return load_router_config(path)
+    except PlanError as error:
+        count = len(error.issues)
+        lines = [f"the router configuration is not valid ({count} problem{'s' if count != 1 else ''}):"]
+        raise CliError("\n".join(lines + [f"  {issue}" for issue in error.issues]), EXIT_USAGE) from None
 
 
 def _require_schemas() -> None:
@@ -114,66 +135,76 @@ def _create_or_find_run(store: Store, plan: Plan, concurrency: int, new: bool, r
     return created, True
 
 
-def _execute(store: Store, state_dir: Path, run_id: str, concurrency: int, quiet: bool) -> int:
-    run = store.get_run(run_id)
-    if run is None:
-        raise CliError(f"no run {run_id!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
-    if run["status"] == RunState.COMPLETED.value:
-        print(f"run {run_id} is already completed; nothing to do")
-        return EXIT_OK
-    plan = Plan.from_json(run["metadata"]["plan"])
-    tasks = store.get_tasks(run_id)
-    _kill_leftovers(store, run_id)
-    colour = use_colour()
-    total = len(tasks)
-    done_before = sum(1 for t in tasks if t["state"] == TaskState.COMPLETED.value)
-    print(
-        paint(f"orchestrate: run {run_id}", "bold", colour)
-        + f" — {len(plan.workstreams)} workstreams, {total} tasks, concurrency {concurrency}"
-        + (f", resuming ({done_before} already completed)" if done_before else "")
+def _runtime(args: argparse.Namespace, store: Store, state_dir: Path, router: RouterConfig, concurrency: int) -> Runtime:
+    """A started runtime holding the state directory, serving the control socket."""
+    options = RuntimeOptions(
+        state_dir=state_dir,
+        concurrency=concurrency,
+        router=router,
+        quarantine_after=args.quarantine_after,
+        control_socket=_socket_path(args, state_dir),
     )
-    runtime = Runtime(store, state_dir, concurrency)
-    started = time.monotonic()
-
-    printing = not quiet
-
-    def show(event) -> None:
-        nonlocal printing
-        line = progress_line(event, colour) if printing else None
-        if line:
-            try:
-                print(line, flush=True)
-            except BrokenPipeError:
-                # The reader went away (`| head`): the run goes on, silently.
-                printing = False
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
     try:
+        runtime = Runtime(store, options)
         runtime.start()
-        result = runtime.execute(
-            run_id,
-            plan,
-            task_states={t["task_key"]: t["state"] for t in tasks},
-            attempts={t["task_key"]: t["attempts"] for t in tasks},
-            workstream_states={w["ws_id"]: w["status"] for w in store.get_workstreams(run_id)},
-            on_progress=show,
+    except AdapterUnavailable as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+    except (RuntimeLocked, ControlSocketError) as error:
+        raise CliError(str(error), EXIT_RUNTIME) from None
+    return runtime
+
+
+def _socket_path(args: argparse.Namespace, state_dir: Path) -> Path:
+    return Path(args.socket) if getattr(args, "socket", None) else state_dir / SOCKET_FILE
+
+
+def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool) -> int:
+    """Run ``run_id`` in ``runtime`` in the foreground; stops the runtime when done."""
+    try:
+        run = store.get_run(run_id)
+        if run is None:
+            raise CliError(f"no run {run_id!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
+        if run["status"] == RunState.COMPLETED.value:
+            print(f"run {run_id} is already completed; nothing to do")
+            return EXIT_OK
+        plan = Plan.from_json(run["metadata"]["plan"])
+        tasks = store.get_tasks(run_id)
+        colour = use_colour()
+        done_before = sum(1 for t in tasks if t["state"] == TaskState.COMPLETED.value)
+        print(
+            paint(f"orchestrate: run {run_id}", "bold", colour)
+            + f" — {len(plan.workstreams)} workstreams, {len(tasks)} tasks, "
+            f"concurrency {runtime.options.concurrency}"
+            + (f", resuming ({done_before} already completed)" if done_before else ""),
+            flush=True,
         )
-    except RuntimeAborted as error:
-        raise CliError(f"runtime stopped: {error}", EXIT_RUNTIME) from None
+        started = time.monotonic()
+        printing = not quiet
+
+        def show(event) -> None:
+            nonlocal printing
+            if event.run_id and event.run_id != run_id:
+                return
+            line = progress_line(event, colour, run_id) if printing else None
+            if line:
+                try:
+                    print(line, flush=True)
+                except BrokenPipeError:
+                    # The reader went away (`| head`): the run goes on, silently.
+                    printing = False
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+        runtime.add_listener(show)
+        runtime.submit(run_id)
+        try:
+            result = runtime.wait(run_id)
+        except RuntimeAborted as error:
+            raise CliError(f"runtime stopped before run {run_id} finished: {error}; "
+                           f"resume it with `orchestrate execute --run {run_id}`", EXIT_RUNTIME) from None
     finally:
         runtime.stop()
-    elapsed = time.monotonic() - started
-    _print_summary(store, run_id, result.state, elapsed, colour)
+    _print_summary(store, run_id, result.state, time.monotonic() - started, colour)
     return EXIT_OK if result.state == RunState.COMPLETED.value else EXIT_RUN_FAILED
-
-
-def _kill_leftovers(store: Store, run_id: str) -> None:
-    """Processes of attempts that a dead runtime left IN_PROGRESS: killed before resuming."""
-    for attempt in store.get_attempts(run_id):
-        if attempt["status"] == TaskState.IN_PROGRESS.value and attempt.get("pid"):
-            killed = kill_tree(attempt["pid"], attempt["pid_create_time"] or 0.0, 2.0)
-            if killed:
-                log.warning("killed_leftover_process", run_id=run_id, task=attempt["step_name"], pids=killed)
 
 
 def _plan_order(run: dict[str, Any]) -> list[str]:
@@ -200,21 +231,46 @@ def _print_summary(store: Store, run_id: str, state: str, elapsed: float, colour
 
 # -- commands --------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    plan = _load(args.plan)
+    router = _router(args)
+    plan = _load(args.plan, router)
     store, state_dir = _open_store(args)
     try:
-        run_id, created = _create_or_find_run(store, plan, args.concurrency, args.new)
-        if not created:
+        runtime = _runtime(args, store, state_dir, router, args.concurrency)
+        try:
+            run_id, created = _create_or_find_run(store, plan, args.concurrency, args.new)
             run = store.get_run(run_id)
-            if run is not None and run["status"] in TERMINAL_RUN_STATES and run["status"] != RunState.PARTIAL.value:
+            if not created and run is not None and run["status"] not in RESUMABLE_BY_RUN:
                 run_id, created = _create_or_find_run(store, plan, args.concurrency, True)
-        return _execute(store, state_dir, run_id, args.concurrency, args.quiet)
+        except BaseException:
+            runtime.stop()
+            raise
+        return _execute(runtime, store, run_id, args.quiet)
+    finally:
+        store.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    router = _router(args)
+    _require_schemas()
+    store, state_dir = _open_store(args)
+    try:
+        runtime = _runtime(args, store, state_dir, router, args.concurrency)
+        print(f"orchestrate: serving {state_dir} on {_socket_path(args, state_dir)} (pid {os.getpid()}); "
+              "submit plans with `orchestrate submit PLAN`, stop with `orchestrate shutdown`", flush=True)
+        try:
+            runtime.serve_forever()
+        except RuntimeAborted as error:
+            raise CliError(f"runtime stopped: {error}", EXIT_RUNTIME) from None
+        finally:
+            runtime.stop()
+        print("orchestrate: shut down", flush=True)
+        return EXIT_OK
     finally:
         store.close()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    plan = _load(args.plan)
+    plan = _load(args.plan, _router(args))
     tools = sorted({t.tool for t in plan.tasks})
     if args.json:
         print(json.dumps({"valid": True, "workstreams": len(plan.workstreams), "tasks": len(plan.tasks),
@@ -226,7 +282,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    plan = _plan_for_request(args.workstream, args.plan)
+    plan = _plan_for_request(args.workstream, args.plan, _router(args))
     store, _ = _open_store(args)
     try:
         run_id, created = _create_or_find_run(store, plan, args.concurrency, args.new, args.run_id)
@@ -241,7 +297,7 @@ def cmd_request(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _plan_for_request(selectors: list[str], plan_path: str) -> Plan:
+def _plan_for_request(selectors: list[str], plan_path: str, router: RouterConfig) -> Plan:
     paths = [s for s in selectors if Path(s).exists()]
     ids = [s for s in selectors if not Path(s).exists()]
     if paths and ids:
@@ -249,14 +305,14 @@ def _plan_for_request(selectors: list[str], plan_path: str) -> Plan:
     if paths:
         if len(paths) > 1:
             raise CliError("give one plan file or directory per request", EXIT_USAGE)
-        return _load(paths[0])
+        return _load(paths[0], router)
     if not Path(plan_path).exists():
         raise CliError(
             f"workstream {ids[0]!r} is not a file, and the plan directory {plan_path!r} to look it up in "
             "does not exist (use --plan)",
             EXIT_USAGE,
         )
-    plan = _load(plan_path)
+    plan = _load(plan_path, router)
     try:
         return select_workstreams(plan, ids)
     except PlanError as error:
@@ -264,6 +320,7 @@ def _plan_for_request(selectors: list[str], plan_path: str) -> Plan:
 
 
 def cmd_execute(args: argparse.Namespace) -> int:
+    router = _router(args)
     _require_schemas()
     store, state_dir = _open_store(args)
     try:
@@ -271,7 +328,8 @@ def cmd_execute(args: argparse.Namespace) -> int:
         if run is None:
             raise CliError(f"no run {args.run_id!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
         concurrency = args.concurrency or int(run["metadata"]["request"]["options"]["concurrency"])
-        return _execute(store, state_dir, args.run_id, concurrency, args.quiet)
+        runtime = _runtime(args, store, state_dir, router, concurrency)
+        return _execute(runtime, store, args.run_id, args.quiet)
     finally:
         store.close()
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import structlog
 
+from cli import client as client_commands
 from cli import commands
 from cli.errors import EXIT_RUNTIME, CliError
 
@@ -39,11 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", "-j", type=_positive_int, default=4, help="tasks running at once (default 4)")
     run.add_argument("--new", action="store_true", help="always make a new run, even if an unfinished one exists")
     run.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
+    _runtime_options(run)
     run.set_defaults(handler=commands.cmd_run)
+
+    serve = sub.add_parser("serve", help="start a runtime with no plan; it waits for `orchestrate submit`")
+    serve.add_argument("--concurrency", "-j", type=_positive_int, default=4)
+    _runtime_options(serve)
+    serve.set_defaults(handler=commands.cmd_serve)
 
     validate = sub.add_parser("validate", help="check a plan against the schema and as a graph; run nothing")
     validate.add_argument("plan")
     validate.add_argument("--json", action="store_true")
+    validate.add_argument("--router-config", metavar="FILE", help="default: ./router_config.json if present")
     validate.set_defaults(handler=commands.cmd_validate)
 
     request = sub.add_parser("request", help="create the run for a plan or workstream (idempotent) without executing it")
@@ -54,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument("--new", action="store_true", help="make a new run even if this request was made before")
     request.add_argument("--run-id", help="the id to give the new run (refused if it exists)")
     request.add_argument("--json", action="store_true")
+    request.add_argument("--router-config", metavar="FILE", help="default: ./router_config.json if present")
     request.set_defaults(handler=commands.cmd_request)
 
     execute = sub.add_parser("execute", help="execute (or resume) a run recorded in the ledger")
@@ -61,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     execute.add_argument("--concurrency", "-j", type=_positive_int, default=None,
                          help="default: the concurrency the run was requested with")
     execute.add_argument("--quiet", "-q", action="store_true")
+    _runtime_options(execute)
     execute.set_defaults(handler=commands.cmd_execute)
 
     runs = sub.add_parser("runs", help="list runs; `runs show ID` for one run's tasks")
@@ -79,7 +89,52 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = db_sub.add_parser("inspect", help="summarise runs, workstreams and tasks by state")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(handler=commands.cmd_db_inspect)
+    _client_commands(sub)
     return parser
+
+
+def _runtime_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--router-config", metavar="FILE", help="adapters and routing rules "
+                        "(default: ./router_config.json if present, else one adapter per tool)")
+    parser.add_argument("--quarantine-after", type=_positive_int, default=10, metavar="N",
+                        help="quarantine a run after N failures with one error signature (default 10)")
+    parser.add_argument("--socket", metavar="PATH", help="control socket (default: <state dir>/orchestrate.sock)")
+
+
+def _client_commands(sub) -> None:
+    def client(name: str, help_text: str, handler, *arguments: tuple[str, dict]) -> None:
+        parser = sub.add_parser(name, help=help_text)
+        for flags, options in arguments:
+            parser.add_argument(*flags.split("|"), **options)
+        parser.add_argument("--json", action="store_true", help="print the reply as JSON")
+        parser.add_argument("--socket", metavar="PATH", help="control socket (default: <state dir>/orchestrate.sock)")
+        parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply")
+        parser.set_defaults(handler=handler)
+
+    run_opt = ("run", {"nargs": "?", "help": "a run id (default: all runs)"})
+    run_req = ("run", {"help": "a run id"})
+    task_req = ("task", {"help": "a task key, e.g. ws-api/write"})
+    comment = ("--comment|-m", {"help": "a note recorded with the decision"})
+    client("ping", "check that a runtime is listening", client_commands.cmd_ping)
+    client("status", "what the live runtime is doing", client_commands.cmd_status, run_opt)
+    client("health", "actors' heartbeats, database, schemas, circuits and queues", client_commands.cmd_health)
+    client("watch", "stream task events as they happen", client_commands.cmd_watch, run_opt)
+    client("pause", "start no new task (running ones finish)", client_commands.cmd_pause, run_opt)
+    client("resume", "undo pause or drain", client_commands.cmd_resume, run_opt)
+    client("cancel", "cancel a run, or one task (its process tree is killed)", client_commands.cmd_cancel,
+           run_req, ("task", {"nargs": "?", "help": "a task key (default: the whole run)"}))
+    client("retry", "run a failed or blocked task again, with its dependants", client_commands.cmd_retry,
+           run_req, task_req)
+    client("approve", "approve a human step", client_commands.cmd_approve, run_req, task_req, comment)
+    client("reject", "reject a human step (it fails; dependants are blocked)", client_commands.cmd_reject,
+           run_req, task_req, comment)
+    client("submit", "start a plan as a new run in the live runtime", client_commands.cmd_submit,
+           ("plan", {"help": "a plan file or directory"}),
+           ("--concurrency|-j", {"type": _positive_int, "default": None}))
+    client("drain", "finish running tasks, start nothing new", client_commands.cmd_drain)
+    client("shutdown", "stop the runtime: graceful, then forced after a timeout", client_commands.cmd_shutdown,
+           ("--timeout-s", {"type": float, "default": 30.0, "dest": "timeout_s",
+                            "help": "how long running tasks may finish (default 30)"}))
 
 
 def _positive_int(text: str) -> int:

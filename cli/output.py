@@ -19,6 +19,7 @@ _STATE_STYLE = {
     TaskState.CANCELLED.value: ("⊘", "yellow"),
     TaskState.IN_PROGRESS.value: ("▶", "cyan"),
     TaskState.RETRY_WAIT.value: ("↻", "yellow"),
+    TaskState.AWAITING_APPROVAL.value: ("?", "yellow"),
 }
 
 
@@ -30,7 +31,9 @@ def paint(text: str, colour: str, enabled: bool) -> str:
     return f"\033[{_COLOURS[colour]}m{text}\033[0m" if enabled else text
 
 
-def progress_line(event: RunProgress, colour: bool) -> str | None:
+def progress_line(event: RunProgress, colour: bool, run_id: str = "") -> str | None:
+    if not event.run_id and event.state == "HUNG":
+        return f"  {paint('!', 'red', colour)} actor {event.task_key} missed heartbeats: {event.detail}"
     if not event.task_key:
         return None
     symbol, tint = _STATE_STYLE.get(event.state, ("·", "dim"))
@@ -41,6 +44,8 @@ def progress_line(event: RunProgress, colour: bool) -> str | None:
         text += f"  {paint(event.state, tint, colour)}"
     if event.detail and event.state != TaskState.IN_PROGRESS.value:
         text += f"  {paint(event.detail, 'dim', colour)}"
+    if event.state == TaskState.AWAITING_APPROVAL.value:
+        text += f"\n        approve: orchestrate approve {event.run_id} {event.task_key}   reject: orchestrate reject ..."
     return text
 
 

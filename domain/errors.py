@@ -21,6 +21,9 @@ class ErrorClass(StrEnum):
     TOOL_ERROR = "tool_error"
     RESOURCE_LIMIT = "resource_limit"
     CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    # The runtime died while the attempt ran: not the task's fault, so no retry budget is used.
+    INTERRUPTED = "interrupted"
 
 
 _VOLATILE = (

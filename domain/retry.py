@@ -6,8 +6,10 @@ import random
 from dataclasses import dataclass
 
 from domain.errors import ErrorClass
+from planning.model import TaskSpec
 
-NEVER_RETRIED = frozenset({ErrorClass.BAD_INPUT, ErrorClass.CANCELLED})
+NEVER_RETRIED = frozenset({ErrorClass.BAD_INPUT, ErrorClass.CANCELLED, ErrorClass.REJECTED})
+RETRYABLE_BY_DEFAULT = frozenset(ErrorClass) - NEVER_RETRIED - {ErrorClass.INTERRUPTED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,10 +19,28 @@ class RetryPolicy:
     factor: float = 2.0
     max_delay_s: float = 60.0
     jitter: float = 0.1
+    retry_on: frozenset[str] = RETRYABLE_BY_DEFAULT
 
     def should_retry(self, attempt: int, error_class: str) -> bool:
-        """True when attempt number ``attempt`` (1-based) failed and another one is allowed."""
-        return attempt < self.max_attempts and error_class not in NEVER_RETRIED
+        """True when attempt number ``attempt`` (1-based) failed and another one is allowed.
+
+        Bad input and cancellation are never retried, whatever ``retry_on`` says.
+        """
+        return (
+            attempt < self.max_attempts
+            and error_class in self.retry_on
+            and error_class not in NEVER_RETRIED
+        )
+
+    @classmethod
+    def for_task(cls, task: TaskSpec) -> RetryPolicy:
+        return cls(
+            max_attempts=max(task.max_attempts, 1),
+            base_delay_s=task.backoff_s,
+            max_delay_s=task.max_backoff_s,
+            jitter=task.retry_jitter,
+            retry_on=frozenset(task.retry_on) or RETRYABLE_BY_DEFAULT,
+        )
 
     def delay_s(self, attempt: int, rng: random.Random | None = None) -> float:
         """``min(max, base * factor**(attempt-1)) * (1 + U(0, jitter))`` before the next attempt."""

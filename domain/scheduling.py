@@ -160,6 +160,21 @@ class RunBook:
     def forget_queued(self, key: str) -> None:
         self._queued_adapter.pop(key, None)
 
+    def is_enqueued(self, key: str) -> bool:
+        return key in self._queued_adapter
+
+    def queued_for(self, adapter: str) -> list[str]:
+        """Tasks waiting for a slot on ``adapter``, in dispatch order."""
+        return [key for key, chosen in self._queued_adapter.items() if chosen == adapter]
+
+    def queued_adapters(self) -> list[str]:
+        """The adapter of every task waiting for a slot (one entry per task)."""
+        return list(self._queued_adapter.values())
+
+    def is_ready(self, key: str) -> bool:
+        """All of ``key``'s prerequisites are COMPLETED."""
+        return self._waiting[key] == 0
+
     # -- summaries ---------------------------------------------------------------------------
     def is_finished(self) -> bool:
         return self._terminal == len(self.states)

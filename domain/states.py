@@ -93,7 +93,16 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
         {_T.IN_PROGRESS, _T.AWAITING_APPROVAL, _T.PENDING, _T.CANCELLED, _T.BLOCKED, _T.FAILED}
     ),
     _T.IN_PROGRESS: frozenset(
-        {_T.VALIDATING, _T.COMPLETED, _T.FAILED, _T.TIMEOUT, _T.RETRY_WAIT, _T.CANCELLED, _T.QUEUED}
+        {
+            _T.VALIDATING,
+            _T.AWAITING_APPROVAL,
+            _T.COMPLETED,
+            _T.FAILED,
+            _T.TIMEOUT,
+            _T.RETRY_WAIT,
+            _T.CANCELLED,
+            _T.QUEUED,
+        }
     ),
     _T.AWAITING_APPROVAL: frozenset({_T.COMPLETED, _T.FAILED, _T.TIMEOUT, _T.CANCELLED, _T.QUEUED}),
     _T.VALIDATING: frozenset(

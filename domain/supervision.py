@@ -70,3 +70,31 @@ def should_restart(spec: ChildSpec, abnormal: bool) -> bool:
     if spec.restart is Restart.TRANSIENT:
         return abnormal
     return False
+
+
+class Liveness(StrEnum):
+    OK = "ok"
+    LATE = "late"  # missed a heartbeat or two: slow, not yet hung
+    HUNG = "hung"  # silent for ``hung_after`` intervals
+    DEAD = "dead"  # died and was not (yet) replaced
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatPolicy:
+    interval_s: float = 0.5
+    hung_after: int = 4  # K: intervals of silence before an actor is declared hung
+
+
+def liveness(age_s: float, policy: HeartbeatPolicy) -> Liveness:
+    """An actor's liveness from the age of its last heartbeat."""
+    if age_s >= policy.hung_after * policy.interval_s:
+        return Liveness.HUNG
+    if age_s > 2 * policy.interval_s:
+        return Liveness.LATE
+    return Liveness.OK
+
+
+def restart_delay(restarts: int, min_s: float, max_s: float, random_factor: float, unit_random: float) -> float:
+    """Akka's backoff before restart number ``restarts`` (0-based):
+    ``min(max, min * 2**restarts) * (1 + unit_random * random_factor)``."""
+    return min(max_s, min_s * 2**restarts) * (1.0 + unit_random * random_factor)

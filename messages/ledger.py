@@ -116,6 +116,17 @@ class RoutingDecided(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class CreateRun(Message):
+    """Asked (not told): create a run in one transaction; the reply is its id.
+
+    ``request_json`` and ``plan_json`` are JSON texts (messages carry immutable values)."""
+
+    request_json: str
+    plan_json: str
+    run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Flush(Message):
     """Asked (not told): the reply comes after everything received before it is committed."""
 

@@ -19,15 +19,25 @@ class StartRun(Message):
     task_states: tuple[tuple[str, str], ...] = ()
     attempts: tuple[tuple[str, int], ...] = ()
     workstream_states: tuple[tuple[str, str], ...] = ()
+    # Failed attempts per task that count against its retry budget (interrupted ones do not).
+    failures: tuple[tuple[str, int], ...] = ()
+    # Tasks whose last attempt was IN_PROGRESS when the runtime that ran it died.
+    interrupted: tuple[tuple[str, int], ...] = ()
+    # None: resume (every unsuccessful task runs again); else only these tasks and their
+    # dependants are reset.
+    reset: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RouteTasks(Message):
     """Router: decide adapters for tasks that became ready together (one reply for all, so
-    the Scheduler can start them in priority order)."""
+    the Scheduler can start them in priority order). ``open_circuits`` and ``load`` are the
+    Scheduler's view when it asked."""
 
     run_id: str
     tasks: tuple[TaskSpec, ...]
+    open_circuits: frozenset[str] = frozenset()
+    load: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,4 +90,44 @@ class ActorDied(Message):
     """Supervisor: child ``name`` stopped because of ``error``."""
 
     name: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskAwaitingApproval(Message):
+    """A human step is waiting for a person's approval."""
+
+    run_id: str
+    task_key: str
+    attempt: int
+    prompt: str
+    at: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAttempt(Message):
+    """Executor: stop this attempt now (kill its process tree); it ends CANCELLED."""
+
+    run_id: str
+    task_key: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalDecision(Message):
+    """Executor (human): the decision on a waiting attempt."""
+
+    run_id: str
+    task_key: str
+    attempt: int
+    approved: bool
+    who: str
+    comment: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorLost(Message):
+    """Scheduler: the executor of ``adapter`` died or hung; its attempts are lost."""
+
+    adapter: str
     error: str

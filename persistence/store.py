@@ -67,6 +67,7 @@ class Store:
     """
 
     def __init__(self, engine: Engine, transitions_log: Path | None = None) -> None:
+        self.engine = engine
         self._reader = StateReader(engine)
         self._cache = StateCache()
         self._lock = threading.Lock()

@@ -182,6 +182,9 @@ def _task(
     ws_id: str, data: Mapping[str, Any], base_dir: str, defaults: Mapping[str, Any]
 ) -> TaskSpec:
     timeout_s = data.get("timeout_s", defaults.get("timeout_s"))
+    # A task's own settings win over its retry object, which wins over the plan's defaults.
+    retry = {**defaults.get("retry", {}), **data.get("retry", {})}
+    max_attempts = data.get("max_attempts", retry.get("max_attempts", defaults.get("max_attempts", 1)))
     return TaskSpec(
         workstream_id=ws_id,
         id=data["id"],
@@ -209,8 +212,13 @@ def _task(
             for check in data.get("acceptance", ())
         ),
         memory_limit_mb=_float_or_none(data.get("memory_limit_mb")),
-        max_attempts=int(data.get("max_attempts", defaults.get("max_attempts", 1))),
+        max_attempts=int(max_attempts),
         kind=data.get("kind"),
+        backoff_s=float(retry.get("backoff_s", 0.5)),
+        max_backoff_s=float(retry.get("max_backoff_s", 60.0)),
+        retry_jitter=float(retry.get("jitter", 0.1)),
+        retry_on=tuple(retry.get("on", ())),
+        approval_timeout_s=_float_or_none(data.get("approval_timeout_s")),
     )
 
 

@@ -77,6 +77,11 @@ class TaskSpec:
     memory_limit_mb: float | None = None
     max_attempts: int = 1
     kind: str | None = None
+    backoff_s: float = 0.5
+    max_backoff_s: float = 60.0
+    retry_jitter: float = 0.1
+    retry_on: tuple[str, ...] = ()
+    approval_timeout_s: float | None = None
 
     @property
     def key(self) -> str:
@@ -103,6 +108,11 @@ class TaskSpec:
             "memory_limit_mb": self.memory_limit_mb,
             "max_attempts": self.max_attempts,
             "kind": self.kind,
+            "backoff_s": self.backoff_s,
+            "max_backoff_s": self.max_backoff_s,
+            "retry_jitter": self.retry_jitter,
+            "retry_on": list(self.retry_on),
+            "approval_timeout_s": self.approval_timeout_s,
         }
 
     @classmethod
@@ -127,6 +137,11 @@ class TaskSpec:
             memory_limit_mb=data.get("memory_limit_mb"),
             max_attempts=int(data.get("max_attempts") or 1),
             kind=data.get("kind"),
+            backoff_s=float(data.get("backoff_s", 0.5)),
+            max_backoff_s=float(data.get("max_backoff_s", 60.0)),
+            retry_jitter=float(data.get("retry_jitter", 0.1)),
+            retry_on=tuple(data.get("retry_on") or ()),
+            approval_timeout_s=data.get("approval_timeout_s"),
         )
 
 

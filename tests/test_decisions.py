@@ -4,9 +4,7 @@ import random
 
 from domain.errors import error_signature, normalise_message
 from domain.retry import RetryPolicy
-from domain.routing import AdapterInfo, route
 from domain.supervision import ChildSpec, Restart, RestartIntensity, should_restart
-from planning.model import TaskSpec
 
 
 def test_signatures_ignore_pids_temp_paths_timestamps_and_addresses():
@@ -44,22 +42,32 @@ def test_restart_intensity_allows_max_restarts_per_period():
     assert intensity.allow(11.5)
 
 
+def test_liveness_from_heartbeat_age():
+    from domain.supervision import HeartbeatPolicy, Liveness, liveness
+
+    policy = HeartbeatPolicy(interval_s=0.5, hung_after=4)
+    assert liveness(0.4, policy) is Liveness.OK
+    assert liveness(1.2, policy) is Liveness.LATE
+    assert liveness(2.0, policy) is Liveness.HUNG
+
+
+def test_restart_backoff_doubles_up_to_the_cap_with_jitter():
+    from domain.supervision import restart_delay
+
+    assert [restart_delay(n, 0.1, 1.0, 0.2, 0.0) for n in range(5)] == [0.1, 0.2, 0.4, 0.8, 1.0]
+    assert restart_delay(0, 0.1, 1.0, 0.2, 1.0) == 0.1 * 1.2
+
+
+def test_a_retry_policy_retries_only_the_classes_it_names():
+    policy = RetryPolicy(max_attempts=5, retry_on=frozenset({"timeout"}))
+    assert policy.should_retry(1, "timeout")
+    assert not policy.should_retry(1, "tool_error")
+    assert not policy.should_retry(1, "interrupted")
+
+
 def test_restart_types():
     start = lambda: None  # noqa: E731
     assert should_restart(ChildSpec("a", start, Restart.PERMANENT), abnormal=False)
     assert should_restart(ChildSpec("a", start, Restart.TRANSIENT), abnormal=True)
     assert not should_restart(ChildSpec("a", start, Restart.TRANSIENT), abnormal=False)
     assert not should_restart(ChildSpec("a", start, Restart.TEMPORARY), abnormal=True)
-
-
-def test_a_task_is_routed_to_the_adapter_of_its_tool_and_the_reason_says_so():
-    adapters = {"shell": AdapterInfo("shell", "shell"), "python": AdapterInfo("python", "python")}
-    decision = route(TaskSpec("w", "t", "python", callable="m:f"), adapters)
-    assert decision.chosen == "python" and decision.candidates == ("python",)
-    assert "python" in decision.reason
-
-
-def test_an_unknown_tool_is_not_routed_and_the_known_ones_are_listed():
-    decision = route(TaskSpec("w", "t", "aider"), {"shell": AdapterInfo("shell", "shell")})
-    assert not decision.routed
-    assert "aider" in decision.reason and "shell" in decision.reason

@@ -12,7 +12,8 @@ import pytest
 
 from actors.base import SupervisedActor
 from actors.directory import Directory
-from actors.runtime import Runtime
+from actors.runtime import Runtime, RuntimeOptions
+from actors.timers import TimerService
 from actors.supervisor import StartChildren, SupervisorActor
 from domain.supervision import ChildSpec, SupervisorSpec
 from persistence.clock import utc_now_iso
@@ -38,10 +39,11 @@ def execute(store: Store, tmp_path: Path, document: dict, concurrency: int = 4) 
     path.write_text(json.dumps(document))
     plan = load_plan(path)
     run_id = store.create_run(build_request(plan, concurrency=concurrency).to_json(), plan.to_json(), at=utc_now_iso())
-    runtime = Runtime(store, tmp_path / ".state", concurrency)
+    runtime = Runtime(store, RuntimeOptions(state_dir=tmp_path / ".state", concurrency=concurrency))
     runtime.start()
     try:
-        result = runtime.execute(run_id, plan)
+        runtime.submit(run_id)
+        result = runtime.wait(run_id)
     finally:
         runtime.stop()
     assert result.run_id == run_id
@@ -125,10 +127,11 @@ def test_group_commit_writes_a_burst_of_ops_in_few_transactions(store, tmp_path)
         {"id": f"t{i}", "tool": "shell", "command": "true"} for i in range(60)]}))
     plan = load_plan(path)
     run_id = store.create_run(build_request(plan, concurrency=8).to_json(), plan.to_json(), at=utc_now_iso())
-    runtime = Runtime(store, tmp_path / ".state", 8)
+    runtime = Runtime(store, RuntimeOptions(state_dir=tmp_path / ".state", concurrency=8))
     runtime.start()
     try:
-        runtime.execute(run_id, plan)
+        runtime.submit(run_id)
+        runtime.wait(run_id)
         stats = runtime.directory.get("ledger").ask(__import__("messages").Flush(), timeout=10)
     finally:
         runtime.stop()
@@ -148,7 +151,9 @@ def test_the_supervisor_restarts_a_crashed_child_under_the_same_name(tmp_path):
     escalated = threading.Event()
     spec = SupervisorSpec(children=(ChildSpec("fragile", lambda: _Fragile.start("fragile", directory)),),
                           max_restarts=2, period_s=60)
-    supervisor = SupervisorActor.start(directory, spec, lambda reason: escalated.set())
+    timers = TimerService()
+    timers.start()
+    supervisor = SupervisorActor.start(directory, spec, lambda reason: escalated.set(), timers)
     try:
         supervisor.ask(StartChildren(), timeout=5)
         directory.register("supervisor", supervisor)
@@ -163,6 +168,7 @@ def test_the_supervisor_restarts_a_crashed_child_under_the_same_name(tmp_path):
         assert escalated.wait(5), "a third crash within the period exceeds the intensity"
     finally:
         pykka.ActorRegistry.stop_all()
+        timers.stop()
 
 
 def _ref_changed(directory: Directory, old) -> bool:

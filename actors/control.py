@@ -1,0 +1,260 @@
+"""What each control-socket command does in a live runtime.
+
+:class:`RuntimeControl` is the :class:`control.server.ControlHandler` of a :class:`Runtime`:
+a fixed table from command name to method. Commands that steer work are asked of the
+Scheduler (a quick ask from the socket thread, never from an actor); listings come from the
+ledger's readers. A refusal is a :class:`ControlError` with a code and a sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import pwd
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pykka
+from sqlalchemy import text
+
+from actors.directory import LEDGER, SCHEDULER, SUPERVISOR, PeerUnavailable
+from actors.scheduler import ControlRefused
+from control.protocol import ControlError
+from control.server import Peer
+from messages import RunProgress
+from messages.control import (
+    Approval,
+    CancelWork,
+    Drain,
+    HealthQuery,
+    PauseRuns,
+    ResumeRuns,
+    RetryTask,
+    StatusQuery,
+)
+from messages.ledger import CreateRun
+from planning.errors import PlanError
+from planning.loader import load_plan
+from planning.request import build_request
+from planning.schemas import SchemaMissing, load_schema
+
+if TYPE_CHECKING:
+    from actors.runtime import Runtime
+
+ASK_TIMEOUT_S = 5.0
+SCHEMAS = ("workstream.v1.json", "execution_request.v1.json", "run_record.v1.json", "control.v1.json")
+_RETRYABLE = ("FAILED", "TIMEOUT", "BLOCKED", "CANCELLED")
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+class RuntimeControl:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.commands: dict[str, Callable[[dict[str, Any], Peer], object]] = {
+            "ping": self.ping,
+            "health": self.health,
+            "status": self.status,
+            "runs": self.runs,
+            "submit": self.submit,
+            "pause": self.pause,
+            "resume": self.resume,
+            "cancel": self.cancel,
+            "retry": self.retry,
+            "approve": self.approve,
+            "reject": self.reject,
+            "drain": self.drain,
+            "shutdown": self.shutdown,
+        }
+
+    # -- ControlHandler --------------------------------------------------------------------------
+    def handle(self, command: str, args: dict, peer: Peer) -> object:
+        method = self.commands.get(command)
+        if method is None:
+            raise ControlError("unknown_command", f"{command!r} is not served by this runtime")
+        return method(args, peer)
+
+    def subscribe(self, args: dict, send: Callable[[dict], bool]) -> Callable[[], None]:
+        wanted = args.get("run")
+        remove: Callable[[], None] = lambda: None  # noqa: E731
+
+        def forward(event: RunProgress) -> None:
+            if wanted and event.run_id != wanted:
+                return
+            if not send(_event_json(event)):
+                remove()
+
+        remove = self.runtime.add_listener(forward)
+        return remove
+
+    # -- commands ----------------------------------------------------------------------------------
+    def ping(self, args: dict, peer: Peer) -> object:
+        import os
+
+        return {"pong": True, "pid": os.getpid(), "state_dir": str(self.runtime.state_dir)}
+
+    def health(self, args: dict, peer: Peer) -> object:
+        try:
+            actors = self._ask(SUPERVISOR, HealthQuery())
+        except ControlError:
+            actors = {"actors": {}, "gave_up": True}
+        try:
+            scheduler = self._ask(SCHEDULER, StatusQuery())
+        except ControlError as error:
+            scheduler = {"circuits": {}, "queued": {}, "running": None, "error": error.message}
+        return {
+            "healthy": _healthy(actors, scheduler),
+            "actors": actors["actors"],
+            "heartbeat_interval_s": actors.get("heartbeat_interval_s"),
+            "database": self._database(),
+            "schemas": self._schemas(),
+            "circuits": scheduler.get("circuits", {}),
+            "queues": {"queued": scheduler.get("queued", {}), "running": scheduler.get("running")},
+        }
+
+    def status(self, args: dict, peer: Peer) -> object:
+        run_id = args.get("run")
+        try:
+            snapshot = self._ask(SCHEDULER, StatusQuery(run_id))
+        except ControlError as error:
+            if error.code != "refused" or run_id is None:
+                raise
+            return self._recorded_status(run_id)
+        if run_id:
+            snapshot["runs"][0]["active"] = True
+            snapshot["runs"][0]["status"] = "running"
+        return snapshot
+
+    def runs(self, args: dict, peer: Peer) -> object:
+        active = {run["run_id"] for run in self._ask(SCHEDULER, StatusQuery())["runs"]}
+        return [run | {"active": run["run_id"] in active} for run in self.runtime.store.list_runs()]
+
+    def submit(self, args: dict, peer: Peer) -> object:
+        try:
+            plan = load_plan(args["plan"])
+        except PlanError as error:
+            raise ControlError("bad_plan", str(error)) from None
+        unknown = sorted({t.tool for t in plan.tasks if not self.runtime.options.router.serves(t.tool)})
+        if unknown:
+            raise ControlError("bad_plan", f"no adapter serves tool(s): {', '.join(unknown)}")
+        concurrency = args.get("concurrency", self.runtime.options.concurrency)
+        request = build_request(plan, concurrency=concurrency)
+        run_id = self._ask(
+            LEDGER,
+            CreateRun(json.dumps(request.to_json()), json.dumps(plan.to_json())),
+            timeout=30.0,
+        )
+        self.runtime.submit(run_id)
+        return {"run_id": run_id, "tasks": len(plan.tasks)}
+
+    def pause(self, args: dict, peer: Peer) -> object:
+        return self._ask(SCHEDULER, PauseRuns(args.get("run")))
+
+    def resume(self, args: dict, peer: Peer) -> object:
+        return self._ask(SCHEDULER, ResumeRuns(args.get("run")))
+
+    def cancel(self, args: dict, peer: Peer) -> object:
+        return self._ask(SCHEDULER, CancelWork(args["run"], args.get("task")))
+
+    def retry(self, args: dict, peer: Peer) -> object:
+        try:
+            return self._ask(SCHEDULER, RetryTask(args["run"], args["task"]))
+        except ControlError as error:
+            if error.code != "refused" or "not active" not in error.message:
+                raise
+        return self._retry_finished_run(args["run"], args["task"])
+
+    def approve(self, args: dict, peer: Peer) -> object:
+        return self._decide(args, peer, approved=True)
+
+    def reject(self, args: dict, peer: Peer) -> object:
+        return self._decide(args, peer, approved=False)
+
+    def drain(self, args: dict, peer: Peer) -> object:
+        return self._ask(SCHEDULER, Drain())
+
+    def shutdown(self, args: dict, peer: Peer) -> object:
+        timeout = float(args.get("timeout_s", 30.0))
+        self.runtime.request_shutdown(timeout)
+        return {"shutting_down": True, "timeout_s": timeout}
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _decide(self, args: dict, peer: Peer, approved: bool) -> object:
+        who = _user(peer.uid)
+        return self._ask(SCHEDULER, Approval(args["run"], args["task"], approved, who, args.get("comment", "")))
+
+    def _retry_finished_run(self, run_id: str, task_key: str) -> object:
+        store = self.runtime.store
+        if store.get_run(run_id) is None:
+            raise ControlError("not_found", f"no run {run_id!r} in the ledger")
+        states = {t["task_key"]: t["state"] for t in store.get_tasks(run_id)}
+        if task_key not in states:
+            raise ControlError("not_found", f"run {run_id} has no task {task_key!r}")
+        if states[task_key] not in _RETRYABLE:
+            raise ControlError("refused", f"task {task_key} is {states[task_key]}; only failed, timed-out, "
+                                          "blocked or cancelled tasks can be retried")
+        self.runtime.submit(run_id, reset=(task_key,))
+        return {"retried": [task_key], "resumed_run": run_id}
+
+    def _recorded_status(self, run_id: str) -> object:
+        store = self.runtime.store
+        run = store.get_run(run_id)
+        if run is None:
+            raise ControlError("not_found", f"no run {run_id!r} in the ledger")
+        tasks = {t["task_key"]: t["state"] for t in store.get_tasks(run_id)}
+        counts: dict[str, int] = {}
+        for state in tasks.values():
+            counts[state] = counts.get(state, 0) + 1
+        return {"runs": [{"run_id": run_id, "active": False, "status": run["status"],
+                          "status_reason": run.get("status_reason") or "", "counts": counts, "tasks": tasks}]}
+
+    def _ask(self, name: str, message: object, timeout: float = ASK_TIMEOUT_S) -> Any:
+        try:
+            return self.runtime.directory.get(name).ask(message, timeout=timeout)
+        except ControlRefused as refusal:
+            raise ControlError("refused", str(refusal)) from None
+        except PeerUnavailable:
+            raise ControlError("unavailable", f"the {name} is not running (see `orchestrate health`)") from None
+        except pykka.ActorDeadError:
+            raise ControlError("unavailable", f"the {name} stopped (see `orchestrate health`)") from None
+        except pykka.Timeout:
+            raise ControlError("unavailable", f"the {name} did not answer within {timeout:g}s") from None
+
+    def _database(self) -> dict[str, Any]:
+        try:
+            with self.runtime.store.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception as error:  # any driver error means the same thing to the user
+            return {"reachable": False, "error": str(error).splitlines()[0]}
+        return {"reachable": True}
+
+    def _schemas(self) -> dict[str, Any]:
+        missing = []
+        for name in SCHEMAS:
+            try:
+                load_schema(name)
+            except SchemaMissing:
+                missing.append(name)
+        return {"loaded": not missing, "missing": missing}
+
+
+def _healthy(actors: dict[str, Any], scheduler: dict[str, Any]) -> bool:
+    return not actors.get("gave_up") and all(a["status"] == "ok" for a in actors["actors"].values()) and \
+        "error" not in scheduler
+
+
+def _event_json(event: RunProgress) -> dict[str, Any]:
+    return {
+        "run_id": event.run_id,
+        "task": event.task_key,
+        "state": event.state,
+        "at": event.at,
+        "done": event.done,
+        "total": event.total,
+        "detail": event.detail,
+        "finished_run_state": event.finished_run_state,
+    }

@@ -1,0 +1,70 @@
+"""Turning what the ledger knows about a run into the message that (re)starts it.
+
+This is how a run survives its runtime: ``orchestrate execute --run``, ``run`` on an
+unfinished run, and the control socket's ``retry`` of a finished run all start from here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from domain.errors import ErrorClass
+from domain.states import TaskState
+from messages import StartRun
+from persistence.store import Store
+from planning.model import Plan
+
+_FAILED_ATTEMPT = frozenset({TaskState.FAILED.value, TaskState.TIMEOUT.value})
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+def start_message(store: Store, run_id: str, state_dir: Path, reset: tuple[str, ...] | None = None) -> StartRun:
+    """The StartRun that continues ``run_id`` from the ledger.
+
+    Completed tasks stay completed. Attempts the ledger still shows IN_PROGRESS were
+    interrupted by a dead runtime: they are reported so the scheduler records them as such and
+    queues the task again without using its retry budget. ``reset`` is passed through.
+    """
+    run = store.get_run(run_id)
+    if run is None:
+        raise RunNotFound(run_id)
+    plan = Plan.from_json(run["metadata"]["plan"])
+    tasks = store.get_tasks(run_id)
+    attempts = store.get_attempts(run_id)
+    failures: Counter[str] = Counter()
+    latest: dict[str, dict] = {}
+    for attempt in attempts:
+        latest[attempt["step_name"]] = attempt
+        if attempt["status"] in _FAILED_ATTEMPT and attempt.get("error_class") != ErrorClass.INTERRUPTED.value:
+            failures[attempt["step_name"]] += 1
+    states = {t["task_key"]: t["state"] for t in tasks}
+    interrupted = tuple(
+        (key, attempt["attempt"])
+        for key, attempt in sorted(latest.items())
+        if attempt["status"] == TaskState.IN_PROGRESS.value
+    )
+    return StartRun(
+        run_id=run_id,
+        plan=plan,
+        concurrency=int(run["metadata"]["request"]["options"]["concurrency"]),
+        state_dir=str(state_dir),
+        task_states=tuple(sorted(states.items())),
+        attempts=tuple(sorted((t["task_key"], t["attempts"]) for t in tasks)),
+        workstream_states=tuple(sorted((w["ws_id"], w["status"]) for w in store.get_workstreams(run_id))),
+        failures=tuple(sorted(failures.items())),
+        interrupted=interrupted,
+        reset=reset,
+    )
+
+
+def recorded_processes(store: Store, run_id: str) -> list[tuple[int, float]]:
+    """``(pid, create_time)`` of attempts the ledger shows as still running."""
+    return [
+        (a["pid"], a["pid_create_time"])
+        for a in store.get_attempts(run_id)
+        if a["status"] == TaskState.IN_PROGRESS.value and a.get("pid") and a.get("pid_create_time")
+    ]

@@ -1,0 +1,143 @@
+"""CLI clients of a live runtime: each sends one control-socket request and prints the reply.
+
+Readable output by default, ``--json`` for scripts; a non-zero exit when the runtime refuses
+or is not listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from actors.runtime import SOCKET_FILE
+from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, CliError
+from cli.output import table
+from control.client import ControlClient, RuntimeNotListening
+from control.protocol import ControlError
+
+# Refusals that are the user's to fix (exit 2); anything else means the runtime could not (3).
+_USER_ERRORS = frozenset({"refused", "not_found", "bad_plan", "invalid_request", "unknown_command"})
+
+
+def _client(args: argparse.Namespace) -> ControlClient:
+    path = Path(args.socket) if args.socket else Path(args.state_dir) / SOCKET_FILE
+    return ControlClient(path, timeout_s=args.timeout)
+
+
+def _request(args: argparse.Namespace, command: str, request_args: dict[str, Any]) -> Any:
+    try:
+        with _client(args) as client:
+            return client.request(command, {k: v for k, v in request_args.items() if v is not None})
+    except RuntimeNotListening as error:
+        raise CliError(str(error), EXIT_RUNTIME) from None
+    except ControlError as error:
+        raise CliError(error.message, EXIT_USAGE if error.code in _USER_ERRORS else EXIT_RUNTIME) from None
+    except (TimeoutError, ConnectionError) as error:
+        raise CliError(str(error), EXIT_RUNTIME) from None
+
+
+def _emit(args: argparse.Namespace, result: Any, text: str) -> int:
+    print(json.dumps(result, indent=2, default=str) if args.json else text)
+    return EXIT_OK
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    result = _request(args, "ping", {})
+    return _emit(args, result, f"runtime pid {result['pid']} is listening ({result['state_dir']})")
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    result = _request(args, "health", {})
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK if result["healthy"] else 1
+    rows = [(name, a["status"], f"{a['heartbeat_age_s']:.2f}s", a["restarts"], a["error"])
+            for name, a in sorted(result["actors"].items())]
+    print(f"runtime {'healthy' if result['healthy'] else 'UNHEALTHY'}")
+    print(table(("ACTOR", "STATUS", "HEARTBEAT AGE", "RESTARTS", "LAST ERROR"), rows))
+    database = result["database"]
+    print(f"database: {'reachable' if database['reachable'] else 'UNREACHABLE ' + database.get('error', '')}")
+    schemas = result["schemas"]
+    print(f"schemas: {'loaded' if schemas['loaded'] else 'MISSING ' + ', '.join(schemas['missing'])}")
+    print("circuits: " + (", ".join(f"{k}={v}" for k, v in sorted(result["circuits"].items())) or "none"))
+    queues = result["queues"]
+    print(f"queues: {queues['running']} running; waiting: "
+          + (", ".join(f"{k}={v}" for k, v in sorted(queues["queued"].items())) or "none"))
+    return EXIT_OK if result["healthy"] else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    result = _request(args, "status", {"run": args.run})
+    if args.json:
+        return _emit(args, result, "")
+    runs = result["runs"]
+    if not runs:
+        print("no active runs" + (" (all paused)" if result.get("paused_all") else ""))
+        return EXIT_OK
+    for run in runs:
+        flags = []
+        if run.get("paused"):
+            flags.append("paused")
+        if run.get("cancelling"):
+            flags.append("cancelling")
+        if run.get("quarantine_reason"):
+            flags.append(run["quarantine_reason"])
+        state = run.get("status", "running")
+        counts = " ".join(f"{k.lower()}={v}" for k, v in sorted(run["counts"].items()))
+        print(f"run {run['run_id']}: {state}{' (' + '; '.join(flags) + ')' if flags else ''} — {counts}")
+        for waiting in run.get("awaiting_approval", []):
+            print(f"  ? {waiting['task']} awaits approval: {waiting['prompt']}\n"
+                  f"    orchestrate approve {run['run_id']} {waiting['task']}  |  orchestrate reject ...")
+        if args.run:
+            print(table(("TASK", "STATE"), sorted(run["tasks"].items())))
+    return EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    plan = str(Path(args.plan).resolve())
+    result = _request(args, "submit", {"plan": plan, "concurrency": args.concurrency})
+    return _emit(args, result, f"submitted run {result['run_id']} ({result['tasks']} tasks)")
+
+
+def _simple(command: str, describe) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        request_args = {key: getattr(args, key, None) for key in ("run", "task", "comment", "timeout_s")}
+        result = _request(args, command, request_args)
+        return _emit(args, result, describe(args, result))
+
+    return run
+
+
+cmd_pause = _simple("pause", lambda a, r: f"paused {', '.join(r['runs']) or 'all runs'}: no new task will start")
+cmd_resume = _simple("resume", lambda a, r: f"resumed {', '.join(r['runs']) or 'all runs'}")
+cmd_cancel = _simple("cancel", lambda a, r: f"cancelled {', '.join(r['cancelled'])}"
+                     + (f" (killing {', '.join(r['killing'])})" if r["killing"] else ""))
+cmd_retry = _simple("retry", lambda a, r: f"retrying {', '.join(r['retried'])}")
+cmd_approve = _simple("approve", lambda a, r: f"approved {r['task']} as {r['who']}")
+cmd_reject = _simple("reject", lambda a, r: f"rejected {r['task']} as {r['who']}")
+cmd_drain = _simple("drain", lambda a, r: f"draining: nothing new starts; {r['running']} task(s) still running")
+cmd_shutdown = _simple("shutdown", lambda a, r: f"shutting down (running tasks get {r['timeout_s']:g}s to finish)")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    try:
+        with _client(args) as client:
+            for event in client.events({"run": args.run} if args.run else {}, stop):
+                if args.json:
+                    print(json.dumps(event), flush=True)
+                elif event["finished_run_state"]:
+                    print(f"run {event['run_id']} finished: {event['finished_run_state']}", flush=True)
+                    if args.run:
+                        return EXIT_OK
+                else:
+                    detail = f"  {event['detail']}" if event["detail"] else ""
+                    print(f"{event['at']}  {event['run_id']}  {event['task']}  {event['state']}{detail}", flush=True)
+    except RuntimeNotListening as error:
+        raise CliError(str(error), EXIT_RUNTIME) from None
+    except ControlError as error:
+        raise CliError(error.message, EXIT_USAGE) from None
+    return EXIT_OK
