@@ -17,7 +17,7 @@ import structlog
 from actors.base import SupervisedActor
 from actors.directory import SCHEDULER, Directory
 from adapters.process import ProcessReactor, ProcessResult, ProcessSpec
-from adapters.tools import ToolAdapter, acceptance_spec, attempt_markers
+from adapters.tools import MARKER_ATTEMPT_ID, ToolAdapter, acceptance_spec, attempt_id, attempt_markers
 from domain.errors import ErrorClass
 from domain.states import TaskState
 from messages import AttemptFinished, AttemptStarted, ExecuteTask, TaskValidating
@@ -110,7 +110,11 @@ class ExecutorActor(SupervisedActor):
         me = self.actor_ref
         # Every process of an attempt carries these, so a resumed runtime can find (and kill)
         # what a dead one left behind, even processes that escaped its process group.
-        spec = replace(spec, env=spec.env + attempt_markers(request.run_id, request.task.key, request.attempt))
+        spec = replace(
+            spec,
+            env=spec.env + attempt_markers(request.run_id, request.task.key, request.attempt),
+            marker=(MARKER_ATTEMPT_ID, attempt_id(request.run_id, request.task.key, request.attempt)),
+        )
 
         def on_exit(result: ProcessResult) -> None:
             me.tell(

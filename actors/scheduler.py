@@ -61,7 +61,7 @@ from messages.control import (
     StatusQuery,
     StopRuns,
 )
-from messages.runtime import ApprovalDecision, CancelAttempt, ExecutorLost, TaskAwaitingApproval
+from messages.runtime import ApprovalDecision, CancelAttempt, ExecutorLost, ExecutorRestored, TaskAwaitingApproval
 from persistence.clock import utc_now_iso
 from planning.graph import task_dependencies, topological_order
 from planning.model import Plan, TaskSpec
@@ -98,6 +98,7 @@ class _Running:
     attempt: int
     pid: int | None = None
     create_time: float | None = None
+    started: bool = False  # the executor reported AttemptStarted
 
 
 @dataclass(slots=True)
@@ -145,6 +146,8 @@ class SchedulerActor(SupervisedActor):
         self.breakers = {info.name: CircuitBreaker(info.name, info.breaker) for info in config.adapters}
         self.paused_all = False
         self.draining = False
+        # Adapters whose executor is dead and not yet restarted: nothing is sent to them.
+        self.down: set[str] = set()
         # Tasks that became ready while handling one message; routed together afterwards.
         self.to_route: dict[str, list[TaskSpec]] = {}
 
@@ -169,6 +172,9 @@ class SchedulerActor(SupervisedActor):
             self._breaker_due(message)
         elif isinstance(message, ExecutorLost):
             self._executor_lost(message)
+        elif isinstance(message, ExecutorRestored):
+            self.down.discard(message.adapter)
+            self._dispatch()
         else:
             result = self._control(message)
         self._flush_routes()
@@ -289,7 +295,7 @@ class SchedulerActor(SupervisedActor):
         limits: dict[str, int] = {}
         for name, info in self.adapters.items():
             breaker = self.breakers[name]
-            if breaker.state is CircuitState.OPEN:
+            if name in self.down or breaker.state is CircuitState.OPEN:
                 limits[name] = 0
             elif breaker.state is CircuitState.HALF_OPEN:
                 limits[name] = self.adapter_running[name] + (0 if breaker.probe_in_flight else 1)
@@ -320,15 +326,19 @@ class SchedulerActor(SupervisedActor):
         log_path = run.log_dir / spec.workstream_id / f"{name}.log"
         try:
             self.directory.tell(executor_name(adapter), ExecuteTask(run.run_id, spec, attempt, str(log_path)))
-        except PeerUnavailable as exc:
-            self._finished(self._lost_attempt(run, key, f"executor unavailable: {exc}"))
+        except PeerUnavailable:
+            # The executor is between death and restart: the task waits for it, unharmed.
+            self._release(run, key)
+            run.attempts[key] = attempt - 1
+            self.down.add(adapter)
+            run.book.enqueue(key, adapter)
 
     def _started(self, message: AttemptStarted) -> None:
         run = self.runs.get(message.run_id)
         running = run.running.get(message.task_key) if run else None
         if run is None or running is None or running.attempt != message.attempt:
             return
-        running.pid, running.create_time = message.pid, message.pid_create_time
+        running.pid, running.create_time, running.started = message.pid, message.pid_create_time, True
         self._transition(run, message.task_key, TaskState.IN_PROGRESS, "", message.attempt, message.adapter)
         self._ledger(message)
         self._event(run, "TASK_STARTED", message.task_key,
@@ -410,12 +420,18 @@ class SchedulerActor(SupervisedActor):
     def _executor_lost(self, message: ExecutorLost) -> None:
         """An executor died or hung: its attempts are crashed attempts (retried per policy,
         counted by the breaker), and their processes are killed."""
+        self.down.add(message.adapter)
         for run in list(self.runs.values()):
             for key, running in list(run.running.items()):
                 if running.adapter != message.adapter:
                     continue
                 if running.pid is not None and running.create_time is not None:
                     self.kill_process(running.pid, running.create_time)
+                if not running.started:
+                    # The executor died on this very task, before it could report a start:
+                    # the attempt still gets its row, so every attempt is accounted for.
+                    self._ledger(AttemptStarted(run.run_id, run.specs[key].workstream_id, key, running.attempt,
+                                                running.adapter, utc_now_iso()))
                 self._finished(self._lost_attempt(run, key, f"executor {message.adapter} crashed: {message.error}"))
 
     # -- failure, blocking, quarantine ---------------------------------------------------------------

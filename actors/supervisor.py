@@ -36,7 +36,7 @@ from domain.supervision import (
 from messages import ActorDied, EventObserved
 from messages.base import Message
 from messages.control import HealthQuery, Heartbeat, Ping
-from messages.runtime import ExecutorLost
+from messages.runtime import ExecutorLost, ExecutorRestored
 from persistence.clock import utc_now_iso
 
 log = structlog.get_logger("orchestrate.supervisor")
@@ -184,6 +184,8 @@ class SupervisorActor(pykka.ThreadingActor):
             self.last_seen[spec.name] = self.clock()
             self.restarts[spec.name] += 1
             self._event("ACTOR_RESTARTED", {"actor": spec.name, "restarts": self.restarts[spec.name], "after": reason})
+            if spec.name.startswith(EXECUTOR_PREFIX):
+                self._tell_scheduler(ExecutorRestored(adapter=spec.name[len(EXECUTOR_PREFIX):]))
 
     def _child(self, name: str) -> ChildSpec | None:
         return next((c for c in self.spec.children if c.name == name), None)

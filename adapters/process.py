@@ -52,6 +52,10 @@ class ProcessSpec:
     timeout_s: float | None = None
     memory_limit_mb: float | None = None  # summed RSS of the whole tree
     grace_s: float = 2.0  # SIGTERM, wait this long, then SIGKILL
+    # An environment entry (name, value) that every process of this spec inherits: a kill also
+    # takes processes carrying it, which finds grandchildren that called setsid and were
+    # orphaned before any sample saw them.
+    marker: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +145,21 @@ class _ProcTable:
                 self.by_group_or_session[stat.pgid].append(stat)
                 if stat.sid != stat.pgid:
                     self.by_group_or_session[stat.sid].append(stat)
+
+    def marked(self, marker: tuple[str, str] | None) -> list[_Stat]:
+        """Processes whose environment holds ``NAME=VALUE`` (ours; others' are unreadable)."""
+        if marker is None:
+            return []
+        entry = f"{marker[0]}={marker[1]}".encode()
+        found = []
+        for stat in self.stats.values():
+            try:
+                with open(f"/proc/{stat.pid}/environ", "rb") as handle:
+                    if entry in handle.read().split(b"\0"):
+                        found.append(stat)
+            except OSError:
+                continue
+        return found
 
     def tree(self, pid: int, start: int, known: Iterable[tuple[int, int]] = ()) -> list[_Stat]:
         """The process ``(pid, start)`` (root first, if alive), every process in the group or
@@ -246,6 +265,17 @@ def _terminate(targets: list[_Stat], group: int, grace_s: float) -> list[int]:
     finally:
         for pidfd in pinned:
             os.close(pidfd)
+
+
+def _tree_and_marked(
+    pid: int, start: int, known: Iterable[tuple[int, int]], marker: tuple[str, str] | None
+) -> list[_Stat]:
+    table = _ProcTable()
+    found = {stat.pid: stat for stat in table.tree(pid, start, known)}
+    for stat in table.marked(marker):
+        if stat.pid != os.getpid():
+            found.setdefault(stat.pid, stat)
+    return list(found.values())
 
 
 def kill_tree(pid: int, create_time: float, grace_s: float = 2.0) -> list[int]:
@@ -579,7 +609,7 @@ class ProcessReactor:
             return
         task.outcome, task.killing = outcome, True
         known = list(task.members)
-        snapshot = targets or (lambda: _ProcTable().tree(task.pid, task.start, known))
+        snapshot = targets or (lambda: _tree_and_marked(task.pid, task.start, known, task.spec.marker))
 
         def work() -> None:
             try:

@@ -32,12 +32,22 @@ class ToolAdapter(Protocol):
 MARKER_RUN = "ORCHESTRATE_RUN_ID"
 MARKER_TASK = "ORCHESTRATE_TASK"
 MARKER_ATTEMPT = "ORCHESTRATE_ATTEMPT"
+MARKER_ATTEMPT_ID = "ORCHESTRATE_ATTEMPT_ID"
 
 
 def attempt_markers(run_id: str, task_key: str, attempt: int) -> tuple[tuple[str, str], ...]:
     """Environment variables that identify the attempt a process belongs to; tools may read
     them too (e.g. to make an effect idempotent per attempt)."""
-    return ((MARKER_RUN, run_id), (MARKER_TASK, task_key), (MARKER_ATTEMPT, str(attempt)))
+    return (
+        (MARKER_RUN, run_id),
+        (MARKER_TASK, task_key),
+        (MARKER_ATTEMPT, str(attempt)),
+        (MARKER_ATTEMPT_ID, attempt_id(run_id, task_key, attempt)),
+    )
+
+
+def attempt_id(run_id: str, task_key: str, attempt: int) -> str:
+    return f"{run_id}/{task_key}/{attempt}"
 
 
 def task_environment(task: TaskSpec) -> tuple[tuple[str, str], ...]:

@@ -69,7 +69,8 @@ class ControlHandler(Protocol):
     """What the runtime provides; both methods are called on the server thread."""
 
     def handle(self, command: str, args: dict, peer: Peer) -> object:
-        """Answer ``command`` with a JSON-able result, or raise :class:`ControlError`."""
+        """Answer ``command`` (any of COMMANDS but ``watch``, with schema-checked ``args``)
+        with a JSON-able result, or raise :class:`ControlError`."""
         ...
 
     def subscribe(self, args: dict, send: Callable[[dict], bool]) -> Callable[[], None]:

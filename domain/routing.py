@@ -32,7 +32,9 @@ class AdapterInfo:
     name: str
     type: str
     concurrency: int | None = None
-    tools: tuple[str, ...] = ()
+    # The tools it serves when no rule matches; None means its own type, () only rules and
+    # fallbacks send it work.
+    tools: tuple[str, ...] | None = None
     fallback: str | None = None
     breaker: BreakerPolicy = BreakerPolicy()
     timeout_s: float | None = None
@@ -41,7 +43,7 @@ class AdapterInfo:
 
     @property
     def serves(self) -> tuple[str, ...]:
-        return self.tools or (self.type,)
+        return self.tools if self.tools is not None else (self.type,)
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,9 +88,10 @@ _T = TaskState
 _T_RESTARTABLE = {_T.PENDING, _T.QUEUED}
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     _T.PENDING: frozenset({_T.QUEUED, _T.BLOCKED, _T.CANCELLED}),
-    # QUEUED -> FAILED: no adapter can take the task (unroutable, executor gone).
+    # QUEUED -> FAILED / RETRY_WAIT: the attempt was lost before its tool started (no adapter
+    # can take the task, or the executor crashed on it).
     _T.QUEUED: frozenset(
-        {_T.IN_PROGRESS, _T.AWAITING_APPROVAL, _T.PENDING, _T.CANCELLED, _T.BLOCKED, _T.FAILED}
+        {_T.IN_PROGRESS, _T.AWAITING_APPROVAL, _T.PENDING, _T.CANCELLED, _T.BLOCKED, _T.FAILED, _T.RETRY_WAIT}
     ),
     _T.IN_PROGRESS: frozenset(
         {

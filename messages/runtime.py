@@ -131,3 +131,10 @@ class ExecutorLost(Message):
 
     adapter: str
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorRestored(Message):
+    """Scheduler: the executor of ``adapter`` is running again."""
+
+    adapter: str

@@ -85,7 +85,7 @@ def _adapter(data: dict[str, Any]) -> AdapterInfo:
         name=data["name"],
         type=data["type"],
         concurrency=data.get("concurrency"),
-        tools=tuple(data.get("tools", ())),
+        tools=tuple(data["tools"]) if "tools" in data else None,
         fallback=data.get("fallback"),
         breaker=BreakerPolicy(
             max_failures=breaker.get("max_failures", defaults.max_failures),

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,25 @@ def write_plan(tmp_path):
         return path
 
     return write
+
+
+def ledger(directory: Path) -> sqlite3.Connection:
+    """The ledger database of the runtime that ran in ``directory`` (read directly)."""
+    db = sqlite3.connect(directory / ".state" / "orchestration.db")
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def parse(ts: str) -> datetime:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.02, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 import psutil
 
-from tests.conftest import ROOT
-
-
-def ledger(tmp_path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(tmp_path / ".state" / "orchestration.db")
-    db.row_factory = sqlite3.Row
-    return db
-
-
-def parse(ts: str) -> datetime:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+from tests.conftest import ROOT, ledger, parse
 
 
 def test_quickstart_runs_to_completion_and_every_task_is_completed_with_timings(tmp_path, orchestrate):
