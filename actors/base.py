@@ -38,6 +38,12 @@ class SupervisedActor(pykka.ThreadingActor):
         self.directory = directory
 
     def on_receive(self, message: object) -> object:
+        if not self.directory.is_current(self.name, self.actor_ref):
+            # A replaced incarnation (it was declared hung, then woke up): what is left in its
+            # mailbox was meant for the actor that now holds the name, which has taken over.
+            log.warning("stale_actor_stopping", actor=self.name, dropped=type(message).__name__)
+            self.stop()
+            return None
         if isinstance(message, Ping):
             try:
                 self.directory.tell(SUPERVISOR, Heartbeat(self.name, message.seq))

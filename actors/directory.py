@@ -43,6 +43,11 @@ class Directory:
         except pykka.ActorDeadError:
             raise PeerUnavailable(f"actor {name!r} is dead") from None
 
+    def is_current(self, name: str, ref: pykka.ActorRef) -> bool:
+        """True while ``ref`` is the incarnation registered under ``name``."""
+        with self._lock:
+            return self._refs.get(name) is ref
+
     def names(self) -> list[str]:
         with self._lock:
             return sorted(self._refs)

@@ -143,9 +143,10 @@ def aider_environment(settings: AiderSettings) -> tuple[tuple[str, str], ...]:
 def substantive_changes(paths: Sequence[str]) -> tuple[str, ...]:
     """The changed paths that are the agent's work: without aider's own bookkeeping files
     (``.aider*`` at any depth), which a worktree diff would otherwise count."""
-    return tuple(
-        p for p in paths if not any(part.startswith(AIDER_BOOKKEEPING_PREFIX) for part in p.replace("\\", "/").split("/"))
-    )
+    def ours(path: str) -> bool:
+        return any(part.startswith(AIDER_BOOKKEEPING_PREFIX) for part in path.replace("\\", "/").split("/"))
+
+    return tuple(p for p in paths if not ours(p))
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,22 +428,21 @@ def classify_agent_attempt(
 
     ``changed_files`` should count the agent's work only (see :func:`substantive_changes`).
     """
+    failed = ErrorClass.TOOL_ERROR.value
     structured_failure = report is not None and not report.ok
     marker = error_marker(output_tail) if output_tail else None
     exit_text = "no exit code" if exit_code is None else f"exit code {exit_code}"
 
     if changed_files <= 0 and (structured_failure or marker):
         said = report.error if structured_failure and report is not None and report.error else (marker or "an error")
-        return Verdict("tool_error", ErrorClass.TOOL_ERROR.value, f"changed no file and reported an error ({exit_text}): {said}")
+        return Verdict("tool_error", failed, f"changed no file and reported an error ({exit_text}): {said}")
     if structured_failure and report is not None:
-        return Verdict(
-            "tool_error",
-            ErrorClass.TOOL_ERROR.value,
-            f"the agent reported a failed turn ({exit_text}, {changed_files} file(s) changed): {report.error or 'no detail'}",
-        )
+        detail = report.error or "no detail"
+        facts = f"{exit_text}, {changed_files} file(s) changed"
+        return Verdict("tool_error", failed, f"the agent reported a failed turn ({facts}): {detail}")
     if exit_code is None or exit_code != 0:
         detail = f": {marker}" if marker else ""
-        return Verdict("tool_error", ErrorClass.TOOL_ERROR.value, f"the agent did not exit cleanly ({exit_text}){detail}")
+        return Verdict("tool_error", failed, f"the agent did not exit cleanly ({exit_text}){detail}")
     if changed_files > 0:
         return Verdict("success", "", f"changed {changed_files} file(s)")
     return Verdict("success", "", "changed no file and reported no error (nothing needed changing)")

@@ -75,7 +75,10 @@ class ControlClient:
         or ``stop`` is set; raises :class:`ControlError` if the watch is refused."""
         sock = self._connect()
         try:
-            sock.sendall(_request_line("watch", "watch", args))
+            try:
+                sock.sendall(_request_line("watch", "watch", args))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # as in request(): a refusal may be waiting to be read
             lines = _Lines(sock)
             first = lines.next(time.monotonic() + self.timeout_s, stop)
             if first is None:

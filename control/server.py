@@ -54,6 +54,7 @@ _RECV_SIZE = 64 << 10
 _PROBE_TIMEOUT_S = 1.0
 _INTERNAL_MESSAGE = "internal error; see the runtime log"
 _PEERCRED = struct.Struct("3i")
+_MAX_PATH_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +140,10 @@ class _Watch:
             if not self.ready:
                 self.held.append(line)
                 return True
-            queued = self.server._append_locked(self.client, line)
-        self.server._notify(self.client)
+            notice = self.server._append_locked(self.client, line)
+            queued = not self.client.gone
+        if notice:
+            self.server._notify(self.client)
         return queued
 
 
@@ -332,7 +335,8 @@ class ControlServer:
         except ControlError as refusal:
             reply = encode_error(request.id, refusal.code, refusal.message)
         except Exception:
-            self._log.exception("control_handler_failed", command=request.command, pid=client.peer.pid)
+            self._log.exception("control_handler_failed", command=request.command,
+                                pid=client.peer.pid)
             reply = encode_error(request.id, INTERNAL, _INTERNAL_MESSAGE)
         self._reply(client, reply)
 
@@ -364,15 +368,19 @@ class ControlServer:
         self._notify(client)
 
     def _append_locked(self, client: _Client, data: bytes) -> bool:
-        """Queue ``data`` (``client.lock`` held); ``False`` if it overflowed and the client is
-        now gone. The caller must :meth:`_notify` afterwards."""
+        """Queue ``data`` (``client.lock`` held), or mark the client gone if that would exceed
+        :data:`OUTGOING_LIMIT`. ``True`` when the caller must :meth:`_notify`: the buffer was
+        empty (so no flush is pending) or the client must now be dropped."""
         if len(client.outbuf) + len(data) > OUTGOING_LIMIT:
-            self._log.warning("control_client_too_slow", pid=client.peer.pid, unsent=len(client.outbuf))
+            self._log.warning("control_client_too_slow", pid=client.peer.pid,
+                              unsent=len(client.outbuf))
             client.gone = True
             client.outbuf.clear()
-            return False
+            return True
+        # A non-empty buffer is already due a flush: dirty, or registered for EVENT_WRITE.
+        was_empty = not client.outbuf
         client.outbuf += data
-        return True
+        return was_empty
 
     def _notify(self, client: _Client) -> None:
         """Have the server thread flush ``client`` (or drop it if gone), waking it if needed."""
@@ -466,10 +474,16 @@ class ControlServer:
 def _bind(path: Path, log: FilteringBoundLogger) -> tuple[socket.socket, tuple[int, int]]:
     """A listening socket at ``path`` that was never reachable with looser permissions, and
     the socket file's (device, inode)."""
+    # Bound under a temporary name and linked into place only once it is 0600 and listening.
+    temporary = path.parent / f".ctl-{secrets.token_hex(4)}"
+    longest = max(len(os.fsencode(path)), len(os.fsencode(temporary)))
+    if longest > _MAX_PATH_BYTES:
+        raise ControlSocketError(
+            f"{path} is too long for a Unix socket ({longest} bytes with the temporary name, "
+            f"at most {_MAX_PATH_BYTES}); choose a shorter socket path"
+        )
     _private_directory(path.parent, log)
     _clear_stale(path, log)
-    # Bound under a temporary name and linked into place only once it is 0600 and listening.
-    temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         previous = os.umask(0o177)

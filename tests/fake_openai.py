@@ -43,7 +43,9 @@ class Reply:
     should_retry: bool | None = None
 
 
-def error_reply(status: int = 500, message: str = "fake server: internal error", should_retry: bool | None = None) -> Reply:
+def error_reply(
+    status: int = 500, message: str = "fake server: internal error", should_retry: bool | None = None
+) -> Reply:
     return Reply(status=status, error_message=message, should_retry=should_retry)
 
 
@@ -183,6 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _not_found(self) -> None:
+        self._send_json(404, {"error": {"message": f"fake server: no route {self.path}", "type": "not_found"}})
+
     def _is_foreign(self) -> bool:
         # A proxied request names an absolute URL; a direct one a path.
         return self.command == "CONNECT" or self.path.startswith(("http://", "https://"))
@@ -200,11 +205,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._refuse_foreign()
         self._record()
         if self.path.rstrip("/") in ("/v1/models", "/models"):
-            return self._send_json(
-                200,
-                {"object": "list", "data": [{"id": self.fake.model, "object": "model", "created": 0, "owned_by": "fake"}]},
-            )
-        self._send_json(404, {"error": {"message": f"fake server: no route {self.path}", "type": "not_found"}})
+            model = {"id": self.fake.model, "object": "model", "created": 0, "owned_by": "fake"}
+            return self._send_json(200, {"object": "list", "data": [model]})
+        self._not_found()
 
     def do_POST(self) -> None:  # noqa: N802
         body = self._read_body()
@@ -213,7 +216,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._refuse_foreign()
         self._record(body)
         if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
-            return self._send_json(404, {"error": {"message": f"fake server: no route {self.path}", "type": "not_found"}})
+            return self._not_found()
         reply = self.fake._next_reply()
         if reply.status != 200:
             return self._send_json(
@@ -248,8 +251,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+        delta = {"role": "assistant", "content": reply.content}
         chunks = [
-            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": reply.content}, "finish_reason": None}]},
+            {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
             {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]},
         ]
         for chunk in chunks:

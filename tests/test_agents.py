@@ -15,7 +15,6 @@ import sys
 import textwrap
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 

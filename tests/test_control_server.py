@@ -186,6 +186,14 @@ def test_a_shared_sticky_directory_is_refused(base_dir: Path, handler: EchoHandl
     assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777
 
 
+def test_a_path_too_long_for_a_unix_socket_is_refused_clearly(
+    base_dir: Path, handler: EchoHandler
+) -> None:
+    path = base_dir / ("d" * 60) / ("s" * 60)
+    with pytest.raises(ControlSocketError, match="too long for a Unix socket"):
+        ControlServer(path, handler).start()
+
+
 def test_stop_leaves_a_socket_that_is_no_longer_ours(
     socket_path: Path, handler: EchoHandler, log: RecordingLog
 ) -> None:
@@ -404,6 +412,9 @@ def test_clients_beyond_max_clients_get_busy(
             assert client.request("ping") == "pong"
         with pytest.raises(ControlError) as raised:
             ControlClient(socket_path).request("ping")
+        assert raised.value.code == "busy"
+        with pytest.raises(ControlError) as raised:
+            next(ControlClient(socket_path).events())
         assert raised.value.code == "busy"
         clients.pop().close()
         # The server frees the slot once it sees the close; until then it may still say busy.
