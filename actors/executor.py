@@ -17,7 +17,14 @@ import structlog
 from actors.base import SupervisedActor
 from actors.directory import SCHEDULER, Directory
 from adapters.process import ProcessReactor, ProcessResult, ProcessSpec
-from adapters.tools import MARKER_ATTEMPT_ID, ToolAdapter, acceptance_spec, attempt_id, attempt_markers
+from adapters.tools import (
+    MARKER_ATTEMPT_ID,
+    ToolAdapter,
+    acceptance_spec,
+    attempt_id,
+    attempt_markers,
+    result_path,
+)
 from domain.errors import ErrorClass
 from domain.states import TaskState
 from messages import AttemptFinished, AttemptStarted, ExecuteTask, TaskValidating
@@ -57,6 +64,14 @@ def _last_line(path: str) -> str:
         if line.strip():
             return line.strip()[:200]
     return ""
+
+
+def _read_result(log_path: str) -> str:
+    try:
+        with open(result_path(log_path), encoding="utf-8") as handle:
+            return handle.read(64 * 1024)
+    except OSError:
+        return ""
 
 
 class ExecutorActor(SupervisedActor):
@@ -212,6 +227,7 @@ class ExecutorActor(SupervisedActor):
                 error_class=str(error_class),
                 message=message,
                 gate_output=gate_output,
+                result_json=_read_result(flight.request.log_path),
             ),
         )
 

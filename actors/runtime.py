@@ -167,7 +167,7 @@ class Runtime:
                 from actors.control import RuntimeControl
                 from control.server import ControlServer
 
-                self.control = ControlServer(self.options.control_socket, RuntimeControl(self))
+                self.control = ControlServer(self.options.control_socket, RuntimeControl(self), max_clients=256)
                 self.control.start()
         except BaseException:
             self.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -96,7 +97,13 @@ class PythonAdapter:
             {"callable": task.callable, "args": list(task.args), "kwargs": dict(task.kwargs)}
         )
         argv = (sys.executable, "-c", _PYCALL_BOOTSTRAP, str(_PYCALL), payload)
-        return _spec(task, argv, log_path, task.timeout_s)
+        spec = _spec(task, argv, log_path, task.timeout_s)
+        return replace(spec, env=spec.env + (("ORCHESTRATE_RESULT_PATH", result_path(log_path)),))
+
+
+def result_path(log_path: str) -> str:
+    """Where a python task's return value is written (beside its log)."""
+    return f"{log_path}.result.json"
 
 
 def acceptance_spec(task: TaskSpec, check: AcceptanceCheck, log_path: str) -> ProcessSpec:

@@ -24,6 +24,7 @@ from actors.runtime import (
 from control.server import ControlSocketError
 from domain.routing import RouterConfig
 from cli.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, EXIT_USAGE, CliError
+from cli import missions
 from cli.logging import configure_logging
 from cli.output import paint, progress_line, table, use_colour
 from domain.states import RunState, TaskState
@@ -231,8 +232,19 @@ def _print_summary(store: Store, run_id: str, state: str, elapsed: float, colour
 
 # -- commands --------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    if (args.mission or args.mission_file) and args.plan:
+        raise CliError("give a PLAN or --mission, not both", EXIT_USAGE)
+    if args.mission or args.mission_file:
+        return _run_mission(args)
+    if not args.plan:
+        raise CliError("give a PLAN (file or directory) or --mission TYPE", EXIT_USAGE)
+    code, _ = _run_plan(args, args.plan)
+    return code
+
+
+def _run_plan(args: argparse.Namespace, plan_path: str) -> tuple[int, str]:
     router = _router(args)
-    plan = _load(args.plan, router)
+    plan = _load(plan_path, router)
     store, state_dir = _open_store(args)
     try:
         runtime = _runtime(args, store, state_dir, router, args.concurrency)
@@ -244,9 +256,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         except BaseException:
             runtime.stop()
             raise
-        return _execute(runtime, store, run_id, args.quiet)
+        return _execute(runtime, store, run_id, args.quiet), run_id
     finally:
         store.close()
+
+
+def _run_mission(args: argparse.Namespace) -> int:
+    workflow = missions.plan_workflow(missions.mission_from_args(args))
+    state_dir = Path(args.state_dir).resolve()
+    plan_file = missions.write_plan(workflow, state_dir / "missions" / f"{workflow.workflow_hash()[:16]}.json")
+    print(missions.describe(workflow))
+    code, run_id = _run_plan(args, str(plan_file))
+    store, _ = _open_store(args)
+    try:
+        document = missions.run_receipt(store, workflow, run_id)
+    finally:
+        store.close()
+    path = state_dir / "receipts" / f"{run_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    missions.print_receipt(document, path)
+    return code
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    workflow = missions.plan_workflow(missions.mission_from_args(args))
+    if args.output:
+        path = missions.write_plan(workflow, Path(args.output))
+        _load(str(path), _router(args))
+        print(missions.describe(workflow))
+        print(f"wrote {path} (workflow {workflow.workflow_hash()})")
+    else:
+        from planning.missions import workflow_to_plan
+
+        print(json.dumps(workflow_to_plan(workflow, base_dir=os.getcwd()), indent=2))
+    return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

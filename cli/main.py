@@ -36,12 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     run = sub.add_parser("run", help="validate a plan, create (or resume) its run and execute it in the foreground")
-    run.add_argument("plan", help="a workstream file, a {\"workstreams\": [...]} file, or a directory of them")
+    run.add_argument("plan", nargs="?", help="a workstream file, a {\"workstreams\": [...]} file, or a directory of them")
+    _mission_options(run)
     run.add_argument("--concurrency", "-j", type=_positive_int, default=4, help="tasks running at once (default 4)")
     run.add_argument("--new", action="store_true", help="always make a new run, even if an unfinished one exists")
     run.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
     _runtime_options(run)
     run.set_defaults(handler=commands.cmd_run)
+
+    plan = sub.add_parser("plan", help="turn a mission into a workflow plan file (runs nothing)")
+    _mission_options(plan)
+    plan.add_argument("-o", "--output", metavar="FILE", help="write the plan here (default: print it)")
+    plan.add_argument("--router-config", metavar="FILE", help="default: ./router_config.json if present")
+    plan.set_defaults(handler=commands.cmd_plan)
 
     serve = sub.add_parser("serve", help="start a runtime with no plan; it waits for `orchestrate submit`")
     serve.add_argument("--concurrency", "-j", type=_positive_int, default=4)
@@ -91,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(handler=commands.cmd_db_inspect)
     _client_commands(sub)
     return parser
+
+
+def _mission_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mission", metavar="TYPE", help="a mission type, e.g. run_tests or daily_loop")
+    parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="a mission parameter (repeatable)")
+    parser.add_argument("--mission-file", metavar="FILE", help="a mission file (schema/mission.v1.json)")
 
 
 def _runtime_options(parser: argparse.ArgumentParser) -> None:

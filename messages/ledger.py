@@ -79,6 +79,7 @@ class AttemptFinished(Message):
     error_class: str = ""
     message: str = ""
     gate_output: str = ""
+    result_json: str = ""  # what a python callable returned, as JSON, when it is JSON-able
 
 
 @dataclass(frozen=True, slots=True)

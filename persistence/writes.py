@@ -94,6 +94,7 @@ _ATTEMPT_FINISH = (
         error_class=bindparam("b_error_class"),
         message=bindparam("b_message"),
         gate_output=bindparam("b_gate_output"),
+        result_json=bindparam("b_result_json"),
     )
 )
 _ERROR_NEW = insert(_errors)
@@ -237,6 +238,7 @@ class WriteBatch:
                 "b_error_class": error_class,
                 "b_message": op.message or None,
                 "b_gate_output": op.gate_output or None,
+                "b_result_json": op.result_json or None,
             }
         )
         self._rows[_TASK_EXIT].append(

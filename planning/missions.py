@@ -802,7 +802,8 @@ def receipt(
     """What a run of ``workflow`` did, as ``{"content", "ids", "receipt_hash"}``.
 
     ``content`` is deterministic and hashed: lineage (mission and workflow hashes), the overall
-    status and each step's id, kind, title and state, with ``exit_code`` for runtime steps and
+    status and each step's id, kind, title and state, with ``exit_code`` and ``result`` (what a
+    python step returned, e.g. the test counts of ``run_tests``'s report) for runtime steps and
     ``decision``/``by``/``comment`` for human ones. ``ids`` is not hashed: ``run_id`` and the
     ``started_at``/``finished_at``/``decided_at`` timestamps given in outcomes. Other outcome
     keys are ignored. The full lineage is :func:`receipt_lineage`.
@@ -834,6 +835,7 @@ def receipt(
             ):
                 raise ValueError(f"step {step.id!r}: 'exit_code' must be an integer")
             entry["exit_code"] = exit_code
+            entry["result"] = outcome.get("result")
         steps.append(entry)
         stamps = {key: str(outcome[key]) for key in _TIMESTAMP_KEYS if outcome.get(key) is not None}
         if stamps:
