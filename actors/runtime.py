@@ -42,6 +42,8 @@ from persistence.store import Store
 log = structlog.get_logger("orchestrate.runtime")
 
 ASK_TIMEOUT_S = 30.0
+# Coding agents: run by the agent executor (fix rounds, "did it do anything" verdicts).
+AGENT_TYPES = frozenset({"aider", "agent"})
 LOCK_FILE = "runtime.lock"
 SOCKET_FILE = "orchestrate.sock"
 
@@ -136,7 +138,9 @@ class Runtime:
         self.lock = StateDirLock(self.state_dir)
         self.adapters = {info.name: info for info in options.router.adapters}
         self._tool_adapters = {
-            name: build_adapter(info) for name, info in self.adapters.items() if info.type != "human"
+            name: build_adapter(info)
+            for name, info in self.adapters.items()
+            if info.type != "human" and info.type not in AGENT_TYPES
         }
         self._events: queue.Queue[RunProgress | None] = queue.Queue()
         self._listeners: list[Callable[[RunProgress], None]] = []
@@ -208,6 +212,10 @@ class Runtime:
         directory = self.directory
         if info.type == "human":
             return lambda: HumanExecutorActor.start(executor_name(name), directory, name, self.timers)
+        if info.type in AGENT_TYPES:
+            from actors.agent_executor import AgentExecutorActor
+
+            return lambda: AgentExecutorActor.start(executor_name(name), directory, info, self.reactor)
         adapter = self._tool_adapters[name]
         return lambda: ExecutorActor.start(executor_name(name), directory, name, adapter, self.reactor)
 

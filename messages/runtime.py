@@ -65,9 +65,24 @@ class ExecuteTask(Message):
 
 @dataclass(frozen=True, slots=True)
 class TaskValidating(Message):
+    """The tool succeeded; acceptance checks of ``phase`` (``static`` or ``runtime``) run now."""
+
     run_id: str
     task_key: str
     attempt: int
+    at: str
+    phase: str = "runtime"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFixing(Message):
+    """A check failed; the agent runs again (fix round ``round``) with the failure in its prompt."""
+
+    run_id: str
+    task_key: str
+    attempt: int
+    round: int
+    reason: str
     at: str
 
 

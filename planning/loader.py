@@ -169,12 +169,17 @@ def _workstreams_of(label: str, data: Mapping[str, Any]) -> list[WorkstreamSourc
 
 def _workstream(source: WorkstreamSource, base_dir: str) -> Workstream:
     data = source.data
+    repo = os.path.abspath(os.path.join(base_dir, data["repo"])) if "repo" in data else None
     return Workstream(
         id=data["id"],
         title=data.get("title", ""),
         depends_on=tuple(data.get("depends_on", ())),
         tasks=tuple(_task(data["id"], task, base_dir, source.defaults) for task in data["tasks"]),
         source_file=source.file,
+        repo=repo,
+        isolation=data.get("isolation", "worktree" if repo else "none"),
+        target_branch=data.get("target_branch"),
+        merge=data.get("merge", "merge"),
     )
 
 
@@ -203,14 +208,7 @@ def _task(
         env=_pairs(data.get("env", {})),
         priority=int(data.get("priority", 0)),
         tags=tuple(data.get("tags", ())),
-        acceptance=tuple(
-            AcceptanceCheck(
-                command=check["command"],
-                name=check.get("name", ""),
-                timeout_s=_float_or_none(check.get("timeout_s")),
-            )
-            for check in data.get("acceptance", ())
-        ),
+        acceptance=tuple(AcceptanceCheck.from_json(dict(check)) for check in data.get("acceptance", ())),
         memory_limit_mb=_float_or_none(data.get("memory_limit_mb")),
         max_attempts=int(max_attempts),
         kind=data.get("kind"),
@@ -219,6 +217,7 @@ def _task(
         retry_jitter=float(retry.get("jitter", 0.1)),
         retry_on=tuple(retry.get("on", ())),
         approval_timeout_s=_float_or_none(data.get("approval_timeout_s")),
+        max_fix_rounds=int(data.get("max_fix_rounds", 2)),
     )
 
 

@@ -34,20 +34,56 @@ def _pairs(mapping: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((mapping or {}).items()))
 
 
+STATIC_CHECK_KINDS = frozenset({"ruff", "import"})
+
+
 @dataclass(frozen=True, slots=True)
 class AcceptanceCheck:
-    """A gate run in VALIDATING after the tool succeeded; exit 0 passes."""
+    """A gate run in VALIDATING after the tool succeeded.
 
-    command: str
+    ``kind`` is ``command`` (exit 0 passes), ``pytest`` (``no_tests`` says what exit 5, "no
+    tests collected", means), ``ruff`` or ``import`` (each of ``modules`` imports cleanly).
+    ``phase`` is ``static`` (lint and import checks, run first) or ``runtime`` (tests).
+    """
+
+    command: str = ""
     name: str = ""
     timeout_s: float | None = None
+    kind: str = "command"
+    phase: str = "runtime"
+    args: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
+    no_tests: str = "fail"
+
+    @property
+    def label(self) -> str:
+        return self.name or self.command or f"{self.kind} {' '.join(self.args or self.modules)}".strip()
 
     def to_json(self) -> dict[str, Any]:
-        return {"command": self.command, "name": self.name, "timeout_s": self.timeout_s}
+        return {
+            "command": self.command,
+            "name": self.name,
+            "timeout_s": self.timeout_s,
+            "kind": self.kind,
+            "phase": self.phase,
+            "args": list(self.args),
+            "modules": list(self.modules),
+            "no_tests": self.no_tests,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AcceptanceCheck:
-        return cls(command=data["command"], name=data.get("name") or "", timeout_s=data.get("timeout_s"))
+        kind = data.get("kind") or "command"
+        return cls(
+            command=data.get("command") or "",
+            name=data.get("name") or "",
+            timeout_s=None if data.get("timeout_s") is None else float(data["timeout_s"]),
+            kind=kind,
+            phase=data.get("phase") or ("static" if kind in STATIC_CHECK_KINDS else "runtime"),
+            args=tuple(data.get("args") or ()),
+            modules=tuple(data.get("modules") or ()),
+            no_tests=data.get("no_tests") or "fail",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +118,7 @@ class TaskSpec:
     retry_jitter: float = 0.1
     retry_on: tuple[str, ...] = ()
     approval_timeout_s: float | None = None
+    max_fix_rounds: int = 2
 
     @property
     def key(self) -> str:
@@ -113,6 +150,7 @@ class TaskSpec:
             "retry_jitter": self.retry_jitter,
             "retry_on": list(self.retry_on),
             "approval_timeout_s": self.approval_timeout_s,
+            "max_fix_rounds": self.max_fix_rounds,
         }
 
     @classmethod
@@ -142,6 +180,7 @@ class TaskSpec:
             retry_jitter=float(data.get("retry_jitter", 0.1)),
             retry_on=tuple(data.get("retry_on") or ()),
             approval_timeout_s=data.get("approval_timeout_s"),
+            max_fix_rounds=int(data.get("max_fix_rounds", 2)),
         )
 
 
@@ -152,6 +191,12 @@ class Workstream:
     depends_on: tuple[str, ...] = ()
     tasks: tuple[TaskSpec, ...] = ()
     source_file: str = ""
+    # Git isolation: with a repo, each run of the workstream works in its own worktree and
+    # branch, merged into ``target_branch`` at the end (``merge``) or left for review.
+    repo: str | None = None
+    isolation: str = "none"
+    target_branch: str | None = None
+    merge: str = "merge"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -160,6 +205,10 @@ class Workstream:
             "depends_on": list(self.depends_on),
             "tasks": [task.to_json() for task in self.tasks],
             "source_file": self.source_file,
+            "repo": self.repo,
+            "isolation": self.isolation,
+            "target_branch": self.target_branch,
+            "merge": self.merge,
         }
 
     @classmethod
@@ -170,6 +219,10 @@ class Workstream:
             depends_on=tuple(data.get("depends_on") or ()),
             tasks=tuple(TaskSpec.from_json(t) for t in data.get("tasks") or ()),
             source_file=data.get("source_file") or "",
+            repo=data.get("repo"),
+            isolation=data.get("isolation") or "none",
+            target_branch=data.get("target_branch"),
+            merge=data.get("merge") or "merge",
         )
 
 
