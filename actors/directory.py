@@ -57,6 +57,7 @@ LEDGER = "ledger"
 SCHEDULER = "scheduler"
 ROUTER = "router"
 SUPERVISOR = "supervisor"
+WORKSPACE = "workspace"
 
 
 def executor_name(adapter: str) -> str:

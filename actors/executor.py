@@ -2,8 +2,9 @@
 
 Processes are started here and watched by the shared :class:`ProcessReactor`, which tells
 this actor a :class:`ProcessExited` when one ends. The executor then runs the task's
-acceptance checks (state VALIDATING) one after another and reports the outcome to the
-Scheduler. Exit codes are facts, not verdicts: the outcome is decided here.
+acceptance checks (state VALIDATING; static-phase checks first, then runtime ones, see
+:mod:`adapters.gates`) one after another and reports the outcome to the Scheduler. Exit codes
+are facts, not verdicts: the outcome is decided here.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import structlog
 
 from actors.base import SupervisedActor
 from actors.directory import SCHEDULER, Directory
+from adapters.gates import check_passed, check_spec, describe_check_failure, ordered_checks
 from adapters.process import ProcessReactor, ProcessResult, ProcessSpec
 from adapters.tools import (
     MARKER_ATTEMPT_ID,
     ToolAdapter,
-    acceptance_spec,
     attempt_id,
     attempt_markers,
     result_path,
@@ -31,6 +32,7 @@ from messages import AttemptFinished, AttemptStarted, ExecuteTask, TaskValidatin
 from messages.runtime import CancelAttempt
 from messages.executor import ProcessExited
 from persistence.clock import utc_now_iso
+from planning.model import AcceptanceCheck
 
 log = structlog.get_logger("orchestrate.executor")
 
@@ -42,7 +44,10 @@ class _InFlight:
     request: ExecuteTask
     started: float
     tool_result: ProcessResult | None = None
-    gate_logs: list[str] = field(default_factory=list)
+    # (index in task.acceptance, check) in the order they run, and the position reached.
+    checks: list[tuple[int, AcceptanceCheck]] = field(default_factory=list)
+    position: int = 0
+    gate_log: str = ""
     process: tuple[int, float] | None = None  # the process running now (tool or check)
     cancelled: bool = False
 
@@ -162,43 +167,47 @@ class ExecutorActor(SupervisedActor):
                 last = _last_line(flight.request.log_path)
                 self._finish(key, flight, state, error_class, f"{detail}: {last}" if last else detail)
                 return
-            if not flight.request.task.acceptance:
-                self._finish(key, flight, TaskState.COMPLETED, "", "")
-                return
-            self.directory.tell(
-                SCHEDULER,
-                TaskValidating(message.run_id, message.task_key, message.attempt, utc_now_iso()),
-            )
-            self._run_check(flight, 0)
+            flight.checks = ordered_checks(flight.request.task.acceptance)
+            self._next_check(key, flight)
             return
-        gate_log = flight.gate_logs[message.check_index]
-        check = flight.request.task.acceptance[message.check_index]
+        check = flight.checks[flight.position][1]
         if result.outcome == "cancelled":
             self._finish(key, flight, TaskState.CANCELLED, ErrorClass.CANCELLED, _describe(result))
             return
-        if result.outcome == "exited" and result.exit_code == 0:
-            if message.check_index + 1 < len(flight.request.task.acceptance):
-                self._run_check(flight, message.check_index + 1)
-            else:
-                self._finish(key, flight, TaskState.COMPLETED, "", "")
+        if check_passed(check, result):
+            flight.position += 1
+            self._next_check(key, flight)
             return
         state = TaskState.TIMEOUT if result.outcome == "timeout" else TaskState.FAILED
-        detail = _describe(result)
         self._finish(
             key,
             flight,
             state,
             ErrorClass.TIMEOUT if state is TaskState.TIMEOUT else ErrorClass.GATE,
-            f"acceptance check {check.name or check.command!r} failed: {detail}",
-            gate_output=_tail(gate_log),
+            f"acceptance check {check.label!r} failed: {_describe(result)}",
+            gate_output=describe_check_failure(check, result, _tail(flight.gate_log)),
         )
 
-    def _run_check(self, flight: _InFlight, index: int) -> None:
+    def _next_check(self, key: tuple[str, str, int], flight: _InFlight) -> None:
+        """Run the check at ``flight.position``, or finish COMPLETED when none is left. The
+        Scheduler hears TaskValidating when a phase begins (static, then runtime)."""
+        if flight.position >= len(flight.checks):
+            self._finish(key, flight, TaskState.COMPLETED, "", "")
+            return
         request = flight.request
-        log_path = str(Path(request.log_path).with_suffix(f".check{index + 1}.log"))
-        flight.gate_logs.append(log_path)
-        check = request.task.acceptance[index]
-        pid, create_time = self._spawn(acceptance_spec(request.task, check, log_path), request, "check", index)
+        index, check = flight.checks[flight.position]
+        if flight.position == 0 or flight.checks[flight.position - 1][1].phase != check.phase:
+            self.directory.tell(
+                SCHEDULER,
+                TaskValidating(request.run_id, request.task.key, request.attempt, utc_now_iso(), phase=check.phase),
+            )
+        flight.gate_log = str(Path(request.log_path).with_suffix(f".check{index + 1}.log"))
+        try:
+            spec = check_spec(request.task, check, flight.gate_log)
+        except ValueError as error:
+            self._finish(key, flight, TaskState.FAILED, ErrorClass.BAD_INPUT, str(error))
+            return
+        pid, create_time = self._spawn(spec, request, "check", index)
         flight.process = (pid, create_time) if pid > 0 else None
 
     def _finish(

@@ -21,7 +21,7 @@ from pathlib import Path
 import pykka
 import structlog
 
-from actors.directory import LEDGER, ROUTER, SCHEDULER, SUPERVISOR, Directory, executor_name
+from actors.directory import LEDGER, ROUTER, SCHEDULER, SUPERVISOR, WORKSPACE, Directory, executor_name
 from actors.executor import ExecutorActor
 from actors.human import HumanExecutorActor
 from actors.ledger import LedgerActor
@@ -30,6 +30,7 @@ from actors.router import RouterActor
 from actors.scheduler import SchedulerActor, SchedulerConfig
 from actors.supervisor import StartChildren, SupervisorActor
 from actors.timers import TimerService
+from actors.workspace import WorkspaceActor
 from adapters.leftovers import kill_leftovers
 from adapters.process import ProcessReactor
 from adapters.tools import BUILTIN_ADAPTERS, ToolAdapter
@@ -182,6 +183,7 @@ class Runtime:
         children = [
             ChildSpec(LEDGER, lambda: LedgerActor.start(LEDGER, directory, self.store, self.timers)),
             ChildSpec(ROUTER, lambda: RouterActor.start(ROUTER, directory, self.options.router)),
+            ChildSpec(WORKSPACE, lambda: WorkspaceActor.start(WORKSPACE, directory, self.state_dir)),
         ]
         for name, info in self.adapters.items():
             children.append(ChildSpec(executor_name(name), self._executor_factory(name, info)))

@@ -11,17 +11,18 @@ resume, cancel, retry, approve, drain) are asked of it and answered with a small
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from actors.base import SupervisedActor
-from actors.directory import LEDGER, ROUTER, Directory, PeerUnavailable, executor_name
+from actors.directory import LEDGER, ROUTER, WORKSPACE, Directory, PeerUnavailable, executor_name
 from actors.timers import TimerService
 from domain.breaker import BreakerChange, CircuitBreaker, CircuitState
 from domain.errors import ErrorClass, error_signature
@@ -61,10 +62,25 @@ from messages.control import (
     StatusQuery,
     StopRuns,
 )
-from messages.runtime import ApprovalDecision, CancelAttempt, ExecutorLost, ExecutorRestored, TaskAwaitingApproval
+from messages.runtime import (
+    ApprovalDecision,
+    CancelAttempt,
+    ExecutorLost,
+    ExecutorRestored,
+    TaskAwaitingApproval,
+    TaskFixing,
+)
+from messages.workspace import (
+    CaptureChanges,
+    ChangesCaptured,
+    FinishWorkstream,
+    PrepareWorkstream,
+    WorkstreamFinished,
+    WorkstreamPrepared,
+)
 from persistence.clock import utc_now_iso
 from planning.graph import task_dependencies, topological_order
-from planning.model import Plan, TaskSpec
+from planning.model import Plan, TaskSpec, Workstream
 
 log = structlog.get_logger("orchestrate.scheduler")
 
@@ -117,6 +133,17 @@ class _Run:
     cancelling: bool = False
     quarantine_reason: str = ""
     awaiting: dict[str, str] = field(default_factory=dict)
+    phases: dict[str, str] = field(default_factory=dict)  # task -> static | runtime | fixing
+    # Git isolation (workstreams with a repo): see the "worktrees" section of the Scheduler.
+    isolated: dict[str, Workstream] = field(default_factory=dict)
+    ws_paths: dict[str, str] = field(default_factory=dict)
+    preparing: set[str] = field(default_factory=set)
+    parked: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # ws -> (task, adapter|"")
+    ws_busy: dict[str, str] = field(default_factory=dict)  # ws -> the task holding its worktree
+    capturing: dict[str, AttemptFinished] = field(default_factory=dict)
+    merging: set[str] = field(default_factory=set)
+    finished_ws: set[str] = field(default_factory=set)
+    failed_ws: dict[str, str] = field(default_factory=dict)
 
 
 class ControlRefused(Exception):
@@ -164,6 +191,14 @@ class SchedulerActor(SupervisedActor):
             self._validating(message)
         elif isinstance(message, TaskAwaitingApproval):
             self._awaiting(message)
+        elif isinstance(message, TaskFixing):
+            self._fixing(message)
+        elif isinstance(message, WorkstreamPrepared):
+            self._prepared(message)
+        elif isinstance(message, ChangesCaptured):
+            self._captured(message)
+        elif isinstance(message, WorkstreamFinished):
+            self._ws_finished(message)
         elif isinstance(message, AttemptFinished):
             self._finished(message)
         elif isinstance(message, RetryDue):
@@ -214,6 +249,7 @@ class SchedulerActor(SupervisedActor):
             ws_states={ws.id: WorkstreamState.PENDING for ws in plan.workstreams}
             | {ws: WorkstreamState(state) for ws, state in message.workstream_states},
             log_dir=Path(message.state_dir) / "logs" / message.run_id,
+            isolated={ws.id: ws for ws in plan.workstreams if ws.isolation == "worktree" and ws.repo},
         )
         self.runs[run.run_id] = run
         self._ledger(TransitionRun(run.run_id, RunState.RUNNING.value, utc_now_iso(), "execution started"))
@@ -274,6 +310,11 @@ class SchedulerActor(SupervisedActor):
         self._route(run, key)
 
     def _route(self, run: _Run, key: str) -> None:
+        ws_id = run.specs[key].workstream_id
+        if ws_id in run.isolated and ws_id not in run.ws_paths:
+            run.parked.setdefault(ws_id, []).append((key, ""))
+            self._prepare(run, ws_id)
+            return
         self.to_route.setdefault(run.run_id, []).append(run.specs[key])
 
     def _routed(self, message: TasksRouted) -> None:
@@ -284,7 +325,7 @@ class SchedulerActor(SupervisedActor):
             if run.book.states[routed.task_key] is not TaskState.QUEUED or run.book.is_enqueued(routed.task_key):
                 continue
             if routed.adapter:
-                run.book.enqueue(routed.task_key, routed.adapter)
+                self._enqueue(run, routed.task_key, routed.adapter)
             else:
                 self._fail(run, routed.task_key, TaskState.FAILED, ErrorClass.BAD_INPUT, routed.reason, attempt=0)
         self._after_change(run)
@@ -321,7 +362,7 @@ class SchedulerActor(SupervisedActor):
         run.running[key] = _Running(adapter, attempt)
         self.adapter_running[adapter] += 1
         self.breakers[adapter].started()
-        spec = run.specs[key]
+        spec = self._in_workspace(run, run.specs[key])
         name = spec.id if attempt == 1 else f"{spec.id}.attempt{attempt}"
         log_path = run.log_dir / spec.workstream_id / f"{name}.log"
         try:
@@ -347,7 +388,22 @@ class SchedulerActor(SupervisedActor):
     def _validating(self, message: TaskValidating) -> None:
         run = self.runs.get(message.run_id)
         if run is not None and message.task_key in run.running:
-            self._transition(run, message.task_key, TaskState.VALIDATING, "tool succeeded", message.attempt)
+            run.phases[message.task_key] = message.phase
+            self._transition(run, message.task_key, TaskState.VALIDATING, f"{message.phase} checks",
+                             message.attempt)
+            self._refresh_workstreams(run)
+
+    def _fixing(self, message: TaskFixing) -> None:
+        run = self.runs.get(message.run_id)
+        if run is None or message.task_key not in run.running:
+            return
+        run.phases[message.task_key] = "fixing"
+        self._event(run, "FIX_ROUND", message.task_key,
+                    {"attempt": message.attempt, "round": message.round, "reason": message.reason})
+        self.progress(RunProgress(run.run_id, message.task_key, "FIXING", message.at, run.book.done_count(),
+                                  len(run.book.states), f"round {message.round}: {message.reason}"))
+        run.book.dirty_workstreams.add(run.specs[message.task_key].workstream_id)
+        self._refresh_workstreams(run)
 
     def _awaiting(self, message: TaskAwaitingApproval) -> None:
         run = self.runs.get(message.run_id)
@@ -363,6 +419,17 @@ class SchedulerActor(SupervisedActor):
         if run is None or running is None or running.attempt != message.attempt:
             return
         key = message.task_key
+        ws_id = run.specs[key].workstream_id
+        if ws_id in run.ws_paths and key not in run.capturing:
+            # What the attempt changed is recorded (and committed, if it succeeded) before
+            # anything else happens, so the next task of the workstream starts clean.
+            run.capturing[key] = message
+            self.directory.tell(WORKSPACE, CaptureChanges(run.run_id, ws_id, key, message.attempt,
+                                                          keep=message.status == TaskState.COMPLETED.value))
+            return
+        run.capturing.pop(key, None)
+        run.phases.pop(key, None)
+        self._free_workstream(run, ws_id, key)
         self._release(run, key)
         run.awaiting.pop(key, None)
         outcome = TaskState(message.status)
@@ -476,13 +543,16 @@ class SchedulerActor(SupervisedActor):
         self._dispatch()
 
     def _check_finished(self, run: _Run) -> None:
-        if run.running or run.run_id not in self.runs:
+        if run.running or run.run_id not in self.runs or run.merging or run.preparing:
             return
         if run.quarantine_reason:
             outcome, reason = RunState.QUARANTINED, run.quarantine_reason
         elif run.book.is_finished():
             outcome = run.book.run_outcome()
             reason = ", ".join(f"{n} {state.lower()}" for state, n in sorted(run.book.counts().items()))
+            if run.failed_ws:
+                outcome = RunState.PARTIAL
+                reason += "; " + "; ".join(f"{ws}: {why}" for ws, why in sorted(run.failed_ws.items()))
         else:
             return
         at = utc_now_iso()
@@ -686,12 +756,135 @@ class SchedulerActor(SupervisedActor):
             )
 
     def _refresh_workstreams(self, run: _Run) -> None:
-        """Move each workstream whose tasks changed to the state they imply, by legal steps."""
+        """Move each workstream whose tasks changed to the state they imply, by legal steps.
+
+        A workstream running acceptance checks shows their phase (static_check,
+        runtime_check, fixing). An isolated workstream whose tasks all completed is merged
+        first and becomes done (or failed, on a conflict) when the Workspace reports back.
+        """
         for ws_id in run.book.take_dirty_workstreams():
             target = run.book.workstream_target(ws_id)
-            for step in workstream_path(run.ws_states[ws_id], target):
-                self._ledger(TransitionWorkstream(run.run_id, ws_id, step.value, utc_now_iso()))
-                run.ws_states[ws_id] = step
+            if target is WorkstreamState.EDITING:
+                target = self._phase_state(run, ws_id)
+            if target is WorkstreamState.DONE and ws_id in run.isolated and ws_id not in run.finished_ws:
+                self._finish_workstream(run, ws_id)
+                target = WorkstreamState.EDITING
+            self._move_workstream(run, ws_id, target)
+
+    def _move_workstream(self, run: _Run, ws_id: str, target: WorkstreamState) -> None:
+        for step in workstream_path(run.ws_states[ws_id], target):
+            self._ledger(TransitionWorkstream(run.run_id, ws_id, step.value, utc_now_iso()))
+            run.ws_states[ws_id] = step
+
+    def _phase_state(self, run: _Run, ws_id: str) -> WorkstreamState:
+        phases = {phase for key, phase in run.phases.items() if run.specs[key].workstream_id == ws_id}
+        if "fixing" in phases:
+            return WorkstreamState.FIXING
+        if "static" in phases:
+            return WorkstreamState.STATIC_CHECK
+        if "runtime" in phases:
+            return WorkstreamState.RUNTIME_CHECK
+        return WorkstreamState.EDITING
+
+    # -- worktrees ----------------------------------------------------------------------------------
+    def _prepare(self, run: _Run, ws_id: str) -> None:
+        if ws_id not in run.preparing:
+            run.preparing.add(ws_id)
+            self.directory.tell(WORKSPACE, PrepareWorkstream(run.run_id, ws_id, run.isolated[ws_id].repo or ""))
+
+    def _prepared(self, message: WorkstreamPrepared) -> None:
+        run = self.runs.get(message.run_id)
+        if run is None:
+            return
+        run.preparing.discard(message.ws_id)
+        parked = run.parked.pop(message.ws_id, [])
+        if message.error:
+            for key, _ in parked:
+                self._fail(run, key, TaskState.FAILED, ErrorClass.BAD_INPUT,
+                           f"worktree for {message.ws_id}: {message.error}", 0)
+        else:
+            run.ws_paths[message.ws_id] = message.path
+            for key, _ in parked:
+                self._route(run, key)
+        self._after_change(run)
+
+    def _enqueue(self, run: _Run, key: str, adapter: str) -> None:
+        """Queue a routed task; an isolated workstream runs one task at a time in its worktree."""
+        ws_id = run.specs[key].workstream_id
+        if ws_id in run.isolated:
+            if run.ws_busy.get(ws_id, key) != key:
+                run.parked.setdefault(ws_id, []).append((key, adapter))
+                return
+            run.ws_busy[ws_id] = key
+        run.book.enqueue(key, adapter)
+
+    def _free_workstream(self, run: _Run, ws_id: str, key: str) -> None:
+        if run.ws_busy.get(ws_id) != key:
+            return
+        del run.ws_busy[ws_id]
+        waiting = run.parked.get(ws_id, [])
+        while waiting:
+            next_key, adapter = waiting.pop(0)
+            if run.book.states[next_key] is TaskState.QUEUED:
+                self._enqueue(run, next_key, adapter)
+                return
+
+    def _in_workspace(self, run: _Run, spec: TaskSpec) -> TaskSpec:
+        """The task with its cwd moved into its workstream's worktree."""
+        path = run.ws_paths.get(spec.workstream_id)
+        repo = run.isolated[spec.workstream_id].repo if path else None
+        if not path or not repo:
+            return spec
+        cwd = os.path.realpath(spec.cwd or repo)
+        inside = os.path.commonpath([cwd, os.path.realpath(repo)]) == os.path.realpath(repo)
+        moved = os.path.join(path, os.path.relpath(cwd, os.path.realpath(repo))) if inside else path
+        return replace(spec, cwd=os.path.normpath(moved))
+
+    def _captured(self, message: ChangesCaptured) -> None:
+        run = self.runs.get(message.run_id)
+        finished = run.capturing.get(message.task_key) if run else None
+        if run is None or finished is None or finished.attempt != message.attempt:
+            return
+        if message.error:
+            log.error("capture_failed", run_id=run.run_id, task=message.task_key, error=message.error)
+            self._event(run, "PATCH_CAPTURE_FAILED", message.task_key, {"error": message.error})
+        self._finished(finished)
+
+    def _finish_workstream(self, run: _Run, ws_id: str) -> None:
+        if ws_id in run.merging:
+            return
+        if ws_id not in run.ws_paths:
+            self._prepare(run, ws_id)  # a resumed run: find the worktree again, then merge
+            return
+        workstream = run.isolated[ws_id]
+        run.merging.add(ws_id)
+        self.directory.tell(WORKSPACE, FinishWorkstream(run.run_id, ws_id, workstream.target_branch, workstream.merge))
+
+    def _ws_finished(self, message: WorkstreamFinished) -> None:
+        run = self.runs.get(message.run_id)
+        if run is None:
+            return
+        ws_id = message.ws_id
+        run.merging.discard(ws_id)
+        run.finished_ws.add(ws_id)
+        payload = {"branch": message.branch, "target": message.target_branch, "commit": message.merge_commit,
+                   "conflicts": list(message.conflicts), "error": message.error}
+        if message.merged:
+            self._event(run, "WORKSTREAM_MERGED", None, payload | {"workstream": ws_id})
+            self._move_workstream(run, ws_id, WorkstreamState.DONE)
+        elif message.conflicts or message.error:
+            why = (f"merge into {message.target_branch} conflicts in {', '.join(message.conflicts)}; "
+                   f"branch {message.branch} left for review") if message.conflicts else message.error
+            run.failed_ws[ws_id] = why
+            self._event(run, "MERGE_CONFLICT" if message.conflicts else "MERGE_FAILED", None,
+                        payload | {"workstream": ws_id})
+            self.progress(RunProgress(run.run_id, ws_id, "MERGE_CONFLICT", utc_now_iso(), run.book.done_count(),
+                                      len(run.book.states), why))
+            self._move_workstream(run, ws_id, WorkstreamState.FAILED)
+        else:
+            self._event(run, "BRANCH_LEFT", None, payload | {"workstream": ws_id})
+            self._move_workstream(run, ws_id, WorkstreamState.DONE)
+        self._after_change(run)
 
     def _record_error(self, run: _Run, key: str, error_class: str, message: str, gate_output: str) -> str:
         spec = run.specs[key]

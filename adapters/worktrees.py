@@ -467,6 +467,22 @@ def remove_worktree(worktree: Worktree, *, delete_branch: bool) -> None:
 # Changes and commits
 
 
+def discard_uncommitted(worktree: Worktree) -> bool:
+    """Throw away what is not committed in the worktree (an interrupted attempt's half-done
+    edits), so the next attempt starts from the last recorded commit. True if anything went."""
+    dirty = bool(_git(worktree.path, "status", "--porcelain", "--untracked-files=all").stdout.strip())
+    if dirty:
+        _git(worktree.path, "reset", "--hard", "--quiet", "HEAD")
+        _git(worktree.path, "clean", "-fdq")
+    return dirty
+
+
+def current_branch(repo: Path) -> str | None:
+    """The branch checked out in ``repo``'s main worktree, or None when HEAD is detached."""
+    result = _git(repo, "symbolic-ref", "--quiet", "--short", "HEAD", ok=(0, 1))
+    return result.stdout.decode().strip() or None
+
+
 def _stage_all(worktree: Worktree) -> None:
     _git(worktree.path, "add", "--all")
 

@@ -106,6 +106,11 @@ def _open_store(args: argparse.Namespace) -> tuple[Store, Path]:
     url = resolve_db_url(state_dir)
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
+        ignore = state_dir / ".gitignore"
+        if not ignore.exists():
+            # The state directory may sit inside a repository that tasks edit (and holds the
+            # worktrees): git must never see it as work.
+            ignore.write_text("*\n")
         init_db(url)
         engine = make_engine(url)
         store = Store(engine, state_dir / "transitions.jsonl")

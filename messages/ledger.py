@@ -117,6 +117,23 @@ class RoutingDecided(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class PatchRecorded(Message):
+    """The files an attempt changed in its worktree (``files_json``: a list of
+    ``{"status", "path", ...}``) and its patch, kept at ``patch_path``."""
+
+    run_id: str
+    ws_id: str
+    task_key: str
+    attempt: int
+    base_commit: str
+    head_commit: str
+    files_json: str
+    patch_sha256: str
+    patch_path: str
+    at: str
+
+
+@dataclass(frozen=True, slots=True)
 class CreateRun(Message):
     """Asked (not told): create a run in one transaction; the reply is its id.
 
@@ -141,4 +158,5 @@ LedgerOp = Union[
     ErrorObserved,
     EventObserved,
     RoutingDecided,
+    PatchRecorded,
 ]

@@ -183,6 +183,28 @@ class RoutingDecision(Base):
     decided_at: Mapped[str]
 
 
+class PatchRecord(Base):
+    """What one task attempt changed in its workstream's worktree (see the patch ledger)."""
+
+    __tablename__ = "patch_history"
+    __table_args__ = (
+        Index(None, "run_id", "task_key"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"))
+    ws_id: Mapped[str]
+    task_key: Mapped[str]
+    attempt: Mapped[int]
+    base_commit: Mapped[str]
+    head_commit: Mapped[str | None]
+    files_json: Mapped[str]
+    patch_sha256: Mapped[str]
+    patch_path: Mapped[str | None]
+    recorded_at: Mapped[str]
+
+
 class SchemaMeta(Base):
     """Facts about the schema itself, e.g. ``('schema_version', '1')``."""
 

@@ -19,6 +19,7 @@ from persistence.models import (
     Base,
     ErrorRecord,
     Event,
+    PatchRecord,
     RoutingDecision,
     Run,
     SchemaMeta,
@@ -102,6 +103,9 @@ class StateReader:
         if types is not None:
             query = query.where(Event.event_type.in_(list(types)))
         return self._rows(query.order_by(Event.id))
+
+    def get_patches(self, run_id: str) -> list[dict[str, Any]]:
+        return self._rows(select(PatchRecord).where(PatchRecord.run_id == run_id).order_by(PatchRecord.id))
 
     def get_routing_decisions(self, run_id: str) -> list[dict[str, Any]]:
         """Routing decisions in the order they were recorded; ``candidates`` is a list."""

@@ -30,6 +30,7 @@ from messages.ledger import (
     ErrorObserved,
     EventObserved,
     LedgerOp,
+    PatchRecorded,
     RoutingDecided,
     TransitionRun,
     TransitionTask,
@@ -85,6 +86,7 @@ class Store:
             ErrorObserved: self._error_observed,
             EventObserved: self._event_observed,
             RoutingDecided: self._routing_decided,
+            PatchRecorded: self._patch_recorded,
         }
 
     # -- runs -------------------------------------------------------------------------------
@@ -465,6 +467,17 @@ class Store:
             return _unknown(op, f"unknown run {op.run_id!r}")
         batch.routing(op)
         return None
+
+
+    def _patch_recorded(self, op: PatchRecorded, batch: WriteBatch) -> Rejected | None:
+        if self._run(op.run_id) is None:
+            return _unknown(op, f"unknown run {op.run_id!r}")
+        batch.patch(op)
+        return None
+
+    def get_patches(self, run_id: str) -> list[dict[str, Any]]:
+        """Patch history rows of the run in the order they were recorded; ``files`` is a list."""
+        return self._reader.get_patches(run_id)
 
 
 def _unknown(op: LedgerOp, reason: str) -> Rejected:

@@ -15,10 +15,11 @@ from typing import Any
 from sqlalchemy import Connection, Executable, bindparam, case, func, insert, update
 
 from domain.states import TERMINAL_TASK_STATES, TaskState
-from messages.ledger import AttemptFinished, AttemptStarted, ErrorObserved, RoutingDecided
+from messages.ledger import AttemptFinished, AttemptStarted, ErrorObserved, PatchRecorded, RoutingDecided
 from persistence.models import (
     ErrorRecord,
     Event,
+    PatchRecord,
     RoutingDecision,
     Run,
     StepAttempt,
@@ -114,6 +115,7 @@ _ERROR_REPEAT = (
 )
 _EVENT = insert(Event.__table__)
 _ROUTING = insert(RoutingDecision.__table__)
+_PATCH = insert(PatchRecord.__table__)
 
 # Execution order. A row must exist before its update: attempts start before they finish,
 # an error is inserted before it repeats. Everything else touches disjoint columns, and rows
@@ -130,6 +132,7 @@ _ORDER: tuple[Executable, ...] = (
     _ERROR_REPEAT,
     _EVENT,
     _ROUTING,
+    _PATCH,
 )
 
 
@@ -295,6 +298,22 @@ class WriteBatch:
                 "task_key": task_key,
                 "event_type": event_type,
                 "payload_json": payload_json,
+            }
+        )
+
+    def patch(self, op: PatchRecorded) -> None:
+        self._rows[_PATCH].append(
+            {
+                "run_id": op.run_id,
+                "ws_id": op.ws_id,
+                "task_key": op.task_key,
+                "attempt": op.attempt,
+                "base_commit": op.base_commit,
+                "head_commit": op.head_commit or None,
+                "files_json": op.files_json,
+                "patch_sha256": op.patch_sha256,
+                "patch_path": op.patch_path or None,
+                "recorded_at": op.at,
             }
         )
 

@@ -92,7 +92,7 @@ def test_db_init_is_idempotent_and_says_what_it_did(tmp_path, orchestrate):
     second = orchestrate("db", "init")
     assert second.code == 0 and "up to date" in second.out
     inspected = orchestrate("db", "inspect", "--json").json()
-    assert inspected["schema_version"] == "1" and inspected["runs"] == {}
+    assert inspected["schema_version"] == "2" and inspected["runs"] == {}
 
 
 def test_orchestrate_db_url_overrides_the_default_location(tmp_path, orchestrate):

@@ -35,7 +35,7 @@ def runtime(tmp_path):
 def test_health_reports_every_actor_with_its_heartbeat_age(runtime):
     with ControlClient(runtime.options.control_socket) as control:
         health = wait_until(lambda: (h := control.request("health"))["healthy"] and h, what="a healthy report")
-    assert set(health["actors"]) == {"ledger", "router", "scheduler", "executor:shell", "executor:python",
+    assert set(health["actors"]) == {"ledger", "router", "workspace", "scheduler", "executor:shell", "executor:python",
                                      "executor:human"}
     for actor in health["actors"].values():
         assert actor["status"] == "ok" and 0 <= actor["heartbeat_age_s"] < 1 and actor["restarts"] == 0

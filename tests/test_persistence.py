@@ -24,7 +24,7 @@ from messages.ledger import (
 )
 from persistence.db import make_engine
 from persistence.errors import DuplicateAttempt, DuplicateRun, UnknownEntity
-from persistence.migrate import init_db
+from persistence.migrate import SCHEMA_VERSION, init_db
 from persistence.models import Event, Run, Task, Workstream
 from persistence.store import Store
 
@@ -350,7 +350,7 @@ def test_list_runs_and_inspect_summary(store: Store) -> None:
     assert summary["runs"] == {"pending": 2}
     assert summary["workstreams"] == {"pending": 4}
     assert summary["tasks"] == {"PENDING": 5, "QUEUED": 1}
-    assert (summary["schema_version"], summary["events"]) == ("1", 5)
+    assert (summary["schema_version"], summary["events"]) == (SCHEMA_VERSION, 5)
     assert summary["db_url"].endswith("orchestration.db")
 
 

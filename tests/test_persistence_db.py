@@ -11,9 +11,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from persistence.clock import parse_iso, utc_now_iso
-from persistence.db import PATH_ENV, URL_ENV, make_engine, resolve_db_url
+from persistence.db import PATH_ENV, URL_ENV, make_engine, resolve_db_url, sqlite_url
 from persistence.errors import DatabaseUnavailable
-from persistence.migrate import current_revision, init_db
+from persistence.migrate import HEAD_REVISION, SCHEMA_VERSION, current_revision, init_db
 from persistence.models import Base
 
 TABLES = {
@@ -75,15 +75,15 @@ def test_unreachable_database_is_one_clear_line_with_password_masked(tmp_path: P
 def test_init_db_creates_schema_and_version(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/state.db"
     report = init_db(url)
-    assert (report.schema_version, report.applied, report.created) == ("1", ["0001"], True)
+    assert (report.schema_version, report.applied, report.created) == (SCHEMA_VERSION, ["0001", "0002"], True)
     engine = make_engine(url)
     assert TABLES <= set(inspect(engine).get_table_names())
     with engine.connect() as connection:
         version = connection.execute(
             text("SELECT value FROM schema_meta WHERE key = 'schema_version'")
         ).scalar()
-    assert version == "1"
-    assert current_revision(engine) == "0001"
+    assert version == SCHEMA_VERSION
+    assert current_revision(engine) == HEAD_REVISION
     engine.dispose()
 
 
@@ -91,7 +91,7 @@ def test_init_db_is_idempotent(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/state.db"
     init_db(url)
     again = init_db(url)
-    assert (again.applied, again.created, again.schema_version) == ([], False, "1")
+    assert (again.applied, again.created, again.schema_version) == ([], False, SCHEMA_VERSION)
 
 
 def test_migrations_build_exactly_the_models(tmp_path: Path) -> None:
@@ -117,3 +117,24 @@ def test_head_revision_constant_matches_the_newest_migration():
     from persistence.migrate import HEAD_REVISION, _alembic_config
 
     assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == HEAD_REVISION
+
+
+def test_a_version_1_database_is_upgraded_in_place_keeping_its_runs(tmp_path: Path) -> None:
+    from alembic import command
+
+    from persistence.migrate import _alembic_config
+
+    url = sqlite_url(tmp_path / "old.db")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        config = _alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.exec_driver_sql(
+            "insert into runs (run_id, status, created_at, updated_at) values ('run-old', 'completed', 'x', 'x')"
+        )
+    report = init_db(url)
+    assert report.applied == ["0002"] and not report.created
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("select run_id from runs").scalar() == "run-old"
+        assert connection.exec_driver_sql("select count(*) from patch_history").scalar() == 0

@@ -1,0 +1,71 @@
+"""Messages to and from the Workspace actor, which owns the git worktrees of a runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from messages.base import Message
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareWorkstream(Message):
+    """Create (or find again, on resume) the workstream's worktree and branch."""
+
+    run_id: str
+    ws_id: str
+    repo: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkstreamPrepared(Message):
+    run_id: str
+    ws_id: str
+    path: str = ""
+    branch: str = ""
+    base_commit: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureChanges(Message):
+    """After an attempt: record what it changed in the patch ledger, then commit it (or, for
+    an attempt that failed, discard it), so the next task starts clean."""
+
+    run_id: str
+    ws_id: str
+    task_key: str
+    attempt: int
+    keep: bool = True  # commit (a successful attempt) or discard after recording (a failed one)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesCaptured(Message):
+    run_id: str
+    task_key: str
+    attempt: int
+    files: int = 0
+    head: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FinishWorkstream(Message):
+    """The workstream is done: merge its branch into ``target_branch`` when conflict-free and
+    ``merge`` is "merge"; otherwise leave the branch for review."""
+
+    run_id: str
+    ws_id: str
+    target_branch: str | None
+    merge: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkstreamFinished(Message):
+    run_id: str
+    ws_id: str
+    merged: bool
+    branch: str
+    target_branch: str = ""
+    merge_commit: str = ""
+    conflicts: tuple[str, ...] = ()
+    error: str = ""

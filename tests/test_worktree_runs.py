@@ -1,0 +1,99 @@
+"""Workstreams isolated in git worktrees: each on its own branch, every task's changes in the
+patch ledger, merged when conflict-free, left for review when not."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tests.conftest import ledger
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run([*GIT, *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+def make_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "shared.txt").write_text("line one\nline two\n")
+    (repo / "README").write_text("sample\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    return repo
+
+
+def plan(tmp_path: Path, workstreams: list[dict]) -> Path:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"workstreams": workstreams}))
+    return path
+
+
+def edit(ws: str, command: str, **extra) -> dict:
+    return {"id": ws, "repo": "repo", "tasks": [{"id": "edit", "tool": "shell", "command": command, **extra}]}
+
+
+def test_two_workstreams_editing_different_files_both_merge_cleanly(tmp_path, orchestrate):
+    repo = make_repo(tmp_path)
+    path = plan(tmp_path, [
+        edit("ws-a", "echo alpha > a.txt && pwd > where-a.txt"),
+        {**edit("ws-b", "echo beta > b.txt"),
+         "tasks": [{"id": "edit", "tool": "shell", "command": "echo beta > b.txt"},
+                   {"id": "more", "tool": "shell", "command": "echo more >> b.txt", "depends_on": ["edit"]}]},
+    ])
+    result = orchestrate("run", str(path))
+    assert result.code == 0, result.out + result.err
+    assert (repo / "a.txt").read_text() == "alpha\n" and (repo / "b.txt").read_text() == "beta\nmore\n"
+    assert "worktrees" in (repo / "where-a.txt").read_text(), "the task ran inside its worktree"
+    log = git(repo, "log", "--oneline", "main")
+    assert "merge ws-a" in log and "merge ws-b" in log
+    assert "orchestrate/" not in git(repo, "branch", "--list"), "merged branches are deleted"
+    db = ledger(tmp_path)
+    patches = db.execute("select task_key, files_json, patch_path from patch_history order by id").fetchall()
+    assert {p["task_key"] for p in patches} == {"ws-a/edit", "ws-b/edit", "ws-b/more"}
+    more = next(p for p in patches if p["task_key"] == "ws-b/more")
+    assert [f["path"] for f in json.loads(more["files_json"])] == ["b.txt"]
+    assert "+more" in Path(more["patch_path"]).read_text()
+    ledger_lines = (tmp_path / ".state" / "patch_ledger.jsonl").read_text().splitlines()
+    assert len(ledger_lines) == 3
+    states = dict(db.execute("select ws_id, status from workstreams").fetchall())
+    assert states == {"ws-a": "done", "ws-b": "done"}
+
+
+def test_two_workstreams_editing_the_same_lines_the_second_reports_the_conflict(tmp_path, orchestrate):
+    repo = make_repo(tmp_path)
+    path = plan(tmp_path, [
+        edit("ws-a", "printf 'line one\\nchanged by a\\n' > shared.txt"),
+        {**edit("ws-b", "printf 'line one\\nchanged by b\\n' > shared.txt"), "depends_on": ["ws-a"]},
+    ])
+    result = orchestrate("run", str(path))
+    assert result.code == 1, result.out + result.err
+    assert "shared.txt" in result.out
+    assert (repo / "shared.txt").read_text() == "line one\nchanged by a\n"
+    branches = git(repo, "branch", "--list", "orchestrate/*")
+    assert "ws-b" in branches and "ws-a" not in branches
+    run_id = ledger(tmp_path).execute("select run_id from runs").fetchone()[0]
+    kept = git(repo, "show", f"orchestrate/{run_id}/ws-b:shared.txt")
+    assert kept == "line one\nchanged by b\n", "the conflicting branch is left intact"
+    db = ledger(tmp_path)
+    conflict = json.loads(db.execute("select payload_json from events where event_type = 'MERGE_CONFLICT'").fetchone()[0])
+    assert conflict["conflicts"] == ["shared.txt"] and conflict["workstream"] == "ws-b"
+    assert db.execute("select status from runs").fetchone()[0] == "partial"
+    assert dict(db.execute("select ws_id, status from workstreams").fetchall()) == {"ws-a": "done", "ws-b": "failed"}
+
+
+def test_a_failed_attempts_edits_are_recorded_then_discarded_and_the_retry_starts_clean(tmp_path, orchestrate):
+    repo = make_repo(tmp_path)
+    counter = tmp_path / "count"
+    command = (f"n=$(($(cat {counter} 2>/dev/null || echo 0)+1)); echo $n > {counter}; "
+               "echo \"attempt $n\" >> notes.txt; test $n -ge 2")
+    path = plan(tmp_path, [edit("ws-a", command, max_attempts=2, retry={"backoff_s": 0.05})])
+    result = orchestrate("run", str(path))
+    assert result.code == 0, result.out + result.err
+    assert (repo / "notes.txt").read_text() == "attempt 2\n"
+    attempts = [r[0] for r in ledger(tmp_path).execute("select attempt from patch_history order by id")]
+    assert attempts == [1, 2]
