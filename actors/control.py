@@ -118,19 +118,13 @@ class RuntimeControl:
 
     def status(self, args: dict, peer: Peer) -> object:
         run_id = args.get("run")
-        try:
-            snapshot = self._ask(SCHEDULER, StatusQuery(run_id))
-        except ControlError as error:
-            if error.code != "refused" or run_id is None:
-                raise
+        snapshot = self.runtime.status.snapshot(run_id)
+        if run_id and not snapshot["runs"]:
             return self._recorded_status(run_id)
-        if run_id:
-            snapshot["runs"][0]["active"] = True
-            snapshot["runs"][0]["status"] = "running"
         return snapshot
 
     def runs(self, args: dict, peer: Peer) -> object:
-        active = {run["run_id"] for run in self._ask(SCHEDULER, StatusQuery())["runs"]}
+        active = {run["run_id"] for run in self.runtime.status.snapshot()["runs"]}
         return [run | {"active": run["run_id"] in active} for run in self.runtime.store.list_runs()]
 
     def submit(self, args: dict, peer: Peer) -> object:
@@ -152,10 +146,14 @@ class RuntimeControl:
         return {"run_id": run_id, "tasks": len(plan.tasks)}
 
     def pause(self, args: dict, peer: Peer) -> object:
-        return self._ask(SCHEDULER, PauseRuns(args.get("run")))
+        result = self._ask(SCHEDULER, PauseRuns(args.get("run")))
+        self.runtime.status.set_paused(args.get("run"), True)
+        return result
 
     def resume(self, args: dict, peer: Peer) -> object:
-        return self._ask(SCHEDULER, ResumeRuns(args.get("run")))
+        result = self._ask(SCHEDULER, ResumeRuns(args.get("run")))
+        self.runtime.status.set_paused(args.get("run"), False)
+        return result
 
     def cancel(self, args: dict, peer: Peer) -> object:
         return self._ask(SCHEDULER, CancelWork(args["run"], args.get("task")))
@@ -175,7 +173,9 @@ class RuntimeControl:
         return self._decide(args, peer, approved=False)
 
     def drain(self, args: dict, peer: Peer) -> object:
-        return self._ask(SCHEDULER, Drain())
+        result = self._ask(SCHEDULER, Drain())
+        self.runtime.status.set_paused(None, True)
+        return result
 
     def shutdown(self, args: dict, peer: Peer) -> object:
         timeout = float(args.get("timeout_s", 30.0))

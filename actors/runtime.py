@@ -29,6 +29,7 @@ from actors.recovery import recorded_processes, start_message
 from actors.router import RouterActor
 from actors.scheduler import SchedulerActor, SchedulerConfig
 from actors.supervisor import StartChildren, SupervisorActor
+from actors.status_view import StatusView
 from actors.timers import TimerService
 from actors.workspace import WorkspaceActor
 from adapters.leftovers import kill_leftovers
@@ -144,7 +145,8 @@ class Runtime:
             if info.type != "human" and info.type not in AGENT_TYPES
         }
         self._events: queue.Queue[RunProgress | None] = queue.Queue()
-        self._listeners: list[Callable[[RunProgress], None]] = []
+        self.status = StatusView()
+        self._listeners: list[Callable[[RunProgress], None]] = [self.status.apply]
         self._listeners_lock = threading.Lock()
         self._finished: dict[str, str] = {}
         self._finished_cond = threading.Condition()
@@ -300,7 +302,9 @@ class Runtime:
             log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
         with self._finished_cond:
             self._finished.pop(run_id, None)
-        self.directory.tell(SCHEDULER, start_message(self.store, run_id, self.state_dir, reset))
+        start = start_message(self.store, run_id, self.state_dir, reset)
+        self.status.start(run_id, dict(start.task_states))
+        self.directory.tell(SCHEDULER, start)
 
     def wait(self, run_id: str) -> RunResult:
         """Block until ``run_id`` finishes; raises :class:`RuntimeAborted` if the runtime stops

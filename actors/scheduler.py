@@ -750,10 +750,7 @@ class SchedulerActor(SupervisedActor):
             return
         at = utc_now_iso()
         self._ledger(TransitionTask(run.run_id, key, state.value, at, attempt, reason, adapter))
-        if state is not TaskState.QUEUED and state is not TaskState.PENDING and state is not TaskState.VALIDATING:
-            self.progress(
-                RunProgress(run.run_id, key, state.value, at, run.book.done_count(), len(run.book.states), reason)
-            )
+        self.progress(RunProgress(run.run_id, key, state.value, at, run.book.done_count(), len(run.book.states), reason))
 
     def _refresh_workstreams(self, run: _Run) -> None:
         """Move each workstream whose tasks changed to the state they imply, by legal steps.

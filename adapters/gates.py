@@ -136,17 +136,18 @@ def ordered_checks(checks: Iterable[AcceptanceCheck]) -> list[tuple[int, Accepta
     ]
 
 
-def _what_happened(check: AcceptanceCheck, result: ProcessResult) -> str:
+def failure_reason(check: AcceptanceCheck, result: ProcessResult) -> str:
+    """What went wrong, in a few words: ``exit code 1: some tests failed``, a timeout, ..."""
     if result.outcome == "spawn_error":
-        return f"it could not start: {result.error}"
+        return f"could not start: {result.error}"
     if result.outcome == "timeout":
-        return f"it timed out after {result.duration_s:.1f}s and was killed"
+        return f"timed out after {result.duration_s:.1f}s (process tree killed)"
     if result.outcome == "resource_limit":
-        return f"it exceeded its memory limit (peak {result.max_rss_bytes // (1024 * 1024)} MiB) and was killed"
+        return f"memory limit exceeded (peak RSS {result.max_rss_bytes // (1024 * 1024)} MiB; process tree killed)"
     if result.outcome == "cancelled":
-        return "it was cancelled"
+        return "cancelled"
     if result.signal is not None:
-        return f"it was killed by signal {result.signal}"
+        return f"killed by signal {result.signal}"
     meaning = _MEANINGS.get(check.kind, {}).get(result.exit_code or 0)
     return f"exit code {result.exit_code}" + (f": {meaning}" if meaning else "")
 
@@ -157,6 +158,6 @@ def describe_check_failure(check: AcceptanceCheck, result: ProcessResult, output
 
     The first line stands alone as a summary; callers put the whole text into an agent's fix
     prompt and into the attempt's gate output."""
-    summary = f"Acceptance check `{check.label}` ({check.kind}, {check.phase} phase) failed: {_what_happened(check, result)}."
+    summary = f"Acceptance check `{check.label}` ({check.kind}, {check.phase} phase) failed: {failure_reason(check, result)}."
     output = output_tail.strip()
     return f"{summary}\nIts output ended with:\n{output}" if output else f"{summary}\nIt printed nothing."

@@ -22,7 +22,7 @@ from actors.runtime import (
     RuntimeOptions,
 )
 from control.server import ControlSocketError
-from domain.routing import RouterConfig
+from domain.routing import RouterConfig, RoutingTable
 from cli.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli import missions
 from cli.logging import configure_logging
@@ -282,6 +282,21 @@ def _run_mission(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     missions.print_receipt(document, path)
     return code
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    """Where each task would go, by the router configuration, without running anything."""
+    router = _router(args)
+    plan = _load(args.plan, router)
+    table_ = RoutingTable(router)
+    decisions = [table_.route(task) for task in plan.tasks]
+    if args.json:
+        print(json.dumps([{"task": d.task_key, "candidates": list(d.candidates), "chosen": d.chosen,
+                           "reason": d.reason} for d in decisions], indent=2))
+        return EXIT_OK
+    print(table(("TASK", "ADAPTER", "CANDIDATES", "WHY"),
+                [(d.task_key, d.chosen or "-", ", ".join(d.candidates), d.reason) for d in decisions]))
+    return EXIT_OK
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

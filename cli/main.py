@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--router-config", metavar="FILE", help="default: ./router_config.json if present")
     validate.set_defaults(handler=commands.cmd_validate)
 
+    route = sub.add_parser("route", help="show which adapter each task of a plan would go to; run nothing")
+    route.add_argument("plan")
+    route.add_argument("--router-config", metavar="FILE", help="default: ./router_config.json if present")
+    route.add_argument("--json", action="store_true")
+    route.set_defaults(handler=commands.cmd_route)
+
     request = sub.add_parser("request", help="create the run for a plan or workstream (idempotent) without executing it")
     request.add_argument("--workstream", "-w", required=True, action="append", metavar="FILE|ID",
                          help="a plan file/directory, or a workstream id found in --plan (repeatable)")

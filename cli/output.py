@@ -23,6 +23,10 @@ _STATE_STYLE = {
 }
 
 
+# Steps on the way that the foreground display does not print (the ledger has them all).
+_QUIET_STATES = frozenset({TaskState.PENDING.value, TaskState.QUEUED.value, TaskState.VALIDATING.value})
+
+
 def use_colour(stream=sys.stdout) -> bool:
     return stream.isatty() and os.environ.get("NO_COLOR") is None
 
@@ -34,7 +38,7 @@ def paint(text: str, colour: str, enabled: bool) -> str:
 def progress_line(event: RunProgress, colour: bool, run_id: str = "") -> str | None:
     if not event.run_id and event.state == "HUNG":
         return f"  {paint('!', 'red', colour)} actor {event.task_key} missed heartbeats: {event.detail}"
-    if not event.task_key:
+    if not event.task_key or event.state in _QUIET_STATES:
         return None
     symbol, tint = _STATE_STYLE.get(event.state, ("·", "dim"))
     width = len(str(event.total))

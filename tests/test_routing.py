@@ -106,3 +106,35 @@ def test_a_bad_router_config_names_the_file_path_and_reason(tmp_path, document, 
         load_router_config(write(tmp_path, document))
     text = str(raised.value)
     assert "router_config.json" in text and path in text and words in text, text
+
+
+def test_orchestrate_route_shows_where_each_task_would_go_without_running(tmp_path, orchestrate):
+    write(tmp_path, {
+        "adapters": [{"name": "sh-a", "type": "shell"}, {"name": "sh-b", "type": "shell"},
+                     {"name": "py", "type": "python"}],
+        "rules": [{"name": "spread", "match": {"tool": "shell"}, "adapters": ["sh-a", "sh-b"],
+                   "strategy": "round_robin"}]})
+    (tmp_path / "plan.json").write_text(json.dumps({"id": "w", "tasks": [
+        {"id": f"s{i}", "tool": "shell", "command": "touch ran"} for i in range(3)] + [
+        {"id": "p", "tool": "python", "callable": "m:f"}]}))
+    result = orchestrate("route", "plan.json", "--json")
+    assert result.code == 0, result.err
+    assert [(d["task"], d["chosen"]) for d in result.json()] == [
+        ("w/s0", "sh-a"), ("w/s1", "sh-b"), ("w/s2", "sh-a"), ("w/p", "py")]
+    assert "rule 'spread'" in result.json()[0]["reason"]
+    text = orchestrate("route", "plan.json")
+    assert "round_robin" in text.out and "sh-b" in text.out
+    assert not (tmp_path / "ran").exists() and not (tmp_path / ".state").exists()
+
+
+def test_round_robin_spreads_real_tasks_over_two_executor_instances(tmp_path, orchestrate):
+    write(tmp_path, {
+        "adapters": [{"name": "sh-a", "type": "shell"}, {"name": "sh-b", "type": "shell"}],
+        "rules": [{"match": {"tool": "shell"}, "adapters": ["sh-a", "sh-b"], "strategy": "round_robin"}]})
+    (tmp_path / "plan.json").write_text(json.dumps({"id": "w", "tasks": [
+        {"id": f"s{i}", "tool": "shell", "command": "true"} for i in range(6)]}))
+    result = orchestrate("run", "plan.json")
+    assert result.code == 0, result.out + result.err
+    db = __import__("sqlite3").connect(tmp_path / ".state" / "orchestration.db")
+    used = [row[0] for row in db.execute("select adapter from step_attempts order by id")]
+    assert sorted(used) == ["sh-a"] * 3 + ["sh-b"] * 3

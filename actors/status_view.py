@@ -1,0 +1,96 @@
+"""A read model of the runs a runtime is executing, fed by the Scheduler's progress events.
+
+``status`` requests are answered from here, not by asking the Scheduler, so a busy
+Scheduler (hundreds of tasks in flight) never delays them and status load never delays
+scheduling. The view trails the Scheduler by the time an event takes through the event
+thread, which is what a status display needs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from domain.states import TERMINAL_TASK_STATES, TaskState
+from messages import RunProgress
+
+_RUNNING = frozenset({TaskState.IN_PROGRESS.value, TaskState.VALIDATING.value, TaskState.AWAITING_APPROVAL.value})
+_TERMINAL = frozenset(state.value for state in TERMINAL_TASK_STATES)
+
+
+@dataclass(slots=True)
+class _RunView:
+    tasks: dict[str, str]
+    awaiting: dict[str, str] = field(default_factory=dict)
+    paused: bool = False
+    finished: str = ""
+    reason: str = ""
+
+
+class StatusView:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, _RunView] = {}
+        self.paused_all = False
+
+    def start(self, run_id: str, task_states: dict[str, str]) -> None:
+        """A run was (re)submitted with these recorded states."""
+        with self._lock:
+            self._runs[run_id] = _RunView(tasks=dict(task_states))
+
+    def apply(self, event: RunProgress) -> None:
+        with self._lock:
+            view = self._runs.get(event.run_id)
+            if view is None:
+                return
+            if event.finished_run_state:
+                view.finished, view.reason = event.finished_run_state, event.detail
+                return
+            if event.task_key not in view.tasks:
+                return
+            view.tasks[event.task_key] = event.state
+            if event.state == TaskState.AWAITING_APPROVAL.value:
+                view.awaiting[event.task_key] = event.detail
+            else:
+                view.awaiting.pop(event.task_key, None)
+
+    def set_paused(self, run_id: str | None, paused: bool) -> None:
+        with self._lock:
+            if run_id is None:
+                self.paused_all = paused
+                for view in self._runs.values():
+                    view.paused = paused
+            elif run_id in self._runs:
+                self._runs[run_id].paused = paused
+
+    def active(self, run_id: str) -> bool:
+        with self._lock:
+            view = self._runs.get(run_id)
+            return view is not None and not view.finished
+
+    def snapshot(self, run_id: str | None = None) -> dict[str, Any]:
+        """Active runs (or the one asked for, finished or not) in the shape of ``status``."""
+        with self._lock:
+            if run_id is not None:
+                chosen = [(run_id, self._runs[run_id])] if run_id in self._runs else []
+            else:
+                chosen = [(rid, view) for rid, view in self._runs.items() if not view.finished]
+            return {"paused_all": self.paused_all, "runs": [self._describe(rid, view) for rid, view in chosen]}
+
+    def _describe(self, run_id: str, view: _RunView) -> dict[str, Any]:
+        counts = Counter(view.tasks.values())
+        return {
+            "run_id": run_id,
+            "active": not view.finished,
+            "status": view.finished or "running",
+            "status_reason": view.reason,
+            "paused": (view.paused or self.paused_all) and not view.finished,
+            "counts": dict(sorted(counts.items())),
+            "done": sum(n for state, n in counts.items() if state in _TERMINAL),
+            "total": len(view.tasks),
+            "running": sorted(key for key, state in view.tasks.items() if state in _RUNNING),
+            "awaiting_approval": [{"task": k, "prompt": p} for k, p in sorted(view.awaiting.items())],
+            "tasks": dict(view.tasks),
+        }
