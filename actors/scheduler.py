@@ -868,6 +868,9 @@ class SchedulerActor(SupervisedActor):
                    "conflicts": list(message.conflicts), "error": message.error}
         if message.merged:
             self._event(run, "WORKSTREAM_MERGED", None, payload | {"workstream": ws_id})
+            self.progress(RunProgress(run.run_id, ws_id, "MERGED", utc_now_iso(), run.book.done_count(),
+                                      len(run.book.states),
+                                      f"{message.branch} into {message.target_branch} ({message.merge_commit[:10]})"))
             self._move_workstream(run, ws_id, WorkstreamState.DONE)
         elif message.conflicts or message.error:
             why = (f"merge into {message.target_branch} conflicts in {', '.join(message.conflicts)}; "
@@ -880,6 +883,8 @@ class SchedulerActor(SupervisedActor):
             self._move_workstream(run, ws_id, WorkstreamState.FAILED)
         else:
             self._event(run, "BRANCH_LEFT", None, payload | {"workstream": ws_id})
+            self.progress(RunProgress(run.run_id, ws_id, "BRANCH_LEFT", utc_now_iso(), run.book.done_count(),
+                                      len(run.book.states), f"{message.branch} left for review"))
             self._move_workstream(run, ws_id, WorkstreamState.DONE)
         self._after_change(run)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from adapters.process import ProcessSpec, environment_for
-from planning.model import AcceptanceCheck, TaskSpec
+from planning.model import TaskSpec
 
 SHELL = "/bin/sh"
 _RUNTIME_BIN = os.path.dirname(sys.executable)
@@ -104,12 +104,6 @@ class PythonAdapter:
 def result_path(log_path: str) -> str:
     """Where a python task's return value is written (beside its log)."""
     return f"{log_path}.result.json"
-
-
-def acceptance_spec(task: TaskSpec, check: AcceptanceCheck, log_path: str) -> ProcessSpec:
-    """An acceptance check: a shell command in the task's cwd and environment."""
-    timeout = check.timeout_s if check.timeout_s is not None else task.timeout_s
-    return _spec(task, (SHELL, "-c", check.command), log_path, timeout)
 
 
 BUILTIN_ADAPTERS: dict[str, ToolAdapter] = {"shell": ShellAdapter(), "python": PythonAdapter()}

@@ -20,6 +20,10 @@ _STATE_STYLE = {
     TaskState.IN_PROGRESS.value: ("▶", "cyan"),
     TaskState.RETRY_WAIT.value: ("↻", "yellow"),
     TaskState.AWAITING_APPROVAL.value: ("?", "yellow"),
+    "FIXING": ("↻", "yellow"),
+    "MERGED": ("⇢", "green"),
+    "BRANCH_LEFT": ("⇢", "yellow"),
+    "MERGE_CONFLICT": ("✗", "red"),
 }
 
 
