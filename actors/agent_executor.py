@@ -52,6 +52,7 @@ from pathlib import Path
 
 import structlog
 
+from actors.attempts import attempt_started, spawn_for_attempt
 from actors.base import SupervisedActor
 from actors.directory import SCHEDULER, Directory
 from adapters.agents import (
@@ -68,11 +69,11 @@ from adapters.agents import (
 )
 from adapters.gates import check_passed, check_spec, describe_check_failure, failure_reason, ordered_checks
 from adapters.process import ProcessReactor, ProcessResult, ProcessSpec
-from adapters.tools import MARKER_ATTEMPT_ID, attempt_id, attempt_markers, task_environment
+from adapters.tools import task_environment
 from domain.errors import ErrorClass
 from domain.routing import AdapterInfo
 from domain.states import TaskState
-from messages import AttemptFinished, AttemptStarted, ExecuteTask, TaskValidating
+from messages import AttemptFinished, ExecuteTask, TaskValidating
 from messages.executor import ProcessExited
 from messages.runtime import CancelAttempt, TaskFixing
 from persistence.clock import utc_now_iso
@@ -379,42 +380,11 @@ class AgentExecutorActor(SupervisedActor):
     def _report_started(self, request: ExecuteTask, pid: int, create_time: float) -> None:
         self.directory.tell(
             SCHEDULER,
-            AttemptStarted(
-                run_id=request.run_id,
-                ws_id=request.task.workstream_id,
-                task_key=request.task.key,
-                attempt=request.attempt,
-                adapter=self.info.name,
-                started_at=utc_now_iso(),
-                pid=pid if pid > 0 else None,
-                pid_create_time=create_time if pid > 0 else None,
-                log_path=request.log_path,
-            ),
+            attempt_started(request, self.info.name, pid, create_time),
         )
 
     def _spawn(self, spec: ProcessSpec, request: ExecuteTask, phase: str, check_index: int = -1) -> tuple[int, float]:
-        me = self.actor_ref
-        # As in ExecutorActor: every process of an attempt carries the attempt's markers, so a
-        # resumed runtime can find (and kill) what a dead one left behind.
-        spec = replace(
-            spec,
-            env=spec.env + attempt_markers(request.run_id, request.task.key, request.attempt),
-            marker=(MARKER_ATTEMPT_ID, attempt_id(request.run_id, request.task.key, request.attempt)),
-        )
-
-        def on_exit(result: ProcessResult) -> None:
-            me.tell(
-                ProcessExited(
-                    run_id=request.run_id,
-                    task_key=request.task.key,
-                    attempt=request.attempt,
-                    phase=phase,
-                    result=result,
-                    check_index=check_index,
-                )
-            )
-
-        return self.reactor.spawn(spec, on_exit)
+        return spawn_for_attempt(self.reactor, self.actor_ref, spec, request, phase, check_index)
 
     # -- the agent ----------------------------------------------------------------------------
     def _run_agent(self, attempt: _Attempt) -> None:

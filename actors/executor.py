@@ -15,20 +15,18 @@ from pathlib import Path
 
 import structlog
 
+from actors.attempts import attempt_started, spawn_for_attempt
 from actors.base import SupervisedActor
 from actors.directory import SCHEDULER, Directory
 from adapters.gates import check_passed, check_spec, describe_check_failure, ordered_checks
 from adapters.process import ProcessReactor, ProcessResult, ProcessSpec
 from adapters.tools import (
-    MARKER_ATTEMPT_ID,
     ToolAdapter,
-    attempt_id,
-    attempt_markers,
     result_path,
 )
 from domain.errors import ErrorClass
 from domain.states import TaskState
-from messages import AttemptFinished, AttemptStarted, ExecuteTask, TaskValidating
+from messages import AttemptFinished, ExecuteTask, TaskValidating
 from messages.runtime import CancelAttempt
 from messages.executor import ProcessExited
 from persistence.clock import utc_now_iso
@@ -113,42 +111,11 @@ class ExecutorActor(SupervisedActor):
         self.in_flight[key].process = (pid, create_time) if pid > 0 else None
         self.directory.tell(
             SCHEDULER,
-            AttemptStarted(
-                run_id=request.run_id,
-                ws_id=request.task.workstream_id,
-                task_key=request.task.key,
-                attempt=request.attempt,
-                adapter=self.adapter_name,
-                started_at=utc_now_iso(),
-                pid=pid if pid > 0 else None,
-                pid_create_time=create_time if pid > 0 else None,
-                log_path=request.log_path,
-            ),
+            attempt_started(request, self.adapter_name, pid, create_time),
         )
 
     def _spawn(self, spec: ProcessSpec, request: ExecuteTask, phase: str, check_index: int = -1) -> tuple[int, float]:
-        me = self.actor_ref
-        # Every process of an attempt carries these, so a resumed runtime can find (and kill)
-        # what a dead one left behind, even processes that escaped its process group.
-        spec = replace(
-            spec,
-            env=spec.env + attempt_markers(request.run_id, request.task.key, request.attempt),
-            marker=(MARKER_ATTEMPT_ID, attempt_id(request.run_id, request.task.key, request.attempt)),
-        )
-
-        def on_exit(result: ProcessResult) -> None:
-            me.tell(
-                ProcessExited(
-                    run_id=request.run_id,
-                    task_key=request.task.key,
-                    attempt=request.attempt,
-                    phase=phase,
-                    result=result,
-                    check_index=check_index,
-                )
-            )
-
-        return self.reactor.spawn(spec, on_exit)
+        return spawn_for_attempt(self.reactor, self.actor_ref, spec, request, phase, check_index)
 
     def _exited(self, message: ProcessExited) -> None:
         key = (message.run_id, message.task_key, message.attempt)

@@ -42,6 +42,12 @@ from planning.schemas import SchemaMissing, load_schema
 log = structlog.get_logger("orchestrate.cli")
 
 REQUIRED_SCHEMAS = ("workstream.v1.json", "execution_request.v1.json", "run_record.v1.json")
+# Events worth a line in `runs show`: breakers, quarantine, merges, fix rounds, decisions.
+NOTABLE_EVENTS = (
+    "CIRCUIT_OPEN", "CIRCUIT_HALF_OPEN", "CIRCUIT_CLOSED", "RUN_QUARANTINED", "WORKSTREAM_MERGED",
+    "MERGE_CONFLICT", "MERGE_FAILED", "BRANCH_LEFT", "FIX_ROUND", "TASK_APPROVED", "TASK_REJECTED",
+    "RUN_PAUSED", "RUN_RESUMED", "WORKTREE_RESET",
+)
 # `run PLAN` continues the existing run of the same request only while it is unfinished;
 # a finished one (even unsuccessful) gets a fresh run. `execute --run` resumes anything.
 RESUMABLE_BY_RUN = frozenset({RunState.PENDING.value, RunState.RUNNING.value})
@@ -431,7 +437,8 @@ def _show_run(store: Store, run_id: str, as_json: bool) -> int:
     if as_json:
         document: dict[str, Any] = {
             key: value for key, value in run.items() if key != "metadata"
-        } | {"request": run["metadata"].get("request"), "workstreams": workstreams, "tasks": tasks, "errors": errors}
+        } | {"request": run["metadata"].get("request"), "workstreams": workstreams, "tasks": tasks, "errors": errors,
+             "notable_events": store.get_events(run_id, types=NOTABLE_EVENTS)}
         print(json.dumps(document, indent=2, default=str))
         return EXIT_OK
     print(f"run {run_id}: {run['status']}  (created {run['created_at']}, updated {run['updated_at']})")
@@ -452,7 +459,21 @@ def _show_run(store: Store, run_id: str, as_json: bool) -> int:
         print()
         print(table(("ERROR", "TASK", "COUNT", "SIGNATURE", "MESSAGE"),
                     [(e["error_code"], e["step_name"], e["count"], e["signature"], e["message"][:60]) for e in errors]))
+    notable = store.get_events(run_id, types=NOTABLE_EVENTS)
+    if notable:
+        print()
+        print(table(("AT", "EVENT", "TASK", "DETAIL"),
+                    [(e["timestamp"], e["event_type"], e.get("task_key") or e.get("ws_id") or "", _event_detail(e))
+                     for e in notable]))
     return EXIT_OK
+
+
+def _event_detail(event: dict[str, Any]) -> str:
+    payload = event.get("payload") or {}
+    if not isinstance(payload, dict):
+        return str(payload)[:80]
+    keys = ("adapter", "state", "reason", "who", "comment", "conflicts", "round", "branch", "target")
+    return "; ".join(f"{k}={payload[k]}" for k in keys if payload.get(k) not in (None, "", []))[:100]
 
 
 def _tasks_with_attempts(store: Store, run_id: str, plan_order: list[str]) -> list[dict[str, Any]]:
@@ -505,4 +526,8 @@ def cmd_db_inspect(args: argparse.Namespace) -> int:
         body = ", ".join(f"{name}={count}" for name, count in sorted(counts.items())) or "none"
         print(f"  {title}: {body}")
     print(f"  events: {summary['events']}")
+    circuits = summary.get("circuits", {})
+    print("  circuits: " + (", ".join(f"{a}={state}" for a, state in sorted(circuits.items())) or "no changes recorded"))
+    restarts = summary.get("actor_restarts", {})
+    print("  actor restarts: " + (", ".join(f"{a}={n}" for a, n in sorted(restarts.items())) or "none"))
     return EXIT_OK

@@ -123,7 +123,31 @@ class StateReader:
                 "workstreams": _counts(session, Workstream.status),
                 "tasks": _counts(session, Task.state),
                 "events": session.scalar(select(func.count()).select_from(Event)) or 0,
+                "circuits": self._circuits(session),
+                "actor_restarts": self._restarts(session),
             }
+
+    @staticmethod
+    def _restarts(session: Session) -> dict[str, int]:
+        """How many times each actor was restarted, over the ledger's whole history."""
+        counts: dict[str, int] = {}
+        for payload in session.scalars(select(Event.payload_json).where(Event.event_type == "ACTOR_RESTARTED")):
+            data = _decoded(payload) or {}
+            if isinstance(data, dict) and "actor" in data:
+                counts[data["actor"]] = counts.get(data["actor"], 0) + 1
+        return counts
+
+    @staticmethod
+    def _circuits(session: Session) -> dict[str, str]:
+        """Each adapter's circuit state as of its latest recorded change."""
+        states: dict[str, str] = {}
+        for payload in session.scalars(
+            select(Event.payload_json).where(Event.event_type.like("CIRCUIT_%")).order_by(Event.id)
+        ):
+            data = _decoded(payload) or {}
+            if isinstance(data, dict) and "adapter" in data:
+                states[data["adapter"]] = data.get("state", "")
+        return states
 
     def _rows(self, query: Any) -> list[dict[str, Any]]:
         with Session(self._engine) as session:

@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import psutil
@@ -65,6 +64,8 @@ def test_an_adapter_that_raises_every_third_call_is_restarted_and_all_tasks_comp
     assert len(restarts) >= 3 and restarts == sorted(restarts)
     crashed = ledger(tmp_path).execute("select count(*) from step_attempts where error_class = 'crash'").fetchone()[0]
     assert crashed == len(restarts)
+    inspected = orchestrate("db", "inspect")
+    assert f"executor:flaky={len(restarts)}" in inspected.out
 
 
 def test_exceeding_the_restart_intensity_stops_the_runtime_with_exit_3(tmp_path, orchestrate):
@@ -111,6 +112,10 @@ def test_the_circuit_opens_sends_tasks_to_the_fallback_probes_and_closes(tmp_pat
     decisions = ledger(tmp_path).execute("select chosen, reason from routing_decisions order by id").fetchall()
     assert any(d["chosen"] == "steady" and "fallback" in d["reason"] for d in decisions)
     assert any(d["chosen"] == "flaky" for d in decisions[-3:]), "after closing, tasks go back to the tool"
+    run_id = ledger(tmp_path).execute("select run_id from runs").fetchone()[0]
+    shown = orchestrate("runs", "show", run_id)
+    assert "CIRCUIT_OPEN" in shown.out and "CIRCUIT_CLOSED" in shown.out
+    assert "flaky=closed" in orchestrate("db", "inspect").out
 
 
 def test_without_a_fallback_tasks_wait_for_the_tool_and_complete_when_it_recovers(tmp_path, orchestrate):
