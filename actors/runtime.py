@@ -297,9 +297,12 @@ class Runtime:
     def submit(self, run_id: str, reset: tuple[str, ...] | None = None) -> None:
         """Start (or resume) ``run_id`` from the ledger. Leftover processes of a dead runtime
         that ran it are killed first."""
-        killed = kill_leftovers(run_id, recorded_processes(self.store, run_id))
-        if killed:
-            log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
+        if self.store.get_attempts(run_id):
+            # Only a run that has started before can have left processes behind; a fresh one
+            # skips the scan of every process on the machine.
+            killed = kill_leftovers(run_id, recorded_processes(self.store, run_id))
+            if killed:
+                log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
         with self._finished_cond:
             self._finished.pop(run_id, None)
         start = start_message(self.store, run_id, self.state_dir, reset)

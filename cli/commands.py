@@ -180,12 +180,11 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool) -> int:
             print(f"run {run_id} is already completed; nothing to do")
             return EXIT_OK
         plan = Plan.from_json(run["metadata"]["plan"])
-        tasks = store.get_tasks(run_id)
         colour = use_colour()
-        done_before = sum(1 for t in tasks if t["state"] == TaskState.COMPLETED.value)
+        done_before = store.task_counts(run_id).get(TaskState.COMPLETED.value, 0)
         print(
             paint(f"orchestrate: run {run_id}", "bold", colour)
-            + f" — {len(plan.workstreams)} workstreams, {len(tasks)} tasks, "
+            + f" — {len(plan.workstreams)} workstreams, {len(plan.tasks)} tasks, "
             f"concurrency {runtime.options.concurrency}"
             + (f", resuming ({done_before} already completed)" if done_before else ""),
             flush=True,

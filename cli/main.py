@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 import structlog
 
-from cli import client as client_commands
 from cli import commands
 from cli.errors import EXIT_RUNTIME, CliError
 
@@ -118,6 +117,22 @@ def _runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quarantine-after", type=_positive_int, default=10, metavar="N",
                         help="quarantine a run after N failures with one error signature (default 10)")
     parser.add_argument("--socket", metavar="PATH", help="control socket (default: <state dir>/orchestrate.sock)")
+
+
+class _Client:
+    """Handlers of the client commands, imported on first use: the socket client and its
+    schema cost a tenth of a second that `run` and friends should not pay."""
+
+    def __getattr__(self, name: str):
+        def handler(args: argparse.Namespace) -> int:
+            from cli import client
+
+            return getattr(client, name)(args)
+
+        return handler
+
+
+client_commands = _Client()
 
 
 def _client_commands(sub) -> None:

@@ -69,6 +69,13 @@ class StateReader:
         return self._rows(select(Workstream).where(Workstream.run_id == run_id)
                           .order_by(Workstream.ws_id))
 
+    def task_counts(self, run_id: str) -> dict[str, int]:
+        """The run's tasks counted by state."""
+        with Session(self._engine) as session:
+            return dict(session.execute(
+                select(Task.state, func.count()).where(Task.run_id == run_id).group_by(Task.state)
+            ).all())
+
     def get_tasks(self, run_id: str) -> list[dict[str, Any]]:
         """Tasks by key; ``attempts`` is the number of attempts started."""
         return self._rows(select(Task).where(Task.run_id == run_id).order_by(Task.task_key))
@@ -150,14 +157,30 @@ class StateReader:
         return states
 
     def _rows(self, query: Any) -> list[dict[str, Any]]:
-        with Session(self._engine) as session:
-            return [_as_dict(row) for row in session.scalars(query)]
+        """The rows of an entity query as plain dicts. Read as Core rows, not ORM objects: a
+        run of thousands of tasks is listed several times per command."""
+        entity = query.column_descriptions[0]["entity"]
+        columns = query.with_only_columns(*entity.__table__.columns)
+        with self._engine.connect() as connection:
+            return [_plain(row) for row in connection.execute(columns).mappings()]
 
 
 def _counts(session: Session, column: Any) -> dict[str, int]:
     return {value: count for value, count in session.execute(
         select(column, func.count()).group_by(column).order_by(column)
     )}
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in row.items():
+        if name.endswith(_JSON_SUFFIX):
+            out[name[: -len(_JSON_SUFFIX)]] = _decoded(value)
+        elif name == "depends_on":
+            out[name] = json.loads(value)
+        else:
+            out[name] = value
+    return out
 
 
 def _as_dict(row: Base, skip: tuple[str, ...] = ()) -> dict[str, Any]:

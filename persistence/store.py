@@ -328,6 +328,9 @@ class Store:
     ) -> list[dict[str, Any]]:
         return self._reader.get_events(run_id, after_id, types)
 
+    def task_counts(self, run_id: str) -> dict[str, int]:
+        return self._reader.task_counts(run_id)
+
     def get_routing_decisions(self, run_id: str) -> list[dict[str, Any]]:
         return self._reader.get_routing_decisions(run_id)
 
