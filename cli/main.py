@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import structlog
 
 from cli import commands
-from cli.errors import EXIT_RUNTIME, CliError
+from cli.errors import EXIT_OK, EXIT_RUNTIME, CliError
 
 log = structlog.get_logger("orchestrate.cli")
 
@@ -184,8 +184,15 @@ def _positive_int(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Until a command opens the state directory (and logs go to its file), diagnostics go to
+    # stderr: stdout carries only the command's own output.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     try:
         return args.handler(args)
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error of ours. Silence the rest of stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except CliError as error:
         print(f"orchestrate: {error}", file=sys.stderr)
         return error.exit_code
