@@ -100,3 +100,22 @@ def test_orchestrate_db_url_overrides_the_default_location(tmp_path, orchestrate
     assert orchestrate("db", "init", env={"ORCHESTRATE_DB_URL": url}).code == 0
     assert (tmp_path / "elsewhere.db").exists()
     assert not (tmp_path / ".state" / "orchestration.db").exists()
+
+
+def test_missing_schemas_put_the_runtime_in_safe_mode_with_exit_3(tmp_path, monkeypatch, capsys):
+    from cli.main import main
+    from planning import schemas
+
+    (tmp_path / "plan.json").write_text(json.dumps({"id": "ws", "tasks": [{"id": "t", "tool": "shell", "command": "true"}]}))
+    monkeypatch.setattr(schemas, "schema_dir", lambda: tmp_path / "no-schemas-here")
+    schemas.load_schema.cache_clear()
+    schemas.validator.cache_clear()
+    try:
+        code = main(["--state-dir", str(tmp_path / ".state"), "run", str(tmp_path / "plan.json")])
+    finally:
+        schemas.load_schema.cache_clear()
+        schemas.validator.cache_clear()
+    err = capsys.readouterr().err
+    assert code == 3
+    assert err.strip().count("\n") == 0 and "safe mode" in err and "missing" in err
+    assert not (tmp_path / ".state" / "orchestration.db").exists()

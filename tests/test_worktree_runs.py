@@ -97,3 +97,27 @@ def test_a_failed_attempts_edits_are_recorded_then_discarded_and_the_retry_start
     assert (repo / "notes.txt").read_text() == "attempt 2\n"
     attempts = [r[0] for r in ledger(tmp_path).execute("select attempt from patch_history order by id")]
     assert attempts == [1, 2]
+
+
+def test_a_resumed_run_finds_its_worktree_again_and_keeps_the_committed_work(tmp_path, orchestrate):
+    repo = make_repo(tmp_path)
+    flag = tmp_path / "fixed"
+    path = plan(tmp_path, [{"id": "ws-a", "repo": "repo", "tasks": [
+        {"id": "first", "tool": "shell", "command": "echo one > one.txt"},
+        {"id": "second", "tool": "shell", "command": f"test -f {flag} && echo two > two.txt",
+         "depends_on": ["first"]}]}])
+    failed = orchestrate("run", str(path))
+    assert failed.code == 1
+    run_id = ledger(tmp_path).execute("select run_id from runs").fetchone()[0]
+    worktree = tmp_path / ".state" / "worktrees" / run_id / "ws-a"
+    assert (worktree / "one.txt").exists(), "the failed workstream's worktree is kept for the resume"
+    flag.touch()
+    resumed = orchestrate("execute", "--run", run_id)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert (repo / "one.txt").read_text() == "one\n" and (repo / "two.txt").read_text() == "two\n"
+    ready = ledger(tmp_path).execute("select count(*) from events where event_type = 'WORKTREE_READY'").fetchone()[0]
+    assert ready == 2
+    first_attempts = ledger(tmp_path).execute(
+        "select count(*) from step_attempts where step_name = 'ws-a/first'").fetchone()[0]
+    assert first_attempts == 1, "the completed task did not run again"
+    assert not worktree.exists(), "merged, so the worktree is removed"
