@@ -19,7 +19,7 @@ from actors.attempts import attempt_started, spawn_for_attempt
 from actors.base import SupervisedActor
 from actors.directory import SCHEDULER, Directory
 from adapters.gates import check_passed, check_spec, describe_check_failure, ordered_checks
-from adapters.process import ProcessReactor, ProcessResult, ProcessSpec
+from adapters.process import ProcessReactor, ProcessResult, ProcessSpec, describe_outcome
 from adapters.tools import (
     ToolAdapter,
     result_path,
@@ -139,7 +139,7 @@ class ExecutorActor(SupervisedActor):
             return
         check = flight.checks[flight.position][1]
         if result.outcome == "cancelled":
-            self._finish(key, flight, TaskState.CANCELLED, ErrorClass.CANCELLED, _describe(result))
+            self._finish(key, flight, TaskState.CANCELLED, ErrorClass.CANCELLED, describe_outcome(result))
             return
         if check_passed(check, result):
             flight.position += 1
@@ -151,7 +151,7 @@ class ExecutorActor(SupervisedActor):
             flight,
             state,
             ErrorClass.TIMEOUT if state is TaskState.TIMEOUT else ErrorClass.GATE,
-            f"acceptance check {check.label!r} failed: {_describe(result)}",
+            f"acceptance check {check.label!r} failed: {describe_outcome(result)}",
             gate_output=describe_check_failure(check, result, _tail(flight.gate_log)),
         )
 
@@ -208,25 +208,11 @@ class ExecutorActor(SupervisedActor):
         )
 
 
-def _describe(result: ProcessResult) -> str:
-    if result.outcome == "spawn_error":
-        return f"could not start: {result.error}"
-    if result.outcome == "timeout":
-        return f"timed out after {result.duration_s:.1f}s; process tree killed"
-    if result.outcome == "resource_limit":
-        return f"memory limit exceeded (peak RSS {result.max_rss_bytes // (1024 * 1024)} MiB); process tree killed"
-    if result.outcome == "cancelled":
-        return "cancelled; process tree killed"
-    if result.signal is not None:
-        return f"killed by signal {result.signal}"
-    return f"exit code {result.exit_code}"
-
-
 def _tool_failure(result: ProcessResult) -> tuple[TaskState, str, str] | None:
     """The task state, error class and message for a tool process that did not succeed."""
     if result.outcome == "exited" and result.exit_code == 0:
         return None
-    detail = _describe(result)
+    detail = describe_outcome(result)
     if result.outcome == "timeout":
         return TaskState.TIMEOUT, ErrorClass.TIMEOUT, detail
     if result.outcome == "resource_limit":

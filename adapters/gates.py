@@ -27,7 +27,7 @@ import sys
 import sysconfig
 from collections.abc import Iterable
 
-from adapters.process import ProcessResult, ProcessSpec
+from adapters.process import ProcessResult, ProcessSpec, describe_outcome
 from adapters.tools import SHELL, task_environment
 from planning.model import AcceptanceCheck, TaskSpec
 
@@ -138,16 +138,8 @@ def ordered_checks(checks: Iterable[AcceptanceCheck]) -> list[tuple[int, Accepta
 
 def failure_reason(check: AcceptanceCheck, result: ProcessResult) -> str:
     """What went wrong, in a few words: ``exit code 1: some tests failed``, a timeout, ..."""
-    if result.outcome == "spawn_error":
-        return f"could not start: {result.error}"
-    if result.outcome == "timeout":
-        return f"timed out after {result.duration_s:.1f}s (process tree killed)"
-    if result.outcome == "resource_limit":
-        return f"memory limit exceeded (peak RSS {result.max_rss_bytes // (1024 * 1024)} MiB; process tree killed)"
-    if result.outcome == "cancelled":
-        return "cancelled"
-    if result.signal is not None:
-        return f"killed by signal {result.signal}"
+    if result.outcome != "exited" or result.signal is not None:
+        return describe_outcome(result)
     meaning = _MEANINGS.get(check.kind, {}).get(result.exit_code or 0)
     return f"exit code {result.exit_code}" + (f": {meaning}" if meaning else "")
 

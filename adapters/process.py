@@ -79,6 +79,21 @@ class ProcessResult:
     error: str = ""
 
 
+def describe_outcome(result: ProcessResult) -> str:
+    """How a process ended, in a few words: ``exit code 1``, ``timed out after 1.0s ...``."""
+    if result.outcome == "spawn_error":
+        return f"could not start: {result.error}"
+    if result.outcome == "timeout":
+        return f"timed out after {result.duration_s:.1f}s (process tree killed)"
+    if result.outcome == "resource_limit":
+        return f"memory limit exceeded (peak RSS {result.max_rss_bytes // (1024 * 1024)} MiB; process tree killed)"
+    if result.outcome == "cancelled":
+        return "cancelled (process tree killed)"
+    if result.signal is not None:
+        return f"killed by signal {result.signal}"
+    return f"exit code {result.exit_code}"
+
+
 OnExit = Callable[[ProcessResult], None]
 
 
