@@ -129,6 +129,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
             for event in client.events({"run": args.run} if args.run else {}, stop):
                 if args.json:
                     print(json.dumps(event), flush=True)
+                    if args.run and event["finished_run_state"]:
+                        return EXIT_OK
+                elif event["state"] == "WATCHING":
+                    print(f"watching run {event['run_id']}: {event['detail']}", flush=True)
+                    if event["finished_run_state"]:
+                        print(f"run {event['run_id']} finished: {event['finished_run_state']}", flush=True)
+                        return EXIT_OK
                 elif event["finished_run_state"]:
                     print(f"run {event['run_id']} finished: {event['finished_run_state']}", flush=True)
                     if args.run:

@@ -6,6 +6,7 @@ import json
 import sqlite3
 
 import pytest
+import structlog
 
 
 def runs_in_ledger(tmp_path) -> int:
@@ -115,6 +116,8 @@ def test_missing_schemas_put_the_runtime_in_safe_mode_with_exit_3(tmp_path, monk
     finally:
         schemas.load_schema.cache_clear()
         schemas.validator.cache_clear()
+        # main() points structlog at this test's captured stderr; later tests must not log there.
+        structlog.reset_defaults()
     err = capsys.readouterr().err
     assert code == 3
     assert err.strip().count("\n") == 0 and "safe mode" in err and "missing" in err

@@ -259,3 +259,38 @@ def test_a_client_running_as_another_user_is_refused(tmp_path):
             control.request("shutdown", {"timeout_s": 5})
     finally:
         stop(process)
+
+
+def test_watch_streams_a_runs_events_until_it_finishes_and_drain_starts_nothing_new(tmp_path, orchestrate):
+    process = start(tmp_path, "serve")
+    try:
+        with client(tmp_path) as control:
+            plan = write_json(tmp_path / "plan.json", {"id": "w", "tasks": [
+                {"id": "gate", "tool": "human", "prompt": "Go?"},
+                {"id": "after", "tool": "shell", "command": "true", "depends_on": ["gate"]}]})
+            run_id = control.request("submit", {"plan": str(plan)})["run_id"]
+            wait_until(lambda: task_state(control, run_id, "w/gate") == "AWAITING_APPROVAL", what="approval wait")
+            watcher = start(tmp_path, "watch", run_id, "--json")
+            first = json.loads(watcher.stdout.readline())
+            assert first["state"] == "WATCHING" and first["run_id"] == run_id
+            control.request("approve", {"run": run_id, "task": "w/gate"})
+            out, err = watcher.communicate(timeout=60)
+            assert watcher.returncode == 0, err
+            events = [json.loads(line) for line in out.splitlines()]
+            assert ("w/after", "COMPLETED") in [(e["task"], e["state"]) for e in events]
+            assert events[-1]["finished_run_state"] == "completed"
+            again = orchestrate("watch", run_id)
+            assert again.code == 0 and "finished: completed" in again.out
+            drained = control.request("drain")
+            assert drained["draining"] is True
+            second = write_json(tmp_path / "second.json", {"id": "x", "tasks": [
+                {"id": "t", "tool": "shell", "command": "true"}]})
+            held = control.request("submit", {"plan": str(second)})["run_id"]
+            snapshot = control.request("status", {"run": held})["runs"][0]
+            assert snapshot["paused"] and snapshot["counts"].get("COMPLETED", 0) == 0
+            control.request("resume")
+            wait_until(lambda: control.request("status", {"run": held})["runs"][0]["status"] == "completed",
+                       what="the held run to complete after resume")
+            control.request("shutdown", {"timeout_s": 5})
+    finally:
+        stop(process)
