@@ -136,12 +136,9 @@ class RuntimeControl:
 
     def submit(self, args: dict, peer: Peer) -> object:
         try:
-            plan = load_plan(args["plan"])
+            plan = load_plan(args["plan"], self.runtime.options.router.served_tools())
         except PlanError as error:
             raise ControlError("bad_plan", str(error)) from None
-        unknown = sorted({t.tool for t in plan.tasks if not self.runtime.options.router.serves(t.tool)})
-        if unknown:
-            raise ControlError("bad_plan", f"no adapter serves tool(s): {', '.join(unknown)}")
         concurrency = args.get("concurrency", self.runtime.options.concurrency)
         request = build_request(plan, concurrency=concurrency)
         run_id = self._ask(

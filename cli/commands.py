@@ -32,7 +32,7 @@ from persistence.clock import utc_now_iso
 from persistence.db import DatabaseUnavailable, make_engine, resolve_db_url
 from persistence.migrate import init_db
 from persistence.store import DuplicateRun, Store
-from planning.errors import PlanError, PlanIssue
+from planning.errors import PlanError
 from planning.loader import load_plan
 from planning.model import Plan
 from planning.request import RequestInvalid, build_request, select_workstreams, validate_request_json
@@ -57,13 +57,9 @@ RESUMABLE_BY_RUN = frozenset({RunState.PENDING.value, RunState.RUNNING.value})
 def _load(plan_path: str, router: RouterConfig) -> Plan:
     try:
         _require_schemas()
-        plan = load_plan(plan_path)
+        return load_plan(plan_path, router.served_tools())
     except PlanError as error:
         raise CliError(_format_plan_error(error), EXIT_USAGE) from None
-    issues = _unknown_tools(plan, router)
-    if issues:
-        raise CliError(_format_plan_error(PlanError(tuple(issues))), EXIT_USAGE)
-    return plan
 
 
 def _format_plan_error(error: PlanError) -> str:
@@ -71,22 +67,6 @@ def _format_plan_error(error: PlanError) -> str:
     lines = [f"the plan is not valid ({count} problem{'s' if count != 1 else ''}):"]
     lines += [f"  {issue}" for issue in error.issues]
     return "\n".join(lines)
-
-
-def _unknown_tools(plan: Plan, router: RouterConfig) -> list[PlanIssue]:
-    served = sorted({tool for info in router.adapters for tool in info.serves})
-    issues = []
-    for ws in plan.workstreams:
-        for index, task in enumerate(ws.tasks):
-            if not router.serves(task.tool):
-                issues.append(
-                    PlanIssue(
-                        ws.source_file,
-                        f"$.tasks[{index}].tool" if not ws.source_file.endswith("]") else f"{ws.source_file}.tasks[{index}].tool",
-                        f"unknown tool {task.tool!r}; expected one of: {', '.join(served)}",
-                    )
-                )
-    return issues
 
 
 def _router(args: argparse.Namespace) -> RouterConfig:

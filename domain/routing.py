@@ -82,9 +82,10 @@ class RouterConfig:
                 return info
         raise KeyError(name)
 
-    def serves(self, tool: str) -> bool:
-        return any(tool in info.serves for info in self.adapters) or any(
-            rule.tool == tool for rule in self.rules
+    def served_tools(self) -> frozenset[str]:
+        """Every task tool some adapter takes: by its ``tools`` (or type), or by a rule."""
+        return frozenset(t for info in self.adapters for t in info.serves) | frozenset(
+            rule.tool for rule in self.rules if rule.tool is not None
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +26,16 @@ WORKSTREAM_SCHEMA = "workstream.v1.json"
 PLAN_SUFFIXES = (".json", ".yaml", ".yml")
 
 
-def load_plan(path: str | os.PathLike[str]) -> Plan:
+def load_plan(path: str | os.PathLike[str], tools: Collection[str] | None = None) -> Plan:
     """Load the plan at ``path`` (a plan file, or a directory of them read in name order).
 
     Task ``cwd`` is made absolute against the plan's base directory (the file's directory, or
     the directory given) and defaults to it; task ``depends_on`` entries become task keys
     ``ws/task``; ``max_attempts`` and ``timeout_s`` fall back to the bundle's ``defaults``.
-    The result carries its content hash. Raises :class:`PlanError` for anything the user wrote
-    wrong, including a missing path; :class:`SchemaMissing` if the schema itself is absent.
+    The result carries its content hash. ``tools``, when given, are the task tools the runtime
+    can serve; any other is reported with the graph problems. Raises :class:`PlanError` for
+    anything the user wrote wrong, including a missing path; :class:`SchemaMissing` if the
+    schema itself is absent.
     """
     source = os.fspath(path)
     files, base_dir = _plan_files(source)
@@ -56,10 +58,23 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
         raise PlanError(issues)
 
     plan = Plan(tuple(_workstream(source, base_dir) for source in sources), source, base_dir)
-    issues = graph_issues(plan, sources)
+    issues = graph_issues(plan, sources) + _unknown_tools(sources, tools)
     if issues:
         raise PlanError(issues)
     return plan.with_hash()
+
+
+def _unknown_tools(sources: Sequence[WorkstreamSource], tools: Collection[str] | None) -> list[PlanIssue]:
+    if tools is None:
+        return []
+    expected = ", ".join(sorted(tools)) or "none"
+    return [
+        PlanIssue(source.file, f"{source.json_path}.tasks[{index}].tool",
+                  f"unknown tool {task['tool']!r}; expected one of: {expected}")
+        for source in sources
+        for index, task in enumerate(source.data["tasks"])
+        if task["tool"] not in tools
+    ]
 
 
 def _plan_files(source: str) -> tuple[list[tuple[str, Path]], str]:

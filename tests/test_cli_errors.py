@@ -122,3 +122,13 @@ def test_missing_schemas_put_the_runtime_in_safe_mode_with_exit_3(tmp_path, monk
     assert code == 3
     assert err.strip().count("\n") == 0 and "safe mode" in err and "missing" in err
     assert not (tmp_path / ".state" / "orchestration.db").exists()
+
+
+def test_an_unknown_tool_in_a_bundle_is_named_at_its_json_path(tmp_path, orchestrate):
+    (tmp_path / "plan.json").write_text(json.dumps({"workstreams": [
+        {"id": "a", "tasks": [{"id": "t", "tool": "shell", "command": "true"}]},
+        {"id": "b", "tasks": [{"id": "t", "tool": "shell", "command": "true"},
+                              {"id": "u", "tool": "teleport", "command": "true"}]}]}))
+    result = orchestrate("validate", "plan.json")
+    assert result.code == 2
+    assert "plan.json: $.workstreams[1].tasks[1].tool: unknown tool 'teleport'" in result.err
