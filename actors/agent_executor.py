@@ -52,7 +52,7 @@ from pathlib import Path
 
 import structlog
 
-from actors.attempts import attempt_started, spawn_for_attempt
+from actors.attempts import attempt_finished, attempt_started, spawn_for_attempt
 from actors.base import SupervisedActor
 from actors.directory import SCHEDULER, Directory
 from adapters.agents import (
@@ -73,7 +73,7 @@ from adapters.tools import task_environment
 from domain.errors import ErrorClass
 from domain.routing import AdapterInfo
 from domain.states import TaskState
-from messages import AttemptFinished, ExecuteTask, TaskValidating
+from messages import ExecuteTask, TaskValidating
 from messages.executor import ProcessExited
 from messages.runtime import CancelAttempt, TaskFixing
 from persistence.clock import utc_now_iso
@@ -532,18 +532,7 @@ class AgentExecutorActor(SupervisedActor):
         tool = attempt.last_tool
         self.directory.tell(
             SCHEDULER,
-            AttemptFinished(
-                run_id=key[0],
-                task_key=key[1],
-                attempt=key[2],
-                status=state.value,
-                completed_at=utc_now_iso(),
-                exit_code=tool.exit_code if tool else None,
-                duration_s=round(time.monotonic() - attempt.started, 6),
-                max_rss_bytes=attempt.max_rss_bytes if tool else None,
-                cpu_s=round(attempt.cpu_s, 6) if tool else None,
-                error_class=str(error_class),
-                message=message,
-                gate_output=gate_output,
-            ),
+            attempt_finished(key, state, attempt.started, error_class, message, tool=tool,
+                             max_rss_bytes=attempt.max_rss_bytes if tool else None,
+                             cpu_s=round(attempt.cpu_s, 6) if tool else None, gate_output=gate_output),
         )

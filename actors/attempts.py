@@ -3,13 +3,15 @@ later runtime can find them and the executor hears when they end."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pykka
 
 from adapters.process import ProcessReactor, ProcessResult, ProcessSpec
 from adapters.tools import MARKER_ATTEMPT_ID, attempt_id, attempt_markers
-from messages import AttemptStarted, ExecuteTask
+from domain.states import TaskState
+from messages import AttemptFinished, AttemptStarted, ExecuteTask
 from messages.executor import ProcessExited
 from persistence.clock import utc_now_iso
 
@@ -27,6 +29,39 @@ def attempt_started(request: ExecuteTask, adapter: str, pid: int = -1, create_ti
         pid=pid if pid > 0 else None,
         pid_create_time=create_time if pid > 0 else None,
         log_path=request.log_path,
+    )
+
+
+def attempt_finished(
+    key: tuple[str, str, int],
+    state: TaskState,
+    started: float,
+    error_class: str,
+    message: str,
+    *,
+    tool: ProcessResult | None = None,
+    max_rss_bytes: int | None = None,
+    cpu_s: float | None = None,
+    gate_output: str = "",
+    result_json: str = "",
+) -> AttemptFinished:
+    """The AttemptFinished of attempt ``key`` (run, task, attempt) that began at monotonic
+    ``started``; ``tool`` is its (last) tool process, whose exit code, peak RSS and CPU time are
+    reported unless given explicitly (an agent sums them over its fix rounds)."""
+    return AttemptFinished(
+        run_id=key[0],
+        task_key=key[1],
+        attempt=key[2],
+        status=state.value,
+        completed_at=utc_now_iso(),
+        exit_code=tool.exit_code if tool else None,
+        duration_s=round(time.monotonic() - started, 6),
+        max_rss_bytes=max_rss_bytes if max_rss_bytes is not None else (tool.max_rss_bytes if tool else None),
+        cpu_s=cpu_s if cpu_s is not None else (tool.cpu_s if tool else None),
+        error_class=str(error_class),
+        message=message,
+        gate_output=gate_output,
+        result_json=result_json,
     )
 
 

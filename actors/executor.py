@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from actors.attempts import attempt_started, spawn_for_attempt
+from actors.attempts import attempt_finished, attempt_started, spawn_for_attempt
 from actors.base import SupervisedActor
 from actors.directory import SCHEDULER, Directory
 from adapters.gates import check_passed, check_spec, describe_check_failure, ordered_checks
@@ -26,7 +26,7 @@ from adapters.tools import (
 )
 from domain.errors import ErrorClass
 from domain.states import TaskState
-from messages import AttemptFinished, ExecuteTask, TaskValidating
+from messages import ExecuteTask, TaskValidating
 from messages.runtime import CancelAttempt
 from messages.executor import ProcessExited
 from persistence.clock import utc_now_iso
@@ -190,21 +190,8 @@ class ExecutorActor(SupervisedActor):
         tool = flight.tool_result
         self.directory.tell(
             SCHEDULER,
-            AttemptFinished(
-                run_id=key[0],
-                task_key=key[1],
-                attempt=key[2],
-                status=state.value,
-                completed_at=utc_now_iso(),
-                exit_code=tool.exit_code if tool else None,
-                duration_s=round(time.monotonic() - flight.started, 6),
-                max_rss_bytes=tool.max_rss_bytes if tool else None,
-                cpu_s=tool.cpu_s if tool else None,
-                error_class=str(error_class),
-                message=message,
-                gate_output=gate_output,
-                result_json=_read_result(flight.request.log_path),
-            ),
+            attempt_finished(key, state, flight.started, error_class, message, tool=tool,
+                             gate_output=gate_output, result_json=_read_result(flight.request.log_path)),
         )
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from actors.attempts import attempt_finished, attempt_started
 from actors.base import SupervisedActor
 from actors.directory import SCHEDULER, Directory
 from actors.timers import TimerService
 from domain.errors import ErrorClass
 from domain.states import TaskState
-from messages import AttemptFinished, AttemptStarted, ExecuteTask
+from messages import ExecuteTask
 from messages.base import Message
 from messages.runtime import ApprovalDecision, CancelAttempt, TaskAwaitingApproval
 from persistence.clock import utc_now_iso
@@ -67,20 +68,12 @@ class HumanExecutorActor(SupervisedActor):
                 task.approval_timeout_s, lambda: me.tell(ApprovalTimedOut(*key))
             )
         self.waiting[key] = _Waiting(request, time.monotonic(), timer)
-        now = utc_now_iso()
         self.directory.tell(
             SCHEDULER,
-            AttemptStarted(
-                run_id=request.run_id,
-                ws_id=task.workstream_id,
-                task_key=task.key,
-                attempt=request.attempt,
-                adapter=self.adapter_name,
-                started_at=now,
-            ),
+            attempt_started(request, self.adapter_name),
         )
         self.directory.tell(
-            SCHEDULER, TaskAwaitingApproval(request.run_id, task.key, request.attempt, task.prompt or "", now)
+            SCHEDULER, TaskAwaitingApproval(request.run_id, task.key, request.attempt, task.prompt or "", utc_now_iso())
         )
 
     def _decided(self, decision: ApprovalDecision) -> None:
@@ -99,14 +92,5 @@ class HumanExecutorActor(SupervisedActor):
             self.timers.cancel(waiting.timer)
         self.directory.tell(
             SCHEDULER,
-            AttemptFinished(
-                run_id=key[0],
-                task_key=key[1],
-                attempt=key[2],
-                status=state.value,
-                completed_at=utc_now_iso(),
-                duration_s=round(time.monotonic() - waiting.started, 6),
-                error_class=str(error_class),
-                message=message,
-            ),
+            attempt_finished(key, state, waiting.started, error_class, message),
         )
