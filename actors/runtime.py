@@ -297,15 +297,14 @@ class Runtime:
     def submit(self, run_id: str, reset: tuple[str, ...] | None = None) -> None:
         """Start (or resume) ``run_id`` from the ledger. Leftover processes of a dead runtime
         that ran it are killed first."""
-        if self.store.get_attempts(run_id):
-            # Only a run that has started before can have left processes behind; a fresh one
-            # skips the scan of every process on the machine.
-            killed = kill_leftovers(run_id, recorded_processes(self.store, run_id))
-            if killed:
-                log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
+        # Always scanned (a few ms): a runtime can die after spawning a task but before the
+        # ledger learnt anything of it, so "never started" in the ledger proves nothing.
+        killed = kill_leftovers(run_id, recorded_processes(self.store, run_id))
+        if killed:
+            log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
+        start = start_message(self.store, run_id, self.state_dir, reset)
         with self._finished_cond:
             self._finished.pop(run_id, None)
-        start = start_message(self.store, run_id, self.state_dir, reset)
         self.status.start(run_id, dict(start.task_states))
         self.directory.tell(SCHEDULER, start)
 
