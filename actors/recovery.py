@@ -19,7 +19,7 @@ _FAILED_ATTEMPT = frozenset({TaskState.FAILED.value, TaskState.TIMEOUT.value})
 
 
 class RunNotFound(LookupError):
-    pass
+    """The ledger has no run with this id."""
 
 
 def start_message(store: Store, run_id: str, state_dir: Path, reset: tuple[str, ...] | None = None) -> StartRun:

@@ -69,8 +69,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(parsed)
         if is_sqlite:
             _tune_sqlite(engine)
-        with engine.connect():
-            pass
+        engine.connect().close()  # connect once now, so "unreachable" is known at start
     except (SQLAlchemyError, ImportError, OSError) as exc:
         # ImportError: the URL names a driver that is not installed (e.g. psycopg2).
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]

@@ -39,7 +39,7 @@ _LOG = VENV / "install.log"
 
 
 class AiderInstallError(RuntimeError):
-    pass
+    """Installing the pinned aider failed; the message ends with pip's log."""
 
 
 def _executable() -> Path:

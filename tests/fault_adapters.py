@@ -28,8 +28,10 @@ class EveryThirdCallRaises:
 
 
 class AlwaysRaises:
+    """A tool adapter whose code raises on every task."""
+
     def __init__(self, settings: dict) -> None:
-        pass
+        self.settings = settings
 
     def process_spec(self, task: TaskSpec, log_path: str) -> ProcessSpec:
         raise RuntimeError("injected adapter fault: this tool is broken")

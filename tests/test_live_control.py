@@ -31,10 +31,15 @@ def start(tmp_path: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def client(tmp_path: Path) -> ControlClient:
+def wait_listening(tmp_path: Path) -> Path:
+    """The runtime's socket path, once a ping is answered there."""
     path = tmp_path / ".state" / "orchestrate.sock"
     wait_until(lambda: _answers(path), what="the runtime to listen")
-    return ControlClient(path)
+    return path
+
+
+def client(tmp_path: Path) -> ControlClient:
+    return ControlClient(wait_listening(tmp_path))
 
 
 def _answers(path: Path) -> bool:
@@ -197,8 +202,7 @@ def test_the_socket_is_owner_only_and_bad_requests_get_errors_while_serving_goes
 
 def test_a_killed_runtime_leaves_a_stale_socket_that_the_next_serve_replaces(tmp_path):
     first = start(tmp_path, "serve")
-    with client(tmp_path):
-        pass
+    wait_listening(tmp_path)
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert (tmp_path / ".state" / "orchestrate.sock").exists()
@@ -219,8 +223,7 @@ def test_a_killed_runtime_leaves_a_stale_socket_that_the_next_serve_replaces(tmp
 def test_submit_and_watch_through_the_cli(tmp_path, orchestrate):
     process = start(tmp_path, "serve")
     try:
-        with client(tmp_path):
-            pass
+        wait_listening(tmp_path)
         plan = write_json(tmp_path / "plan.json", {"id": "w", "tasks": [{"id": "t", "tool": "shell", "command": "true"}]})
         submitted = orchestrate("submit", str(plan), "--json")
         assert submitted.code == 0, submitted.err

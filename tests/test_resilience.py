@@ -83,6 +83,20 @@ def test_exceeding_the_restart_intensity_stops_the_runtime_with_exit_3(tmp_path,
     assert any(p["actor"] == "executor:broken" for _, p in events(tmp_path, "SUPERVISOR_GAVE_UP"))
 
 
+def run_through_an_outage(tmp_path: Path, plan: Path, sentinel: Path, concurrency: int) -> tuple[int, str, str]:
+    """Run ``plan`` in the foreground while the tool is down; end the outage (remove the
+    sentinel) once the circuit has opened; return the exit code and output."""
+    process = subprocess.Popen([sys.executable, str(ORCHESTRATE), "run", str(plan), "-j", str(concurrency)],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: events(tmp_path, "CIRCUIT_OPEN"), what="the circuit to open")
+        sentinel.unlink()
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    return process.returncode, out, err
+
+
 def test_the_circuit_opens_sends_tasks_to_the_fallback_probes_and_closes(tmp_path, orchestrate):
     sentinel = tmp_path / "tool-is-down"
     sentinel.touch()
@@ -96,16 +110,8 @@ def test_the_circuit_opens_sends_tasks_to_the_fallback_probes_and_closes(tmp_pat
     plan = write_json(tmp_path / "plan.json", {"workstreams": [{"id": "w", "tasks": [
         {"id": "f1", "tool": "shell", "command": "true"}, {"id": "f2", "tool": "shell", "command": "true"}, *chain]}],
         "defaults": {"retry": {"max_attempts": 3, "backoff_s": 0.05}}})
-    process = subprocess.Popen([sys.executable, str(ORCHESTRATE), "run", str(plan), "-j", "3"],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: events(tmp_path, "CIRCUIT_OPEN"),
-                   what="the circuit to open")
-        sentinel.unlink()
-        out, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == 0, out + err
+    code, out, err = run_through_an_outage(tmp_path, plan, sentinel, concurrency=3)
+    assert code == 0, out + err
     order = [kind for kind, p in events(tmp_path, "CIRCUIT_OPEN", "CIRCUIT_HALF_OPEN", "CIRCUIT_CLOSED")
              if p["adapter"] == "flaky"]
     assert order[:3] == ["CIRCUIT_OPEN", "CIRCUIT_HALF_OPEN", "CIRCUIT_CLOSED"]
@@ -128,16 +134,8 @@ def test_without_a_fallback_tasks_wait_for_the_tool_and_complete_when_it_recover
     plan = write_json(tmp_path / "plan.json", {"workstreams": [{"id": "w", "tasks": [
         {"id": f"t{i}", "tool": "shell", "command": "true"} for i in range(6)]}],
         "defaults": {"retry": {"max_attempts": 4, "backoff_s": 0.05}}})
-    process = subprocess.Popen([sys.executable, str(ORCHESTRATE), "run", str(plan), "-j", "2"],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: events(tmp_path, "CIRCUIT_OPEN"),
-                   what="the circuit to open")
-        sentinel.unlink()
-        out, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == 0, out + err
+    code, out, err = run_through_an_outage(tmp_path, plan, sentinel, concurrency=2)
+    assert code == 0, out + err
     assert {r[0] for r in ledger(tmp_path).execute("select state from tasks")} == {"COMPLETED"}
     held = ledger(tmp_path).execute("select count(*) from routing_decisions where reason like '%waiting for flaky%'")
     assert held.fetchone()[0] >= 1
