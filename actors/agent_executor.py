@@ -67,17 +67,24 @@ from adapters.agents import (
     parse_agent_output,
     substantive_changes,
 )
-from adapters.gates import check_passed, check_spec, describe_check_failure, failure_reason, ordered_checks
-from adapters.process import ProcessReactor, ProcessResult, ProcessSpec
+from adapters.gates import (
+    check_passed,
+    check_spec,
+    describe_check_failure,
+    failure_reason,
+    ordered_checks,
+)
+from adapters.process import ProcessReactor, ProcessSpec
 from adapters.tools import task_environment
 from domain.errors import ErrorClass
+from domain.outcomes import ProcessOutcome, ProcessResult, Verdict, tool_verdict
+from domain.plan import AcceptanceCheck
 from domain.routing import AdapterInfo
 from domain.states import TaskState
 from messages import ExecuteTask, TaskValidating
 from messages.executor import ProcessExited
 from messages.runtime import CancelAttempt, TaskFixing
 from persistence.clock import utc_now_iso
-from planning.model import AcceptanceCheck
 
 log = structlog.get_logger("orchestrate.agent_executor")
 
@@ -425,16 +432,12 @@ class AgentExecutorActor(SupervisedActor):
         attempt.cpu_s += result.cpu_s
         attempt.max_rss_bytes = max(attempt.max_rss_bytes, result.max_rss_bytes)
         where = f"round {attempt.round}: " if attempt.round else ""
-        if result.outcome == "spawn_error":
-            self._finish(key, attempt, TaskState.FAILED, ErrorClass.BAD_INPUT, f"{where}the agent could not start: {result.error}")
-            return
-        if result.outcome == "timeout":
-            self._finish(key, attempt, TaskState.TIMEOUT, ErrorClass.TIMEOUT,
-                         f"{where}the agent timed out after {result.duration_s:.1f}s; process tree killed")
-            return
-        if result.outcome == "resource_limit":
-            self._finish(key, attempt, TaskState.FAILED, ErrorClass.RESOURCE_LIMIT,
-                         f"{where}the agent exceeded its memory limit; process tree killed")
+        if result.outcome is not ProcessOutcome.EXITED:
+            # Stopped by us or never started: the shared rules decide (the exit code of an
+            # agent that ran is judged below, by what it did).
+            verdict = tool_verdict(result, cwd_exists=os.path.isdir(attempt.request.task.cwd or "."))
+            assert verdict is not None
+            self._finish(key, attempt, verdict.state, verdict.error_class, f"{where}the agent {verdict.message}")
             return
         assert self.command is not None
         output = _read_from(attempt.request.log_path, attempt.output_offset, REPORT_LIMIT)
@@ -524,15 +527,16 @@ class AgentExecutorActor(SupervisedActor):
         key: tuple[str, str, int],
         attempt: _Attempt,
         state: TaskState,
-        error_class: str,
+        error_class: ErrorClass | str | None,
         message: str,
         gate_output: str = "",
     ) -> None:
         del self.attempts[key]
         tool = attempt.last_tool
+        verdict = Verdict(state, ErrorClass(error_class) if error_class else None, message)
         self.directory.tell(
             SCHEDULER,
-            attempt_finished(key, state, attempt.started, error_class, message, tool=tool,
+            attempt_finished(key, verdict, attempt.started, tool=tool,
                              max_rss_bytes=attempt.max_rss_bytes if tool else None,
                              cpu_s=round(attempt.cpu_s, 6) if tool else None, gate_output=gate_output),
         )

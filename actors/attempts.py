@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import pykka
 
-from adapters.process import ProcessReactor, ProcessResult, ProcessSpec
+from adapters.process import ProcessReactor, ProcessSpec
 from adapters.tools import MARKER_ATTEMPT_ID, attempt_id, attempt_markers
-from domain.states import TaskState
+from domain.outcomes import ProcessResult, Verdict
 from messages import AttemptFinished, AttemptStarted, ExecuteTask
 from messages.executor import ProcessExited
 from persistence.clock import utc_now_iso
@@ -34,10 +34,8 @@ def attempt_started(request: ExecuteTask, adapter: str, pid: int = -1, create_ti
 
 def attempt_finished(
     key: tuple[str, str, int],
-    state: TaskState,
+    verdict: Verdict,
     started: float,
-    error_class: str,
-    message: str,
     *,
     tool: ProcessResult | None = None,
     max_rss_bytes: int | None = None,
@@ -52,14 +50,14 @@ def attempt_finished(
         run_id=key[0],
         task_key=key[1],
         attempt=key[2],
-        status=state.value,
+        status=verdict.state,
         completed_at=utc_now_iso(),
         exit_code=tool.exit_code if tool else None,
         duration_s=round(time.monotonic() - started, 6),
         max_rss_bytes=max_rss_bytes if max_rss_bytes is not None else (tool.max_rss_bytes if tool else None),
         cpu_s=cpu_s if cpu_s is not None else (tool.cpu_s if tool else None),
-        error_class=str(error_class),
-        message=message,
+        error_class=verdict.error_class,
+        message=verdict.message,
         gate_output=gate_output,
         result_json=result_json,
     )

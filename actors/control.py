@@ -17,9 +17,10 @@ import pykka
 from sqlalchemy import text
 
 from actors.directory import LEDGER, SCHEDULER, SUPERVISOR, PeerUnavailable
-from actors.scheduler import ControlRefused
 from control.protocol import ControlError
 from control.server import Peer
+from domain.run_core import ControlRefused, RunNotActive
+from domain.states import UNSUCCESSFUL_TASK_STATES
 from messages import RunProgress
 from messages.control import (
     Approval,
@@ -42,7 +43,11 @@ if TYPE_CHECKING:
 
 ASK_TIMEOUT_S = 5.0
 SCHEMAS = ("workstream.v1.json", "execution_request.v1.json", "run_record.v1.json", "control.v1.json")
-_RETRYABLE = ("FAILED", "TIMEOUT", "BLOCKED", "CANCELLED")
+_RETRYABLE = frozenset(state.value for state in UNSUCCESSFUL_TASK_STATES)
+
+
+class _NotActive(ControlError):
+    """The run is not driven by this runtime: a retry resumes it from the ledger instead."""
 
 
 def _user(uid: int) -> str:
@@ -80,7 +85,7 @@ class RuntimeControl:
 
     def subscribe(self, args: dict, send: Callable[[dict], bool]) -> Callable[[], None]:
         wanted = args.get("run")
-        remove: Callable[[], None] = lambda: None  # noqa: E731
+        remove: Callable[[], None] = lambda: None
 
         def forward(event: RunProgress) -> None:
             if wanted and event.run_id != wanted:
@@ -165,10 +170,8 @@ class RuntimeControl:
     def retry(self, args: dict, peer: Peer) -> object:
         try:
             return self._ask(SCHEDULER, RetryTask(args["run"], args["task"]))
-        except ControlError as error:
-            if error.code != "refused" or "not active" not in error.message:
-                raise
-        return self._retry_finished_run(args["run"], args["task"])
+        except _NotActive:
+            return self._retry_finished_run(args["run"], args["task"])
 
     def approve(self, args: dict, peer: Peer) -> object:
         return self._decide(args, peer, approved=True)
@@ -219,6 +222,8 @@ class RuntimeControl:
     def _ask(self, name: str, message: object, timeout: float = ASK_TIMEOUT_S) -> Any:
         try:
             return self.runtime.directory.get(name).ask(message, timeout=timeout)
+        except RunNotActive as refusal:
+            raise _NotActive("refused", str(refusal)) from None
         except ControlRefused as refusal:
             raise ControlError("refused", str(refusal)) from None
         except PeerUnavailable:

@@ -9,6 +9,7 @@ are facts, not verdicts: the outcome is decided here.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,19 +19,33 @@ import structlog
 from actors.attempts import attempt_finished, attempt_started, spawn_for_attempt
 from actors.base import SupervisedActor
 from actors.directory import SCHEDULER, Directory
-from adapters.gates import check_passed, check_spec, describe_check_failure, ordered_checks
-from adapters.process import ProcessReactor, ProcessResult, ProcessSpec, describe_outcome
+from adapters.gates import (
+    check_passed,
+    check_spec,
+    describe_check_failure,
+    failure_reason,
+    ordered_checks,
+)
+from adapters.process import ProcessReactor, ProcessSpec
 from adapters.tools import (
     ToolAdapter,
     result_path,
 )
 from domain.errors import ErrorClass
+from domain.outcomes import (
+    COMPLETED,
+    ProcessOutcome,
+    ProcessResult,
+    Verdict,
+    check_verdict,
+    tool_verdict,
+)
+from domain.plan import AcceptanceCheck
 from domain.states import TaskState
 from messages import ExecuteTask, TaskValidating
-from messages.runtime import CancelAttempt
 from messages.executor import ProcessExited
+from messages.runtime import CancelAttempt
 from persistence.clock import utc_now_iso
-from planning.model import AcceptanceCheck
 
 log = structlog.get_logger("orchestrate.executor")
 
@@ -124,42 +139,37 @@ class ExecutorActor(SupervisedActor):
             return
         result = message.result
         flight.process = None
-        if flight.cancelled and result.outcome != "cancelled":
-            result = replace(result, outcome="cancelled")
+        if flight.cancelled and result.outcome is not ProcessOutcome.CANCELLED:
+            result = replace(result, outcome=ProcessOutcome.CANCELLED)
         if message.phase == "tool":
             flight.tool_result = result
-            failure = _tool_failure(result)
-            if failure is not None:
-                state, error_class, detail = failure
-                last = _last_line(flight.request.log_path)
-                self._finish(key, flight, state, error_class, f"{detail}: {last}" if last else detail)
+            verdict = self._tool_verdict(flight, result)
+            if verdict is not None:
+                self._finish(key, flight, verdict)
                 return
             flight.checks = ordered_checks(flight.request.task.acceptance)
             self._next_check(key, flight)
             return
         check = flight.checks[flight.position][1]
-        if result.outcome == "cancelled":
-            self._finish(key, flight, TaskState.CANCELLED, ErrorClass.CANCELLED, describe_outcome(result))
-            return
-        if check_passed(check, result):
+        verdict = check_verdict(check.label, check_passed(check, result), result, failure_reason(check, result))
+        if verdict is None:
             flight.position += 1
             self._next_check(key, flight)
             return
-        state = TaskState.TIMEOUT if result.outcome == "timeout" else TaskState.FAILED
-        self._finish(
-            key,
-            flight,
-            state,
-            ErrorClass.TIMEOUT if state is TaskState.TIMEOUT else ErrorClass.GATE,
-            f"acceptance check {check.label!r} failed: {describe_outcome(result)}",
-            gate_output=describe_check_failure(check, result, _tail(flight.gate_log)),
-        )
+        gate_output = "" if verdict.state is TaskState.CANCELLED else describe_check_failure(
+            check, result, _tail(flight.gate_log))
+        self._finish(key, flight, verdict, gate_output=gate_output)
+
+    def _tool_verdict(self, flight: _InFlight, result: ProcessResult) -> Verdict | None:
+        """The verdict on the tool's process (None: it succeeded), from the facts around it."""
+        cwd = flight.request.task.cwd or "."
+        return tool_verdict(result, cwd_exists=os.path.isdir(cwd), last_line=_last_line(flight.request.log_path))
 
     def _next_check(self, key: tuple[str, str, int], flight: _InFlight) -> None:
         """Run the check at ``flight.position``, or finish COMPLETED when none is left. The
         Scheduler hears TaskValidating when a phase begins (static, then runtime)."""
         if flight.position >= len(flight.checks):
-            self._finish(key, flight, TaskState.COMPLETED, "", "")
+            self._finish(key, flight, COMPLETED)
             return
         request = flight.request
         index, check = flight.checks[flight.position]
@@ -172,42 +182,15 @@ class ExecutorActor(SupervisedActor):
         try:
             spec = check_spec(request.task, check, flight.gate_log)
         except ValueError as error:
-            self._finish(key, flight, TaskState.FAILED, ErrorClass.BAD_INPUT, str(error))
+            self._finish(key, flight, Verdict(TaskState.FAILED, ErrorClass.BAD_INPUT, str(error)))
             return
         pid, create_time = self._spawn(spec, request, "check", index)
         flight.process = (pid, create_time) if pid > 0 else None
 
-    def _finish(
-        self,
-        key: tuple[str, str, int],
-        flight: _InFlight,
-        state: TaskState,
-        error_class: str,
-        message: str,
-        gate_output: str = "",
-    ) -> None:
+    def _finish(self, key: tuple[str, str, int], flight: _InFlight, verdict: Verdict, gate_output: str = "") -> None:
         del self.in_flight[key]
-        tool = flight.tool_result
         self.directory.tell(
             SCHEDULER,
-            attempt_finished(key, state, flight.started, error_class, message, tool=tool,
-                             gate_output=gate_output, result_json=_read_result(flight.request.log_path)),
+            attempt_finished(key, verdict, flight.started, tool=flight.tool_result, gate_output=gate_output,
+                             result_json=_read_result(flight.request.log_path)),
         )
-
-
-def _tool_failure(result: ProcessResult) -> tuple[TaskState, str, str] | None:
-    """The task state, error class and message for a tool process that did not succeed."""
-    if result.outcome == "exited" and result.exit_code == 0:
-        return None
-    detail = describe_outcome(result)
-    if result.outcome == "timeout":
-        return TaskState.TIMEOUT, ErrorClass.TIMEOUT, detail
-    if result.outcome == "resource_limit":
-        return TaskState.FAILED, ErrorClass.RESOURCE_LIMIT, detail
-    if result.outcome == "cancelled":
-        return TaskState.CANCELLED, ErrorClass.CANCELLED, detail
-    if result.outcome == "spawn_error":
-        return TaskState.FAILED, ErrorClass.BAD_INPUT, detail
-    if result.signal is not None:
-        return TaskState.FAILED, ErrorClass.CRASH, detail
-    return TaskState.FAILED, ErrorClass.TOOL_ERROR, detail

@@ -15,6 +15,7 @@ from actors.base import SupervisedActor
 from actors.directory import SCHEDULER, Directory
 from actors.timers import TimerService
 from domain.errors import ErrorClass
+from domain.outcomes import Verdict
 from domain.states import TaskState
 from messages import ExecuteTask
 from messages.base import Message
@@ -82,15 +83,15 @@ class HumanExecutorActor(SupervisedActor):
             return
         comment = f": {decision.comment}" if decision.comment else ""
         if decision.approved:
-            self._finish(key, TaskState.COMPLETED, "", f"approved by {decision.who}{comment}")
+            self._finish(key, TaskState.COMPLETED, None, f"approved by {decision.who}{comment}")
         else:
             self._finish(key, TaskState.FAILED, ErrorClass.REJECTED, f"rejected by {decision.who}{comment}")
 
-    def _finish(self, key: tuple[str, str, int], state: TaskState, error_class: str, message: str) -> None:
+    def _finish(self, key: tuple[str, str, int], state: TaskState, error_class: ErrorClass | None, message: str) -> None:
         waiting = self.waiting.pop(key)
         if waiting.timer is not None:
             self.timers.cancel(waiting.timer)
         self.directory.tell(
             SCHEDULER,
-            attempt_finished(key, state, waiting.started, error_class, message),
+            attempt_finished(key, Verdict(state, error_class, message), waiting.started),
         )

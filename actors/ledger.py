@@ -17,8 +17,8 @@ from actors.base import SupervisedActor
 from actors.directory import Directory
 from actors.timers import TimerService
 from messages import Flush
-from messages.ledger import CreateRun
 from messages.base import Message
+from messages.ledger import CreateRun
 from persistence.clock import utc_now_iso
 from persistence.store import Store
 

@@ -10,10 +10,10 @@ from collections import Counter
 from pathlib import Path
 
 from domain.errors import ErrorClass
+from domain.plan import Plan
 from domain.states import TaskState
 from messages import StartRun
 from persistence.store import Store
-from planning.model import Plan
 
 _FAILED_ATTEMPT = frozenset({TaskState.FAILED.value, TaskState.TIMEOUT.value})
 

@@ -21,15 +21,24 @@ from pathlib import Path
 import pykka
 import structlog
 
-from actors.directory import LEDGER, ROUTER, SCHEDULER, SUPERVISOR, WORKSPACE, Directory, executor_name
+from actors.directory import (
+    LEDGER,
+    ROUTER,
+    SCHEDULER,
+    SUPERVISOR,
+    WORKSPACE,
+    Directory,
+    executor_name,
+)
 from actors.executor import ExecutorActor
 from actors.human import HumanExecutorActor
 from actors.ledger import LedgerActor
 from actors.recovery import recorded_processes, start_message
 from actors.router import RouterActor
-from actors.scheduler import SchedulerActor, SchedulerConfig
-from actors.supervisor import StartChildren, SupervisorActor
+from actors.scheduler import SchedulerActor
+from domain.run_core import CoreConfig
 from actors.status_view import StatusView
+from actors.supervisor import StartChildren, SupervisorActor
 from actors.timers import TimerService
 from actors.workspace import WorkspaceActor
 from adapters.leftovers import kill_leftovers
@@ -81,6 +90,9 @@ class RuntimeOptions:
     concurrency: int = 4
     router: RouterConfig = field(default_factory=default_config)
     quarantine_after: int = 10
+    # How long a run's queued work may find every adapter it needs unavailable before the run
+    # stops in safe mode (partial, resumable).
+    safe_mode_after_s: float = 120.0
     heartbeat: HeartbeatPolicy = HeartbeatPolicy()
     max_restarts: int = 5
     restart_period_s: float = 10.0
@@ -189,10 +201,11 @@ class Runtime:
         ]
         for name, info in self.adapters.items():
             children.append(ChildSpec(executor_name(name), self._executor_factory(name, info)))
-        config = SchedulerConfig(
+        config = CoreConfig(
             concurrency=self.options.concurrency,
             adapters=tuple(self.adapters.values()),
             quarantine_after=self.options.quarantine_after,
+            safe_mode_after_s=self.options.safe_mode_after_s,
         )
         children.append(
             ChildSpec(

@@ -27,9 +27,10 @@ import sys
 import sysconfig
 from collections.abc import Iterable
 
-from adapters.process import ProcessResult, ProcessSpec, describe_outcome
+from adapters.process import ProcessSpec
+from domain.outcomes import ProcessResult, describe_outcome
 from adapters.tools import SHELL, task_environment
-from planning.model import AcceptanceCheck, TaskSpec
+from domain.plan import AcceptanceCheck, TaskSpec
 
 #: The exit code with which pytest says it collected no test.
 PYTEST_NO_TESTS = 5

@@ -31,6 +31,8 @@ from typing import NamedTuple
 import psutil
 import structlog
 
+from domain.outcomes import ProcessResult
+
 log = structlog.get_logger("orchestrate.process")
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -56,42 +58,6 @@ class ProcessSpec:
     # takes processes carrying it, which finds grandchildren that called setsid and were
     # orphaned before any sample saw them.
     marker: tuple[str, str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessResult:
-    """How a process ended.
-
-    ``outcome`` is one of ``exited`` (on its own; see ``exit_code``/``signal``), ``timeout``,
-    ``resource_limit``, ``cancelled`` (all three: the tree was killed by us) or ``spawn_error``
-    (never started: ``pid`` is -1 and ``error`` says why). Otherwise exactly one of ``exit_code``
-    and ``signal`` is set (both None only if something else in this process reaped the child).
-    """
-
-    pid: int
-    create_time: float
-    exit_code: int | None
-    signal: int | None
-    outcome: str
-    duration_s: float
-    max_rss_bytes: int  # peak sampled tree RSS, at least the reaped tree's ru_maxrss
-    cpu_s: float  # user+sys of the process and the descendants it reaped
-    error: str = ""
-
-
-def describe_outcome(result: ProcessResult) -> str:
-    """How a process ended, in a few words: ``exit code 1``, ``timed out after 1.0s ...``."""
-    if result.outcome == "spawn_error":
-        return f"could not start: {result.error}"
-    if result.outcome == "timeout":
-        return f"timed out after {result.duration_s:.1f}s (process tree killed)"
-    if result.outcome == "resource_limit":
-        return f"memory limit exceeded (peak RSS {result.max_rss_bytes // (1024 * 1024)} MiB; process tree killed)"
-    if result.outcome == "cancelled":
-        return "cancelled (process tree killed)"
-    if result.signal is not None:
-        return f"killed by signal {result.signal}"
-    return f"exit code {result.exit_code}"
 
 
 OnExit = Callable[[ProcessResult], None]

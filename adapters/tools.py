@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from adapters.process import ProcessSpec, environment_for
-from planning.model import TaskSpec
+from domain.plan import TaskSpec
 
 SHELL = "/bin/sh"
 _RUNTIME_BIN = os.path.dirname(sys.executable)

@@ -34,7 +34,7 @@ from persistence.migrate import init_db
 from persistence.store import DuplicateRun, Store
 from planning.errors import PlanError
 from planning.loader import load_plan
-from planning.model import Plan
+from domain.plan import Plan
 from planning.request import RequestInvalid, build_request, select_workstreams, validate_request_json
 from planning.router_config import find_router_config, load_router_config
 from planning.schemas import SchemaMissing, load_schema

@@ -1,8 +1,10 @@
 """A circuit breaker per adapter (CLOSED -> OPEN -> HALF_OPEN -> CLOSED), after Akka's.
 
-CLOSED counts consecutive failures; at ``max_failures`` it opens. OPEN refuses work until
+CLOSED counts consecutive tool failures (see :mod:`domain.outcomes`); at ``max_failures`` it
+opens. OPEN refuses work until
 ``reset_timeout`` has passed, then HALF_OPEN admits exactly one probe: its success closes the
-circuit, its failure opens it again with the reset timeout multiplied by ``backoff_factor``
+circuit (so does a task-level failure: the tool ran), an end that says nothing of the tool
+(cancel, timeout, interrupt) admits the next probe, and its failure opens it again with the reset timeout multiplied by ``backoff_factor``
 (capped at ``max_reset_timeout``). The clock is passed in, so every rule is tested directly.
 """
 
@@ -47,10 +49,11 @@ class CircuitBreaker:
         self.retry_at: float | None = None
         self.probe_in_flight = False
 
-    def capacity(self, now: float, limit: int | None) -> int | None:
-        """How many new tasks may start now (None: no limit of the breaker's own)."""
+    def capacity(self) -> int | None:
+        """How many more tasks may start now besides those running (None: no limit of the
+        breaker's own, only the adapter's)."""
         if self.state is CircuitState.CLOSED:
-            return limit
+            return None
         if self.state is CircuitState.OPEN:
             return 0
         return 0 if self.probe_in_flight else 1
@@ -66,6 +69,13 @@ class CircuitBreaker:
     def started(self) -> None:
         if self.state is CircuitState.HALF_OPEN:
             self.probe_in_flight = True
+
+    def released(self) -> BreakerChange | None:
+        """An attempt ended saying nothing about the tool (cancelled, interrupted, timed out):
+        a half-open circuit admits its next probe, so queued work never waits forever."""
+        if self.state is CircuitState.HALF_OPEN:
+            self.probe_in_flight = False
+        return None
 
     def succeeded(self) -> BreakerChange | None:
         self.failures = 0

@@ -18,10 +18,13 @@ class ErrorClass(StrEnum):
     CRASH = "crash"
     GATE = "gate"
     BAD_INPUT = "bad_input"
-    TOOL_ERROR = "tool_error"
+    TOOL_ERROR = "tool_error"  # the tool could not run or reported its own failure (API, transport)
+    COMMAND_FAILED = "command_failed"  # the user's command exited non-zero or died of a signal
     RESOURCE_LIMIT = "resource_limit"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
+    # A workstream's branch could not be merged (conflicts, a dirty checkout): fixed by a person.
+    MERGE = "merge"
     # The runtime died while the attempt ran: not the task's fault, so no retry budget is used.
     INTERRUPTED = "interrupted"
 

@@ -6,9 +6,9 @@ import random
 from dataclasses import dataclass
 
 from domain.errors import ErrorClass
-from planning.model import TaskSpec
+from domain.plan import TaskSpec
 
-NEVER_RETRIED = frozenset({ErrorClass.BAD_INPUT, ErrorClass.CANCELLED, ErrorClass.REJECTED})
+NEVER_RETRIED = frozenset({ErrorClass.BAD_INPUT, ErrorClass.CANCELLED, ErrorClass.REJECTED, ErrorClass.MERGE})
 RETRYABLE_BY_DEFAULT = frozenset(ErrorClass) - NEVER_RETRIED - {ErrorClass.INTERRUPTED}
 
 
@@ -21,13 +21,15 @@ class RetryPolicy:
     jitter: float = 0.1
     retry_on: frozenset[str] = RETRYABLE_BY_DEFAULT
 
-    def should_retry(self, attempt: int, error_class: str) -> bool:
-        """True when attempt number ``attempt`` (1-based) failed and another one is allowed.
+    def should_retry(self, failures: int, error_class: str) -> bool:
+        """True when a task that has failed ``failures`` times (this one included) may have
+        another attempt.
 
-        Bad input and cancellation are never retried, whatever ``retry_on`` says.
+        Bad input, cancellation, rejection and merge failures are never retried, whatever
+        ``retry_on`` says: trying again cannot change them.
         """
         return (
-            attempt < self.max_attempts
+            failures < self.max_attempts
             and error_class in self.retry_on
             and error_class not in NEVER_RETRIED
         )
@@ -42,7 +44,7 @@ class RetryPolicy:
             retry_on=frozenset(task.retry_on) or RETRYABLE_BY_DEFAULT,
         )
 
-    def delay_s(self, attempt: int, rng: random.Random | None = None) -> float:
-        """``min(max, base * factor**(attempt-1)) * (1 + U(0, jitter))`` before the next attempt."""
-        raw = min(self.max_delay_s, self.base_delay_s * self.factor ** max(0, attempt - 1))
+    def delay_s(self, failures: int, rng: random.Random | None = None) -> float:
+        """``min(max, base * factor**(failures-1)) * (1 + U(0, jitter))`` before the next attempt."""
+        raw = min(self.max_delay_s, self.base_delay_s * self.factor ** max(0, failures - 1))
         return raw * (1.0 + (rng or random).uniform(0.0, self.jitter))

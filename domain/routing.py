@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from domain.breaker import BreakerPolicy
-from planning.model import TaskSpec
+from domain.plan import TaskSpec
 
 
 class Strategy(StrEnum):

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from domain.states import (
     TERMINAL_TASK_STATES,
+    WORKSTREAM_TRANSITIONS,
     RunState,
     TaskState,
     WorkstreamState,
-    WORKSTREAM_TRANSITIONS,
     check_transition,
 )
 

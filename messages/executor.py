@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from adapters.process import ProcessResult
+from domain.outcomes import ProcessResult
 from messages.base import Message
 
 

@@ -10,31 +10,42 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+from domain.errors import ErrorClass
+from domain.outcomes import Verdict
+from domain.states import RunState, TaskState, WorkstreamState
 from messages.base import Message
 
 
 @dataclass(frozen=True, slots=True)
 class TransitionRun(Message):
+    """Run ``run_id`` moves to ``to_state`` (checked against the run state machine);
+    ``reason`` is shown in ``runs show``."""
+
     run_id: str
-    to_state: str
+    to_state: RunState
     at: str
     reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class TransitionWorkstream(Message):
+    """Workstream ``ws_id`` of ``run_id`` moves to ``to_state`` (checked)."""
+
     run_id: str
     ws_id: str
-    to_state: str
+    to_state: WorkstreamState
     at: str
     reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class TransitionTask(Message):
+    """Task ``task_key`` (``ws/task``) of ``run_id`` moves to ``to_state`` (checked).
+    ``attempt`` is the attempt it concerns (0: none), ``adapter`` the executor running it."""
+
     run_id: str
     task_key: str
-    to_state: str
+    to_state: TaskState
     at: str
     attempt: int = 0
     reason: str = ""
@@ -61,8 +72,13 @@ class AttemptStarted(Message):
 
 @dataclass(frozen=True, slots=True)
 class AttemptFinished(Message):
-    """The end of an attempt. ``status`` is the task state it ended the attempt in
-    (COMPLETED, FAILED, TIMEOUT or CANCELLED).
+    """The end of an attempt, as judged by :mod:`domain.outcomes`.
+
+    ``status``: the task state the attempt ended in (COMPLETED, FAILED, TIMEOUT or CANCELLED);
+    ``error_class``: why it failed (None on success); ``message``: what to tell the user.
+    ``exit_code``, ``max_rss_bytes``, ``cpu_s``: of its (last) tool process, when it had one;
+    ``duration_s``: wall time of the whole attempt; ``gate_output``: the failing acceptance
+    check's account; ``result_json``: what a python callable returned, as JSON.
 
     Executors tell it to the Scheduler, which decides what follows and forwards it to the
     Ledger."""
@@ -70,26 +86,38 @@ class AttemptFinished(Message):
     run_id: str
     task_key: str
     attempt: int
-    status: str
+    status: TaskState
     completed_at: str
     exit_code: int | None = None
     duration_s: float | None = None
     max_rss_bytes: int | None = None
     cpu_s: float | None = None
-    error_class: str = ""
+    error_class: ErrorClass | None = None
     message: str = ""
     gate_output: str = ""
-    result_json: str = ""  # what a python callable returned, as JSON, when it is JSON-able
+    result_json: str = ""
+
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict(self.status, self.error_class, self.message)
+
+    @classmethod
+    def of(cls, run_id: str, task_key: str, attempt: int, verdict: Verdict, at: str,
+           duration_s: float | None = None) -> AttemptFinished:
+        """An attempt's end that no executor reported (lost with its executor, a merge step)."""
+        return cls(run_id, task_key, attempt, verdict.state, at, duration_s=duration_s,
+                   error_class=verdict.error_class, message=verdict.message)
 
 
 @dataclass(frozen=True, slots=True)
 class ErrorObserved(Message):
-    """An error to count: identical (run, ws, step, signature) increments ``count``."""
+    """An error to count: identical (run, ws, step, signature) increments ``count``.
+    ``error_code`` is its class; ``context_json`` extra detail (a gate's output)."""
 
     run_id: str
     ws_id: str
     step_name: str
-    error_code: str
+    error_code: ErrorClass
     signature: str
     message: str
     at: str
@@ -98,6 +126,9 @@ class ErrorObserved(Message):
 
 @dataclass(frozen=True, slots=True)
 class EventObserved(Message):
+    """A line of the ledger's event log: ``event_type`` (``CIRCUIT_OPEN``, ``TASK_STARTED`` …),
+    what it concerns (run, workstream, task; each optional) and a JSON payload."""
+
     event_type: str
     at: str
     run_id: str | None = None
@@ -108,6 +139,8 @@ class EventObserved(Message):
 
 @dataclass(frozen=True, slots=True)
 class RoutingDecided(Message):
+    """Where the Router sent a task: ``chosen`` among ``candidates``, and why."""
+
     run_id: str
     task_key: str
     candidates: tuple[str, ...]

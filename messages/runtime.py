@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from domain.plan import Plan, TaskSpec
 from messages.base import Message
-from planning.model import Plan, TaskSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ from itertools import pairwise
 from typing import Any
 
 from planning.errors import PlanIssue
-from planning.graph import cyclic_components, find_cycles, task_dependencies
-from planning.model import TASK_KEY_SEPARATOR, Plan, TaskSpec, task_key
+from domain.graph import cyclic_components, find_cycles, task_dependencies
+from domain.plan import TASK_KEY_SEPARATOR, Plan, TaskSpec, task_key
 
 _LISTED = 10
 

@@ -19,7 +19,7 @@ import yaml
 
 from planning.checks import WorkstreamSource, graph_issues, qualify
 from planning.errors import PlanError, PlanIssue
-from planning.model import AcceptanceCheck, Plan, TaskSpec, Workstream
+from domain.plan import with_integration_steps, AcceptanceCheck, Plan, TaskSpec, Workstream
 from planning.schemas import describe_value, json_path, schema_issues
 
 WORKSTREAM_SCHEMA = "workstream.v1.json"
@@ -61,7 +61,7 @@ def load_plan(path: str | os.PathLike[str], tools: Collection[str] | None = None
     issues = graph_issues(plan, sources) + _unknown_tools(sources, tools)
     if issues:
         raise PlanError(issues)
-    return plan.with_hash()
+    return with_integration_steps(plan)
 
 
 def _unknown_tools(sources: Sequence[WorkstreamSource], tools: Collection[str] | None) -> list[PlanIssue]:

@@ -42,9 +42,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from planning.errors import PlanError, PlanIssue
-from planning.graph import find_cycles, topological_order
+from domain.graph import find_cycles, topological_order
 from planning.loader import _read as read_document
-from planning.model import canonical_json, sha256_of
+from domain.plan import canonical_json, sha256_of
 from planning.schemas import describe_value, json_path, schema_issues
 
 if TYPE_CHECKING:

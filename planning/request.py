@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from planning.errors import PlanError, PlanIssue, RequestInvalid
-from planning.graph import task_dependencies, topological_order
-from planning.model import TASK_KEY_SEPARATOR, Plan, sha256_of
+from domain.graph import task_dependencies, topological_order
+from domain.plan import TASK_KEY_SEPARATOR, Plan, sha256_of
 from planning.schemas import schema_issues
 
 REQUEST_SCHEMA = "execution_request.v1.json"

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import itertools
-import shlex
+import os
+from dataclasses import replace
 
 from adapters.process import ProcessSpec
 from adapters.tools import ShellAdapter
-from planning.model import TaskSpec
+from domain.plan import TaskSpec
 
 # Process-wide, so the count survives the executor actor being restarted.
 _calls = itertools.count(1)
@@ -38,8 +39,8 @@ class AlwaysRaises:
 
 
 class SwitchableShell:
-    """A shell tool that is broken (exits 1 before running the command) while the file named
-    by ``settings["broken_while"]`` exists: a tool outage the test can end."""
+    """A shell tool that is down (its executable is missing, so nothing can start) while the
+    file named by ``settings["broken_while"]`` exists: a tool outage the test can end."""
 
     def __init__(self, settings: dict) -> None:
         self.sentinel = settings["broken_while"]
@@ -47,12 +48,6 @@ class SwitchableShell:
 
     def process_spec(self, task: TaskSpec, log_path: str) -> ProcessSpec:
         spec = self.shell.process_spec(task, log_path)
-        guard = f"if [ -e {shlex.quote(self.sentinel)} ]; then echo 'tool unavailable' >&2; exit 1; fi; "
-        return ProcessSpec(
-            argv=(spec.argv[0], "-c", guard + (task.command or "")),
-            cwd=spec.cwd,
-            env=spec.env,
-            log_path=spec.log_path,
-            timeout_s=spec.timeout_s,
-            memory_limit_mb=spec.memory_limit_mb,
-        )
+        if os.path.exists(self.sentinel):
+            return replace(spec, argv=("/nonexistent/tool-unavailable", *spec.argv[1:]))
+        return spec

@@ -226,11 +226,11 @@ def test_a_misconfigured_adapter_starts_and_fails_each_task_as_bad_input(store, 
     assert run.attempt["message"] == "adapter 'agent' (agent): unknown preset 'nonesuch' (known: codex, claude, gemini)"
 
 
-def test_an_agent_that_cannot_start_fails_as_bad_input(store, tmp_path, repo):
+def test_an_agent_that_cannot_start_is_a_tool_failure(store, tmp_path, repo):
     missing = AdapterInfo(name="agent", type="agent",
                           settings=(("preset", "claude"), ("executable", str(tmp_path / "no-such-agent"))))
     run = Run(store, tmp_path, repo, missing, "edit", acceptance=[PYTEST_GATE])
-    assert (run.attempt["status"], run.attempt["error_class"]) == ("FAILED", "bad_input")
+    assert (run.attempt["status"], run.attempt["error_class"]) == ("FAILED", "tool_error")
     assert run.attempt["message"].startswith("the agent could not start: ")
 
 

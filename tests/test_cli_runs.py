@@ -62,7 +62,7 @@ def test_a_failed_task_blocks_its_dependants_while_other_branches_finish(tmp_pat
     assert workstreams == {"a": "failed", "b": "blocked", "c": "done"}
     assert db.execute("select status from runs").fetchone()[0] == "partial"
     error = db.execute("select signature, count, error_code from errors").fetchone()
-    assert error["count"] == 1 and error["error_code"] == "tool_error"
+    assert error["count"] == 1 and error["error_code"] == "command_failed"
     assert "exit code 7" in result.out
 
     run_id = db.execute("select run_id from runs").fetchone()[0]

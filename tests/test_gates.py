@@ -15,8 +15,9 @@ from adapters.gates import (
     ordered_checks,
     ruff_executable,
 )
-from adapters.process import ProcessReactor, ProcessResult
-from planning.model import AcceptanceCheck, TaskSpec
+from adapters.process import ProcessReactor
+from domain.outcomes import ProcessResult
+from domain.plan import AcceptanceCheck, TaskSpec
 
 DEADLINE_S = 30.0
 

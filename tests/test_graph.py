@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planning.graph import (
+from domain.graph import (
     CycleError,
     cyclic_components,
     find_cycle,
@@ -16,7 +16,7 @@ from planning.graph import (
     task_dependencies,
     topological_order,
 )
-from planning.model import Plan, TaskSpec, Workstream
+from domain.plan import Plan, TaskSpec, Workstream
 
 
 def test_acyclic_graph_has_no_cycle() -> None:

@@ -25,7 +25,7 @@ from planning.missions import (
     validate_envelope,
     workflow_to_plan,
 )
-from planning.model import canonical_json
+from domain.plan import canonical_json
 from planning.schemas import schema_issues
 
 PROPERTY_SETTINGS = settings(

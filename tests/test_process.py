@@ -20,7 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from adapters.process import ProcessReactor, ProcessResult, ProcessSpec, environment_for, kill_tree
+from adapters.process import ProcessReactor, ProcessSpec, environment_for, kill_tree
+from domain.outcomes import ProcessResult
 
 DEADLINE_S = 15.0
 

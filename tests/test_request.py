@@ -12,7 +12,7 @@ import pytest
 from planning import schemas
 from planning.errors import PlanError, RequestInvalid, SchemaMissing
 from planning.loader import load_plan
-from planning.model import Plan
+from domain.plan import Plan
 from planning.request import (
     ExecutionRequest,
     build_request,

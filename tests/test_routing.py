@@ -6,7 +6,7 @@ import pytest
 
 from domain.routing import AdapterInfo, RouterConfig, RoutingTable, Rule, Strategy, default_config
 from planning.errors import PlanError
-from planning.model import TaskSpec
+from domain.plan import TaskSpec
 from planning.router_config import load_router_config
 
 

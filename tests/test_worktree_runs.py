@@ -64,18 +64,23 @@ def test_two_workstreams_editing_different_files_both_merge_cleanly(tmp_path, or
     assert states == {"ws-a": "done", "ws-b": "done"}
 
 
-def test_two_workstreams_editing_the_same_lines_the_second_reports_the_conflict(tmp_path, orchestrate):
+def test_a_branch_that_conflicts_with_its_target_fails_its_merge_step_and_is_left_intact(tmp_path, orchestrate):
+    """ws-b's worktree is made from the base; then main changes the same lines; ws-b's merge
+    step fails, names the path, and the run is partial (never completed)."""
     repo = make_repo(tmp_path)
+    on_main = "printf 'line one\\nchanged on main\\n' > shared.txt && git -c user.name=t -c user.email=t@t commit -qam main"
     path = plan(tmp_path, [
-        edit("ws-a", "printf 'line one\\nchanged by a\\n' > shared.txt"),
-        {**edit("ws-b", "printf 'line one\\nchanged by b\\n' > shared.txt"), "depends_on": ["ws-a"]},
+        {"id": "ws-b", "repo": "repo", "tasks": [
+            {"id": "start", "tool": "shell", "command": "true"},
+            {"id": "edit", "tool": "shell", "command": "printf 'line one\\nchanged by b\\n' > shared.txt",
+             "depends_on": ["start", "upstream/commit"]}]},
+        {"id": "upstream", "tasks": [{"id": "commit", "tool": "shell", "command": on_main, "cwd": "repo",
+                                      "depends_on": ["ws-b/start"]}]},
     ])
     result = orchestrate("run", str(path))
     assert result.code == 1, result.out + result.err
-    assert "shared.txt" in result.out
-    assert (repo / "shared.txt").read_text() == "line one\nchanged by a\n"
-    branches = git(repo, "branch", "--list", "orchestrate/*")
-    assert "ws-b" in branches and "ws-a" not in branches
+    assert "✗ ws-b/@merge" in result.out and "shared.txt" in result.out
+    assert (repo / "shared.txt").read_text() == "line one\nchanged on main\n"
     run_id = ledger(tmp_path).execute("select run_id from runs").fetchone()[0]
     kept = git(repo, "show", f"orchestrate/{run_id}/ws-b:shared.txt")
     assert kept == "line one\nchanged by b\n", "the conflicting branch is left intact"
@@ -83,7 +88,32 @@ def test_two_workstreams_editing_the_same_lines_the_second_reports_the_conflict(
     conflict = json.loads(db.execute("select payload_json from events where event_type = 'MERGE_CONFLICT'").fetchone()[0])
     assert conflict["conflicts"] == ["shared.txt"] and conflict["workstream"] == "ws-b"
     assert db.execute("select status from runs").fetchone()[0] == "partial"
-    assert dict(db.execute("select ws_id, status from workstreams").fetchall()) == {"ws-a": "done", "ws-b": "failed"}
+    assert dict(db.execute("select ws_id, status from workstreams").fetchall()) == {"upstream": "done", "ws-b": "failed"}
+    merge = db.execute("select state, error_class from tasks where task_key = 'ws-b/@merge'").fetchone()
+    assert tuple(merge) == ("FAILED", "merge")
+
+
+def test_a_merge_that_failed_is_tried_again_on_resume_and_the_run_completes(tmp_path, orchestrate):
+    """The more-itertools case: local changes in the way of the merge; the user cleans the
+    checkout; `execute --run` merges, and only then is the run completed."""
+    repo = make_repo(tmp_path)
+    path = plan(tmp_path, [edit("ws-a", "printf 'line one\\nchanged by a\\n' > shared.txt")])
+    (repo / "shared.txt").write_text("uncommitted local edit\n")
+    first = orchestrate("run", str(path))
+    assert first.code == 1, first.out + first.err
+    assert "✗ ws-a/@merge" in first.out
+    run_id = ledger(tmp_path).execute("select run_id from runs").fetchone()[0]
+    git(repo, "checkout", "--", "shared.txt")
+    resumed = orchestrate("execute", "--run", run_id)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert (repo / "shared.txt").read_text() == "line one\nchanged by a\n"
+    db = ledger(tmp_path)
+    assert db.execute("select status from runs").fetchone()[0] == "completed"
+    attempts = db.execute("select status from step_attempts where step_name = 'ws-a/@merge' order by attempt").fetchall()
+    assert [a[0] for a in attempts] == ["FAILED", "COMPLETED"]
+    assert db.execute("select count(*) from step_attempts where step_name = 'ws-a/edit'").fetchone()[0] == 1
+    assert "orchestrate/" not in git(repo, "branch", "--list"), "the merged branch is deleted"
+    assert "worktrees" not in git(repo, "worktree", "list")
 
 
 def test_a_failed_attempts_edits_are_recorded_then_discarded_and_the_retry_starts_clean(tmp_path, orchestrate):

@@ -11,7 +11,7 @@ import heapq
 from collections import deque
 from collections.abc import Iterable, Mapping
 
-from planning.model import Plan
+from domain.plan import Plan
 
 Graph = Mapping[str, Iterable[str]]
 

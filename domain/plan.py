@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TASK_KEY_SEPARATOR = "/"
+# A worktree workstream ends with one more step of this tool, ``<ws>/@merge`` (or ``@leave``):
+# its branch goes into the target branch (or is left for review). As a step it is recorded,
+# shown when it fails, retried on resume and by ``retry``, and a run whose workstream was not
+# integrated is never completed.
+INTEGRATION_TOOL = "integrate"
 
 
 def task_key(workstream_id: str, task_id: str) -> str:
@@ -275,3 +280,22 @@ class Plan:
 
     def with_hash(self) -> Plan:
         return Plan(self.workstreams, self.source, self.base_dir, self.content_hash())
+
+
+def with_integration_steps(plan: Plan) -> Plan:
+    """``plan`` with the integration step appended to each worktree workstream (see
+    :data:`INTEGRATION_TOOL`); it depends on every other task of its workstream."""
+    workstreams = []
+    for ws in plan.workstreams:
+        if ws.isolation == "worktree" and ws.repo and not any(t.tool == INTEGRATION_TOOL for t in ws.tasks):
+            step = TaskSpec(
+                workstream_id=ws.id,
+                id=f"@{ws.merge}",
+                tool=INTEGRATION_TOOL,
+                depends_on=tuple(task.key for task in ws.tasks),
+                cwd=ws.repo,
+            )
+            ws = Workstream(ws.id, ws.title, ws.depends_on, ws.tasks + (step,), ws.source_file, ws.repo,
+                            ws.isolation, ws.target_branch, ws.merge)
+        workstreams.append(ws)
+    return Plan(tuple(workstreams), plan.source, plan.base_dir).with_hash()
