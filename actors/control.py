@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import pwd
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import pykka
 from sqlalchemy import text
 
-from actors.directory import LEDGER, SCHEDULER, SUPERVISOR, PeerUnavailable
+from actors.directory import LEDGER, SCHEDULER, SUPERVISOR, Directory, PeerUnavailable
+from actors.status_view import StatusView
 from control.protocol import ControlError
 from control.server import Peer
 from domain.run_core import ControlRefused, RunNotActive
@@ -33,13 +35,26 @@ from messages.control import (
     StatusQuery,
 )
 from messages.ledger import CreateRun
+from persistence.store import Store
 from planning.errors import PlanError
 from planning.loader import load_plan
 from planning.request import build_request
 from planning.schemas import SchemaMissing, load_schema
 
-if TYPE_CHECKING:
-    from actors.runtime import Runtime
+class ControlledRuntime(Protocol):
+    """What the control commands need of a runtime (and all they may touch)."""
+
+    state_dir: Path
+    store: Store
+    status: StatusView
+    directory: Directory
+    options: Any  # RuntimeOptions: its router and concurrency
+
+    def add_listener(self, listener: Callable[[RunProgress], None]) -> Callable[[], None]: ...
+
+    def submit(self, run_id: str, reset: tuple[str, ...] | None = None) -> None: ...
+
+    def request_shutdown(self, timeout_s: float = 30.0) -> None: ...
 
 ASK_TIMEOUT_S = 5.0
 SCHEMAS = ("workstream.v1.json", "execution_request.v1.json", "run_record.v1.json", "control.v1.json")
@@ -58,7 +73,7 @@ def _user(uid: int) -> str:
 
 
 class RuntimeControl:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: ControlledRuntime) -> None:
         self.runtime = runtime
         self.commands: dict[str, Callable[[dict[str, Any], Peer], object]] = {
             "ping": self.ping,

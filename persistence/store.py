@@ -42,7 +42,7 @@ from persistence.models import Event, Run, Task, Workstream
 from persistence.reader import StateReader
 from persistence.state_cache import RunStates, StateCache, StateKey, load_run_states
 from persistence.writes import Transition, WriteBatch
-from planning.model import canonical_json, sha256_of, task_key
+from domain.plan import canonical_json, sha256_of, task_key
 
 RUN_ID_PREFIX = "run-"
 

@@ -1,6 +1,6 @@
 """The mission templates: one pure function per mission type, registered in :data:`TEMPLATES`.
 
-A template reads its params through :class:`~planning.missions.TemplateParams` (every param it
+A template reads its params through :class:`~planning.mission_steps.TemplateParams` (every param it
 supports, unconditionally, so unknown ones can be told apart) and returns the steps it asks
 for, in dependency order. It may ask for more than the limits allow; ``build_workflow``
 truncates or, in strict mode, refuses (see :mod:`planning.missions`). It must not read the
@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from types import MappingProxyType
 
-from planning.missions import TemplateParams, WorkflowStep
+from planning.mission_steps import TemplateFn, TemplateParams, WorkflowStep
 
 TEMPLATE_VERSION = 1
 
-TemplateFn = Callable[[TemplateParams], Sequence[WorkflowStep]]
 
 # --------------------------------------------------------------------------------------------
 # daily_loop
