@@ -80,6 +80,7 @@ from domain.errors import ErrorClass
 from domain.outcomes import ProcessOutcome, ProcessResult, Verdict, tool_verdict
 from domain.plan import AcceptanceCheck
 from domain.routing import AdapterInfo
+from domain.run_events import Phase
 from domain.states import TaskState
 from messages import ExecuteTask, TaskValidating
 from messages.executor import ProcessExited
@@ -471,7 +472,7 @@ class AgentExecutorActor(SupervisedActor):
             attempt.phase = check.phase
             self.directory.tell(
                 SCHEDULER,
-                TaskValidating(request.run_id, request.task.key, request.attempt, utc_now_iso(), phase=check.phase),
+                TaskValidating(request.run_id, request.task.key, request.attempt, utc_now_iso(), phase=Phase(check.phase)),
             )
         attempt.check_log = str(Path(request.log_path).with_suffix(f".check{index + 1}.log"))
         try:

@@ -41,6 +41,7 @@ from planning.loader import load_plan
 from planning.request import build_request
 from planning.schemas import SchemaMissing, load_schema
 
+
 class ControlledRuntime(Protocol):
     """What the control commands need of a runtime (and all they may touch)."""
 

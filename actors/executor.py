@@ -41,6 +41,7 @@ from domain.outcomes import (
     tool_verdict,
 )
 from domain.plan import AcceptanceCheck
+from domain.run_events import Phase
 from domain.states import TaskState
 from messages import ExecuteTask, TaskValidating
 from messages.executor import ProcessExited
@@ -176,7 +177,7 @@ class ExecutorActor(SupervisedActor):
         if flight.position == 0 or flight.checks[flight.position - 1][1].phase != check.phase:
             self.directory.tell(
                 SCHEDULER,
-                TaskValidating(request.run_id, request.task.key, request.attempt, utc_now_iso(), phase=check.phase),
+                TaskValidating(request.run_id, request.task.key, request.attempt, utc_now_iso(), phase=Phase(check.phase)),
             )
         flight.gate_log = str(Path(request.log_path).with_suffix(f".check{index + 1}.log"))
         try:

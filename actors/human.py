@@ -18,16 +18,13 @@ from domain.errors import ErrorClass
 from domain.outcomes import Verdict
 from domain.states import TaskState
 from messages import ExecuteTask
-from messages.base import Message
-from messages.runtime import ApprovalDecision, CancelAttempt, TaskAwaitingApproval
+from messages.runtime import (
+    ApprovalDecision,
+    ApprovalTimedOut,
+    CancelAttempt,
+    TaskAwaitingApproval,
+)
 from persistence.clock import utc_now_iso
-
-
-@dataclass(frozen=True, slots=True)
-class ApprovalTimedOut(Message):
-    run_id: str
-    task_key: str
-    attempt: int
 
 
 @dataclass(slots=True)

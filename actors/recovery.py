@@ -11,7 +11,7 @@ from pathlib import Path
 
 from domain.errors import ErrorClass
 from domain.plan import Plan
-from domain.states import TaskState
+from domain.states import TaskState, WorkstreamState
 from messages import StartRun
 from persistence.store import Store
 
@@ -41,7 +41,7 @@ def start_message(store: Store, run_id: str, state_dir: Path, reset: tuple[str, 
         latest[attempt["step_name"]] = attempt
         if attempt["status"] in _FAILED_ATTEMPT and attempt.get("error_class") != ErrorClass.INTERRUPTED.value:
             failures[attempt["step_name"]] += 1
-    states = {t["task_key"]: t["state"] for t in tasks}
+    states = {t["task_key"]: TaskState(t["state"]) for t in tasks}
     interrupted = tuple(
         (key, attempt["attempt"])
         for key, attempt in sorted(latest.items())
@@ -54,7 +54,8 @@ def start_message(store: Store, run_id: str, state_dir: Path, reset: tuple[str, 
         state_dir=str(state_dir),
         task_states=tuple(sorted(states.items())),
         attempts=tuple(sorted((t["task_key"], t["attempts"]) for t in tasks)),
-        workstream_states=tuple(sorted((w["ws_id"], w["status"]) for w in store.get_workstreams(run_id))),
+        workstream_states=tuple(sorted((w["ws_id"], WorkstreamState(w["status"]))
+                                       for w in store.get_workstreams(run_id))),
         failures=tuple(sorted(failures.items())),
         interrupted=interrupted,
         reset=reset,

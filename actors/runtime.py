@@ -36,7 +36,6 @@ from actors.ledger import LedgerActor
 from actors.recovery import recorded_processes, start_message
 from actors.router import RouterActor
 from actors.scheduler import SchedulerActor
-from domain.run_core import CoreConfig
 from actors.status_view import StatusView
 from actors.supervisor import StartChildren, SupervisorActor
 from actors.timers import TimerService
@@ -45,6 +44,7 @@ from adapters.leftovers import kill_leftovers
 from adapters.process import ProcessReactor
 from adapters.tools import BUILTIN_ADAPTERS, ToolAdapter
 from domain.routing import AdapterInfo, RouterConfig, default_config
+from domain.run_core import CoreConfig
 from domain.supervision import ChildSpec, HeartbeatPolicy, Restart, SupervisorSpec
 from messages import Flush, RunProgress
 from messages.control import StopRuns

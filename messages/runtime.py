@@ -1,30 +1,39 @@
-"""Messages between the Scheduler, Router, Executors and Supervisor."""
+"""Messages between the Scheduler, Router, Executors and Supervisor.
+
+A task is named by ``run_id`` and ``task_key`` (``<workstream>/<task>``) everywhere, and one
+attempt of it by ``attempt`` (1-based): a report about another attempt than the current one is
+stale and ignored, so a late message can never move a task."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from domain.plan import Plan, TaskSpec
+from domain.run_events import Phase
+from domain.states import TaskState, WorkstreamState
 from messages.base import Message
 
 
 @dataclass(frozen=True, slots=True)
 class StartRun(Message):
-    """Scheduler: run (or resume) ``run_id``; tasks in ``completed`` are already done."""
+    """Scheduler: run (or resume) ``run_id`` of ``plan``, built from the ledger.
+
+    ``state_dir``: where its logs go (``<state_dir>/logs/<run_id>``). ``task_states``,
+    ``workstream_states`` and ``attempts`` (attempts made so far per task) are as recorded.
+    ``failures``: failed attempts per task that count against its retry budget (interrupted
+    ones do not). ``interrupted``: ``(task, attempt)`` whose attempt was IN_PROGRESS when the
+    runtime that ran it died. ``reset``: None resumes every unsuccessful task; otherwise only
+    these tasks, what they wait on and their dependants run again."""
 
     run_id: str
     plan: Plan
     concurrency: int
     state_dir: str
-    task_states: tuple[tuple[str, str], ...] = ()
+    task_states: tuple[tuple[str, TaskState], ...] = ()
     attempts: tuple[tuple[str, int], ...] = ()
-    workstream_states: tuple[tuple[str, str], ...] = ()
-    # Failed attempts per task that count against its retry budget (interrupted ones do not).
+    workstream_states: tuple[tuple[str, WorkstreamState], ...] = ()
     failures: tuple[tuple[str, int], ...] = ()
-    # Tasks whose last attempt was IN_PROGRESS when the runtime that ran it died.
     interrupted: tuple[tuple[str, int], ...] = ()
-    # None: resume (every unsuccessful task runs again); else only these tasks and their
-    # dependants are reset.
     reset: tuple[str, ...] | None = None
 
 
@@ -42,6 +51,8 @@ class RouteTasks(Message):
 
 @dataclass(frozen=True, slots=True)
 class TaskRouted(Message):
+    """Where one task goes: ``adapter`` (empty: nowhere, ``reason`` says why)."""
+
     task_key: str
     adapter: str
     reason: str
@@ -49,13 +60,16 @@ class TaskRouted(Message):
 
 @dataclass(frozen=True, slots=True)
 class TasksRouted(Message):
+    """The Router's answer to one :class:`RouteTasks`, in the order asked."""
+
     run_id: str
     routes: tuple[TaskRouted, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class ExecuteTask(Message):
-    """Executor: run one attempt of ``task``; stream output to ``log_path``."""
+    """Executor: run attempt ``attempt`` of ``task`` (its ``cwd`` already moved into its
+    worktree, if any); stream output to ``log_path``."""
 
     run_id: str
     task: TaskSpec
@@ -65,18 +79,20 @@ class ExecuteTask(Message):
 
 @dataclass(frozen=True, slots=True)
 class TaskValidating(Message):
-    """The tool succeeded; acceptance checks of ``phase`` (``static`` or ``runtime``) run now."""
+    """The tool succeeded; acceptance checks of ``phase`` (static: lint and imports, or
+    runtime: tests) run now. ``at``: when, ISO-8601 UTC."""
 
     run_id: str
     task_key: str
     attempt: int
     at: str
-    phase: str = "runtime"
+    phase: Phase = Phase.RUNTIME
 
 
 @dataclass(frozen=True, slots=True)
 class TaskFixing(Message):
-    """A check failed; the agent runs again (fix round ``round``) with the failure in its prompt."""
+    """A check failed; the agent runs again (fix round ``round``, 1-based) with the failure
+    (``reason``: the check's label) in its prompt."""
 
     run_id: str
     task_key: str
@@ -88,7 +104,13 @@ class TaskFixing(Message):
 
 @dataclass(frozen=True, slots=True)
 class RunProgress(Message):
-    """Published by the Scheduler to progress listeners after every task state change."""
+    """Published by the Scheduler to progress listeners (the foreground, ``watch``, the status
+    view) after every task state change and for notices.
+
+    ``state``: a task state (``IN_PROGRESS``, ``COMPLETED`` …), a run state with
+    ``finished_run_state`` set when the run ended, or a notice: ``FIXING``, ``WAITING``
+    (nothing can move; ``detail`` says why), ``PAUSED``, ``RESUMED``, ``HUNG``. ``task_key`` is
+    empty for run-wide notices. ``done``/``total``: terminal tasks so far / all tasks."""
 
     run_id: str
     task_key: str
@@ -110,7 +132,7 @@ class ActorDied(Message):
 
 @dataclass(frozen=True, slots=True)
 class TaskAwaitingApproval(Message):
-    """A human step is waiting for a person's approval."""
+    """A human step is waiting for a person's approval of ``prompt`` (since ``at``)."""
 
     run_id: str
     task_key: str
@@ -130,7 +152,8 @@ class CancelAttempt(Message):
 
 @dataclass(frozen=True, slots=True)
 class ApprovalDecision(Message):
-    """Executor (human): the decision on a waiting attempt."""
+    """Executor (human): the decision on a waiting attempt; ``who`` decided (the socket peer's
+    user name), with an optional ``comment``."""
 
     run_id: str
     task_key: str
@@ -138,6 +161,16 @@ class ApprovalDecision(Message):
     approved: bool
     who: str
     comment: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalTimedOut(Message):
+    """Told by the timer to the human executor: attempt ``attempt`` of ``task_key`` waited its
+    ``approval_timeout_s`` with no decision, so it ends TIMEOUT."""
+
+    run_id: str
+    task_key: str
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True)
