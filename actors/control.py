@@ -141,6 +141,7 @@ class RuntimeControl:
             "database": self._database(),
             "schemas": self._schemas(),
             "circuits": scheduler.get("circuits", {}),
+            "waiting": {run["run_id"]: run["waiting"] for run in scheduler.get("runs", ()) if run.get("waiting")},
             "queues": {"queued": scheduler.get("queued", {}), "running": scheduler.get("running")},
         }
 
@@ -268,8 +269,15 @@ class RuntimeControl:
 
 
 def _healthy(actors: dict[str, Any], scheduler: dict[str, Any]) -> bool:
-    return not actors.get("gave_up") and all(a["status"] == "ok" for a in actors["actors"].values()) and \
-        "error" not in scheduler
+    """Healthy: every actor answers, the scheduler too, the ledger commits, and no run's work
+    is stuck behind adapters that are all unavailable (open circuits, dead executors)."""
+    return (
+        not actors.get("gave_up")
+        and all(a["status"] == "ok" for a in actors["actors"].values())
+        and "error" not in scheduler
+        and not scheduler.get("ledger_holding")
+        and not any(run.get("waiting") for run in scheduler.get("runs", ()))
+    )
 
 
 def _event_json(event: RunProgress) -> dict[str, Any]:

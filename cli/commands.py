@@ -134,6 +134,7 @@ def _runtime(args: argparse.Namespace, store: Store, state_dir: Path, router: Ro
         concurrency=concurrency,
         router=router,
         quarantine_after=args.quarantine_after,
+        safe_mode_after_s=args.safe_mode_after,
         control_socket=_socket_path(args, state_dir),
     )
     try:

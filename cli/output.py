@@ -21,12 +21,11 @@ _STATE_STYLE = {
     TaskState.RETRY_WAIT.value: ("↻", "yellow"),
     TaskState.AWAITING_APPROVAL.value: ("?", "yellow"),
     "FIXING": ("↻", "yellow"),
-    "MERGED": ("⇢", "green"),
-    "BRANCH_LEFT": ("⇢", "yellow"),
-    "MERGE_CONFLICT": ("✗", "red"),
 }
 
 
+# Run-wide notices (no task): what the foreground says, then the notice's detail.
+_RUN_NOTICES = {"WAITING": "", "PAUSED": "paused: no new task starts", "RESUMED": "resumed"}
 # Steps on the way that the foreground display does not print (the ledger has them all).
 _QUIET_STATES = frozenset({TaskState.PENDING.value, TaskState.QUEUED.value, TaskState.VALIDATING.value})
 
@@ -42,6 +41,8 @@ def paint(text: str, colour: str, enabled: bool) -> str:
 def progress_line(event: RunProgress, colour: bool, run_id: str = "") -> str | None:
     if not event.run_id and event.state == "HUNG":
         return f"  {paint('!', 'red', colour)} actor {event.task_key} missed heartbeats: {event.detail}"
+    if not event.task_key and event.state in _RUN_NOTICES:
+        return f"  {paint('…', 'yellow', colour)} {_RUN_NOTICES[event.state]}{event.detail}"
     if not event.task_key or event.state in _QUIET_STATES:
         return None
     symbol, tint = _STATE_STYLE.get(event.state, ("·", "dim"))

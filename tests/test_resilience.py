@@ -141,6 +141,48 @@ def test_without_a_fallback_tasks_wait_for_the_tool_and_complete_when_it_recover
     assert held.fetchone()[0] >= 1
 
 
+def test_failing_user_commands_and_gates_never_open_a_circuit_and_the_run_ends(tmp_path, orchestrate):
+    """The 7-task repro: five `exit 1` and two failing gates used to open the shell circuit,
+    the probe's gate failure left it half-open forever, and the run hung silently."""
+    write_json(tmp_path / "router_config.json", {"adapters": [
+        {"name": "shell", "type": "shell", "breaker": {"max_failures": 2, "reset_timeout_s": 600}}]})
+    plan = write_json(tmp_path / "plan.json", {"workstreams": [{"id": "w", "tasks": [
+        *({"id": f"exit{i}", "tool": "shell", "command": "exit 1"} for i in range(5)),
+        *({"id": f"gate{i}", "tool": "shell", "command": "true",
+           "acceptance": [{"name": "never", "command": "false"}]} for i in range(2))]}]})
+    result = orchestrate("run", str(plan), "-j", "1", timeout=60)
+    assert result.code == 1, result.out + result.err
+    states = [row[0] for row in ledger(tmp_path).execute("select state from tasks")]
+    assert states == ["FAILED"] * 7
+    assert events(tmp_path, "CIRCUIT_OPEN") == []
+    classes = {row[0] for row in ledger(tmp_path).execute("select error_class from tasks")}
+    assert classes == {"command_failed", "gate"}
+
+
+def test_a_run_whose_tool_stays_down_says_it_waits_then_stops_in_safe_mode_and_resumes(tmp_path, orchestrate):
+    sentinel = tmp_path / "tool-is-down"
+    sentinel.touch()
+    write_json(tmp_path / "router_config.json", {"adapters": [
+        {"name": "flaky", "type": "custom", "class": "tests.fault_adapters:SwitchableShell",
+         "settings": {"broken_while": str(sentinel)}, "tools": ["shell"],
+         "breaker": {"max_failures": 2, "reset_timeout_s": 600}}]})
+    plan = write_json(tmp_path / "plan.json", {"workstreams": [{"id": "w", "tasks": [
+        {"id": f"t{i}", "tool": "shell", "command": "true", "retry": {"max_attempts": 3, "backoff_s": 0.05}}
+        for i in range(4)]}]})
+    result = orchestrate("run", str(plan), "-j", "2", "--safe-mode-after", "3", timeout=60)
+    assert result.code == 1, result.out + result.err
+    assert "waiting: circuit 'flaky' open, next probe in" in result.out
+    db = ledger(tmp_path)
+    status, reason = db.execute("select status, status_reason from runs").fetchone()
+    assert status == "partial" and "safe mode" in reason
+    assert {row[0] for row in db.execute("select state from tasks")} <= {"BLOCKED", "FAILED"}
+    run_id = db.execute("select run_id from runs").fetchone()[0]
+    sentinel.unlink()
+    resumed = orchestrate("execute", "--run", run_id, timeout=60)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert {row[0] for row in ledger(tmp_path).execute("select state from tasks")} == {"COMPLETED"}
+
+
 def test_a_task_failing_twice_then_succeeding_has_three_attempts_with_policy_backoff(tmp_path, orchestrate):
     counter = tmp_path / "calls"
     plan = write_json(tmp_path / "plan.json", {"id": "w", "tasks": [
