@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from domain.breaker import BreakerPolicy
-from domain.plan import TaskSpec
+from domain.plan import INTEGRATION_TOOL, TaskSpec
+
+# Who carries out a workstream's merge step: not an adapter, the Workspace actor.
+INTEGRATOR = "workspace"
 
 
 class Strategy(StrEnum):
@@ -121,6 +124,8 @@ class RoutingTable:
         dead: frozenset[str] = frozenset(),
     ) -> RouteDecision:
         load = load or {}
+        if task.tool == INTEGRATION_TOOL:
+            return RouteDecision(task.key, (), INTEGRATOR, "a workstream's merge step: the Workspace does it")
         for index, rule in enumerate(self.config.rules):
             if rule.matches(task):
                 return self._choose(task, rule.adapters, rule.strategy, f"{rule.describe(index)}", index,

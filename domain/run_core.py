@@ -28,7 +28,7 @@ from domain.graph import task_dependencies, topological_order
 from domain.outcomes import Evidence, Verdict
 from domain.plan import INTEGRATION_TOOL, Plan, TaskSpec, Workstream
 from domain.retry import RetryPolicy
-from domain.routing import AdapterInfo
+from domain.routing import INTEGRATOR, AdapterInfo
 from domain.run_events import (
     Announced,
     ApprovalRelayed,
@@ -77,8 +77,6 @@ from domain.states import (
     WorkstreamState,
 )
 
-# The adapter name recorded for a workstream's merge step: the Workspace does it, no executor.
-WORKSPACE_ADAPTER = "workspace"
 
 
 class ControlRefused(Exception):
@@ -362,7 +360,7 @@ class RunCore:
 
     def _release(self, run: _Run, key: str) -> _Running | None:
         running = run.running.pop(key, None)
-        if running is not None and running.adapter != WORKSPACE_ADAPTER:
+        if running is not None and running.adapter != INTEGRATOR:
             self.adapter_running[running.adapter] -= 1
         return running
 
@@ -711,10 +709,10 @@ class RunCore:
         lane = run.lanes[run.specs[key].workstream_id]
         run.attempts[key] += 1
         attempt = run.attempts[key]
-        run.running[key] = _Running(WORKSPACE_ADAPTER, attempt, self.now, started=True)
+        run.running[key] = _Running(INTEGRATOR, attempt, self.now, started=True)
         run.integrating.add(lane.workstream.id)
-        self._out.append(AttemptOpened(run.run_id, lane.workstream.id, key, attempt, WORKSPACE_ADAPTER))
-        self._move(run, key, TaskState.IN_PROGRESS, "", attempt, WORKSPACE_ADAPTER)
+        self._out.append(AttemptOpened(run.run_id, lane.workstream.id, key, attempt, INTEGRATOR))
+        self._move(run, key, TaskState.IN_PROGRESS, "", attempt, INTEGRATOR)
         self._out.append(IntegrationWanted(run.run_id, lane.workstream.id, lane.workstream.target_branch,
                                            lane.workstream.merge))
 
@@ -809,7 +807,7 @@ class RunCore:
         stopping = 0
         for run in self.runs.values():
             for key, running in run.running.items():
-                if running.adapter != WORKSPACE_ADAPTER:
+                if running.adapter != INTEGRATOR:
                     self._out.append(CancelRequested(running.adapter, run.run_id, key, running.attempt))
                     stopping += 1
         return {"stopping": stopping}, self._end()
@@ -833,7 +831,7 @@ class RunCore:
             state = run.book.states[key]
             if key in run.running:
                 running = run.running[key]
-                if running.adapter != WORKSPACE_ADAPTER:
+                if running.adapter != INTEGRATOR:
                     self._out.append(CancelRequested(running.adapter, run.run_id, key, running.attempt))
                 killing.append(key)
             elif state not in TERMINAL_TASK_STATES or (run.cancelling and state is TaskState.BLOCKED):
