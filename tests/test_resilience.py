@@ -33,6 +33,16 @@ def events(directory: Path, *types: str) -> list[tuple[str, dict]]:
     return [(r["event_type"], json.loads(r["payload_json"] or "{}")) for r in rows]
 
 
+def attempt_running(directory: Path) -> bool:
+    """The ledger shows an attempt in progress (read without waiting on the writer's lock)."""
+    try:
+        with sqlite3.connect(f"file:{directory / '.state' / 'orchestration.db'}?mode=ro", uri=True,
+                             timeout=0.1) as db:
+            return db.execute("select 1 from step_attempts where status = 'IN_PROGRESS' limit 1").fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
 def write_json(path: Path, document: dict) -> Path:
     path.write_text(json.dumps(document))
     return path
@@ -254,18 +264,23 @@ def test_sigkill_at_random_moments_loses_nothing_and_leaves_no_process(tmp_path,
     effects = tmp_path / "effects.txt"
     effects.touch()
     # The effect is idempotent per task: an attempt re-run after a crash does not add it twice.
-    command = (f"sleep 0.02; flock {effects} sh -c 'grep -qx \"$ORCHESTRATE_TASK\" {effects} "
+    command = (f"sleep 0.1; flock {effects} sh -c 'grep -qx \"$ORCHESTRATE_TASK\" {effects} "
                f"|| echo \"$ORCHESTRATE_TASK\" >> {effects}'")
     plan = write_json(tmp_path / "plan.json", {"workstreams": [{"id": "w", "tasks": [
         {"id": f"t{i:03d}", "tool": "shell", "command": command} for i in range(200)]}]})
     created = orchestrate("request", "--workstream", str(plan), "--json")
     run_id = created.json()["run_id"]
     rng = random.Random(int(os.environ.get("FAULT_SEED", "20261122")))
-    for _ in range(20):
+    for kill in range(20):
         process = subprocess.Popen([sys.executable, str(ORCHESTRATE), "execute", "--run", run_id, "-j", "4", "-q"],
                                    cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Every other kill lands while the ledger shows an attempt of this runtime running, so
+        # some attempts are interrupted however slow the machine is; the others at random.
+        if kill % 2 == 0:
+            wait_until(lambda: process.poll() is not None or attempt_running(tmp_path), timeout=60,
+                       what="an attempt to start")
         try:
-            process.wait(timeout=rng.uniform(0.3, 1.2))
+            process.wait(timeout=rng.uniform(0.0, 0.3) if kill % 2 == 0 else rng.uniform(0.3, 1.2))
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()
