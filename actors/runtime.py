@@ -41,7 +41,7 @@ from domain.supervision import ChildSpec, HeartbeatPolicy, Restart, SupervisorSp
 from messages import Flush, RunProgress
 from messages.control import StopRuns
 from persistence.clock import utc_now_iso
-from persistence.spill import SPILL_FILE
+from persistence.spill import SPILL_FILE, keep_reserve
 from persistence.store import Store, WriteStalled
 
 log = structlog.get_logger("orchestrate.runtime")
@@ -204,6 +204,7 @@ class Runtime:
             self.directory.register(SUPERVISOR, self._supervisor)
             self._supervisor.ask(StartChildren(), timeout=ASK_TIMEOUT_S)
             self._replay_spill()
+            keep_reserve(self.state_dir)
             if self.options.control_socket is not None:
                 from actors.control import RuntimeControl
                 from control.server import ControlServer

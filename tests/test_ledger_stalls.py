@@ -121,3 +121,45 @@ def test_a_lock_longer_than_the_stall_limit_stops_with_one_line_and_resumes_exac
     resumed = orchestrate("execute", "--run", run_id(tmp_path))
     assert resumed.code == 0, resumed.out + resumed.err
     assert_completed_exactly_once(tmp_path)
+
+
+@pytest.fixture
+def immutable(tmp_path):
+    """Make files immutable (``chattr +i``: even root cannot write them); undone in teardown."""
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"chattr +i does not work here: {done.stderr.strip()}")
+        made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+
+
+def test_a_read_only_database_stops_with_one_line_naming_it_and_the_run_resumes(tmp_path, orchestrate, immutable):
+    import json
+
+    effects = tmp_path / "effects"
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"id": "w", "tasks": [
+        {"id": f"t{i}", "tool": "shell", "command": f"echo t{i} >> {effects}"} for i in range(6)]}))
+    created = orchestrate("request", "--workstream", str(plan), "--json")
+    run = created.json()["run_id"]
+    db_path = tmp_path / ".state" / "orchestration.db"
+    immutable(db_path)
+
+    stopped = orchestrate("execute", "--run", run)
+
+    assert stopped.code == 3, stopped.out + stopped.err
+    lines = stopped.err.strip().splitlines()
+    assert len(lines) == 1 and str(db_path) in lines[0] and "read-only" in lines[0], stopped.err
+    assert f"orchestrate execute --run {run}" in lines[0]
+    subprocess.run(["chattr", "-i", str(db_path)], check=True)
+    resumed = orchestrate("execute", "--run", run)
+    assert resumed.code == 0, resumed.out + resumed.err
+    db = ledger(tmp_path)
+    assert Counter(r[0] for r in db.execute("select state from tasks")) == {"COMPLETED": 6}
+    assert Counter(effects.read_text().split()) == {f"t{i}": 1 for i in range(6)}
