@@ -31,7 +31,7 @@ from domain.states import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, RunState, T
 from persistence.clock import utc_now_iso
 from persistence.db import DatabaseUnavailable, make_engine, resolve_db_url
 from persistence.migrate import init_db
-from persistence.store import DuplicateRun, Store
+from persistence.store import DuplicateRun, Store, WriteStalled
 from planning.errors import PlanError
 from planning.loader import load_plan
 from planning.model import Plan
@@ -124,6 +124,9 @@ def _create_or_find_run(store: Store, plan: Plan, concurrency: int, new: bool, r
         created = store.create_run(request_json, plan.to_json(), run_id=run_id, at=utc_now_iso())
     except DuplicateRun as error:
         raise CliError(str(error), EXIT_USAGE) from None
+    except WriteStalled as error:
+        raise CliError(f"cannot create the run: {error}; try again when the database takes writes",
+                       EXIT_RUNTIME) from None
     return created, True
 
 

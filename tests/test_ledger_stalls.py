@@ -106,7 +106,8 @@ def test_a_database_locked_mid_run_never_loses_a_record_nor_claims_false_success
         resumed = orchestrate("execute", "--run", run_id(tmp_path))
         assert resumed.code == 0, resumed.out + resumed.err
         assert_completed_exactly_once(tmp_path)
-    assert "ledger waiting for the database (locked by another process)" in out, out
+    if lock_s >= 8:  # a shorter lock may end before the first warning is due
+        assert "ledger waiting for the database (locked by another process)" in out, out
 
 
 def test_a_lock_longer_than_the_stall_limit_stops_with_one_line_and_resumes_exactly(tmp_path, orchestrate):
