@@ -146,7 +146,8 @@ def test_a_read_only_database_stops_with_one_line_naming_it_and_the_run_resumes(
     effects = tmp_path / "effects"
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"id": "w", "tasks": [
-        {"id": f"t{i}", "tool": "shell", "command": f"echo t{i} >> {effects}"} for i in range(6)]}))
+        # Tasks running when the runtime stops are killed (in their sleep) and run again on resume.
+        {"id": f"t{i}", "tool": "shell", "command": f"sleep 0.4; echo t{i} >> {effects}"} for i in range(6)]}))
     created = orchestrate("request", "--workstream", str(plan), "--json")
     run = created.json()["run_id"]
     db_path = tmp_path / ".state" / "orchestration.db"
