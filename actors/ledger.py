@@ -249,7 +249,11 @@ class LedgerActor(SupervisedActor):
             self.commit_pending = False
             self._commit()
             return None
-        pending = self.writer.append(message)  # type: ignore[arg-type]
+        if not isinstance(message, LEDGER_OPS):
+            # Applying it would fail every batch it sits in, forever.
+            log.warning("ledger_ignored", message=type(message).__name__)
+            return None
+        pending = self.writer.append(message)
         if pending >= MAX_BATCH and self.writer.stall is None:
             self._commit()
         else:
