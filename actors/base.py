@@ -1,14 +1,21 @@
-"""The base of every supervised actor: heartbeats, fault injection, and a death notice.
+"""The base of every supervised actor: heartbeats, call records, fault injection, and a
+death notice.
 
 Subclasses implement :meth:`SupervisedActor.handle`; the base answers the Supervisor's
 :class:`Ping` with a :class:`Heartbeat` from the actor's own thread, so a heartbeat proves the
-mailbox is being served. A hung handler therefore shows up as missing heartbeats.
+mailbox is being served. A missing heartbeat alone cannot tell a busy actor from a stuck one,
+so the base also keeps a :class:`CallRecord` per incarnation: which message it is handling
+and since when, and when it last reported progress (:meth:`SupervisedActor.report_progress`,
+for known long work). The Supervisor reads it through :func:`call_record` without asking the
+actor, which may be the one thing that cannot answer (see :mod:`domain.supervision`).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import traceback
+import weakref
 from types import TracebackType
 
 import pykka
@@ -25,6 +32,34 @@ class InjectedFault(RuntimeError):
     """Raised by :class:`Crash`: a test's way to kill an actor through its own code path."""
 
 
+class CallRecord:
+    """One incarnation's current call and progress, in ``time.monotonic()`` seconds.
+
+    Written only by the actor's own thread, read by the Supervisor's: plain attribute writes,
+    so a reader may see a call's message name a moment before its start time, which costs at
+    most one tick's judgement. ``call_since`` is None between calls; ``progress_at`` is None
+    until the actor first reports progress; ``activity`` is "" unless long work is declared.
+    """
+
+    __slots__ = ("call_message", "call_since", "progress_at", "activity", "__weakref__")
+
+    def __init__(self) -> None:
+        self.call_message = ""
+        self.call_since: float | None = None
+        self.progress_at: float | None = None
+        self.activity = ""
+
+
+# Keyed by actor URN (unique per incarnation); an entry goes when its actor is collected.
+_RECORDS: weakref.WeakValueDictionary[str, CallRecord] = weakref.WeakValueDictionary()
+
+
+def call_record(actor_urn: str) -> CallRecord | None:
+    """The call record of the incarnation ``actor_urn``; None if it is not a SupervisedActor
+    or is gone."""
+    return _RECORDS.get(actor_urn)
+
+
 class SupervisedActor(pykka.ThreadingActor):
     """A pykka actor with a name in the Directory and a death notice to its supervisor.
 
@@ -36,30 +71,53 @@ class SupervisedActor(pykka.ThreadingActor):
         super().__init__()
         self.name = name
         self.directory = directory
+        self.calls = CallRecord()
+        _RECORDS[self.actor_urn] = self.calls
 
     def on_receive(self, message: object) -> object:
         if not self.directory.is_current(self.name, self.actor_ref):
-            # A replaced incarnation (it was declared hung, then woke up): what is left in its
-            # mailbox was meant for the actor that now holds the name, which has taken over.
-            log.warning("stale_actor_stopping", actor=self.name, dropped=type(message).__name__)
-            self.stop()
-            return None
+            return self.on_stale(message)
         if isinstance(message, Ping):
             try:
                 self.directory.tell(SUPERVISOR, Heartbeat(self.name, message.seq))
             except PeerUnavailable:
                 pass
             return None
-        if isinstance(message, Hang):
-            threading.Event().wait(message.seconds)
-            return None
-        if isinstance(message, Crash):
-            raise InjectedFault(message.reason)
-        return self.handle(message)
+        calls = self.calls
+        calls.call_message = type(message).__name__
+        calls.call_since = time.monotonic()
+        try:
+            if isinstance(message, Hang):
+                threading.Event().wait(message.seconds)
+                return None
+            if isinstance(message, Crash):
+                raise InjectedFault(message.reason)
+            return self.handle(message)
+        finally:
+            calls.call_since = None
 
     def handle(self, message: object) -> object:
         """Handle one message of the actor's own protocol; unknown messages are ignored."""
         return None
+
+    def on_stale(self, message: object) -> object:
+        """A replaced incarnation (declared hung, then woke up) received ``message``.
+
+        By default it is dropped and the incarnation stops: what is left in its mailbox was
+        meant for the actor that now holds the name, which has taken over (an executor's lost
+        attempts count as crashed). An actor whose accepted messages must survive overrides it.
+        """
+        log.warning("stale_actor_stopping", actor=self.name, dropped=type(message).__name__)
+        self.stop()
+        return None
+
+    def report_progress(self, activity: str | None = None) -> None:
+        """Tell the Supervisor (through the call record) that long work is progressing, so
+        missed heartbeats read as busy, not hung. ``activity`` declares or updates what the
+        work is (shown in ``health``); "" ends it; None keeps the current one."""
+        if activity is not None:
+            self.calls.activity = activity
+        self.calls.progress_at = time.monotonic()
 
     def on_failure(
         self,

@@ -4,49 +4,241 @@ Ops are buffered and applied in one transaction (group commit) when the buffer i
 short commit interval after the first buffered op has passed, whichever comes first; a
 ``Flush`` ask commits at once. A burst of transitions thus costs one commit, and no fact
 waits longer than the interval to become durable.
+
+The durability contract: a state change is done when it is committed, and an op the Ledger
+received is never dropped. The ops live in a :class:`LedgerWriter`, made by the runtime and
+handed to every incarnation of the Ledger, so a replaced incarnation's ops are the new one's;
+only the incarnation that last claimed the writer may commit (a replaced one that wakes up
+cannot). When the database refuses a write for a cause that may pass (:class:`WriteStalled`:
+locked by another process, disk full, I/O error) or the commit path raises anything else, the
+ops stay and the commit is tried again with backoff. Each try waits at most a moment inside
+SQLite, so the actor keeps answering heartbeats and reports its stall as progress (``busy`` in
+``health``, never replaced for it). Meanwhile the Scheduler is told :class:`LedgerStalled`
+(hold new dispatches) and, after the next commit, :class:`LedgerRecovered`; a warning goes to
+the runtime every ``WARN_EVERY_S``; past the stall limit the runtime is told to stop (at once
+for a read-only database, which does not pass by waiting). What is still unwritten when the
+runtime stops is spilled to a file (:mod:`persistence.spill`) and committed by the next one.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
 from actors.base import SupervisedActor
-from actors.directory import Directory
+from actors.directory import SCHEDULER, Directory, PeerUnavailable
 from actors.timers import TimerService
 from messages import Flush
 from messages.base import Message
-from messages.ledger import CreateRun
+from messages.health import LedgerRecovered, LedgerStalled
+from messages.ledger import CreateRun, LedgerOp
 from persistence.clock import utc_now_iso
-from persistence.store import Store
+from persistence.spill import read_spill, write_spill
+from persistence.store import Store, WriteStalled
 
 log = structlog.get_logger("orchestrate.ledger")
 
 MAX_BATCH = 2000
 COMMIT_INTERVAL_S = 0.02
+RETRY_MIN_S = 0.05
+RETRY_MAX_S = 0.5
+WARN_EVERY_S = 2.0
+LEDGER_OPS = typing.get_args(LedgerOp)
+# Causes a person must fix: waiting does not help, so the runtime stops at the first refusal.
+STOP_AT_ONCE = frozenset({"read-only"})
 
 
 @dataclass(frozen=True, slots=True)
 class CommitDue(Message):
-    """Told by the timer: the commit interval of the oldest buffered op has passed."""
+    """Told by the timer: the commit interval of the oldest buffered op (or the backoff after
+    a refused commit) has passed."""
+
+
+@dataclass(slots=True)
+class Stall:
+    """A run of refused commits: since when (monotonic), why, and what was said about it."""
+
+    since: float
+    error: WriteStalled
+    failures: int = 0
+    warned_at: float = 0.0
+    gave_up: bool = False
+
+
+class LedgerWriter:
+    """The Ledger's unwritten ops and its stall, outliving any one incarnation of the actor.
+
+    Thread-safe. ``on_warning(text)`` is called (from the Ledger's thread) once per
+    ``WARN_EVERY_S`` of a stall; ``on_gave_up(error, stalled_s)`` once when a stall passes
+    ``stall_limit_s`` (or at once for a read-only database). ``wait_settled`` lets a caller
+    outside the actor system wait until everything received is committed or the writer gave up.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        stall_limit_s: float,
+        on_warning: Callable[[str], None],
+        on_gave_up: Callable[[WriteStalled, float], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.stall_limit_s = stall_limit_s
+        self.on_warning = on_warning
+        self.on_gave_up = on_gave_up
+        self.clock = clock
+        self.stall: Stall | None = None
+        self.commits = 0
+        self.ops_written = 0
+        self._ops: list[LedgerOp] = []
+        self._owner = ""
+        self._ops_lock = threading.Lock()
+        # Held for a whole commit attempt: a replaced incarnation still inside one finishes it
+        # before its successor starts, and never starts another (see ``commit``).
+        self._commit_lock = threading.Lock()
+        self._settled = threading.Condition(self._ops_lock)
+
+    # -- ownership and ops ---------------------------------------------------------------------
+    def claim(self, owner: str) -> None:
+        """Make ``owner`` (an incarnation's URN) the only one allowed to commit from now on."""
+        with self._commit_lock:
+            self._owner = owner
+
+    def append(self, op: LedgerOp) -> int:
+        """Accept ``op``; returns how many ops are now unwritten."""
+        with self._ops_lock:
+            self._ops.append(op)
+            return len(self._ops)
+
+    def pending(self) -> int:
+        with self._ops_lock:
+            return len(self._ops)
+
+    # -- committing ------------------------------------------------------------------------------
+    def commit(self, owner: str) -> int:
+        """Commit every op received so far, in one transaction; return how many were written.
+
+        Nothing happens for an ``owner`` that is no longer the claimant. If the commit fails,
+        every op stays and :class:`WriteStalled` is raised (any other error is converted to
+        one, cause "error: ...", after logging it): the caller retries later.
+        """
+        with self._commit_lock:
+            if owner != self._owner:
+                return 0
+            with self._ops_lock:
+                batch = list(self._ops)
+            if not batch:
+                return 0
+            try:
+                rejected = self.store.apply(batch)
+            except WriteStalled:
+                raise
+            except Exception as error:  # a crash in the commit path must not lose the batch either
+                log.exception("ledger_commit_failed", ops=len(batch))
+                raise WriteStalled(f"error: {type(error).__name__}: {error}", self.store.database, "") from error
+            with self._settled:
+                del self._ops[:len(batch)]
+                self._settled.notify_all()
+        self.commits += 1
+        self.ops_written += len(batch)
+        for rejection in rejected:
+            log.warning("ledger_rejected", op=type(rejection.op).__name__, reason=rejection.reason)
+        return len(batch)
+
+    def refused(self, error: WriteStalled) -> Stall:
+        """Record a refused commit; warn and give up when it is time. Returns the stall."""
+        now = self.clock()
+        first = self.stall is None
+        if self.stall is None:
+            self.stall = Stall(since=now, error=error, warned_at=now)
+            log.warning("ledger_stalled", cause=error.cause, database=error.database, detail=error.detail)
+        stall = self.stall
+        stall.error, stall.failures = error, stall.failures + 1
+        stalled_s = now - stall.since
+        if first and error.cause not in STOP_AT_ONCE:
+            return stall
+        if now - stall.warned_at >= WARN_EVERY_S:
+            stall.warned_at = now
+            self.on_warning(f"ledger waiting for the database ({error.cause}) for {stalled_s:.1f}s; "
+                            f"{self.pending()} records held, none lost")
+        if not stall.gave_up and (stalled_s >= self.stall_limit_s or error.cause in STOP_AT_ONCE):
+            stall.gave_up = True
+            log.error("ledger_gave_up", cause=error.cause, stalled_s=round(stalled_s, 1), pending=self.pending())
+            with self._settled:
+                self._settled.notify_all()
+            self.on_gave_up(error, stalled_s)
+        return stall
+
+    def recovered(self) -> float:
+        """The stall ended (a commit went through); returns how long it lasted."""
+        stall, self.stall = self.stall, None
+        if stall is None:
+            return 0.0
+        stalled_s = self.clock() - stall.since
+        log.warning("ledger_recovered", stalled_s=round(stalled_s, 2), failures=stall.failures)
+        return stalled_s
+
+    def wait_settled(self, timeout_s: float) -> bool:
+        """Block until nothing is unwritten (True), or the writer gave up or ``timeout_s``
+        passed (False)."""
+        deadline = self.clock() + timeout_s
+        with self._settled:
+            while self._ops:
+                remaining = deadline - self.clock()
+                if remaining <= 0 or (self.stall is not None and self.stall.gave_up):
+                    return False
+                self._settled.wait(min(remaining, 0.5))
+        return True
+
+    # -- across runtimes ---------------------------------------------------------------------------
+    def spill(self, path: Path) -> int:
+        """Move every unwritten op to ``path`` (see :mod:`persistence.spill`); returns how many.
+        Raises OSError (the ops stay here) if they cannot be written there either."""
+        with self._commit_lock, self._ops_lock:
+            if self._ops:
+                write_spill(path, self._ops)
+            count = len(self._ops)
+            self._ops.clear()
+        return count
+
+    def restore(self, path: Path) -> int:
+        """Take the ops spilled at ``path`` as the first unwritten ones; returns how many.
+        The file stays until :meth:`forget_spill` (call it once they are committed)."""
+        ops = read_spill(path)
+        with self._ops_lock:
+            self._ops[:0] = ops
+        return len(ops)
+
+    @staticmethod
+    def forget_spill(path: Path) -> None:
+        path.unlink(missing_ok=True)
 
 
 class LedgerActor(SupervisedActor):
-    def __init__(self, name: str, directory: Directory, store: Store, timers: TimerService) -> None:
+    def __init__(self, name: str, directory: Directory, writer: LedgerWriter, timers: TimerService) -> None:
         super().__init__(name, directory)
-        self.store = store
+        self.writer = writer
+        self.store = writer.store
         self.timers = timers
-        self.buffer: list = []
         self.commit_pending = False
-        self.commits = 0
-        self.ops_written = 0
+
+    def on_start(self) -> None:
+        self.writer.claim(self.actor_urn)
+        if self.writer.pending():
+            # Ops a predecessor (or a spill file) left: commit them before anything new.
+            self._schedule_commit(COMMIT_INTERVAL_S)
 
     def handle(self, message: object) -> object:
         if isinstance(message, Flush):
             self._commit()
-            return {"commits": self.commits, "ops": self.ops_written}
+            return {"commits": self.writer.commits, "ops": self.writer.ops_written, "pending": self.writer.pending()}
         if isinstance(message, CreateRun):
             self._commit()
             return self.store.create_run(
@@ -57,24 +249,63 @@ class LedgerActor(SupervisedActor):
             self.commit_pending = False
             self._commit()
             return None
-        self.buffer.append(message)
-        if len(self.buffer) >= MAX_BATCH:
+        if not isinstance(message, LEDGER_OPS):
+            # Applying it would fail every batch it sits in, forever.
+            log.warning("ledger_ignored", message=type(message).__name__)
+            return None
+        pending = self.writer.append(message)
+        if pending >= MAX_BATCH and self.writer.stall is None:
             self._commit()
-        elif not self.commit_pending:
-            self.commit_pending = True
-            me = self.actor_ref
-            self.timers.call_later(COMMIT_INTERVAL_S, lambda: me.tell(CommitDue()))
+        else:
+            self._schedule_commit(COMMIT_INTERVAL_S)
         return None
 
-    def _commit(self) -> None:
-        if not self.buffer:
+    def on_stale(self, message: object) -> object:
+        """A replaced Ledger hands ops still in its mailbox to its successor, not to the floor."""
+        if not isinstance(message, LEDGER_OPS):
+            return super().on_stale(message)
+        try:
+            self.directory.tell(self.name, message)
+        except PeerUnavailable:
+            self.writer.append(message)  # type: ignore[arg-type]
+        return None
+
+    def _schedule_commit(self, delay_s: float) -> None:
+        if self.commit_pending:
             return
-        batch, self.buffer = self.buffer, []
-        rejected = self.store.apply(batch)
-        self.commits += 1
-        self.ops_written += len(batch)
-        for rejection in rejected:
-            log.warning("ledger_rejected", op=type(rejection.op).__name__, reason=rejection.reason)
+        self.commit_pending = True
+        me = self.actor_ref
+        self.timers.call_later(delay_s, lambda: me.tell(CommitDue()))
+
+    def _commit(self) -> None:
+        try:
+            written = self.writer.commit(self.actor_urn)
+        except WriteStalled as error:
+            self._refused(error)
+            return
+        if self.writer.stall is not None and written:
+            stalled_s = self.writer.recovered()
+            self.report_progress("")
+            self._tell_scheduler(LedgerRecovered(stalled_s=round(stalled_s, 3), written=written))
+
+    def _refused(self, error: WriteStalled) -> None:
+        first = self.writer.stall is None
+        stall = self.writer.refused(error)
+        self.report_progress(f"waiting for the database ({error.cause}) for {time.monotonic() - stall.since:.1f}s")
+        if first:
+            self._tell_scheduler(LedgerStalled(cause=error.cause, database=error.database,
+                                               pending=self.writer.pending()))
+        self._schedule_commit(min(RETRY_MAX_S, RETRY_MIN_S * 2 ** min(stall.failures, 10)))
+
+    def _tell_scheduler(self, message: object) -> None:
+        try:
+            self.directory.tell(SCHEDULER, message)
+        except PeerUnavailable:
+            log.warning("scheduler_unreachable", message=type(message).__name__)
 
     def on_stop(self) -> None:
-        self._commit()
+        # One last try; what it cannot write stays with the writer (the runtime spills it).
+        try:
+            self.writer.commit(self.actor_urn)
+        except WriteStalled:
+            pass

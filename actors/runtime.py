@@ -13,6 +13,7 @@ import fcntl
 import importlib
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from actors.directory import (
 )
 from actors.executor import ExecutorActor
 from actors.human import HumanExecutorActor
-from actors.ledger import LedgerActor
+from actors.ledger import LedgerActor, LedgerWriter
 from actors.recovery import recorded_processes, start_message
 from actors.router import RouterActor
 from actors.scheduler import SchedulerActor
@@ -48,7 +49,9 @@ from domain.run_core import CoreConfig
 from domain.supervision import ChildSpec, HeartbeatPolicy, Restart, SupervisorSpec
 from messages import Flush, RunProgress
 from messages.control import StopRuns
-from persistence.store import Store
+from persistence.clock import utc_now_iso
+from persistence.spill import SPILL_FILE, keep_reserve
+from persistence.store import Store, WriteStalled
 
 log = structlog.get_logger("orchestrate.runtime")
 
@@ -57,6 +60,16 @@ ASK_TIMEOUT_S = 30.0
 AGENT_TYPES = frozenset({"aider", "agent"})
 LOCK_FILE = "runtime.lock"
 SOCKET_FILE = "orchestrate.sock"
+STALL_LIMIT_ENV = "ORCHESTRATE_DB_STALL_LIMIT_S"
+DEFAULT_STALL_LIMIT_S = 60.0
+# Each cause of a stalled database: what is wrong, and what a person can do about it.
+_STALL_TEXT = {
+    "locked by another process": ("has been locked by another process for {s:.0f}s",
+                                  "Find the process holding it (`fuser {db}`)"),
+    "read-only": ("is read-only", "Make it writable again (see `lsattr {db}` and its permissions)"),
+    "disk full": ("has had no room to write (disk full) for {s:.0f}s", "Free space on the disk holding {dir}"),
+}
+_STALL_OTHER = ("has refused writes for {s:.0f}s ({cause})", "Check the disk holding {dir}")
 
 
 class RuntimeAborted(RuntimeError):
@@ -72,6 +85,22 @@ class RuntimeLocked(RuntimeError):
             f"another orchestrate runtime (pid {pid or 'unknown'}) is using {state_dir}; "
             "stop it (`orchestrate shutdown`) or use another --state-dir"
         )
+
+
+class DatabaseStalled(RuntimeAborted):
+    """The database refused the ledger's writes for too long (or is read-only)."""
+
+
+def stall_limit_from_env() -> float:
+    """``ORCHESTRATE_DB_STALL_LIMIT_S`` if set (seconds), else 60."""
+    return float(os.environ.get(STALL_LIMIT_ENV) or DEFAULT_STALL_LIMIT_S)
+
+
+def stalled_message(error: WriteStalled, stalled_s: float) -> str:
+    """One line: which database, what is wrong with it, for how long, and what to do."""
+    state, advice = _STALL_TEXT.get(error.cause, _STALL_OTHER)
+    fields = {"s": stalled_s, "cause": error.cause, "db": error.database, "dir": Path(error.database).parent}
+    return f"the database {error.database} {state.format(**fields)}; stopped. {advice.format(**fields)}"
 
 
 class AdapterUnavailable(ValueError):
@@ -97,6 +126,8 @@ class RuntimeOptions:
     max_restarts: int = 5
     restart_period_s: float = 10.0
     control_socket: Path | None = None
+    # How long the ledger keeps retrying a database that refuses writes before the runtime stops.
+    db_stall_limit_s: float = field(default_factory=stall_limit_from_env)
 
 
 def build_adapter(info: AdapterInfo) -> ToolAdapter:
@@ -167,6 +198,8 @@ class Runtime:
         self._supervisor: pykka.ActorRef | None = None
         self._hub = threading.Thread(target=self._fan_out, name="orchestrate-events", daemon=True)
         self.control = None
+        self.ledger_writer = LedgerWriter(store, options.db_stall_limit_s, self._ledger_warning, self._database_stalled)
+        self.spill_path = self.state_dir / SPILL_FILE
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -182,6 +215,8 @@ class Runtime:
             )
             self.directory.register(SUPERVISOR, self._supervisor)
             self._supervisor.ask(StartChildren(), timeout=ASK_TIMEOUT_S)
+            self._replay_spill()
+            keep_reserve(self.state_dir)
             if self.options.control_socket is not None:
                 from actors.control import RuntimeControl
                 from control.server import ControlServer
@@ -195,7 +230,7 @@ class Runtime:
     def _spec(self) -> SupervisorSpec:
         directory = self.directory
         children = [
-            ChildSpec(LEDGER, lambda: LedgerActor.start(LEDGER, directory, self.store, self.timers)),
+            ChildSpec(LEDGER, lambda: LedgerActor.start(LEDGER, directory, self.ledger_writer, self.timers)),
             ChildSpec(ROUTER, lambda: RouterActor.start(ROUTER, directory, self.options.router)),
             ChildSpec(WORKSPACE, lambda: WorkspaceActor.start(WORKSPACE, directory, self.state_dir)),
         ]
@@ -243,6 +278,35 @@ class Runtime:
             self._finished_cond.notify_all()
         self._stopping.set()
 
+    def _ledger_warning(self, text: str) -> None:
+        self._events.put(RunProgress("", LEDGER, "WARNING", utc_now_iso(), 0, 0, text))
+
+    def _database_stalled(self, error: WriteStalled, stalled_s: float) -> None:
+        self._abort_reason = stalled_message(error, stalled_s)
+        log.error("runtime_stopping_database_stalled", reason=self._abort_reason)
+        with self._finished_cond:
+            self._finished_cond.notify_all()
+        self._stopping.set()
+
+    def _replay_spill(self) -> None:
+        """Commit what the last runtime could not, before anything reads the ledger."""
+        if not self.ledger_writer.restore(self.spill_path):
+            return
+        self.flush()
+        self.ledger_writer.forget_spill(self.spill_path)
+
+    def _spill(self) -> None:
+        try:
+            count = self.ledger_writer.spill(self.spill_path)
+        except OSError as error:
+            log.error("ledger_ops_lost", pending=self.ledger_writer.pending(), path=str(self.spill_path),
+                      error=error.strerror)
+            print(f"orchestrate: {self.ledger_writer.pending()} unwritten ledger records are lost: cannot write "
+                  f"{self.spill_path}: {error.strerror}", file=sys.stderr, flush=True)
+            return
+        if count:
+            log.warning("ledger_ops_spilled", count=count, path=str(self.spill_path))
+
     def _hung(self, name: str, silent_s: float) -> None:
         log.warning("actor_missed_heartbeats", actor=name, silent_s=round(silent_s, 2))
         for listener in self._listeners_snapshot():
@@ -271,11 +335,17 @@ class Runtime:
             except (pykka.ActorDeadError, pykka.Timeout):
                 log.warning("actor_did_not_stop", actor=name)
             self.directory.unregister(name)
+        self._spill()
         self._events.put(None)
         self.lock.release()
 
     def flush(self) -> None:
+        """Return once everything the ledger received is committed. While the database refuses
+        writes this waits (the ledger retries), up to the stall limit: then raises
+        :class:`DatabaseStalled` and the unwritten records stay with the ledger."""
         self.directory.get(LEDGER).ask(Flush(), timeout=ASK_TIMEOUT_S)
+        if not self.ledger_writer.wait_settled(self.options.db_stall_limit_s + ASK_TIMEOUT_S):
+            raise DatabaseStalled(self._abort_reason or "the database did not take the ledger's records")
 
     # -- progress fan-out ----------------------------------------------------------------------
     def add_listener(self, listener: Callable[[RunProgress], None]) -> Callable[[], None]:
@@ -357,6 +427,12 @@ class Runtime:
                 self._finished_cond.notify_all()
 
         threading.Thread(target=shut_down, name="orchestrate-shutdown", daemon=True).start()
+
+    @property
+    def abort_reason(self) -> str:
+        """Why the runtime stopped on its own ("" if it did not): supervision gave up, or the
+        database refused writes past the stall limit."""
+        return self._abort_reason
 
     @property
     def stopping(self) -> bool:

@@ -1,6 +1,13 @@
 """The Supervisor: starts the other actors from child specs, watches their heartbeats, and
 restarts the ones that die or hang.
 
+Busy is not hung (see :mod:`domain.supervision`): besides heartbeats, each tick reads every
+child's call record (:func:`actors.base.call_record`) and replaces a child only when it is
+HUNG: silent for the threshold and either stuck in one call with no progress or in no call at
+all. A child in known long work that reports progress shows ``busy`` in ``health``. A tick
+that comes far later than its interval means the whole process was stalled; silence up to
+then blames nobody: every age restarts from that tick.
+
 A dead or hung child is replaced per its spec (after a backoff with jitter) while the restart
 intensity allows; past it the supervisor escalates: the runtime is told to stop, with the
 reason. When an executor is replaced, the Scheduler is told, so the attempts it was running
@@ -20,6 +27,7 @@ from typing import Any
 import pykka
 import structlog
 
+from actors.base import call_record
 from actors.directory import LEDGER, SCHEDULER, Directory, PeerUnavailable
 from actors.timers import TimerService
 from domain.supervision import (
@@ -29,7 +37,9 @@ from domain.supervision import (
     RestartIntensity,
     Strategy,
     SupervisorSpec,
+    Vitals,
     liveness,
+    process_stalled,
     restart_delay,
     should_restart,
 )
@@ -77,7 +87,6 @@ class SupervisorActor(pykka.ThreadingActor):
         heartbeat: HeartbeatPolicy = HeartbeatPolicy(),
         backoff: RestartBackoff = RestartBackoff(),
         on_hung: Callable[[str, float], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self.directory = directory
@@ -87,12 +96,16 @@ class SupervisorActor(pykka.ThreadingActor):
         self.heartbeat = heartbeat
         self.backoff = backoff
         self.on_hung = on_hung
-        self.clock = clock
+        # Call records are stamped with time.monotonic(); ages must be measured on that clock.
+        self.clock = time.monotonic
         self.intensity = RestartIntensity(spec.max_restarts, spec.period_s)
         self.restarts: dict[str, int] = {child.name: 0 for child in spec.children}
         self.last_seen: dict[str, float] = {}
         self.down: dict[str, str] = {}  # name -> why, while waiting for a restart (or for good)
         self.seq = 0
+        self.last_tick = 0.0
+        # Silence before this moment is excused (the process itself was stalled until then).
+        self.amnesty_at = 0.0
         self.given_up = False
         self.rng = random.Random()
 
@@ -102,6 +115,7 @@ class SupervisorActor(pykka.ThreadingActor):
             for child in self.spec.children:
                 self.directory.register(child.name, child.start())
                 self.last_seen[child.name] = now
+            self.last_tick = now
             self._schedule_tick()
             return sorted(self.restarts)
         if isinstance(message, Heartbeat):
@@ -124,15 +138,21 @@ class SupervisorActor(pykka.ThreadingActor):
     def _tick(self) -> None:
         self.seq += 1
         now = self.clock()
+        gap, self.last_tick = now - self.last_tick, now
+        if process_stalled(gap, self.heartbeat):
+            log.warning("process_stalled", tick_late_s=round(gap - self.heartbeat.interval_s, 2))
+            self.amnesty_at = now
         for child in self.spec.children:
             if child.name in self.down:
                 continue
-            age = now - self.last_seen.get(child.name, now)
-            if liveness(age, self.heartbeat) is Liveness.HUNG:
-                log.warning("actor_hung", actor=child.name, silent_s=round(age, 2))
+            vitals, call = self._vitals(child.name, now)
+            if liveness(vitals, self.heartbeat) is Liveness.HUNG:
+                age = vitals.heartbeat_age_s
+                where = f" (stuck in {call} for {vitals.call_age_s:.1f}s)" if call else " (between calls)"
+                log.warning("actor_hung", actor=child.name, silent_s=round(age, 2), where=where)
                 if self.on_hung is not None:
                     self.on_hung(child.name, age)
-                self._child_down(child.name, f"no heartbeat for {age:.1f}s", "ACTOR_HUNG")
+                self._child_down(child.name, f"no heartbeat for {age:.1f}s{where}", "ACTOR_HUNG")
                 continue
             try:
                 self.directory.tell(child.name, Ping(self.seq))
@@ -140,6 +160,22 @@ class SupervisorActor(pykka.ThreadingActor):
                 pass
         if not self.given_up:
             self._schedule_tick()
+
+    def _vitals(self, name: str, now: float) -> tuple[Vitals, str]:
+        """``name``'s ages at ``now`` (none reaching back before the last process stall), and
+        the message it is handling ("" between calls)."""
+        def age(at: float | None) -> float | None:
+            return None if at is None else now - max(at, self.amnesty_at)
+
+        heartbeat_age = age(self.last_seen.get(name, now)) or 0.0
+        try:
+            record = call_record(self.directory.get(name).actor_urn)
+        except PeerUnavailable:
+            record = None
+        if record is None:
+            return Vitals(heartbeat_age), ""
+        vitals = Vitals(heartbeat_age, age(record.call_since), age(record.progress_at), record.activity)
+        return vitals, record.call_message if vitals.call_age_s is not None else ""
 
     # -- deaths and restarts -----------------------------------------------------------------------
     def _child_down(self, name: str, error: str, event: str) -> None:
@@ -207,11 +243,14 @@ class SupervisorActor(pykka.ThreadingActor):
         now = self.clock()
         actors = {}
         for child in self.spec.children:
-            age = now - self.last_seen.get(child.name, now)
-            status = Liveness.DEAD if child.name in self.down else liveness(age, self.heartbeat)
+            vitals, call = self._vitals(child.name, now)
+            status = Liveness.DEAD if child.name in self.down else liveness(vitals, self.heartbeat)
             actors[child.name] = {
                 "status": status.value,
-                "heartbeat_age_s": round(age, 3),
+                "heartbeat_age_s": round(vitals.heartbeat_age_s, 3),
+                "call": call,
+                "call_s": None if vitals.call_age_s is None else round(vitals.call_age_s, 3),
+                "activity": vitals.activity,
                 "restarts": self.restarts[child.name],
                 "error": self.down.get(child.name, ""),
             }

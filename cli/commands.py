@@ -27,11 +27,11 @@ from cli.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, EXIT_USAGE, CliEr
 from cli import missions
 from cli.logging import configure_logging
 from cli.output import paint, progress_line, table, use_colour
-from domain.states import RunState, TaskState
+from domain.states import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, RunState, TaskState
 from persistence.clock import utc_now_iso
 from persistence.db import DatabaseUnavailable, make_engine, resolve_db_url
 from persistence.migrate import init_db
-from persistence.store import DuplicateRun, Store
+from persistence.store import DuplicateRun, Store, WriteStalled
 from planning.errors import PlanError
 from planning.loader import load_plan
 from domain.plan import Plan
@@ -124,6 +124,9 @@ def _create_or_find_run(store: Store, plan: Plan, concurrency: int, new: bool, r
         created = store.create_run(request_json, plan.to_json(), run_id=run_id, at=utc_now_iso())
     except DuplicateRun as error:
         raise CliError(str(error), EXIT_USAGE) from None
+    except WriteStalled as error:
+        raise CliError(f"cannot create the run: {error}; try again when the database takes writes",
+                       EXIT_RUNTIME) from None
     return created, True
 
 
@@ -142,7 +145,7 @@ def _runtime(args: argparse.Namespace, store: Store, state_dir: Path, router: Ro
         runtime.start()
     except AdapterUnavailable as error:
         raise CliError(str(error), EXIT_USAGE) from None
-    except (RuntimeLocked, ControlSocketError) as error:
+    except (RuntimeLocked, ControlSocketError, RuntimeAborted) as error:
         raise CliError(str(error), EXIT_RUNTIME) from None
     return runtime
 
@@ -177,7 +180,9 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool) -> int:
             nonlocal printing
             if event.run_id and event.run_id != run_id:
                 return
-            line = progress_line(event, colour, run_id) if printing else None
+            if not printing:
+                return
+            line = f"  ! {event.detail}" if event.state == "WARNING" else progress_line(event, colour, run_id)
             if line:
                 try:
                     print(line, flush=True)
@@ -191,12 +196,34 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool) -> int:
         try:
             result = runtime.wait(run_id)
         except RuntimeAborted as error:
-            raise CliError(f"runtime stopped before run {run_id} finished: {error}; "
-                           f"resume it with `orchestrate execute --run {run_id}`", EXIT_RUNTIME) from None
+            raise _stopped_before(run_id, str(error)) from None
     finally:
         runtime.stop()
-    _print_summary(store, run_id, result.state, time.monotonic() - started, colour)
-    return EXIT_OK if result.state == RunState.COMPLETED.value else EXIT_RUN_FAILED
+    if runtime.abort_reason:  # while its last records were being written
+        raise _stopped_before(run_id, runtime.abort_reason)
+    state = _committed_state(store, run_id)
+    _print_summary(store, run_id, state, time.monotonic() - started, colour)
+    return EXIT_OK if state == RunState.COMPLETED.value else EXIT_RUN_FAILED
+
+
+def _stopped_before(run_id: str, reason: str) -> CliError:
+    return CliError(f"runtime stopped before run {run_id} finished: {reason}; "
+                    f"resume it with `orchestrate execute --run {run_id}`", EXIT_RUNTIME)
+
+
+def _committed_state(store: Store, run_id: str) -> str:
+    """The run's state as committed to the ledger, which is what a run's outcome is; raises
+    (exit 3) if the ledger does not show it finished (or shows it completed with a task not
+    finished), whatever the scheduler believed."""
+    run = store.get_run(run_id)
+    unfinished = {s: n for s, n in store.task_counts(run_id).items() if s not in TERMINAL_TASK_STATES}
+    status = run["status"] if run is not None else None
+    if status not in TERMINAL_RUN_STATES or (status == RunState.COMPLETED.value and unfinished):
+        held = ", ".join(f"{n} {s.lower()}" for s, n in sorted(unfinished.items())) or "none"
+        raise CliError(f"run {run_id} is not finished in the ledger (status {status}; "
+                       f"unfinished tasks: {held}); resume it with `orchestrate execute --run {run_id}`",
+                       EXIT_RUNTIME)
+    return str(status)
 
 
 def _plan_order(run: dict[str, Any]) -> list[str]:

@@ -8,6 +8,13 @@ are thin wrappers around :meth:`Store.apply`.
 
 A Store owns one long-lived connection; its writes are serialised by a lock, so it may be
 shared between threads, but only one Store (one process) should write a database at a time.
+
+Waiting for the database is the caller's business, in short steps: a SQLite write
+transaction starts with ``BEGIN IMMEDIATE`` (the write lock is taken up front, so a
+transaction never fails half-way on a lock upgrade) and waits at most ``WRITE_WAIT_MS`` for
+it. A write refused for a cause that may pass (locked by another process, disk full,
+read-only, I/O error) raises :class:`WriteStalled` with nothing written; the Ledger keeps the
+ops and tries again.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
-from sqlalchemy import Engine, insert, select
+import structlog
+from sqlalchemy import Connection, Engine, event, insert, select
+from sqlalchemy.exc import DBAPIError
 
 from domain.states import EntityKind, IllegalTransition, check_transition, initial_state
 from messages.ledger import (
@@ -44,7 +53,53 @@ from persistence.state_cache import RunStates, StateCache, StateKey, load_run_st
 from persistence.writes import Transition, WriteBatch
 from domain.plan import canonical_json, sha256_of, task_key
 
+log = structlog.get_logger("orchestrate.store")
+
 RUN_ID_PREFIX = "run-"
+# Longest a write waits inside SQLite for another process's lock: short, so the Ledger stays
+# responsive and decides itself how long to keep trying.
+WRITE_WAIT_MS = 200
+_WRITER = "orchestrate_writer"
+
+# Primary SQLite result codes (``code & 0xFF``) that may pass, in words for a person.
+_STALL_CAUSES = {
+    5: "locked by another process",  # SQLITE_BUSY
+    6: "locked by another process",  # SQLITE_LOCKED
+    8: "read-only",  # SQLITE_READONLY
+    10: "disk I/O error",  # SQLITE_IOERR
+    13: "disk full",  # SQLITE_FULL
+    14: "cannot be opened for writing",  # SQLITE_CANTOPEN (e.g. no room for the -wal file)
+}
+
+
+class WriteStalled(RuntimeError):
+    """The database refused a write for a cause that may pass; nothing of it was written.
+
+    ``cause`` is one of the words of ``_STALL_CAUSES`` ("locked by another process",
+    "disk full", "read-only", ...); ``database`` names the file (or the masked URL).
+    """
+
+    def __init__(self, cause: str, database: str, detail: str) -> None:
+        super().__init__(f"{database}: {cause} ({detail})")
+        self.cause = cause
+        self.database = database
+        self.detail = detail
+
+
+def stall_cause(error: BaseException) -> str | None:
+    """The cause of a write failure that may pass, or None if retrying cannot help."""
+    original = getattr(error, "orig", None)
+    code = getattr(original, "sqlite_errorcode", None)
+    return None if code is None else _STALL_CAUSES.get(code & 0xFF)
+
+
+def _begin_immediate(conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any,
+                     executemany: bool) -> tuple[str, Any]:
+    # persistence.db begins every SQLite transaction with a deferred BEGIN; on the writer's
+    # connection that becomes BEGIN IMMEDIATE.
+    if statement == "BEGIN" and conn.get_execution_options().get(_WRITER):
+        return "BEGIN IMMEDIATE", parameters
+    return statement, parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +127,14 @@ class Store:
         self._reader = StateReader(engine)
         self._cache = StateCache()
         self._lock = threading.Lock()
-        self._connection = engine.connect()
-        self._log: TextIO | None = None
+        self.database = engine.url.database if engine.url.get_backend_name() == "sqlite" else \
+            engine.url.render_as_string(hide_password=True)
+        self._connection = self._writer_connection(engine)
+        self._log: BinaryIO | None = None
+        self._log_failed = False
         if transitions_log is not None:
             transitions_log.parent.mkdir(parents=True, exist_ok=True)
-            self._log = transitions_log.open("a", encoding="utf-8")
+            self._log = transitions_log.open("ab", buffering=0)
         self._handlers: dict[type, Callable[[Any, WriteBatch], Rejected | None]] = {
             TransitionRun: self._transition_run,
             TransitionWorkstream: self._transition_workstream,
@@ -88,6 +146,16 @@ class Store:
             RoutingDecided: self._routing_decided,
             PatchRecorded: self._patch_recorded,
         }
+
+    @staticmethod
+    def _writer_connection(engine: Engine) -> Connection:
+        connection = engine.connect()
+        if engine.url.get_backend_name() != "sqlite":
+            return connection
+        if not event.contains(engine, "before_cursor_execute", _begin_immediate):
+            event.listen(engine, "before_cursor_execute", _begin_immediate, retval=True)
+        connection.connection.dbapi_connection.execute(f"PRAGMA busy_timeout={WRITE_WAIT_MS}")
+        return connection.execution_options(**{_WRITER: True})
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -157,9 +225,11 @@ class Store:
         as an ``ILLEGAL_TRANSITION`` event; an op naming an unknown run, task or attempt, or
         starting an attempt twice, is skipped. A transition to the current state is a no-op
         (nothing written, not refused), so replaying ops is harmless. If the transaction fails,
-        nothing of the batch is written, the state cache is unchanged, and the error propagates.
-        After the commit the transitions are appended to the transitions log; if that write
-        fails, the OSError propagates although the database holds the batch.
+        nothing of the batch is written, the state cache is unchanged, and the error propagates:
+        :class:`WriteStalled` when the cause may pass (then applying the same ops again later is
+        exactly right). After the commit the transitions are appended to the transitions log,
+        a mirror for people: if that write fails (a full disk), the batch still counts as
+        written and the failure is logged once, until the mirror works again.
         """
         if not ops:
             return []
@@ -176,14 +246,30 @@ class Store:
                         if refusal is not None:
                             rejected.append(refusal)
                     batch.execute(self._connection)
+            except DBAPIError as error:
+                self._cache.rollback()
+                cause = stall_cause(error)
+                if cause is None:
+                    raise
+                raise WriteStalled(cause, self.database, str(error.orig)) from error
             except BaseException:
                 self._cache.rollback()
                 raise
             self._cache.commit()
             if self._log is not None and batch.transitions:
-                self._log.writelines(batch.log_lines())
-                self._log.flush()
+                self._mirror("".join(batch.log_lines()).encode())
         return rejected
+
+    def _mirror(self, lines: bytes) -> None:
+        assert self._log is not None
+        try:
+            self._log.write(lines)
+        except OSError as error:
+            if not self._log_failed:
+                log.warning("transitions_log_unwritable", path=self._log.name, error=error.strerror)
+            self._log_failed = True
+        else:
+            self._log_failed = False
 
     # -- single-op API (each its own transaction) -------------------------------------------
 

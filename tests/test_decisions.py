@@ -43,12 +43,12 @@ def test_restart_intensity_allows_max_restarts_per_period():
 
 
 def test_liveness_from_heartbeat_age():
-    from domain.supervision import HeartbeatPolicy, Liveness, liveness
+    from domain.supervision import HeartbeatPolicy, Liveness, Vitals, liveness
 
     policy = HeartbeatPolicy(interval_s=0.5, hung_after=4)
-    assert liveness(0.4, policy) is Liveness.OK
-    assert liveness(1.2, policy) is Liveness.LATE
-    assert liveness(2.0, policy) is Liveness.HUNG
+    assert liveness(Vitals(0.4), policy) is Liveness.OK
+    assert liveness(Vitals(1.2), policy) is Liveness.LATE
+    assert liveness(Vitals(2.0), policy) is Liveness.HUNG
 
 
 def test_restart_backoff_doubles_up_to_the_cap_with_jitter():

@@ -1,0 +1,100 @@
+"""Ledger ops that could not be committed before the runtime stopped, kept in a file until
+the next runtime commits them.
+
+When the database refuses writes until the runtime gives up (locked too long, disk full), the
+Ledger's unwritten ops are the only record of what happened meanwhile (tasks that finished,
+attempts that started). They are written here, one JSON object per line, in the order they
+were received, and replayed first thing by the next runtime on the same state directory, so a
+resumed run neither forgets a finished task nor runs it again.
+
+A full disk is one reason the database refused them, so a runtime keeps a small reserve file
+beside the spill file (:func:`keep_reserve`); a spill that finds no room gives the reserve up
+and tries again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from messages.ledger import (
+    AttemptFinished,
+    AttemptStarted,
+    ErrorObserved,
+    EventObserved,
+    LedgerOp,
+    PatchRecorded,
+    RoutingDecided,
+    TransitionRun,
+    TransitionTask,
+    TransitionWorkstream,
+)
+
+SPILL_FILE = "ledger-pending.jsonl"
+RESERVE_FILE = "ledger-pending.reserve"
+RESERVE_BYTES = 256 * 1024
+
+_OP_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (TransitionRun, TransitionWorkstream, TransitionTask, AttemptStarted, AttemptFinished,
+                ErrorObserved, EventObserved, RoutingDecided, PatchRecorded)
+}
+
+
+def write_spill(path: Path, ops: Sequence[LedgerOp]) -> None:
+    """Write ``ops`` to ``path`` durably (a temporary file, fsync'ed, renamed into place),
+    replacing what was there; on a full disk, after giving up the reserve. Raises OSError if
+    the disk will not take them even so."""
+    try:
+        _write(path, ops)
+    except OSError as error:
+        reserve = path.with_name(RESERVE_FILE)
+        if error.errno != errno.ENOSPC or not reserve.exists():
+            raise
+        reserve.unlink()
+        _write(path, ops)
+
+
+def keep_reserve(directory: Path) -> None:
+    """Make sure the reserve a full-disk spill can give up exists in ``directory`` (best
+    effort: a disk too full for it has no room to reserve)."""
+    reserve = directory / RESERVE_FILE
+    if reserve.exists():
+        return
+    try:
+        reserve.write_bytes(b"\0" * RESERVE_BYTES)
+    except OSError:
+        reserve.unlink(missing_ok=True)
+
+
+def _write(path: Path, ops: Sequence[LedgerOp]) -> None:
+    lines = [json.dumps({"op": type(op).__name__, **dataclasses.asdict(op)}) + "\n" for op in ops]
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        handle.writelines(lines)
+        handle.flush()
+        os.fsync(handle.fileno())
+    temporary.replace(path)
+
+
+def read_spill(path: Path) -> list[LedgerOp]:
+    """The ops spilled at ``path`` in their order; [] if there is no such file."""
+    return [_decode(json.loads(line)) for line in _raw_lines(path)]
+
+
+def _raw_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        return []
+
+
+def _decode(document: dict[str, Any]) -> LedgerOp:
+    cls = _OP_TYPES[document.pop("op")]
+    # JSON has no tuples; every sequence in an op is a tuple.
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in document.items()})
