@@ -51,6 +51,8 @@ from persistence.clock import utc_now_iso
 log = structlog.get_logger("orchestrate.executor")
 
 GATE_OUTPUT_LIMIT = 4000
+# Less free space than this where a task's log goes: its output could not have been written.
+FULL_DISK_BYTES = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -83,6 +85,16 @@ def _last_line(path: str) -> str:
         if line.strip():
             return line.strip()[:200]
     return ""
+
+
+def _full_filesystem(path: str) -> str:
+    """The directory of ``path`` when its filesystem has (next to) no space left, else ""."""
+    directory = os.path.dirname(path) or "."
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return ""
+    return directory if stats.f_bavail * stats.f_frsize < FULL_DISK_BYTES else ""
 
 
 def _read_result(log_path: str) -> str:
@@ -164,7 +176,11 @@ class ExecutorActor(SupervisedActor):
     def _tool_verdict(self, flight: _InFlight, result: ProcessResult) -> Verdict | None:
         """The verdict on the tool's process (None: it succeeded), from the facts around it."""
         cwd = flight.request.task.cwd or "."
-        return tool_verdict(result, cwd_exists=os.path.isdir(cwd), last_line=_last_line(flight.request.log_path))
+        if result.succeeded:
+            return None
+        log_path = flight.request.log_path
+        return tool_verdict(result, cwd_exists=os.path.isdir(cwd), last_line=_last_line(log_path),
+                            full_disk=_full_filesystem(log_path))
 
     def _next_check(self, key: tuple[str, str, int], flight: _InFlight) -> None:
         """Run the check at ``flight.position``, or finish COMPLETED when none is left. The

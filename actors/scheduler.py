@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -135,6 +136,7 @@ class SchedulerActor(SupervisedActor):
         self.kill_process = kill_process
         self.clock = clock
         self.ticking = False
+        self._backlog: deque[Any] = deque()  # ledger ops waiting for a Ledger to exist
 
     # -- mailbox -------------------------------------------------------------------------------
     def handle(self, message: object) -> object:
@@ -182,6 +184,7 @@ class SchedulerActor(SupervisedActor):
             case CoreTimerFired():
                 return message.event
             case SchedulerTick():
+                self._flush_backlog()
                 return Tick()
             case ExecutorLost():
                 return ExecutorDown(message.adapter, message.error)
@@ -314,4 +317,15 @@ class SchedulerActor(SupervisedActor):
             log.warning("executor_unavailable", adapter=adapter, message=type(message).__name__)
 
     def _ledger(self, op: Any) -> None:
-        self.directory.tell(LEDGER, op)
+        """Tell the Ledger ``op``; while it is between incarnations ops wait here, in order,
+        and go to the next one (a record is delayed, never dropped)."""
+        self._backlog.append(op)
+        self._flush_backlog()
+
+    def _flush_backlog(self) -> None:
+        try:
+            while self._backlog:
+                self.directory.tell(LEDGER, self._backlog[0])
+                self._backlog.popleft()
+        except PeerUnavailable:
+            log.warning("ledger_unavailable_holding_records", held=len(self._backlog))

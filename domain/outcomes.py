@@ -112,7 +112,8 @@ def breaker_evidence(error_class: ErrorClass | None) -> Evidence:
     return Evidence.WORKED
 
 
-def tool_verdict(result: ProcessResult, cwd_exists: bool = True, last_line: str = "") -> Verdict | None:
+def tool_verdict(result: ProcessResult, cwd_exists: bool = True, last_line: str = "",
+                 full_disk: str = "") -> Verdict | None:
     """The verdict on a tool process that did not succeed, or None when it did (the
     acceptance checks decide next).
 
@@ -120,6 +121,8 @@ def tool_verdict(result: ProcessResult, cwd_exists: bool = True, last_line: str 
     plan's fault, never retried) and a tool failure otherwise (executable missing, no memory,
     too many processes). A non-zero exit or a signal the process did not get from us is the
     command's own failure. ``last_line`` (what the tool printed last) is added to the message.
+    ``full_disk`` names the full filesystem the tool's output went to, when it is full: then
+    that is why it failed (a resource limit, retried like one).
     """
     if result.succeeded:
         return None
@@ -132,6 +135,9 @@ def tool_verdict(result: ProcessResult, cwd_exists: bool = True, last_line: str 
         return Verdict(TaskState.FAILED, ErrorClass.RESOURCE_LIMIT, said)
     if outcome is ProcessOutcome.CANCELLED:
         return Verdict(TaskState.CANCELLED, ErrorClass.CANCELLED, detail)
+    if full_disk:
+        return Verdict(TaskState.FAILED, ErrorClass.RESOURCE_LIMIT,
+                       f"{detail}: its output could not be written: no space left on {full_disk}")
     if outcome is ProcessOutcome.SPAWN_ERROR:
         return Verdict(TaskState.FAILED, ErrorClass.TOOL_ERROR if cwd_exists else ErrorClass.BAD_INPUT, detail)
     return Verdict(TaskState.FAILED, ErrorClass.COMMAND_FAILED, said)
