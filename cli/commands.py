@@ -319,7 +319,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    plan = _load(args.plan, _router(args))
+    router = _router(args)
+    if args.json:
+        # Scripts get a document whatever the verdict: the problems as data, not as prose.
+        _require_schemas()
+        try:
+            plan = load_plan(args.plan, router.served_tools())
+        except PlanError as error:
+            problems = [{"file": i.file, "path": i.json_path, "message": i.message} for i in error.issues]
+            print(json.dumps({"valid": False, "problems": problems}, indent=2))
+            return EXIT_USAGE
+    else:
+        plan = _load(args.plan, router)
     tools = sorted({t.tool for t in plan.tasks})
     if args.json:
         print(json.dumps({"valid": True, "workstreams": len(plan.workstreams), "tasks": len(plan.tasks),
