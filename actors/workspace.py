@@ -3,8 +3,9 @@
 Git operations are short but blocking, and two of them on one repository must not overlap;
 they run here, one at a time, so neither the Scheduler nor an executor ever waits on git.
 Worktrees live under ``<state dir>/worktrees/<run>/<workstream>`` on branches
-``orchestrate/<run>/<workstream>``; patches go to ``<state dir>/patch_ledger.jsonl`` (and
-``patches/``) and to the ``patch_history`` table.
+``orchestrate/<run>/<workstream>``. What an attempt changed is recorded once, as a
+``patch_history`` row written by the Ledger; the patch itself is a content file under
+``<state dir>/patches/`` that the row names.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from actors.directory import LEDGER, SCHEDULER, Directory
 from adapters.worktrees import (
     Worktree,
     WorktreeError,
-    append_patch_ledger,
     capture_changes,
     commit_all,
     current_branch,
@@ -29,6 +29,7 @@ from adapters.worktrees import (
     merge_check,
     merge_into,
     remove_worktree,
+    store_patch,
 )
 from messages import EventObserved
 from messages.ledger import PatchRecorded
@@ -50,7 +51,7 @@ class WorkspaceActor(SupervisedActor):
         super().__init__(name, directory)
         self.state_dir = state_dir
         self.root = state_dir / "worktrees"
-        self.ledger_path = state_dir / "patch_ledger.jsonl"
+        self.patches_dir = state_dir / "patches"
         self.worktrees: dict[tuple[str, str], Worktree] = {}
 
     def handle(self, message: object) -> None:
@@ -92,18 +93,13 @@ class WorkspaceActor(SupervisedActor):
                 else:
                     discard_uncommitted(worktree)
                     after = since
-                record = append_patch_ledger(
-                    self.ledger_path,
-                    {"run_id": message.run_id, "ws_id": message.ws_id, "task_key": message.task_key,
-                     "attempt": message.attempt, "since": since, "head_after": after, "files": files,
-                     "patch_sha256": changes.patch_sha256},
-                    changes.patch,
-                )
+                patch_path = store_patch(self.patches_dir, message.run_id, message.ws_id, message.task_key,
+                                         message.attempt, changes.patch)
                 self.directory.tell(LEDGER, PatchRecorded(
                     run_id=message.run_id, ws_id=message.ws_id, task_key=message.task_key,
                     attempt=message.attempt, base_commit=since, head_commit=after,
                     files_json=json.dumps(files), patch_sha256=changes.patch_sha256,
-                    patch_path=str(self.ledger_path.parent / record["patch_path"]), at=utc_now_iso()))
+                    patch_path=str(patch_path), at=utc_now_iso()))
             else:
                 after = since
         except (WorktreeError, OSError) as error:

@@ -27,7 +27,6 @@ Needs git >= 2.38 (``merge-tree --write-tree``, ``worktree list -z``).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shlex
 import subprocess
@@ -49,7 +48,6 @@ __all__ = [
     "Worktree",
     "WorktreeEntry",
     "WorktreeError",
-    "append_patch_ledger",
     "branch_name",
     "capture_changes",
     "commit_all",
@@ -59,6 +57,7 @@ __all__ = [
     "merge_check",
     "merge_into",
     "remove_worktree",
+    "store_patch",
 ]
 
 BRANCH_PREFIX = "orchestrate"
@@ -695,7 +694,7 @@ def merge_into(repo: Path, target_branch: str, branch: str, message: str) -> str
 
 
 # ----------------------------------------------------------------------------------------------
-# Patch ledger
+# Patch files
 
 
 def _component(kind: str, value: Any) -> str:
@@ -705,46 +704,22 @@ def _component(kind: str, value: Any) -> str:
     return text
 
 
-def append_patch_ledger(path: Path, record: Mapping[str, Any], patch: bytes | None = None) -> dict[str, Any]:
-    """Store a task attempt's patch and append one JSON line describing it to ``path``.
+def store_patch(patches_dir: Path, run_id: str, ws_id: str, task_key: str, attempt: int, patch: bytes) -> Path:
+    """Write a task attempt's patch to ``<patches_dir>/<run_id>/<ws_id>/<task_key>.<attempt>.patch``
+    and return that path.
 
-    ``record`` needs ``run_id``, ``ws_id``, ``task_key`` and ``attempt``, and should carry
-    ``since``, ``head_after`` and ``files`` (FileChange objects or plain dicts). The patch bytes
-    come from ``patch`` or, if that is None, ``record["patch"]`` (or empty). They are written to
-    ``patches/<run_id>/<ws_id>/<task_key>.<attempt>.patch`` beside the ledger (components
-    percent-quoted, so a ``/`` in a task key stays one file; re-recording an attempt replaces
-    it) before the line is appended. Returns the record as written, with ``patch_sha256`` and
-    ``patch_path`` (relative to the ledger's directory, POSIX form). Not fsynced.
+    Components are percent-quoted, so a ``/`` in a task key stays one file; re-recording an
+    attempt replaces its file atomically. The database row that describes the patch (files,
+    sha256, commits) is the record; this is only its content. Not fsynced.
     """
-    path = Path(path)
-    data = dict(record)
-    body = patch if patch is not None else data.pop("patch", None) or b""
-    data.pop("patch", None)
-    for key in ("run_id", "ws_id", "task_key", "attempt"):
-        if key not in data:
-            raise ValueError(f"patch ledger record needs {key!r}")
-    relative = Path(
-        "patches",
-        _component("run_id", data["run_id"]),
-        _component("ws_id", data["ws_id"]),
-        f"{_component('task_key', data['task_key'])}.{_component('attempt', data['attempt'])}.patch",
+    target = Path(
+        patches_dir,
+        _component("run_id", run_id),
+        _component("ws_id", ws_id),
+        f"{_component('task_key', task_key)}.{_component('attempt', attempt)}.patch",
     )
-    target = path.parent / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    partial.write_bytes(body)
+    partial.write_bytes(patch)
     os.replace(partial, target)
-
-    files = data.get("files", ())
-    data["files"] = [f.as_dict() if isinstance(f, FileChange) else f for f in files]
-    data["patch_sha256"] = hashlib.sha256(body).hexdigest()
-    data["patch_path"] = relative.as_posix()
-    try:
-        line = json.dumps(data, ensure_ascii=False)
-        encoded = (line + "\n").encode("utf-8")
-    except UnicodeEncodeError:  # undecodable file names (surrogate escapes): \u-escape them
-        encoded = (json.dumps(data) + "\n").encode("ascii")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as ledger:
-        ledger.write(encoded)
-    return data
+    return target

@@ -8,11 +8,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+import pykka
 import structlog
 
+from actors.directory import LEDGER
+from actors.ledger_session import LedgerSession
 from actors.runtime import (
     SOCKET_FILE,
     AdapterUnavailable,
@@ -28,7 +32,7 @@ from cli import missions
 from cli.logging import configure_logging
 from cli.output import paint, progress_line, table, use_colour
 from domain.states import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, RunState, TaskState
-from persistence.clock import utc_now_iso
+from messages.ledger import CreateRun
 from persistence.db import DatabaseUnavailable, make_engine, resolve_db_url
 from persistence.migrate import init_db
 from persistence.store import DuplicateRun, Store, WriteStalled
@@ -51,6 +55,10 @@ NOTABLE_EVENTS = (
 # `run PLAN` continues the existing run of the same request only while it is unfinished;
 # a finished one (even unsuccessful) gets a fresh run. `execute --run` resumes anything.
 RESUMABLE_BY_RUN = frozenset({RunState.PENDING.value, RunState.RUNNING.value})
+# `request` names the run of the same request whatever became of it.
+ANY_RUN_STATUS = frozenset(state.value for state in RunState)
+# Creating a run writes a row per task: proportional to the plan, seconds for 100k tasks.
+CREATE_RUN_TIMEOUT_S = 300.0
 
 
 # -- shared steps --------------------------------------------------------------------------------
@@ -108,20 +116,31 @@ def _open_store(args: argparse.Namespace) -> tuple[Store, Path]:
     return store, state_dir
 
 
-def _create_or_find_run(store: Store, plan: Plan, concurrency: int, new: bool, run_id: str | None = None) -> tuple[str, bool]:
-    """The run for this request: an existing unfinished one (unless ``new``), else a new one."""
+def _create_or_find_run(
+    ledger: pykka.ActorRef,
+    store: Store,
+    plan: Plan,
+    concurrency: int,
+    reuse: Collection[str],
+    run_id: str | None = None,
+) -> tuple[str, bool]:
+    """The run for this request: the latest run of the same request if its status is in
+    ``reuse`` (empty: always a new one), else a new run, created by the ``ledger`` actor."""
     request = build_request(plan, concurrency=concurrency)
     request_json = request.to_json()
     try:
         validate_request_json(request_json)
     except RequestInvalid as error:
         raise CliError(f"the execution request is not valid: {error}", EXIT_USAGE) from None
-    if not new and run_id is None:
+    if reuse and run_id is None:
         existing = store.find_run_by_request_hash(request.request_hash)
-        if existing is not None:
-            return existing, False
+        run = store.get_run(existing) if existing is not None else None
+        if run is not None and run["status"] in reuse:
+            return run["run_id"], False
     try:
-        created = store.create_run(request_json, plan.to_json(), run_id=run_id, at=utc_now_iso())
+        created = ledger.ask(
+            CreateRun(json.dumps(request_json), json.dumps(plan.to_json()), run_id), timeout=CREATE_RUN_TIMEOUT_S
+        )
     except DuplicateRun as error:
         raise CliError(str(error), EXIT_USAGE) from None
     except WriteStalled as error:
@@ -194,7 +213,7 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool) -> int:
         runtime.add_listener(show)
         runtime.submit(run_id)
         try:
-            result = runtime.wait(run_id)
+            runtime.wait(run_id)
         except RuntimeAborted as error:
             raise _stopped_before(run_id, str(error)) from None
     finally:
@@ -267,10 +286,8 @@ def _run_plan(args: argparse.Namespace, plan_path: str) -> tuple[int, str]:
     try:
         runtime = _runtime(args, store, state_dir, router, args.concurrency)
         try:
-            run_id, created = _create_or_find_run(store, plan, args.concurrency, args.new)
-            run = store.get_run(run_id)
-            if not created and run is not None and run["status"] not in RESUMABLE_BY_RUN:
-                run_id, created = _create_or_find_run(store, plan, args.concurrency, True)
+            reuse = frozenset() if args.new else RESUMABLE_BY_RUN
+            run_id, _ = _create_or_find_run(runtime.directory.get(LEDGER), store, plan, args.concurrency, reuse)
         except BaseException:
             runtime.stop()
             raise
@@ -347,7 +364,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    plan = _load(args.plan, _router(args))
+    router = _router(args)
+    if args.json:
+        # Scripts get a document whatever the verdict: the problems as data, not as prose.
+        _require_schemas()
+        try:
+            plan = load_plan(args.plan, router.served_tools())
+        except PlanError as error:
+            problems = [{"file": i.file, "path": i.json_path, "message": i.message} for i in error.issues]
+            print(json.dumps({"valid": False, "problems": problems}, indent=2))
+            return EXIT_USAGE
+    else:
+        plan = _load(args.plan, router)
     tools = sorted({t.tool for t in plan.tasks})
     if args.json:
         print(json.dumps({"valid": True, "workstreams": len(plan.workstreams), "tasks": len(plan.tasks),
@@ -360,9 +388,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_request(args: argparse.Namespace) -> int:
     plan = _plan_for_request(args.workstream, args.plan, _router(args))
-    store, _ = _open_store(args)
+    store, state_dir = _open_store(args)
     try:
-        run_id, created = _create_or_find_run(store, plan, args.concurrency, args.new, args.run_id)
+        try:
+            with LedgerSession(store, state_dir) as ledger:
+                reuse = frozenset() if args.new else ANY_RUN_STATUS
+                run_id, created = _create_or_find_run(ledger, store, plan, args.concurrency, reuse, args.run_id)
+        except RuntimeLocked as error:
+            raise CliError(str(error), EXIT_RUNTIME) from None
         run = store.get_run(run_id)
     finally:
         store.close()
@@ -441,11 +474,12 @@ def _show_run(store: Store, run_id: str, as_json: bool) -> int:
     tasks = _tasks_with_attempts(store, run_id, _plan_order(run))
     workstreams = store.get_workstreams(run_id)
     errors = store.get_errors(run_id)
+    patches = store.get_patches(run_id)
     if as_json:
         document: dict[str, Any] = {
             key: value for key, value in run.items() if key != "metadata"
         } | {"request": run["metadata"].get("request"), "workstreams": workstreams, "tasks": tasks, "errors": errors,
-             "notable_events": store.get_events(run_id, types=NOTABLE_EVENTS)}
+             "patches": patches, "notable_events": store.get_events(run_id, types=NOTABLE_EVENTS)}
         print(json.dumps(document, indent=2, default=str))
         return EXIT_OK
     print(f"run {run_id}: {run['status']}  (created {run['created_at']}, updated {run['updated_at']})")
@@ -466,6 +500,11 @@ def _show_run(store: Store, run_id: str, as_json: bool) -> int:
         print()
         print(table(("ERROR", "TASK", "COUNT", "SIGNATURE", "MESSAGE"),
                     [(e["error_code"], e["step_name"], e["count"], e["signature"], e["message"][:60]) for e in errors]))
+    if patches:
+        print()
+        print(table(("PATCH", "ATTEMPT", "FILES", "COMMIT", "FILE"),
+                    [(p["task_key"], p["attempt"], len(p["files"] or ()), (p["head_commit"] or "")[:10],
+                      p["patch_path"] or "") for p in patches]))
     notable = store.get_events(run_id, types=NOTABLE_EVENTS)
     if notable:
         print()

@@ -23,12 +23,14 @@ PATH_ENV = "PIPELINE_DB_PATH"
 DB_FILENAME = "orchestration.db"
 
 _SQLITE_PRAGMAS = (
+    # First, so that switching a new file to WAL waits for a concurrent opener instead of
+    # failing with "database is locked".
+    "PRAGMA busy_timeout=5000",
     "PRAGMA journal_mode=WAL",
     # NORMAL under WAL may lose the last commits on power loss but never corrupts, and commits
     # about ten times faster than FULL; the Ledger's group commit relies on that.
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
-    "PRAGMA busy_timeout=5000",
 )
 
 
@@ -45,6 +47,18 @@ def resolve_db_url(state_dir: Path | None = None) -> str:
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path.expanduser().absolute()}"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; ``None`` for another database, in-memory or a ``file:`` URI."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).expanduser().absolute()
 
 
 def mask_url(url: str) -> str:
@@ -64,8 +78,8 @@ def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
         is_sqlite = parsed.get_backend_name() == "sqlite"
-        if is_sqlite:
-            _make_parent_dir(parsed.database)
+        if is_sqlite and (path := sqlite_file(url)) is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed)
         if is_sqlite:
             _tune_sqlite(engine)
@@ -75,11 +89,6 @@ def make_engine(url: str) -> Engine:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         raise DatabaseUnavailable(f"database unavailable at {mask_url(url)}: {reason}") from exc
     return engine
-
-
-def _make_parent_dir(database: str | None) -> None:
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
 def _tune_sqlite(engine: Engine) -> None:

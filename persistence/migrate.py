@@ -2,18 +2,29 @@
 
 Migrations are Alembic revisions in ``persistence/migrations/versions``; they run in code, on
 one connection and in one transaction, so no ``alembic.ini`` is needed at run time.
+
+Every command opens the database through :func:`init_db`, so processes started together on a
+fresh directory would all find no schema and race to create it. For a SQLite file they take
+turns on a lock file beside it (``<db>.schema.lock``), held only while the schema is checked
+and migrated: a live runtime never holds it, so ``db init`` can run beside one.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from sqlalchemy import Connection, Engine, insert, inspect, text, update
 
-from persistence.db import make_engine, mask_url
+from persistence.db import PATH_ENV, make_engine, mask_url, sqlite_file
+from persistence.errors import DatabaseUnavailable
 from persistence.models import SchemaMeta
 
 if TYPE_CHECKING:
@@ -25,6 +36,12 @@ HEAD_REVISION = "0002"
 # The version users see in `db inspect`; raise it with every migration that changes the schema.
 SCHEMA_VERSION = "2"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SCHEMA_LOCK_SUFFIX = ".schema.lock"
+# A migration of a big ledger takes seconds; a holder past this is stuck, not busy.
+SCHEMA_LOCK_TIMEOUT_S = 60.0
+_SQLITE_HEADER = b"SQLite format 3\x00"
+# Tables only an orchestrate database has (0001 creates both).
+_OUR_TABLES = frozenset({"alembic_version", "schema_meta"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +54,23 @@ class InitReport:
     created: bool
 
 
-def init_db(url: str) -> InitReport:
-    """Create or upgrade the schema at ``url``; safe to call any number of times.
+def init_db(url: str, lock_timeout_s: float = SCHEMA_LOCK_TIMEOUT_S) -> InitReport:
+    """Create or upgrade the schema at ``url``; safe to call any number of times, from any
+    number of processes at once.
 
     ``created`` is true when the database had no schema before. ``url`` in the report has its
-    password masked. Raises :class:`persistence.errors.DatabaseUnavailable` if it cannot connect.
+    password masked. Raises :class:`persistence.errors.DatabaseUnavailable` if it cannot
+    connect, if the schema lock stays taken for ``lock_timeout_s``, or if a file at a SQLite
+    path is not an orchestrate database (it is never overwritten).
     """
+    path = sqlite_file(url)
+    with _schema_lock(path, lock_timeout_s) if path is not None else nullcontext():
+        if path is not None:
+            _refuse_foreign_file(path)
+        return _migrate(url)
+
+
+def _migrate(url: str) -> InitReport:
     engine = make_engine(url)
     try:
         with engine.begin() as connection:
@@ -63,6 +91,66 @@ def init_db(url: str) -> InitReport:
         schema_version=SCHEMA_VERSION,
         applied=_revisions_between(config, before, after),
         created=before is None,
+    )
+
+
+@contextmanager
+def _schema_lock(database: Path, timeout_s: float) -> Iterator[None]:
+    lock_path = database.with_name(database.name + SCHEMA_LOCK_SUFFIX)
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise DatabaseUnavailable(f"cannot create the schema lock {lock_path}: {error.strerror}") from None
+    try:
+        # flock has no timeout of its own; the holder only migrates, so a short poll is cheap.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DatabaseUnavailable(
+                        f"another orchestrate process has held the schema lock {lock_path} for "
+                        f"{timeout_s:g}s; is a migration stuck?"
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _refuse_foreign_file(path: Path) -> None:
+    """Raise unless ``path`` is missing, or a SQLite file that is empty of tables or ours."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise DatabaseUnavailable(f"cannot read {path}: {error.strerror}") from None
+    if not header:
+        _foreign(path, "0 bytes")
+    if header != _SQLITE_HEADER:
+        _foreign(path, "not a SQLite file")
+    try:
+        # Read-only and without our pragmas: a file that is not ours must not be changed
+        # (our connections would switch it to WAL).
+        probe = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            probe.close()
+    except sqlite3.DatabaseError as error:
+        _foreign(path, f"unreadable as SQLite: {error}")
+    if tables and not tables & _OUR_TABLES:
+        _foreign(path, "no schema_meta table")
+
+
+def _foreign(path: Path, why: str) -> NoReturn:
+    raise DatabaseUnavailable(
+        f"{path} is not an orchestrate database ({why}); move it away or point {PATH_ENV} elsewhere"
     )
 
 

@@ -184,7 +184,7 @@ class RoutingDecision(Base):
 
 
 class PatchRecord(Base):
-    """What one task attempt changed in its workstream's worktree (see the patch ledger)."""
+    """What one task attempt changed in its workstream's worktree (the patch: ``patch_path``)."""
 
     __tablename__ = "patch_history"
     __table_args__ = (

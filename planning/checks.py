@@ -1,31 +1,42 @@
-"""Graph checks of a schema-valid plan: duplicate ids, unknown or self dependencies, cycles.
+"""Graph checks of a plan as read: duplicate ids, unknown or self dependencies, cycles.
 
-Every problem is located at the file and JSON path the user has to edit. Cycles are looked for
-only when ids are unambiguous, and on the expanded task graph (a workstream dependency makes
-each of its tasks depend on every task of the other workstream), so a task depending on a
-workstream that waits for the task's own workstream is caught too.
+Every problem is located at the file and JSON path the user has to edit. The checks read the
+workstream objects as written, not a built :class:`Plan`, so they also run on a plan that has
+schema errors: whatever is structurally usable (a workstream or task with a string ``id``, a
+``depends_on`` entry that is a string) is checked, the rest is left to the schema's report.
+
+Cycles are looked for only when ids are unambiguous, and on the task graph with workstream
+dependencies taken into account (a workstream dependency makes each of its tasks wait for every
+task of the other workstream), so a task depending on a workstream that waits for the task's
+own workstream is caught too. A workstream dependency is one node standing for "every task of
+that workstream", never an edge per pair of tasks, so every check stays linear in the size of
+the plan.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
 from planning.errors import PlanIssue
-from domain.graph import cyclic_components, find_cycles, task_dependencies
-from domain.plan import TASK_KEY_SEPARATOR, Plan, TaskSpec, task_key
+from domain.graph import cyclic_components, find_cycles
+from domain.plan import TASK_KEY_SEPARATOR, task_key
 
 _LISTED = 10
+# Prefix of the node that stands for "all tasks of a workstream" in the task graph; a NUL never
+# occurs in a task key, so it cannot collide with one.
+_WHOLE = "\0"
 
 
 @dataclass(frozen=True, slots=True)
 class WorkstreamSource:
-    """A workstream object as read (schema-valid), with where it was read from.
+    """A workstream object as read, with where it was read from.
 
     ``json_path`` is ``$`` for a single-workstream file and ``$.workstreams[i]`` in a bundle;
-    ``defaults`` are the bundle's task defaults.
+    ``defaults`` are the bundle's task defaults. ``data`` has a string ``id`` but may otherwise
+    break the schema.
     """
 
     file: str
@@ -33,19 +44,54 @@ class WorkstreamSource:
     data: Mapping[str, Any]
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def id(self) -> str:
+        return self.data["id"]
+
+    def tasks(self) -> Iterator[tuple[int, Mapping[str, Any]]]:
+        """``(index, task)`` of every task object with a string ``id``."""
+        tasks = self.data.get("tasks")
+        if isinstance(tasks, list):
+            for index, task in enumerate(tasks):
+                if isinstance(task, dict) and isinstance(task.get("id"), str):
+                    yield index, task
+
+    def depends_on(self) -> Iterator[tuple[int, str]]:
+        return _strings(self.data.get("depends_on"))
+
+
+def task_depends_on(task: Mapping[str, Any]) -> Iterator[tuple[int, str]]:
+    """``(index, entry)`` of every string entry of a task's ``depends_on``."""
+    return _strings(task.get("depends_on"))
+
+
+def _strings(value: Any) -> Iterator[tuple[int, str]]:
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if isinstance(item, str):
+                yield index, item
+
+
+def _first_mentions(entries: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    seen: set[str] = set()
+    for index, entry in entries:
+        if entry not in seen:
+            seen.add(entry)
+            yield index, entry
+
 
 def qualify(workstream_id: str, ref: str) -> str:
     """A ``depends_on`` entry as a task key: a bare task id means one of the same workstream."""
     return ref if TASK_KEY_SEPARATOR in ref else task_key(workstream_id, ref)
 
 
-def graph_issues(plan: Plan, sources: Sequence[WorkstreamSource]) -> list[PlanIssue]:
-    """Problems of ``plan``, built from ``sources`` (same order, one workstream each)."""
+def graph_issues(sources: Sequence[WorkstreamSource]) -> list[PlanIssue]:
+    """Problems of the plan made of ``sources`` (in plan order, one workstream each)."""
     issues = _duplicate_ids(sources)
     ambiguous = bool(issues)
     issues += _unknown_dependencies(sources)
     if not ambiguous:
-        issues += _cycles(plan, sources)
+        issues += _cycles(sources)
     return issues
 
 
@@ -53,27 +99,26 @@ def _duplicate_ids(sources: Sequence[WorkstreamSource]) -> list[PlanIssue]:
     issues = []
     first: dict[str, WorkstreamSource] = {}
     for source in sources:
-        ws_id = source.data["id"]
-        if ws_id in first:
-            other = first[ws_id]
+        if source.id in first:
+            other = first[source.id]
             issues.append(
                 PlanIssue(
                     source.file,
                     f"{source.json_path}.id",
-                    f"duplicate workstream id {ws_id!r}, "
+                    f"duplicate workstream id {source.id!r}, "
                     f"also defined in {other.file} at {other.json_path}",
                 )
             )
             continue
-        first[ws_id] = source
+        first[source.id] = source
         seen: dict[str, int] = {}
-        for index, task in enumerate(source.data["tasks"]):
+        for index, task in source.tasks():
             if task["id"] in seen:
                 issues.append(
                     PlanIssue(
                         source.file,
                         f"{source.json_path}.tasks[{index}].id",
-                        f"duplicate task id {task['id']!r} in workstream {ws_id!r}, "
+                        f"duplicate task id {task['id']!r} in workstream {source.id!r}, "
                         f"first at {source.json_path}.tasks[{seen[task['id']]}]",
                     )
                 )
@@ -82,13 +127,22 @@ def _duplicate_ids(sources: Sequence[WorkstreamSource]) -> list[PlanIssue]:
 
 
 def _unknown_dependencies(sources: Sequence[WorkstreamSource]) -> list[PlanIssue]:
-    task_ids: dict[str, list[str]] = {}
+    task_ids: dict[str, set[str]] = {}
     for source in sources:
-        task_ids.setdefault(source.data["id"], [task["id"] for task in source.data["tasks"]])
+        if source.id not in task_ids:
+            task_ids[source.id] = {task["id"] for _, task in source.tasks()}
+    # A listing sorts its names: made once per workstream, not once per bad reference.
+    listings: dict[str | None, str] = {}
+
+    def listing(ws_id: str | None) -> str:
+        if ws_id not in listings:
+            listings[ws_id] = _listing(task_ids if ws_id is None else task_ids[ws_id])
+        return listings[ws_id]
+
     issues = []
     for source in sources:
-        ws_id = source.data["id"]
-        for index, dep in enumerate(source.data.get("depends_on", ())):
+        ws_id = source.id
+        for index, dep in source.depends_on():
             where = f"{source.json_path}.depends_on[{index}]"
             if dep == ws_id:
                 issues.append(
@@ -96,15 +150,12 @@ def _unknown_dependencies(sources: Sequence[WorkstreamSource]) -> list[PlanIssue
                 )
             elif dep not in task_ids:
                 issues.append(
-                    PlanIssue(
-                        source.file,
-                        where,
-                        f"unknown workstream {dep!r} (known: {_listing(task_ids)})",
-                    )
+                    PlanIssue(source.file, where, f"unknown workstream {dep!r} (known: {listing(None)})")
                 )
-        for t_index, task in enumerate(source.data["tasks"]):
+        for t_index, task in source.tasks():
             own = task_key(ws_id, task["id"])
-            for d_index, ref in enumerate(task.get("depends_on", ())):
+            # A repeated entry is the schema's complaint; its target is judged once.
+            for d_index, ref in _first_mentions(task_depends_on(task)):
                 where = f"{source.json_path}.tasks[{t_index}].depends_on[{d_index}]"
                 dep_ws, _, dep_task = qualify(ws_id, ref).partition(TASK_KEY_SEPARATOR)
                 if qualify(ws_id, ref) == own:
@@ -115,7 +166,7 @@ def _unknown_dependencies(sources: Sequence[WorkstreamSource]) -> list[PlanIssue
                             source.file,
                             where,
                             f"unknown workstream {dep_ws!r} in task dependency {ref!r} "
-                            f"(known: {_listing(task_ids)})",
+                            f"(known: {listing(None)})",
                         )
                     )
                 elif dep_task not in task_ids[dep_ws]:
@@ -124,38 +175,56 @@ def _unknown_dependencies(sources: Sequence[WorkstreamSource]) -> list[PlanIssue
                             source.file,
                             where,
                             f"unknown task {ref!r}: workstream {dep_ws!r} has no task {dep_task!r} "
-                            f"(its tasks: {_listing(task_ids[dep_ws])})",
+                            f"(its tasks: {listing(dep_ws)})",
                         )
                     )
     return issues
 
 
-def _cycles(plan: Plan, sources: Sequence[WorkstreamSource]) -> list[PlanIssue]:
+def _cycles(sources: Sequence[WorkstreamSource]) -> list[PlanIssue]:
     """Workstream cycles, then task cycles (explicit links plus those workstreams imply)."""
-    source_of = {source.data["id"]: source for source in sources}
+    source_of = {source.id: source for source in sources}
     ws_graph = {
-        ws.id: [dep for dep in ws.depends_on if dep != ws.id and dep in source_of]
-        for ws in plan.workstreams
+        source.id: [dep for _, dep in source.depends_on() if dep != source.id and dep in source_of]
+        for source in sources
     }
     issues = []
     for cycle in find_cycles(ws_graph):
         source = source_of[cycle[0]]
-        where = f"{source.json_path}.depends_on[{list(source.data['depends_on']).index(cycle[1])}]"
+        index = next(i for i, dep in source.depends_on() if dep == cycle[1])
         members = " -> ".join(cycle)
         issues.append(
             PlanIssue(
-                source.file, where, f"cycle: {members} (workstreams; each depends on the next)"
+                source.file,
+                f"{source.json_path}.depends_on[{index}]",
+                f"cycle: {members} (workstreams; each depends on the next)",
             )
         )
-    return issues + _task_cycles(plan, source_of, ws_graph)
+    return issues + _task_cycles(source_of, ws_graph)
+
+
+@dataclass(frozen=True, slots=True)
+class _TaskAt:
+    source: WorkstreamSource
+    index: int
+    data: Mapping[str, Any]
 
 
 def _task_cycles(
-    plan: Plan, source_of: Mapping[str, WorkstreamSource], ws_graph: Mapping[str, list[str]]
+    source_of: Mapping[str, WorkstreamSource], ws_graph: Mapping[str, list[str]]
 ) -> list[PlanIssue]:
-    issues = []
-    tasks = {task.key: task for task in plan.tasks}
-    explicit = {key: set(task.depends_on) for key, task in tasks.items()}
+    tasks: dict[str, _TaskAt] = {}
+    for source in source_of.values():
+        for index, data in source.tasks():
+            tasks[task_key(source.id, data["id"])] = _TaskAt(source, index, data)
+    explicit = {
+        key: {
+            dep
+            for _, ref in task_depends_on(at.data)
+            if (dep := qualify(at.source.id, ref)) != key and dep in tasks
+        }
+        for key, at in tasks.items()
+    }
     # Inside a workstream cycle every task is on a cycle already reported above; only the links
     # a workstream dependency adds across components (and explicit ones) can form new cycles.
     component_of = {
@@ -164,43 +233,52 @@ def _task_cycles(
         for ws_id in members
     }
 
-    def kept(key: str, dep: str) -> bool:
-        if dep == key or dep not in tasks:
-            return False
-        component = component_of.get(tasks[key].workstream_id)
-        return (
-            dep in explicit[key]
-            or component is None
-            or component != component_of.get(tasks[dep].workstream_id)
-        )
+    def implied(ws_id: str) -> list[str]:
+        component = component_of.get(ws_id)
+        return [
+            _WHOLE + dep
+            for dep in ws_graph[ws_id]
+            if component is None or component != component_of.get(dep)
+        ]
 
-    task_graph = {
-        key: [dep for dep in deps if kept(key, dep)]
-        for key, deps in task_dependencies(plan).items()
+    implied_of = {ws_id: implied(ws_id) for ws_id in ws_graph}
+    # Task keys first, so a cycle starts at a task (graph ranks nodes by key order).
+    graph: dict[str, list[str]] = {
+        key: [*explicit[key], *implied_of[at.source.id]] for key, at in tasks.items()
     }
-    for cycle in find_cycles(task_graph):
-        links = list(pairwise(cycle))
+    for ws_id in sorted({node[len(_WHOLE):] for nodes in implied_of.values() for node in nodes}):
+        graph[_WHOLE + ws_id] = [task_key(ws_id, data["id"]) for _, data in source_of[ws_id].tasks()]
+
+    issues = []
+    for cycle in find_cycles(graph):
+        members = [node for node in cycle if not node.startswith(_WHOLE)]
+        links = list(pairwise(members))
         # Links implied by workstreams alone cannot close a cycle here, so an explicit one exists.
         first, target = next((u, v) for u, v in links if v in explicit[u])
-        source = source_of[tasks[first].workstream_id]
-        where = _dependency_path(source, tasks[first], target)
+        at = tasks[first]
         via = [
-            f"{u} -> {v} because workstream {tasks[u].workstream_id!r} "
-            f"depends on {tasks[v].workstream_id!r}"
+            f"{u} -> {v} because workstream {tasks[u].source.id!r} "
+            f"depends on {tasks[v].source.id!r}"
             for u, v in links
             if v not in explicit[u]
         ]
         detail = "; ".join(["each depends on the next", *via])
-        issues.append(PlanIssue(source.file, where, f"cycle: {' -> '.join(cycle)} ({detail})"))
+        issues.append(
+            PlanIssue(
+                at.source.file,
+                _dependency_path(at, target),
+                f"cycle: {' -> '.join(members)} ({detail})",
+            )
+        )
     return issues
 
 
-def _dependency_path(source: WorkstreamSource, task: TaskSpec, target: str) -> str:
-    """The JSON path of the ``depends_on`` entry of ``task`` that names ``target``."""
-    t_index = next(i for i, data in enumerate(source.data["tasks"]) if data["id"] == task.id)
-    refs = source.data["tasks"][t_index]["depends_on"]
-    d_index = next(i for i, ref in enumerate(refs) if qualify(task.workstream_id, ref) == target)
-    return f"{source.json_path}.tasks[{t_index}].depends_on[{d_index}]"
+def _dependency_path(at: _TaskAt, target: str) -> str:
+    """The JSON path of the ``depends_on`` entry of the task ``at`` that names ``target``."""
+    d_index = next(
+        i for i, ref in task_depends_on(at.data) if qualify(at.source.id, ref) == target
+    )
+    return f"{at.source.json_path}.tasks[{at.index}].depends_on[{d_index}]"
 
 
 def _listing(names: Iterable[str]) -> str:

@@ -46,21 +46,22 @@ def load_plan(path: str | os.PathLike[str], tools: Collection[str] | None = None
         if read_issues:
             issues += read_issues
             continue
-        invalid = [
+        issues += [
             PlanIssue(label, where, message)
             for where, message in schema_issues(WORKSTREAM_SCHEMA, data)
         ]
-        if invalid:
-            issues += invalid
-            continue
         sources += _workstreams_of(label, data)
+    # Graph problems are found on whatever is usable despite schema errors, so one pass
+    # reports everything; a place the schema already complains about gets only that complaint.
+    located = {(issue.file, issue.json_path) for issue in issues}
+    issues += [
+        issue
+        for issue in graph_issues(sources) + _unknown_tools(sources, tools)
+        if (issue.file, issue.json_path) not in located
+    ]
     if issues:
         raise PlanError(issues)
-
     plan = Plan(tuple(_workstream(source, base_dir) for source in sources), source, base_dir)
-    issues = graph_issues(plan, sources) + _unknown_tools(sources, tools)
-    if issues:
-        raise PlanError(issues)
     return with_integration_steps(plan)
 
 
@@ -72,8 +73,8 @@ def _unknown_tools(sources: Sequence[WorkstreamSource], tools: Collection[str] |
         PlanIssue(source.file, f"{source.json_path}.tasks[{index}].tool",
                   f"unknown tool {task['tool']!r}; expected one of: {expected}")
         for source in sources
-        for index, task in enumerate(source.data["tasks"])
-        if task["tool"] not in tools
+        for index, task in source.tasks()
+        if isinstance(task.get("tool"), str) and task["tool"] not in tools
     ]
 
 
@@ -172,13 +173,21 @@ def _non_json_values(
     open_ids.discard(id(value))
 
 
-def _workstreams_of(label: str, data: Mapping[str, Any]) -> list[WorkstreamSource]:
+def _workstreams_of(label: str, data: Any) -> list[WorkstreamSource]:
+    """The workstreams of a file that graph checks can use: objects with a string ``id``."""
+    if not isinstance(data, dict):
+        return []
     if "workstreams" not in data:
-        return [WorkstreamSource(label, "$", data)]
-    defaults = data.get("defaults", {})
+        found = [("$", data)]
+        defaults: Any = {}
+    else:
+        listed = data["workstreams"]
+        found = [(f"$.workstreams[{i}]", ws) for i, ws in enumerate(listed)] if isinstance(listed, list) else []
+        defaults = data.get("defaults", {})
     return [
-        WorkstreamSource(label, f"$.workstreams[{index}]", ws, defaults)
-        for index, ws in enumerate(data["workstreams"])
+        WorkstreamSource(label, where, ws, defaults)
+        for where, ws in found
+        if isinstance(ws, dict) and isinstance(ws.get("id"), str)
     ]
 
 

@@ -324,7 +324,7 @@ def test_schema_violation_names_path_and_what_was_expected(tmp_path: Path) -> No
             "$.tasks[0].env",
             "key 'A=B' of 'env' must be a non-empty variable name",
         ),
-        ({"depends_on": ["x", "x"]}, "$.tasks[0].depends_on", "lists 'x' more than once"),
+        ({"depends_on": ["u", "u"]}, "$.tasks[0].depends_on", "lists 'u' more than once"),
         (
             {"acceptance": [{"name": "lint"}]},
             "$.tasks[0].acceptance[0]",
@@ -337,7 +337,8 @@ def test_schema_violation_names_path_and_what_was_expected(tmp_path: Path) -> No
 def test_task_field_errors_are_human(
     tmp_path: Path, fields: dict[str, Any], json_path: str, fragment: str
 ) -> None:
-    issue = only_issue(write(tmp_path, "ws.json", {"id": "ws", "tasks": [shell("t") | fields]}))
+    document = {"id": "ws", "tasks": [shell("t") | fields, shell("u")]}
+    issue = only_issue(write(tmp_path, "ws.json", document))
 
     assert issue.json_path == json_path
     assert fragment in issue.message
@@ -588,8 +589,8 @@ def test_several_errors_are_reported_together(tmp_path: Path) -> None:
     assert str(caught.value).splitlines() == [str(issue) for issue in caught.value.issues]
 
 
-def test_graph_checks_wait_until_every_file_matches_the_schema(tmp_path: Path) -> None:
-    # ws-api's dependency would be unknown only because ws-model's file is broken.
+def test_a_schema_error_elsewhere_in_a_workstream_does_not_make_it_unknown(tmp_path: Path) -> None:
+    # ws-api depends on ws-model, whose file is broken in a field that has no bearing on that.
     write(tmp_path, "ws-api.json", API)
     write(tmp_path, "ws-model.json", MODEL | {"title": 3})
 

@@ -263,11 +263,12 @@ def test_run_record_checks_the_request_it_embeds(plan: Plan) -> None:
 
 @pytest.fixture
 def fresh_schema_cache() -> Iterator[None]:
-    schemas.load_schema.cache_clear()
-    schemas.validator.cache_clear()
+    caches = (schemas.load_schema, schemas.validator, schemas._fast_validator)
+    for cached in caches:
+        cached.cache_clear()
     yield
-    schemas.load_schema.cache_clear()
-    schemas.validator.cache_clear()
+    for cached in caches:
+        cached.cache_clear()
 
 
 def test_missing_schema_raises_schema_missing(

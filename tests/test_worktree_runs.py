@@ -58,8 +58,12 @@ def test_two_workstreams_editing_different_files_both_merge_cleanly(tmp_path, or
     more = next(p for p in patches if p["task_key"] == "ws-b/more")
     assert [f["path"] for f in json.loads(more["files_json"])] == ["b.txt"]
     assert "+more" in Path(more["patch_path"]).read_text()
-    ledger_lines = (tmp_path / ".state" / "patch_ledger.jsonl").read_text().splitlines()
-    assert len(ledger_lines) == 3
+    assert not (tmp_path / ".state" / "patch_ledger.jsonl").exists(), "the patch_history row is the one record"
+    run_id = db.execute("select run_id from runs").fetchone()[0]
+    shown = orchestrate("runs", "show", run_id, "--json").json()
+    assert [(p["task_key"], p["patch_path"]) for p in shown["patches"]] == [
+        (p["task_key"], p["patch_path"]) for p in patches]
+    assert "ws-b/more" in orchestrate("runs", "show", run_id).out
     states = dict(db.execute("select ws_id, status from workstreams").fetchall())
     assert states == {"ws-a": "done", "ws-b": "done"}
 

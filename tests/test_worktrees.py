@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +15,6 @@ from adapters.worktrees import (
     GitError,
     MergeConflict,
     TargetDirty,
-    append_patch_ledger,
     capture_changes,
     commit_all,
     ensure_worktree,
@@ -25,6 +23,7 @@ from adapters.worktrees import (
     merge_check,
     merge_into,
     remove_worktree,
+    store_patch,
 )
 
 IDENTITY = ["-c", "user.name=test", "-c", "user.email=test@localhost"]
@@ -365,29 +364,21 @@ def test_path_taken_by_something_else_and_bad_input(repo, root):
     assert not (root / "run-1" / "ws-b").exists()
 
 
-def test_append_patch_ledger(repo, root, tmp_path):
+def test_store_patch_writes_the_content_file_beside_no_index(repo, root, tmp_path):
     wt = ensure_worktree(repo, root, "run-1", "ws-a")
     (wt.path / "ünï.bin").write_bytes(b"\x00\xff" * 10)
     changes = capture_changes(wt, wt.base_commit)
-    after = commit_all(wt, "t")
-    ledger = tmp_path / "state" / "patches.jsonl"
-    rec = {"run_id": "run-1", "ws_id": "ws-a", "task_key": "ws-a/build", "attempt": 1,
-           "since": changes.since, "head_after": after, "files": changes.files}
-    written = append_patch_ledger(ledger, rec, changes.patch)
-    append_patch_ledger(ledger, {**rec, "attempt": 2, "files": [], "patch": b""})
+    patches = tmp_path / "state" / "patches"
 
-    lines = [json.loads(line) for line in ledger.read_text("utf-8").splitlines()]
-    assert len(lines) == 2 and lines[0] == written
-    assert written["patch_path"] == "patches/run-1/ws-a/ws-a%2Fbuild.1.patch"
-    stored = ledger.parent / written["patch_path"]
-    assert stored.read_bytes() == changes.patch
-    assert written["patch_sha256"] == hashlib.sha256(changes.patch).hexdigest()
-    assert written["files"] == [{"status": "A", "path": "ünï.bin", "added": None, "deleted": None, "binary": True}]
-    assert (written["since"], written["head_after"]) == (wt.base_commit, after)
-    assert lines[1]["patch_sha256"] == hashlib.sha256(b"").hexdigest()
-    assert "patch" not in lines[1]
+    written = store_patch(patches, "run-1", "ws-a", "ws-a/build", 1, changes.patch)
+    again = store_patch(patches, "run-1", "ws-a", "ws-a/build", 1, b"replaced")
+
+    assert written == again == patches / "run-1" / "ws-a" / "ws-a%2Fbuild.1.patch"
+    assert written.read_bytes() == b"replaced"
+    assert [p.name for p in written.parent.iterdir()] == [written.name], "no temporary file left"
+    assert list((tmp_path / "state").iterdir()) == [patches], "the database row is the record: no index file"
     with pytest.raises(ValueError):
-        append_patch_ledger(ledger, {"run_id": "r", "ws_id": "w"}, b"")
+        store_patch(patches, "run-1", "..", "t", 1, b"")
 
 
 def test_file_change_as_dict():

@@ -1,0 +1,65 @@
+"""A Ledger without a runtime, for commands that write the database but execute nothing.
+
+The Ledger actor is the only writer of the database. ``orchestrate run`` starts a runtime and
+asks its Ledger; ``orchestrate request`` only creates a run, and a whole runtime (executors,
+scheduler, process reactor, control socket) would be started for nothing. So it opens a
+:class:`LedgerSession`: the state directory's lock, exactly as a runtime takes it (so no other
+process writes meanwhile — a live runtime makes the session refuse with
+:class:`actors.runtime.RuntimeLocked`), and one Ledger actor, stopped again when the session
+ends. Writes go through the same actor and the same ``CreateRun`` ask as in a runtime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+
+import pykka
+
+from actors.directory import LEDGER, Directory
+from actors.ledger import LedgerActor
+from actors.runtime import StateDirLock
+from actors.timers import TimerService
+from persistence.store import Store
+
+STOP_TIMEOUT_S = 30.0
+
+
+class LedgerSession:
+    def __init__(self, store: Store, state_dir: Path) -> None:
+        self.store = store
+        self.lock = StateDirLock(state_dir)
+        self.directory = Directory()
+        self.timers = TimerService()
+        self._ledger: pykka.ActorRef | None = None
+
+    def __enter__(self) -> pykka.ActorRef:
+        """The Ledger's ref; raises :class:`actors.runtime.RuntimeLocked` if the lock is taken."""
+        self.lock.acquire()
+        try:
+            self.timers.start()
+            self._ledger = LedgerActor.start(LEDGER, self.directory, self.store, self.timers)
+            self.directory.register(LEDGER, self._ledger)
+        except BaseException:
+            self._close()
+            raise
+        return self._ledger
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        try:
+            if self._ledger is not None:
+                # Stopping commits whatever is still buffered (LedgerActor.on_stop).
+                self._ledger.stop(timeout=STOP_TIMEOUT_S)
+                self.directory.unregister(LEDGER)
+                self._ledger = None
+        finally:
+            self.timers.stop()
+            self.lock.release()
