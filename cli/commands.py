@@ -24,6 +24,7 @@ from actors.runtime import (
     RuntimeAborted,
     RuntimeLocked,
     RuntimeOptions,
+    stall_limit_from_env,
 )
 from control.server import ControlSocketError
 from domain.routing import RouterConfig, RoutingTable
@@ -157,6 +158,7 @@ def _runtime(args: argparse.Namespace, store: Store, state_dir: Path, router: Ro
         router=router,
         quarantine_after=args.quarantine_after,
         safe_mode_after_s=args.safe_mode_after,
+        db_stall_limit_s=stall_limit_from_env() if args.db_stall_limit is None else args.db_stall_limit,
         control_socket=_socket_path(args, state_dir),
     )
     try:

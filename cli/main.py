@@ -116,6 +116,9 @@ def _runtime_options(parser: argparse.ArgumentParser) -> None:
                         "(default: ./router_config.json if present, else one adapter per tool)")
     parser.add_argument("--quarantine-after", type=_positive_int, default=10, metavar="N",
                         help="quarantine a run after N failures with one error signature (default 10)")
+    parser.add_argument("--db-stall-limit", type=float, default=None, metavar="SECONDS", dest="db_stall_limit",
+                        help="how long the ledger may wait for a locked or full database before the runtime "
+                             "stops, resumable (default: $ORCHESTRATE_DB_STALL_LIMIT_S, else 60)")
     parser.add_argument("--safe-mode-after", type=float, default=120.0, metavar="SECONDS",
                         help="stop a run (partial, resumable) whose work has found every adapter it needs "
                              "unavailable for this long (default 120)")
