@@ -241,10 +241,7 @@ class LedgerActor(SupervisedActor):
             return {"commits": self.writer.commits, "ops": self.writer.ops_written, "pending": self.writer.pending()}
         if isinstance(message, CreateRun):
             self._commit()
-            return self.store.create_run(
-                json.loads(message.request_json), json.loads(message.plan_json),
-                run_id=message.run_id, at=utc_now_iso(),
-            )
+            return self._create_run(message)
         if isinstance(message, CommitDue):
             self.commit_pending = False
             self._commit()
@@ -269,6 +266,28 @@ class LedgerActor(SupervisedActor):
         except PeerUnavailable:
             self.writer.append(message)  # type: ignore[arg-type]
         return None
+
+    def _create_run(self, message: CreateRun) -> str:
+        """Create the run, waiting out a locked or full database like any commit (with
+        warnings, within the stall limit); raises :class:`WriteStalled` past it."""
+        request, plan = json.loads(message.request_json), json.loads(message.plan_json)
+        failures = 0
+        while True:
+            try:
+                run_id = self.store.create_run(request, plan, run_id=message.run_id, at=utc_now_iso())
+            except WriteStalled as error:
+                stall = self.writer.refused(error)
+                self.report_progress(f"creating a run: waiting for the database ({error.cause})")
+                if stall.gave_up:
+                    raise
+                failures += 1
+                # A backoff between tries of the same write, not a wait for a signal: the
+                # database says nothing when it frees up.
+                threading.Event().wait(min(RETRY_MAX_S, RETRY_MIN_S * 2 ** min(failures, 10)))
+                continue
+            if self.writer.stall is not None:
+                self.writer.recovered()
+            return run_id
 
     def _schedule_commit(self, delay_s: float) -> None:
         if self.commit_pending:

@@ -171,8 +171,9 @@ class Store:
 
         Also writes events ``RUN_CREATED`` and ``EXECUTION_REQUEST_VALIDATED``. The request
         hash is ``request_json["request_hash"]`` if present, else the SHA-256 of the request's
-        canonical JSON. Raises :class:`DuplicateRun` if ``run_id`` exists; if anything fails,
-        nothing is written.
+        canonical JSON. Raises :class:`DuplicateRun` if ``run_id`` exists, and
+        :class:`WriteStalled` when the database refuses for a cause that may pass; if anything
+        fails, nothing is written.
         """
         run_id = run_id or new_run_id()
         request_hash = request_json.get("request_hash") or sha256_of(request_json)
@@ -197,16 +198,23 @@ class Store:
             _event_row(at, run_id, "RUN_CREATED", created),
             _event_row(at, run_id, "EXECUTION_REQUEST_VALIDATED", {"request_hash": request_hash}),
         ]
-        with self._lock, self._connection.begin():
-            exists = self._connection.execute(select(Run.run_id).where(Run.run_id == run_id))
-            if exists.first() is not None:
-                raise DuplicateRun(f"run {run_id!r} already exists; resume it or use another id")
-            self._connection.execute(insert(Run.__table__), [run_row])
-            if workstreams:
-                self._connection.execute(insert(Workstream.__table__), workstreams)
-            if tasks:
-                self._connection.execute(insert(Task.__table__), tasks)
-            self._connection.execute(insert(Event.__table__), events)
+        with self._lock:
+            try:
+                with self._connection.begin():
+                    exists = self._connection.execute(select(Run.run_id).where(Run.run_id == run_id))
+                    if exists.first() is not None:
+                        raise DuplicateRun(f"run {run_id!r} already exists; resume it or use another id")
+                    self._connection.execute(insert(Run.__table__), [run_row])
+                    if workstreams:
+                        self._connection.execute(insert(Workstream.__table__), workstreams)
+                    if tasks:
+                        self._connection.execute(insert(Task.__table__), tasks)
+                    self._connection.execute(insert(Event.__table__), events)
+            except DBAPIError as error:
+                cause = stall_cause(error)
+                if cause is None:
+                    raise
+                raise WriteStalled(cause, self.database, str(error.orig)) from error
         states: dict[StateKey, str] = {("run", run_id): run_row["status"]}
         states.update((("workstream", ws["ws_id"]), ws["status"]) for ws in workstreams)
         states.update((("task", task["task_key"]), task["state"]) for task in tasks)
