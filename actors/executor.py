@@ -27,10 +27,8 @@ from adapters.gates import (
     ordered_checks,
 )
 from adapters.process import ProcessReactor, ProcessSpec
-from adapters.tools import (
-    ToolAdapter,
-    result_path,
-)
+from adapters.pycall import NOT_RETURNED, callable_returned
+from adapters.tools import PythonAdapter, ToolAdapter, result_path
 from domain.errors import ErrorClass
 from domain.outcomes import (
     COMPLETED,
@@ -176,9 +174,11 @@ class ExecutorActor(SupervisedActor):
     def _tool_verdict(self, flight: _InFlight, result: ProcessResult) -> Verdict | None:
         """The verdict on the tool's process (None: it succeeded), from the facts around it."""
         cwd = flight.request.task.cwd or "."
-        if result.succeeded:
-            return None
         log_path = flight.request.log_path
+        if result.succeeded:
+            if isinstance(self.adapter, PythonAdapter) and not callable_returned(log_path):
+                return Verdict(TaskState.FAILED, ErrorClass.COMMAND_FAILED, NOT_RETURNED)
+            return None
         return tool_verdict(result, cwd_exists=os.path.isdir(cwd), last_line=_last_line(log_path),
                             full_disk=_full_filesystem(log_path))
 

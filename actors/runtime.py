@@ -3,8 +3,8 @@
 :class:`Runtime` takes the state directory's lock, wires the Supervisor, Ledger, Router,
 Scheduler and one executor per configured adapter together, serves the control socket, and
 fans the Scheduler's progress out to whoever watches (the foreground display, ``watch``
-clients, callers waiting for a run). ``stop()`` leaves no process behind. It holds no
-decisions of its own.
+clients, callers waiting for a run). ``stop()`` leaves no process behind; stopped by a signal,
+it records the attempts it cut short as interrupted. It holds no decisions of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from actors.directory import (
     SUPERVISOR,
     WORKSPACE,
     Directory,
+    PeerUnavailable,
     executor_name,
 )
 from actors.executor import ExecutorActor
@@ -42,13 +43,15 @@ from actors.supervisor import StartChildren, SupervisorActor
 from actors.timers import TimerService
 from actors.workspace import WorkspaceActor
 from adapters.leftovers import kill_leftovers
-from adapters.process import ProcessReactor
+from adapters.process import ProcessReactor, kill_descendants
 from adapters.tools import BUILTIN_ADAPTERS, ToolAdapter
+from domain.errors import ErrorClass
 from domain.routing import AdapterInfo, RouterConfig, default_config
 from domain.run_core import CoreConfig
+from domain.states import TaskState
 from domain.supervision import ChildSpec, HeartbeatPolicy, Restart, SupervisorSpec
-from messages import Flush, RunProgress
-from messages.control import StopRuns
+from messages import AttemptFinished, Flush, RunProgress
+from messages.control import Drain, StopRuns
 from persistence.clock import utc_now_iso
 from persistence.spill import SPILL_FILE, keep_reserve
 from persistence.store import Store, WriteStalled
@@ -56,6 +59,8 @@ from persistence.store import Store, WriteStalled
 log = structlog.get_logger("orchestrate.runtime")
 
 ASK_TIMEOUT_S = 30.0
+# Stopping on a signal must end within seconds even if the scheduler is stuck.
+INTERRUPT_ASK_TIMEOUT_S = 5.0
 # Coding agents: run by the agent executor (fix rounds, "did it do anything" verdicts).
 AGENT_TYPES = frozenset({"aider", "agent"})
 LOCK_FILE = "runtime.lock"
@@ -178,7 +183,9 @@ class Runtime:
         self.options = options
         self.state_dir = Path(options.state_dir)
         self.directory = Directory()
-        self.reactor = ProcessReactor()
+        # Subreaper: a task's orphans (setsid escapees too) re-parent to us, so killing a task's
+        # leftovers after it exits needs no scan of every process on the machine.
+        self.reactor = ProcessReactor(adopt_orphans=True)
         self.timers = TimerService()
         self.lock = StateDirLock(self.state_dir)
         self.adapters = {info.name: info for info in options.router.adapters}
@@ -192,6 +199,7 @@ class Runtime:
         self._listeners: list[Callable[[RunProgress], None]] = [self.status.apply]
         self._listeners_lock = threading.Lock()
         self._finished: dict[str, str] = {}
+        self._submitted: set[str] = set()
         self._finished_cond = threading.Condition()
         self._abort_reason = ""
         self._stopping = threading.Event()
@@ -315,11 +323,19 @@ class Runtime:
             except Exception:
                 log.exception("listener_failed")
 
-    def stop(self) -> None:
-        """Flush the ledger, stop every actor, kill any process still running, release the lock."""
+    def stop(self, interrupted_by: str = "") -> list[tuple[str, str, int]]:
+        """Flush the ledger, stop every actor, kill any process still running, release the lock.
+
+        ``interrupted_by`` (why, e.g. ``"SIGTERM"``) stops without a verdict on running work:
+        nothing more starts, every process tree is killed without the executors reporting it
+        (so no task ends CANCELLED and no run finishes), and every attempt the ledger shows
+        running is recorded FAILED with error class ``interrupted``; the runs stay resumable
+        and no retry budget is spent. Returns those attempts as (run, task, attempt).
+        """
         if self.control is not None:
             self.control.stop()
             self.control = None
+        interrupted = self._interrupt(interrupted_by) if interrupted_by else []
         try:
             self.flush()
         except Exception:
@@ -330,14 +346,61 @@ class Runtime:
             self._supervisor.stop()
             self._supervisor = None
         for name in self.directory.names():
-            try:
-                self.directory.get(name).stop(timeout=5)
-            except (pykka.ActorDeadError, pykka.Timeout):
-                log.warning("actor_did_not_stop", actor=name)
-            self.directory.unregister(name)
+            self._stop_actor(name)
         self._spill()
         self._events.put(None)
         self.lock.release()
+        return interrupted
+
+    def _interrupt(self, reason: str) -> list[tuple[str, str, int]]:
+        try:
+            self.directory.get(SCHEDULER).ask(Drain(), timeout=INTERRUPT_ASK_TIMEOUT_S)
+        except (PeerUnavailable, pykka.ActorDeadError, pykka.Timeout):
+            log.warning("drain_before_interrupt_failed")
+        self.reactor.stop(kill=True, report=False)
+        if self._supervisor is not None:
+            self._supervisor.stop()  # no restarts of what is stopped next
+            self._supervisor = None
+        # Executors before the scheduler (sorted names), so what they still say reaches it,
+        # and it forwards everything it knows to the ledger before we read the ledger.
+        for name in self.directory.names():
+            if name != LEDGER:
+                self._stop_actor(name)
+        try:
+            self.flush()
+            running = [
+                (run_id, attempt["step_name"], attempt["attempt"])
+                for run_id in sorted(self._submitted)
+                for attempt in self.store.get_attempts(run_id)
+                if attempt["status"] == TaskState.IN_PROGRESS.value
+            ]
+            for run_id, task_key, attempt in running:
+                self.directory.tell(LEDGER, AttemptFinished(
+                    run_id=run_id, task_key=task_key, attempt=attempt, status=TaskState.FAILED.value,
+                    completed_at=utc_now_iso(), error_class=ErrorClass.INTERRUPTED.value,
+                    message=f"interrupted: the runtime was stopped by {reason}",
+                ))
+        except Exception:
+            # Resuming records them anyway (see actors.recovery), just later.
+            log.exception("recording_interrupted_attempts_failed")
+            return []
+        return running
+
+    def _stop_actor(self, name: str) -> None:
+        try:
+            self.directory.get(name).stop(timeout=5)
+        except (PeerUnavailable, pykka.ActorDeadError, pykka.Timeout):
+            log.warning("actor_did_not_stop", actor=name)
+        self.directory.unregister(name)
+
+    def kill_now(self) -> None:
+        """Kill every process this runtime started, and whatever carries its runs' markers,
+        without grace and without telling anyone. For a second stop signal: it takes no lock
+        (a signal handler may call it while the main thread holds one); the ledger is left
+        as it is and a resume records the attempts as interrupted."""
+        kill_descendants(grace_s=0.0)
+        for run_id in tuple(self._submitted):
+            kill_leftovers(run_id, [], grace_s=0.0)
 
     def flush(self) -> None:
         """Return once everything the ledger received is committed. While the database refuses
@@ -386,6 +449,7 @@ class Runtime:
         if killed:
             log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
         start = start_message(self.store, run_id, self.state_dir, reset)
+        self._submitted.add(run_id)
         with self._finished_cond:
             self._finished.pop(run_id, None)
         self.status.start(run_id, dict(start.task_states))
@@ -437,3 +501,8 @@ class Runtime:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    @property
+    def submitted(self) -> tuple[str, ...]:
+        """The runs this runtime has started (or resumed), in no particular order."""
+        return tuple(self._submitted)

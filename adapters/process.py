@@ -5,6 +5,10 @@ that started a process never blocks its mailbox on it. Each process runs in its 
 process group; when it times out, exceeds its memory limit, is cancelled, or simply exits, every
 process left in its tree is killed before the caller is told (:func:`kill_tree`).
 
+With ``adopt_orphans`` the reactor makes this process a child subreaper (Linux ``prctl``): a
+task's orphans, including grandchildren that called ``setsid``, re-parent to us instead of
+init, so they stay findable by a walk of our own children, and the reactor reaps them.
+
 A process is identified by ``(pid, create_time)`` (``create_time`` as :mod:`psutil` reports it),
 never by pid alone: pids are reused, and quickly (``pid_max`` can be as low as 32768).
 
@@ -13,6 +17,7 @@ Linux only (``os.pidfd_open``, ``signal.pidfd_send_signal``, ``/proc``).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 import os
@@ -24,7 +29,7 @@ import subprocess
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -41,6 +46,12 @@ _KILL_WAIT_S = 5.0
 # Looking for a finished process's leftovers takes a /proc scan (~0.2 ms for 70 processes).
 # Under a burst of short processes, batch the scans: at most one per this interval.
 _SWEEP_INTERVAL_S = 0.02
+# A tree killed again right after a kill is still growing (a process forked, or left its group
+# with setsid, after the snapshot). A few rounds catch that; a fork bomb is not chased forever.
+_KILL_ROUNDS = 5
+_PR_SET_CHILD_SUBREAPER = 36
+# Tools run in sessions of their own; this one is the runtime's (it never calls setsid).
+_SESSION = os.getsid(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +98,7 @@ class _Stat(NamedTuple):
     # Clock ticks from boot to the process's start. Internally (pid, start) is the identity, as in
     # psutil: unlike create_time it does not move when the wall clock is stepped.
     start: int
+    state: str  # "Z" for a zombie: dead, waiting for its parent to reap it
 
 
 def _create_time(start: int) -> float:
@@ -109,7 +121,7 @@ def _read_stat(pid: int) -> _Stat | None:
         os.close(fd)
     # The command name is parenthesised and may itself contain ") ": split after the last one.
     fields = data[data.rfind(b")") + 2 :].split()
-    return _Stat(pid, int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]))
+    return _Stat(pid, int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]), fields[0].decode())
 
 
 class _ProcTable:
@@ -127,13 +139,14 @@ class _ProcTable:
                 if stat.sid != stat.pgid:
                     self.by_group_or_session[stat.sid].append(stat)
 
-    def marked(self, marker: tuple[str, str] | None) -> list[_Stat]:
-        """Processes whose environment holds ``NAME=VALUE`` (ours; others' are unreadable)."""
+    def marked(self, marker: tuple[str, str] | None, among: Iterable[_Stat] | None = None) -> list[_Stat]:
+        """Processes (of ``among``, default all) whose environment holds ``NAME=VALUE`` (ours;
+        others' are unreadable, and so are zombies')."""
         if marker is None:
             return []
         entry = f"{marker[0]}={marker[1]}".encode()
         found = []
-        for stat in self.stats.values():
+        for stat in self.stats.values() if among is None else among:
             try:
                 with open(f"/proc/{stat.pid}/environ", "rb") as handle:
                     if entry in handle.read().split(b"\0"):
@@ -154,6 +167,10 @@ class _ProcTable:
         root = self.stats.get(pid)
         if root is None or root.start == start:
             seeds[:0] = ([root] if root else []) + self.by_group_or_session.get(pid, [])
+        return self.descendants(seeds)
+
+    def descendants(self, seeds: Iterable[_Stat]) -> list[_Stat]:
+        """``seeds`` and everything below them, each once, seeds first (never this process)."""
         found: dict[int, _Stat] = {}
         queue = deque(seeds)
         while queue:
@@ -162,6 +179,17 @@ class _ProcTable:
                 found[stat.pid] = stat
                 queue.extend(self.children.get(stat.pid, ()))
         return list(found.values())
+
+    def adopted(self, roots: Container[int]) -> list[_Stat]:
+        """Our children outside our session, except ``roots``, with all their descendants.
+
+        Every process a tool starts is in the tool's session or a newer one, never ours; so
+        with ``roots`` the tools' own processes, these are the orphans we adopted as subreaper
+        (and what they started). Children our threads start with ``subprocess.run`` share our
+        session and are left out."""
+        return self.descendants(
+            stat for stat in self.children.get(os.getpid(), ()) if stat.sid != _SESSION and stat.pid not in roots
+        )
 
 
 # -- killing -----------------------------------------------------------------------------------
@@ -248,15 +276,79 @@ def _terminate(targets: list[_Stat], group: int, grace_s: float) -> list[int]:
             os.close(pidfd)
 
 
-def _tree_and_marked(
-    pid: int, start: int, known: Iterable[tuple[int, int]], marker: tuple[str, str] | None
+def _belonging(
+    table: _ProcTable,
+    pid: int,
+    start: int,
+    known: Iterable[tuple[int, int]],
+    marker: tuple[str, str] | None,
+    adopted_except: Container[int] | None,
 ) -> list[_Stat]:
+    """The live (non-zombie) processes of the process ``(pid, start)``: its tree (see
+    :meth:`_ProcTable.tree`) and every process carrying ``marker``, with their descendants.
+
+    ``adopted_except`` (the roots of the other running tools) says we are subreaper: an escapee
+    of this tree is then either in it or among our adopted orphans, so only those are searched
+    for the marker. ``None`` searches every process (reading each one's environment)."""
+    among = None if adopted_except is None else table.adopted(adopted_except)
+    found = table.tree(pid, start, known) + table.descendants(table.marked(marker, among))
+    unique = {stat.pid: stat for stat in found if stat.state != "Z"}
+    return list(unique.values())
+
+
+def kill_descendants(grace_s: float = 0.0) -> list[int]:
+    """Kill every process below this one that is outside its session (every tool's process
+    tree, and the orphans we adopted), each tree through its process group; return the pids
+    signalled. Takes no lock, so a signal handler may call it."""
     table = _ProcTable()
-    found = {stat.pid: stat for stat in table.tree(pid, start, known)}
-    for stat in table.marked(marker):
-        if stat.pid != os.getpid():
-            found.setdefault(stat.pid, stat)
-    return list(found.values())
+    killed: list[int] = []
+    for child in table.children.get(os.getpid(), ()):
+        if child.sid != _SESSION:
+            killed += _terminate(table.descendants([child]), child.pid, grace_s)
+    return killed
+
+
+def _prctl_subreaper(on: bool) -> bool:
+    """Set or clear this process's child-subreaper attribute; False if the kernel refused."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+_subreaper_lock = threading.Lock()
+_subreaper_holders = 0
+
+
+def _hold_subreaper() -> bool:
+    """Make this process a child subreaper (the attribute is per process, shared by every
+    reactor in it: the last one to let go clears it). False if that is not possible."""
+    global _subreaper_holders
+    with _subreaper_lock:
+        if _subreaper_holders == 0 and not _prctl_subreaper(True):
+            return False
+        _subreaper_holders += 1
+        return True
+
+
+def _release_subreaper() -> None:
+    global _subreaper_holders
+    with _subreaper_lock:
+        _subreaper_holders -= 1
+        if _subreaper_holders == 0:
+            _prctl_subreaper(False)
+
+
+def _adopted_pids() -> set[int] | None:
+    """Children of our main thread (where the kernel re-parents orphans of a subreaper), from
+    one small /proc file; None if the kernel does not provide it."""
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children", "rb") as handle:
+            return {int(pid) for pid in handle.read().split()}
+    except OSError:
+        return None
 
 
 def kill_tree(pid: int, create_time: float, grace_s: float = 2.0) -> list[int]:
@@ -302,6 +394,7 @@ class _Task:
     started: float
     outcome: str = "exited"
     killing: bool = False  # a kill thread is working on the tree
+    kill_rounds: int = 0
     reaped: bool = False
     ended: float = 0.0
     status: int | None = None  # wait status; None if someone else reaped it
@@ -375,15 +468,24 @@ class ProcessReactor:
 
     Nothing else in this Python process may reap these children: do not set SIGCHLD to SIG_IGN
     or call ``os.waitpid(-1, ...)``.
+
+    ``adopt_orphans=True`` (the runtime's choice) makes this process a child subreaper while the
+    reactor runs, and the reactor reaps the dead orphans it adopts. It tells them from children
+    someone else waits for by their session: it reaps only zombie children outside this
+    process's session that it did not spawn, so code sharing the process must not start
+    children of its own with ``start_new_session=True`` (``subprocess.run`` as is, is fine).
     """
 
-    def __init__(self, sample_interval_s: float = 0.5) -> None:
+    def __init__(self, sample_interval_s: float = 0.5, adopt_orphans: bool = False) -> None:
         self._sample_interval_s = sample_interval_s
+        self._adopt_orphans = adopt_orphans
+        self._adopting = False  # set by start(): we are subreaper
         # _lock guards _accepting, _closed, _tasks and the order of commands posted by spawn/stop.
         self._lock = threading.Lock()
         self._accepting = False
         self._closed = True  # until start() opens the wakeup pipe
         self._tasks: set[_Task] = set()  # spawned, on_exit not yet called
+        self._spawning = 0  # spawn() calls between fork and registration in _tasks
         self._commands: deque[Callable[[], None]] = deque()
         self._thread = threading.Thread(target=self._run, name="orchestrate-processes", daemon=True)
         # Reactor-thread state.
@@ -392,12 +494,16 @@ class ProcessReactor:
         self._next_sweep = 0.0
         self._stopping = False
         self._detached = False
+        self._reporting = True
         self._next_sample = 0.0
         self._selector: selectors.BaseSelector  # these three are opened by start()
         self._wake_r = self._wake_w = -1
 
     def start(self) -> None:
-        """Start the reactor thread; ``spawn`` is accepted from now until ``stop``."""
+        """Start the reactor thread; ``spawn`` is accepted from now until ``stop``. With
+        ``adopt_orphans``, this process is a child subreaper from now until the reactor ends
+        (unless the kernel refuses: then escapees are searched among all processes)."""
+        self._adopting = self._adopt_orphans and _hold_subreaper()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
@@ -418,6 +524,14 @@ class ProcessReactor:
         with self._lock:
             if not self._accepting:
                 raise RuntimeError("ProcessReactor is not running")
+            self._spawning += 1
+        try:
+            return self._spawn(spec, on_exit)
+        finally:
+            with self._lock:
+                self._spawning -= 1
+
+    def _spawn(self, spec: ProcessSpec, on_exit: OnExit) -> tuple[int, float]:
         # The fork happens outside the lock: the reactor thread takes the same lock to report
         # exits, and must not wait for a spawn (~0.5 ms) each time.
         started = time.monotonic()
@@ -458,18 +572,19 @@ class ProcessReactor:
         with self._lock:
             return [(task.pid, task.create_time) for task in self._tasks]
 
-    def stop(self, kill: bool = True) -> None:
+    def stop(self, kill: bool = True, report: bool = True) -> None:
         """Stop accepting spawns and join the reactor thread. Must not be called from ``on_exit``.
 
         ``kill=True``: kill every tree still running; each is reported (outcome ``cancelled``)
         before this returns. ``kill=False``: leave them running, unwatched and unreported (still
-        listed by ``running``).
+        listed by ``running``). ``report=False``: from now on no ``on_exit`` is called at all
+        (for a runtime that is going away and records its interrupted work itself).
         """
         with self._lock:
             if not self._accepting:
                 return
             self._accepting = False
-            self._post_locked(functools.partial(self._begin_stop, kill))
+            self._post_locked(functools.partial(self._begin_stop, kill, report))
         self._thread.join()
 
     # -- posting to the reactor thread (any thread) ----------------------------------------------
@@ -501,6 +616,8 @@ class ProcessReactor:
                 self._closed = True
             for task in self._live.values():
                 os.close(task.pidfd)
+            if self._adopting:
+                _release_subreaper()
             self._selector.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -530,6 +647,8 @@ class ProcessReactor:
             if self._live and now >= self._next_sample:
                 self._next_sample = now + self._sample_interval_s
                 self._sample(table())
+            if table.cache_info().currsize:
+                self._reap_adopted(table())
             if self._stopping and not self._tasks:
                 return
 
@@ -553,8 +672,9 @@ class ProcessReactor:
         self._live[task.pid] = task
         self._selector.register(task.pidfd, selectors.EVENT_READ, task)
 
-    def _begin_stop(self, kill: bool) -> None:
+    def _begin_stop(self, kill: bool, report: bool) -> None:
         self._stopping = True
+        self._reporting = report
         if not kill:
             self._detached = True
             return
@@ -577,32 +697,73 @@ class ProcessReactor:
         task.popen.returncode = -1 if status is None else os.waitstatus_to_exitcode(status)
         if task.killing:
             return
-        if _group_empty(task.pid) and not _other_members(task):
-            # The common case, decided with one syscall: nothing of the task's process group is
-            # left and no sample ever saw a member outside it, so there is nothing to sweep.
+        if _group_empty(task.pid) and not _other_members(task) and not self._may_have_escaped(task):
+            # The common case, decided with two cheap reads: nothing of the task's process group
+            # is left, no sample ever saw a member outside it, and no orphan was adopted, so
+            # there is nothing to sweep.
             self._finish(task)
         else:
             self._unswept.append(task)
+
+    def _may_have_escaped(self, task: _Task) -> bool:
+        """Whether a process of ``task`` may live outside its group (having called setsid).
+        As subreaper, such a process is now our adopted child, which one read of our main
+        thread's children shows; otherwise only a scan of every process can tell."""
+        if task.spec.marker is None:
+            return False
+        if not self._adopting:
+            return True
+        children = _adopted_pids()
+        return children is None or any(pid not in self._live for pid in children)
+
+    def _leftovers(self, task: _Task, table: _ProcTable) -> list[_Stat]:
+        """What of ``task`` is still alive: its tree and the processes carrying its marker."""
+        adopted_except = frozenset(self._live) if self._adopting else None
+        return _belonging(table, task.pid, task.start, task.members, task.spec.marker, adopted_except)
 
     def _sweep(self, table: _ProcTable) -> None:
         """Kill what processes that exited on their own left behind (background jobs must not
         outlive their task, even after a successful exit), then report them."""
         for task in self._unswept:
-            leftovers = [s for s in table.tree(task.pid, task.start, task.members) if s.pid != task.pid]
+            leftovers = self._leftovers(task, table)
             if leftovers:
                 self._kill(task, task.outcome, lambda leftovers=leftovers: leftovers)
             else:
                 self._finish(task)
         self._unswept.clear()
 
+    def _reap_adopted(self, table: _ProcTable) -> None:
+        """Reap the dead orphans we adopted as subreaper (no one else will), never a child
+        someone waits for: not a tool we spawned (its exit status is reported by :meth:`_reap`),
+        not a child in our own session (``subprocess.run`` waits for those), and not a session
+        leader while a spawn is under way (it may be a tool not registered yet)."""
+        if not self._adopting:
+            return
+        with self._lock:
+            spawned = {task.pid for task in self._tasks}
+            spawning = self._spawning > 0
+        for stat in table.children.get(os.getpid(), ()):
+            if stat.state != "Z" or stat.sid == _SESSION or stat.pid in spawned or stat.pid in self._live:
+                continue
+            if spawning and stat.sid == stat.pid:
+                continue
+            try:
+                os.waitpid(stat.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
     def _kill(self, task: _Task, outcome: str, targets: Callable[[], list[_Stat]] | None = None) -> None:
         """Kill ``task``'s tree on a helper thread (snapshotted there unless ``targets`` is given);
-        the task is finished once that is done and the process is reaped."""
+        the task is finished once that is done, nothing of it is left, and it is reaped."""
         if task.killing:
             return
         task.outcome, task.killing = outcome, True
+        task.kill_rounds += 1
         known = list(task.members)
-        snapshot = targets or (lambda: _tree_and_marked(task.pid, task.start, known, task.spec.marker))
+        adopted_except = frozenset(self._live) if self._adopting else None
+        snapshot = targets or (
+            lambda: _belonging(_ProcTable(), task.pid, task.start, known, task.spec.marker, adopted_except)
+        )
 
         def work() -> None:
             try:
@@ -615,12 +776,21 @@ class ProcessReactor:
 
     def _killed(self, task: _Task) -> None:
         task.killing = False
+        table = _ProcTable()
+        # A process that forked, or left the group, after the snapshot was not signalled.
+        survivors = [s for s in self._leftovers(task, table) if s.pid != task.pid]
+        if survivors and task.kill_rounds < _KILL_ROUNDS:
+            self._kill(task, task.outcome, lambda: survivors)
+            return
+        self._reap_adopted(table)
         if task.reaped:
             self._finish(task)
 
     def _finish(self, task: _Task) -> None:
         with self._lock:
             self._tasks.discard(task)
+        if not self._reporting:
+            return
         status, rusage = task.status, task.rusage
         code = None if status is None else os.waitstatus_to_exitcode(status)
         max_rss = task.max_rss if rusage is None else max(task.max_rss, rusage.ru_maxrss * 1024)  # KiB on Linux

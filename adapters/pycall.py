@@ -3,7 +3,15 @@
 The JSON holds ``callable`` (``module:function``), ``args`` and ``kwargs``. The return value is
 written as JSON (its ``repr`` when it is not JSON-able) to ``$ORCHESTRATE_RESULT_PATH``. The task's cwd is
 first on ``sys.path``, so a project's own modules import. Exit status: 0 when the function
-returns anything but ``False``; 1 when it returns ``False`` or raises (traceback in the log).
+returns anything but ``False``; 1 when it returns ``False``, raises (traceback in the log) or
+calls ``sys.exit``.
+
+The result file is written only when the function returns (a stale one is removed first), so
+it is also the proof that it did: a function that leaves through ``os._exit(0)`` exits 0 without
+returning, which only :func:`callable_returned` can tell.
+
+Imports only the standard library: this file runs in the task's interpreter, before orchestrate
+is on its ``sys.path``.
 """
 
 from __future__ import annotations
@@ -16,10 +24,30 @@ import traceback
 
 # Where the executor wants the return value (JSON); set by the python adapter.
 RESULT_PATH_ENV = "ORCHESTRATE_RESULT_PATH"
+NOT_RETURNED = "the callable exited the interpreter (os._exit/sys.exit) without returning"
+
+
+def result_path(log_path: str) -> str:
+    """Where a python task's return value is written (beside its log)."""
+    return f"{log_path}.result.json"
+
+
+def callable_returned(log_path: str) -> bool:
+    """Whether the callable of the python task logging to ``log_path`` returned (its result
+    file exists). An exit status of 0 without it means the callable ended the interpreter
+    (``os._exit(0)``): a failure, described by :data:`NOT_RETURNED`."""
+    return os.path.exists(result_path(log_path))
 
 
 def main(argv: list[str]) -> int:
     request = json.loads(argv[-1])
+    result_file = os.environ.get(RESULT_PATH_ENV)
+    if result_file:
+        # Left by an earlier run of this log path, it would vouch for a callable that never returns.
+        try:
+            os.unlink(result_file)
+        except FileNotFoundError:
+            pass
     module_name, _, function_name = request["callable"].partition(":")
     if sys.path[0] not in ("", os.getcwd()):
         sys.path.insert(0, os.getcwd())
@@ -34,14 +62,16 @@ def main(argv: list[str]) -> int:
     except Exception:
         traceback.print_exc()
         return 1
+    except SystemExit as exit_:
+        print(f"{NOT_RETURNED} (sys.exit({exit_.code!r}))", file=sys.stderr, flush=True)
+        return 1
     print(f"result: {result!r}", flush=True)
-    result_path = os.environ.get(RESULT_PATH_ENV)
-    if result_path:
+    if result_file:
         try:
             encoded = json.dumps(result)
         except (TypeError, ValueError):
             encoded = json.dumps(repr(result))
-        with open(result_path, "w", encoding="utf-8") as handle:
+        with open(result_file, "w", encoding="utf-8") as handle:
             handle.write(encoded)
     return 1 if result is False else 0
 

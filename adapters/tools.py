@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from adapters.process import ProcessSpec, environment_for
+from adapters.pycall import RESULT_PATH_ENV, result_path
 from domain.plan import TaskSpec
 
 SHELL = "/bin/sh"
@@ -98,12 +99,7 @@ class PythonAdapter:
         )
         argv = (sys.executable, "-c", _PYCALL_BOOTSTRAP, str(_PYCALL), payload)
         spec = _spec(task, argv, log_path, task.timeout_s)
-        return replace(spec, env=spec.env + (("ORCHESTRATE_RESULT_PATH", result_path(log_path)),))
-
-
-def result_path(log_path: str) -> str:
-    """Where a python task's return value is written (beside its log)."""
-    return f"{log_path}.result.json"
+        return replace(spec, env=spec.env + ((RESULT_PATH_ENV, result_path(log_path)),))
 
 
 BUILTIN_ADAPTERS: dict[str, ToolAdapter] = {"shell": ShellAdapter(), "python": PythonAdapter()}

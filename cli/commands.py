@@ -29,7 +29,7 @@ from actors.runtime import (
 from control.server import ControlSocketError
 from domain.routing import RouterConfig, RoutingTable
 from cli.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, EXIT_USAGE, CliError
-from cli import missions
+from cli import missions, signals
 from cli.logging import configure_logging
 from cli.output import paint, progress_line, table, use_colour
 from domain.states import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, RunState, TaskState
@@ -168,7 +168,31 @@ def _runtime(args: argparse.Namespace, store: Store, state_dir: Path, router: Ro
         raise CliError(str(error), EXIT_USAGE) from None
     except (RuntimeLocked, ControlSocketError, RuntimeAborted) as error:
         raise CliError(str(error), EXIT_RUNTIME) from None
+    signals.on_second_signal(lambda signum: _force_stop(runtime, signum))
     return runtime
+
+
+def _force_stop(runtime: Runtime, signum: int) -> None:
+    """A second stop signal: kill everything now, say so, and let the process exit."""
+    runtime.kill_now()
+    resume = "; ".join(f"orchestrate execute --run {run_id}" for run_id in sorted(runtime.submitted))
+    signals.say(f"stopped by {signals.StopRequested(signum).name} (second signal: processes killed at once)"
+                + (f"; resume with: {resume}" if resume else ""))
+
+
+def _stop(runtime: Runtime, stop: signals.StopRequested | None) -> list[tuple[str, str, int]]:
+    """Stop ``runtime``; after a stop signal, as interrupted (see :meth:`Runtime.stop`)."""
+    with signals.shielded():
+        return runtime.stop(interrupted_by=stop.name if stop else "")
+
+
+def _stopped(stop: signals.StopRequested, interrupted: list[tuple[str, str, int]], run_ids: list[str]) -> CliError:
+    """The one line a stop signal ends a command with."""
+    count = len(interrupted)
+    message = f"stopped by {stop.name}; {count} task{'s' if count != 1 else ''} interrupted"
+    if run_ids:
+        message += "; resume with: " + "; ".join(f"orchestrate execute --run {run_id}" for run_id in run_ids)
+    return CliError(message, stop.exit_code)
 
 
 def _socket_path(args: argparse.Namespace, state_dir: Path) -> Path:
@@ -177,6 +201,7 @@ def _socket_path(args: argparse.Namespace, state_dir: Path) -> Path:
 
 def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool) -> int:
     """Run ``run_id`` in ``runtime`` in the foreground; stops the runtime when done."""
+    stop: signals.StopRequested | None = None
     try:
         run = store.get_run(run_id)
         if run is None:
@@ -218,8 +243,12 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool) -> int:
             runtime.wait(run_id)
         except RuntimeAborted as error:
             raise _stopped_before(run_id, str(error)) from None
+    except signals.StopRequested as caught:
+        stop = caught
     finally:
-        runtime.stop()
+        interrupted = _stop(runtime, stop)
+    if stop is not None:
+        raise _stopped(stop, interrupted, [run_id])
     if runtime.abort_reason:  # while its last records were being written
         raise _stopped_before(run_id, runtime.abort_reason)
     state = _committed_state(store, run_id)
@@ -353,12 +382,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runtime = _runtime(args, store, state_dir, router, args.concurrency)
         print(f"orchestrate: serving {state_dir} on {_socket_path(args, state_dir)} (pid {os.getpid()}); "
               "submit plans with `orchestrate submit PLAN`, stop with `orchestrate shutdown`", flush=True)
+        stop: signals.StopRequested | None = None
         try:
             runtime.serve_forever()
         except RuntimeAborted as error:
             raise CliError(f"runtime stopped: {error}", EXIT_RUNTIME) from None
+        except signals.StopRequested as caught:
+            stop = caught
         finally:
-            runtime.stop()
+            interrupted = _stop(runtime, stop)
+        if stop is not None:
+            raise _stopped(stop, interrupted, sorted({run_id for run_id, _, _ in interrupted}))
         print("orchestrate: shut down", flush=True)
         return EXIT_OK
     finally:

@@ -2,8 +2,9 @@
 
 Exit codes: 0 every task completed (or the command succeeded); 1 the run ended with failed,
 blocked, timed-out or cancelled tasks; 2 bad input or usage; 3 the runtime could not work
-(database unreachable, schemas missing, supervision gave up). User errors never print a
-traceback.
+(database unreachable, schemas missing, supervision gave up); 128 + N stopped by signal N
+(130 SIGINT, 143 SIGTERM, 129 SIGHUP: running tasks were killed and recorded as interrupted,
+the run is left resumable; see :mod:`cli.signals`). User errors never print a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from cli import commands
+from cli import commands, signals
 from cli.errors import EXIT_OK, EXIT_RUNTIME, CliError
 
 log = structlog.get_logger("orchestrate.cli")
@@ -193,6 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Until a command opens the state directory (and logs go to its file), diagnostics go to
     # stderr: stdout carries only the command's own output.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    with signals.handling_stop_signals():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.handler(args)
     except BrokenPipeError:
@@ -202,9 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as error:
         print(f"orchestrate: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("orchestrate: interrupted", file=sys.stderr)
-        return 130
+    except signals.StopRequested as stop:
+        print(f"orchestrate: stopped by {stop.name}", file=sys.stderr)
+        return stop.exit_code
     except Exception as error:
         # A bug, not a user error: say so in one line and keep the traceback in the log.
         log.exception("internal_error")
