@@ -376,8 +376,8 @@ class Runtime:
             ]
             for run_id, task_key, attempt in running:
                 self.directory.tell(LEDGER, AttemptFinished(
-                    run_id=run_id, task_key=task_key, attempt=attempt, status=TaskState.FAILED.value,
-                    completed_at=utc_now_iso(), error_class=ErrorClass.INTERRUPTED.value,
+                    run_id=run_id, task_key=task_key, attempt=attempt, status=TaskState.FAILED,
+                    completed_at=utc_now_iso(), error_class=ErrorClass.INTERRUPTED,
                     message=f"interrupted: the runtime was stopped by {reason}",
                 ))
         except Exception:
