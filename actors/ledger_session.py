@@ -14,13 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from types import TracebackType
 
+import sys
+
 import pykka
 
 from actors.directory import LEDGER, Directory
-from actors.ledger import LedgerActor
-from actors.runtime import StateDirLock
+from actors.ledger import LedgerActor, LedgerWriter
+from actors.runtime import StateDirLock, stall_limit_from_env
 from actors.timers import TimerService
-from persistence.store import Store
+from persistence.store import Store, WriteStalled
 
 STOP_TIMEOUT_S = 30.0
 
@@ -31,6 +33,9 @@ class LedgerSession:
         self.lock = StateDirLock(state_dir)
         self.directory = Directory()
         self.timers = TimerService()
+        # A locked database is waited out as in a runtime; past the limit the ask fails with
+        # WriteStalled, which the command reports.
+        self.writer = LedgerWriter(store, stall_limit_from_env(), _say, _gave_up)
         self._ledger: pykka.ActorRef | None = None
 
     def __enter__(self) -> pykka.ActorRef:
@@ -38,7 +43,7 @@ class LedgerSession:
         self.lock.acquire()
         try:
             self.timers.start()
-            self._ledger = LedgerActor.start(LEDGER, self.directory, self.store, self.timers)
+            self._ledger = LedgerActor.start(LEDGER, self.directory, self.writer, self.timers)
             self.directory.register(LEDGER, self._ledger)
         except BaseException:
             self._close()
@@ -63,3 +68,11 @@ class LedgerSession:
         finally:
             self.timers.stop()
             self.lock.release()
+
+
+def _say(warning: str) -> None:
+    print(f"orchestrate: {warning}", file=sys.stderr, flush=True)
+
+
+def _gave_up(error: WriteStalled, stalled_s: float) -> None:
+    """Nothing to stop but the one ask, which fails on its own."""

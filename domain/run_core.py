@@ -416,16 +416,20 @@ class RunCore:
             self._out.append(CaptureWanted(run.run_id, lane.workstream.id, key, event.attempt,
                                            keep=event.verdict.state is TaskState.COMPLETED))
             return
-        run.capturing.pop(key, None)
-        run.phases.pop(key, None)
-        run.awaiting.pop(key, None)
-        self._free_lane(run, key)
-        self._release(run, key)
+        self._close_attempt(run, key)
         verdict = event.verdict
         self._out.append(ReportAccepted(event.report))
         self._breaker_saw(running.adapter, verdict, run)
         self._conclude(run, key, event.attempt, verdict, event.duration_s, event.gate_output)
         self._after_change(run)
+
+    def _close_attempt(self, run: _Run, key: str) -> None:
+        """Forget everything about ``key``'s running attempt and free its slot and worktree."""
+        run.capturing.pop(key, None)
+        run.phases.pop(key, None)
+        run.awaiting.pop(key, None)
+        self._free_lane(run, key)
+        self._release(run, key)
 
     def _conclude(self, run: _Run, key: str, attempt: int, verdict: Verdict, duration_s: float | None,
                   gate_output: str = "") -> None:
@@ -485,11 +489,7 @@ class RunCore:
                                                    running.attempt, running.adapter))
                 verdict = Verdict(TaskState.FAILED, ErrorClass.CRASH, f"executor {event.adapter} crashed: {event.error}")
                 self._out.append(AttemptClosed(run.run_id, key, running.attempt, verdict, self.now - running.began))
-                run.capturing.pop(key, None)
-                run.phases.pop(key, None)
-                run.awaiting.pop(key, None)
-                self._free_lane(run, key)
-                self._release(run, key)
+                self._close_attempt(run, key)
                 self._breaker_saw(running.adapter, verdict, run)
                 self._conclude(run, key, running.attempt, verdict, None)
                 self._after_change(run)
