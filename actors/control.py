@@ -8,7 +8,6 @@ ledger's readers. A refusal is a :class:`ControlError` with a code and a sentenc
 
 from __future__ import annotations
 
-import json
 import pwd
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ import pykka
 from sqlalchemy import text
 
 from actors.directory import LEDGER, SCHEDULER, SUPERVISOR, Directory, PeerUnavailable
+from actors.runs import create_or_find_run
 from actors.status_view import StatusView
 from control.protocol import ControlError
 from control.server import Peer
@@ -34,11 +34,10 @@ from messages.control import (
     RetryTask,
     StatusQuery,
 )
-from messages.ledger import CreateRun
-from persistence.store import Store
+from persistence.store import Store, WriteStalled
 from planning.errors import PlanError
 from planning.loader import load_plan
-from planning.request import build_request
+from planning.request import RequestInvalid
 from planning.schemas import SchemaMissing, load_schema
 
 
@@ -162,12 +161,12 @@ class RuntimeControl:
         except PlanError as error:
             raise ControlError("bad_plan", str(error)) from None
         concurrency = args.get("concurrency", self.runtime.options.concurrency)
-        request = build_request(plan, concurrency=concurrency)
-        run_id = self._ask(
-            LEDGER,
-            CreateRun(json.dumps(request.to_json()), json.dumps(plan.to_json())),
-            timeout=30.0,
-        )
+        try:
+            run_id, _ = create_or_find_run(self.runtime.directory.get(LEDGER), self.runtime.store, plan, concurrency)
+        except (RequestInvalid, WriteStalled) as error:
+            raise ControlError("refused", f"cannot create the run: {error}") from None
+        except (PeerUnavailable, pykka.ActorDeadError, pykka.Timeout):
+            raise ControlError("unavailable", "the ledger is not answering (see `orchestrate health`)") from None
         self.runtime.submit(run_id)
         return {"run_id": run_id, "tasks": len(plan.tasks)}
 

@@ -17,6 +17,7 @@ import structlog
 
 from actors.directory import LEDGER
 from actors.ledger_session import LedgerSession
+from actors.runs import create_or_find_run
 from actors.runtime import (
     SOCKET_FILE,
     AdapterUnavailable,
@@ -26,21 +27,23 @@ from actors.runtime import (
     RuntimeOptions,
     stall_limit_from_env,
 )
-from control.server import ControlSocketError
-from domain.routing import RouterConfig, RoutingTable
-from cli.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli import missions, signals
+from cli.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli.logging import configure_logging
 from cli.output import paint, progress_line, table, use_colour
+from control.server import ControlSocketError
+from domain.plan import Plan
+from domain.routing import RouterConfig, RoutingTable
 from domain.states import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, RunState, TaskState
-from messages.ledger import CreateRun
 from persistence.db import DatabaseUnavailable, make_engine, resolve_db_url
 from persistence.migrate import init_db
 from persistence.store import DuplicateRun, Store, WriteStalled
 from planning.errors import PlanError
 from planning.loader import load_plan
-from domain.plan import Plan
-from planning.request import RequestInvalid, build_request, select_workstreams, validate_request_json
+from planning.request import (
+    RequestInvalid,
+    select_workstreams,
+)
 from planning.router_config import find_router_config, load_router_config
 from planning.schemas import SchemaMissing, load_schema
 
@@ -58,8 +61,6 @@ NOTABLE_EVENTS = (
 RESUMABLE_BY_RUN = frozenset({RunState.PENDING.value, RunState.RUNNING.value})
 # `request` names the run of the same request whatever became of it.
 ANY_RUN_STATUS = frozenset(state.value for state in RunState)
-# Creating a run writes a row per task: proportional to the plan, seconds for 100k tasks.
-CREATE_RUN_TIMEOUT_S = 300.0
 
 
 # -- shared steps --------------------------------------------------------------------------------
@@ -125,29 +126,16 @@ def _create_or_find_run(
     reuse: Collection[str],
     run_id: str | None = None,
 ) -> tuple[str, bool]:
-    """The run for this request: the latest run of the same request if its status is in
-    ``reuse`` (empty: always a new one), else a new run, created by the ``ledger`` actor."""
-    request = build_request(plan, concurrency=concurrency)
-    request_json = request.to_json()
+    """:func:`actors.runs.create_or_find_run`, its refusals as one-line errors."""
     try:
-        validate_request_json(request_json)
+        return create_or_find_run(ledger, store, plan, concurrency, reuse, run_id)
     except RequestInvalid as error:
         raise CliError(f"the execution request is not valid: {error}", EXIT_USAGE) from None
-    if reuse and run_id is None:
-        existing = store.find_run_by_request_hash(request.request_hash)
-        run = store.get_run(existing) if existing is not None else None
-        if run is not None and run["status"] in reuse:
-            return run["run_id"], False
-    try:
-        created = ledger.ask(
-            CreateRun(json.dumps(request_json), json.dumps(plan.to_json()), run_id), timeout=CREATE_RUN_TIMEOUT_S
-        )
     except DuplicateRun as error:
         raise CliError(str(error), EXIT_USAGE) from None
     except WriteStalled as error:
         raise CliError(f"cannot create the run: {error}; try again when the database takes writes",
                        EXIT_RUNTIME) from None
-    return created, True
 
 
 def _runtime(args: argparse.Namespace, store: Store, state_dir: Path, router: RouterConfig, concurrency: int) -> Runtime:
