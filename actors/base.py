@@ -6,7 +6,7 @@ Subclasses implement :meth:`SupervisedActor.handle`; the base answers the Superv
 mailbox is being served. A missing heartbeat alone cannot tell a busy actor from a stuck one,
 so the base also keeps a :class:`CallRecord` per incarnation: which message it is handling
 and since when, and when it last reported progress (:meth:`SupervisedActor.report_progress`,
-for known long work). The Supervisor reads it through :func:`call_record` without asking the
+for known long work) — and its thread, whose CPU time shows work that reports nothing. The Supervisor reads it through :func:`call_record` without asking the
 actor, which may be the one thing that cannot answer (see :mod:`domain.supervision`).
 """
 
@@ -23,7 +23,7 @@ import structlog
 
 from actors.directory import SUPERVISOR, Directory, PeerUnavailable
 from messages import ActorDied
-from messages.control import Crash, Hang, Heartbeat, Ping
+from messages.control import Crash, Hang, Heartbeat, Ping, Spin
 
 log = structlog.get_logger("orchestrate.actors")
 
@@ -41,13 +41,27 @@ class CallRecord:
     until the actor first reports progress; ``activity`` is "" unless long work is declared.
     """
 
-    __slots__ = ("call_message", "call_since", "progress_at", "activity", "__weakref__")
+    __slots__ = ("call_message", "call_since", "progress_at", "activity", "thread_id", "__weakref__")
 
     def __init__(self) -> None:
         self.call_message = ""
         self.call_since: float | None = None
         self.progress_at: float | None = None
         self.activity = ""
+        self.thread_id = 0  # the kernel's id of the actor's thread, once it has run
+
+
+def thread_cpu_s(thread_id: int) -> float | None:
+    """CPU time the thread ``thread_id`` (a native id in this process) has used, in seconds;
+    None when it is gone or unknown. A thread inside a long call that keeps using CPU is
+    working (computing, or decoding a big plan), not stuck: a stuck one waits on something."""
+    if not thread_id:
+        return None
+    try:
+        with open(f"/proc/self/task/{thread_id}/schedstat", "rb") as handle:
+            return int(handle.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 # Keyed by actor URN (unique per incarnation); an entry goes when its actor is collected.
@@ -84,11 +98,18 @@ class SupervisedActor(pykka.ThreadingActor):
                 pass
             return None
         calls = self.calls
+        if not calls.thread_id:
+            calls.thread_id = threading.get_native_id()
         calls.call_message = type(message).__name__
         calls.call_since = time.monotonic()
         try:
             if isinstance(message, Hang):
                 threading.Event().wait(message.seconds)
+                return None
+            if isinstance(message, Spin):
+                deadline = time.monotonic() + message.seconds
+                while time.monotonic() < deadline:
+                    sum(range(1000))
                 return None
             if isinstance(message, Crash):
                 raise InjectedFault(message.reason)

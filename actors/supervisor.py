@@ -27,7 +27,7 @@ from typing import Any
 import pykka
 import structlog
 
-from actors.base import call_record
+from actors.base import call_record, thread_cpu_s
 from actors.directory import LEDGER, SCHEDULER, Directory, PeerUnavailable
 from actors.timers import TimerService
 from domain.supervision import (
@@ -77,6 +77,10 @@ class RestartBackoff:
     random_factor: float = 0.2
 
 
+# CPU an actor's thread must have used since the last tick to count as working.
+CPU_PROGRESS_S = 0.005
+
+
 class SupervisorActor(pykka.ThreadingActor):
     def __init__(
         self,
@@ -101,6 +105,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self.intensity = RestartIntensity(spec.max_restarts, spec.period_s)
         self.restarts: dict[str, int] = {child.name: 0 for child in spec.children}
         self.last_seen: dict[str, float] = {}
+        self.cpu_seen: dict[str, float | None] = {}  # each child thread's CPU time at the last tick
+        self.working_at: dict[str, float] = {}  # when each child's thread was last seen using CPU
         self.down: dict[str, str] = {}  # name -> why, while waiting for a restart (or for good)
         self.seq = 0
         self.last_tick = 0.0
@@ -145,6 +151,7 @@ class SupervisorActor(pykka.ThreadingActor):
         for child in self.spec.children:
             if child.name in self.down:
                 continue
+            self._sample_cpu(child.name, now)
             vitals, call = self._vitals(child.name, now)
             if liveness(vitals, self.heartbeat) is Liveness.HUNG:
                 age = vitals.heartbeat_age_s
@@ -161,6 +168,18 @@ class SupervisorActor(pykka.ThreadingActor):
         if not self.given_up:
             self._schedule_tick()
 
+    def _sample_cpu(self, name: str, now: float) -> None:
+        """Once a tick: if ``name``'s thread used CPU since the last tick, it is working (a long
+        computation reports nothing, yet it is not stuck), so that counts as progress now."""
+        try:
+            record = call_record(self.directory.get(name).actor_urn)
+        except PeerUnavailable:
+            return
+        cpu = thread_cpu_s(record.thread_id) if record is not None else None
+        before, self.cpu_seen[name] = self.cpu_seen.get(name), cpu
+        if cpu is not None and before is not None and cpu - before >= CPU_PROGRESS_S:
+            self.working_at[name] = now
+
     def _vitals(self, name: str, now: float) -> tuple[Vitals, str]:
         """``name``'s ages at ``now`` (none reaching back before the last process stall), and
         the message it is handling ("" between calls)."""
@@ -174,7 +193,9 @@ class SupervisorActor(pykka.ThreadingActor):
             record = None
         if record is None:
             return Vitals(heartbeat_age), ""
-        vitals = Vitals(heartbeat_age, age(record.call_since), age(record.progress_at), record.activity)
+        progress_at = max((t for t in (record.progress_at, self.working_at.get(name)) if t is not None),
+                          default=None)
+        vitals = Vitals(heartbeat_age, age(record.call_since), age(progress_at), record.activity)
         return vitals, record.call_message if vitals.call_age_s is not None else ""
 
     # -- deaths and restarts -----------------------------------------------------------------------

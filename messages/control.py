@@ -89,6 +89,14 @@ class Hang(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Spin(Message):
+    """Fault injection: the receiving actor computes (keeps its thread on the CPU) for
+    ``seconds``, answering nothing meanwhile: busy, not hung."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Crash(Message):
     """Fault injection: the receiving actor raises (and so dies) while handling it."""
 

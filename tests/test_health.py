@@ -8,7 +8,7 @@ import pytest
 from actors.runtime import Runtime, RuntimeOptions
 from control.client import ControlClient
 from domain.supervision import HeartbeatPolicy
-from messages.control import Hang
+from messages.control import Hang, Spin
 from persistence.db import make_engine, sqlite_url
 from persistence.migrate import init_db
 from persistence.store import Store
@@ -61,3 +61,15 @@ def test_a_hung_actor_shows_unhealthy_is_replaced_and_the_runtime_stays_responsi
     assert seen["actors"]["router"]["heartbeat_age_s"] > 0.4
     assert replaced["healthy"]
     assert "router" in warnings
+
+
+def test_an_actor_computing_longer_than_the_hung_threshold_is_busy_and_never_replaced(runtime):
+    """Busy is not hung: a call that keeps its thread working (a 100k-task plan being opened)
+    reports nothing, yet its CPU time shows it is alive."""
+    runtime.directory.get("router").tell(Spin(seconds=3))
+    with ControlClient(runtime.options.control_socket) as control:
+        def router() -> dict:
+            return control.request("health")["actors"]["router"]
+        wait_until(lambda: router()["status"] == "busy", timeout=10, what="the router to show busy")
+        wait_until(lambda: router()["status"] == "ok", timeout=20, what="the router to answer again")
+        assert router()["restarts"] == 0
