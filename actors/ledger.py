@@ -270,7 +270,7 @@ class LedgerActor(SupervisedActor):
     def _create_run(self, message: CreateRun) -> str:
         """Create the run, waiting out a locked or full database like any commit (with
         warnings, within the stall limit); raises :class:`WriteStalled` past it."""
-        request, plan = json.loads(message.request_json), json.loads(message.plan_json)
+        request, plan = json.loads(message.request_json), message.plan
         failures = 0
         while True:
             try:

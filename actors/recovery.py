@@ -22,17 +22,21 @@ class RunNotFound(LookupError):
     """The ledger has no run with this id."""
 
 
-def start_message(store: Store, run_id: str, state_dir: Path, reset: tuple[str, ...] | None = None) -> StartRun:
+def start_message(
+    store: Store, run_id: str, state_dir: Path, reset: tuple[str, ...] | None = None, plan: Plan | None = None
+) -> StartRun:
     """The StartRun that continues ``run_id`` from the ledger.
 
     Completed tasks stay completed. Attempts the ledger still shows IN_PROGRESS were
     interrupted by a dead runtime: they are reported so the scheduler records them as such and
     queues the task again without using its retry budget. ``reset`` is passed through.
+    ``plan``, when the caller holds it (the run was made from it: same request hash), saves
+    reading and decoding the run's snapshot — a big part of starting a very large run.
     """
-    run = store.get_run(run_id)
+    run = store.get_run(run_id, metadata=plan is None)
     if run is None:
         raise RunNotFound(run_id)
-    plan = Plan.from_json(run["metadata"]["plan"])
+    plan = plan or Plan.from_json(run["metadata"]["plan"])
     tasks = store.get_tasks(run_id)
     attempts = store.get_attempts(run_id)
     failures: Counter[str] = Counter()
@@ -50,7 +54,6 @@ def start_message(store: Store, run_id: str, state_dir: Path, reset: tuple[str, 
     return StartRun(
         run_id=run_id,
         plan=plan,
-        concurrency=int(run["metadata"]["request"]["options"]["concurrency"]),
         state_dir=str(state_dir),
         task_states=tuple(sorted(states.items())),
         attempts=tuple(sorted((t["task_key"], t["attempts"]) for t in tasks)),

@@ -45,6 +45,5 @@ def create_or_find_run(
         run = store.get_run(existing) if existing is not None else None
         if run is not None and run["status"] in reuse:
             return run["run_id"], False
-    created = ledger.ask(CreateRun(json.dumps(request_json), json.dumps(plan.to_json()), run_id),
-                         timeout=CREATE_RUN_TIMEOUT_S)
+    created = ledger.ask(CreateRun(json.dumps(request_json), plan, run_id), timeout=CREATE_RUN_TIMEOUT_S)
     return created, True

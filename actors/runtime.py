@@ -46,6 +46,7 @@ from adapters.leftovers import kill_leftovers
 from adapters.process import ProcessReactor, kill_descendants
 from adapters.tools import BUILTIN_ADAPTERS, ToolAdapter
 from domain.errors import ErrorClass
+from domain.plan import Plan
 from domain.routing import AdapterInfo, RouterConfig, default_config
 from domain.run_core import CoreConfig
 from domain.states import TaskState
@@ -440,15 +441,15 @@ class Runtime:
                     self._finished_cond.notify_all()
 
     # -- runs ----------------------------------------------------------------------------------
-    def submit(self, run_id: str, reset: tuple[str, ...] | None = None) -> None:
-        """Start (or resume) ``run_id`` from the ledger. Leftover processes of a dead runtime
-        that ran it are killed first."""
+    def submit(self, run_id: str, reset: tuple[str, ...] | None = None, plan: Plan | None = None) -> None:
+        """Start (or resume) ``run_id`` from the ledger (``plan``: its plan, when the caller
+        holds it). Leftover processes of a dead runtime that ran it are killed first."""
         # Always scanned (a few ms): a runtime can die after spawning a task but before the
         # ledger learnt anything of it, so "never started" in the ledger proves nothing.
         killed = kill_leftovers(run_id, recorded_processes(self.store, run_id))
         if killed:
             log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
-        start = start_message(self.store, run_id, self.state_dir, reset)
+        start = start_message(self.store, run_id, self.state_dir, reset, plan)
         self._submitted.add(run_id)
         with self._finished_cond:
             self._finished.pop(run_id, None)

@@ -61,6 +61,8 @@ NOTABLE_EVENTS = (
 RESUMABLE_BY_RUN = frozenset({RunState.PENDING.value, RunState.RUNNING.value})
 # `request` names the run of the same request whatever became of it.
 ANY_RUN_STATUS = frozenset(state.value for state in RunState)
+# Failed and blocked tasks named in a run's closing summary (the rest: `runs show`).
+SUMMARY_LINES = 20
 
 
 # -- shared steps --------------------------------------------------------------------------------
@@ -187,22 +189,23 @@ def _socket_path(args: argparse.Namespace, state_dir: Path) -> Path:
     return Path(args.socket) if getattr(args, "socket", None) else state_dir / SOCKET_FILE
 
 
-def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool) -> int:
-    """Run ``run_id`` in ``runtime`` in the foreground; stops the runtime when done."""
+def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Plan | None = None) -> int:
+    """Run ``run_id`` in ``runtime`` in the foreground (``plan``: its plan, if already loaded);
+    stops the runtime when done."""
     stop: signals.StopRequested | None = None
     try:
-        run = store.get_run(run_id)
+        run = store.get_run(run_id, metadata=False)
         if run is None:
             raise CliError(f"no run {run_id!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
         if run["status"] == RunState.COMPLETED.value:
             print(f"run {run_id} is already completed; nothing to do")
             return EXIT_OK
-        plan = Plan.from_json(run["metadata"]["plan"])
         colour = use_colour()
-        done_before = store.task_counts(run_id).get(TaskState.COMPLETED.value, 0)
+        counts = store.task_counts(run_id)
+        done_before = counts.get(TaskState.COMPLETED.value, 0)
         print(
             paint(f"orchestrate: run {run_id}", "bold", colour)
-            + f" — {len(plan.workstreams)} workstreams, {len(plan.tasks)} tasks, "
+            + f" — {len(store.get_workstreams(run_id))} workstreams, {sum(counts.values())} tasks, "
             f"concurrency {runtime.options.concurrency}"
             + (f", resuming ({done_before} already completed)" if done_before else ""),
             flush=True,
@@ -226,7 +229,7 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool) -> int:
                     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
         runtime.add_listener(show)
-        runtime.submit(run_id)
+        runtime.submit(run_id, plan=plan)
         try:
             runtime.wait(run_id)
         except RuntimeAborted as error:
@@ -269,20 +272,23 @@ def _plan_order(run: dict[str, Any]) -> list[str]:
 
 
 def _print_summary(store: Store, run_id: str, state: str, elapsed: float, colour: bool) -> None:
-    run = store.get_run(run_id)
-    tasks = _tasks_with_attempts(store, run_id, _plan_order(run) if run else [])
-    counts: dict[str, int] = {}
-    for task in tasks:
-        counts[task["state"]] = counts.get(task["state"], 0) + 1
+    """The run's outcome from the ledger: counts, then what failed (with why) and what is blocked,
+    at most :data:`SUMMARY_LINES` of each; ``runs show`` has them all."""
+    counts = store.task_counts(run_id)
     tint = "green" if state == RunState.COMPLETED.value else "red"
     parts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
     print(f"\nrun {run_id} {paint(state, tint, colour)} in {elapsed:.2f}s: {parts}")
-    failed = [t for t in tasks if t["state"] in (TaskState.FAILED.value, TaskState.TIMEOUT.value)]
-    for task in failed:
-        print(f"  {paint('✗', 'red', colour)} {task['task_key']}: {task.get('last_message') or task['state']}")
-    blocked = [t["task_key"] for t in tasks if t["state"] == TaskState.BLOCKED.value]
+    failed = store.get_tasks(run_id, states=(TaskState.FAILED.value, TaskState.TIMEOUT.value))
+    for task in failed[:SUMMARY_LINES]:
+        attempts = store.get_attempts(run_id, task["task_key"])
+        why = (attempts[-1].get("message") if attempts else "") or task["state"]
+        print(f"  {paint('✗', 'red', colour)} {task['task_key']}: {why}")
+    if len(failed) > SUMMARY_LINES:
+        print(f"  … and {len(failed) - SUMMARY_LINES} more failed")
+    blocked = [t["task_key"] for t in store.get_tasks(run_id, states=(TaskState.BLOCKED.value,))]
     if blocked:
-        print(f"  blocked: {', '.join(blocked)}")
+        more = f" … and {len(blocked) - SUMMARY_LINES} more" if len(blocked) > SUMMARY_LINES else ""
+        print(f"  blocked: {', '.join(blocked[:SUMMARY_LINES])}{more}")
     print(f"details: orchestrate runs show {run_id}")
 
 
@@ -310,7 +316,7 @@ def _run_plan(args: argparse.Namespace, plan_path: str) -> tuple[int, str]:
         except BaseException:
             runtime.stop()
             raise
-        return _execute(runtime, store, run_id, args.quiet), run_id
+        return _execute(runtime, store, run_id, args.quiet, plan), run_id
     finally:
         store.close()
 

@@ -203,12 +203,13 @@ class Workstream:
     target_branch: str | None = None
     merge: str = "merge"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, with_tasks: bool = True) -> dict[str, Any]:
+        """The JSON-able form; without ``tasks`` when ``with_tasks`` is False."""
         return {
             "id": self.id,
             "title": self.title,
             "depends_on": list(self.depends_on),
-            "tasks": [task.to_json() for task in self.tasks],
+            **({"tasks": [task.to_json() for task in self.tasks]} if with_tasks else {}),
             "source_file": self.source_file,
             "repo": self.repo,
             "isolation": self.isolation,
@@ -258,6 +259,15 @@ class Plan:
         """What the plan asks for, independent of where its files were read from."""
         return {"workstreams": [ws.to_json() | {"source_file": ""} for ws in self.workstreams]}
 
+    def json_text(self, content_only: bool = False) -> str:
+        """``canonical_json(self.to_json())`` — or of :meth:`content_json` — built one task at a
+        time: a plan of 100,000 tasks never exists twice as dicts (hashing it, storing it)."""
+        workstreams = "[" + ",".join(_workstream_text(ws, content_only) for ws in self.workstreams) + "]"
+        if content_only:
+            return _object_text({"workstreams": workstreams})
+        return _object_text({"source": canonical_json(self.source), "base_dir": canonical_json(self.base_dir),
+                             "hash": canonical_json(self.content_hash()), "workstreams": workstreams})
+
     def to_json(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -267,7 +277,7 @@ class Plan:
         }
 
     def content_hash(self) -> str:
-        return sha256_of(self.content_json())
+        return hashlib.sha256(self.json_text(content_only=True).encode("utf-8")).hexdigest()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
@@ -280,6 +290,18 @@ class Plan:
 
     def with_hash(self) -> Plan:
         return Plan(self.workstreams, self.source, self.base_dir, self.content_hash())
+
+
+def _object_text(members: dict[str, str]) -> str:
+    """A JSON object in canonical form from members whose values are JSON texts already."""
+    return "{" + ",".join(f"{canonical_json(key)}:{members[key]}" for key in sorted(members)) + "}"
+
+
+def _workstream_text(ws: Workstream, content_only: bool) -> str:
+    head = ws.to_json(with_tasks=False) | ({"source_file": ""} if content_only else {})
+    members = {key: canonical_json(value) for key, value in head.items()}
+    members["tasks"] = "[" + ",".join(canonical_json(task.to_json()) for task in ws.tasks) + "]"
+    return _object_text(members)
 
 
 def with_integration_steps(plan: Plan) -> Plan:

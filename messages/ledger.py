@@ -12,6 +12,7 @@ from typing import Union
 
 from domain.errors import ErrorClass
 from domain.outcomes import Verdict
+from domain.plan import Plan
 from domain.states import RunState, TaskState, WorkstreamState
 from messages.base import Message
 
@@ -168,12 +169,12 @@ class PatchRecorded(Message):
 
 @dataclass(frozen=True, slots=True)
 class CreateRun(Message):
-    """Asked (not told): create a run in one transaction; the reply is its id.
-
-    ``request_json`` and ``plan_json`` are JSON texts (messages carry immutable values)."""
+    """Asked (not told): create a run of ``plan`` (immutable, shared, never copied) in one
+    transaction; the reply is its id. ``request_json``: the execution request as JSON text.
+    ``run_id``: the id to give it (None: a new one)."""
 
     request_json: str
-    plan_json: str
+    plan: Plan
     run_id: str | None = None
 
 

@@ -27,7 +27,6 @@ class StartRun(Message):
 
     run_id: str
     plan: Plan
-    concurrency: int
     state_dir: str
     task_states: tuple[tuple[str, TaskState], ...] = ()
     attempts: tuple[tuple[str, int], ...] = ()

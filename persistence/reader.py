@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Engine, func, inspect, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from persistence.models import (
     Base,
@@ -35,11 +35,15 @@ class StateReader:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def get_run(self, run_id: str) -> dict[str, Any] | None:
-        """The run with ``metadata`` (the execution request and the plan snapshot)."""
+    def get_run(self, run_id: str, metadata: bool = True) -> dict[str, Any] | None:
+        """The run with ``metadata`` (the execution request and the plan snapshot); without it
+        when ``metadata`` is False (a big plan's snapshot is costly to read and decode)."""
         with Session(self._engine) as session:
-            run = session.get(Run, run_id)
-            return _as_dict(run) if run is not None else None
+            if metadata:
+                run = session.get(Run, run_id)
+                return _as_dict(run) if run is not None else None
+            run = session.scalars(select(Run).options(defer(Run.metadata_json)).where(Run.run_id == run_id)).first()
+            return _as_dict(run, skip=("metadata_json",)) if run is not None else None
 
     def find_run_by_request_hash(self, request_hash: str) -> str | None:
         """The most recently created run of this request, if any."""
@@ -76,9 +80,13 @@ class StateReader:
                 select(Task.state, func.count()).where(Task.run_id == run_id).group_by(Task.state)
             ).all())
 
-    def get_tasks(self, run_id: str) -> list[dict[str, Any]]:
-        """Tasks by key; ``attempts`` is the number of attempts started."""
-        return self._rows(select(Task).where(Task.run_id == run_id).order_by(Task.task_key))
+    def get_tasks(self, run_id: str, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Tasks by key (only those in ``states`` when given); ``attempts`` is the number of
+        attempts started."""
+        query = select(Task).where(Task.run_id == run_id)
+        if states is not None:
+            query = query.where(Task.state.in_(list(states)))
+        return self._rows(query.order_by(Task.task_key))
 
     def get_attempts(self, run_id: str, task_key: str | None = None) -> list[dict[str, Any]]:
         """Step attempts in the order they started."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -51,7 +51,7 @@ from persistence.models import Event, Run, Task, Workstream
 from persistence.reader import StateReader
 from persistence.state_cache import RunStates, StateCache, StateKey, load_run_states
 from persistence.writes import Transition, WriteBatch
-from domain.plan import canonical_json, sha256_of, task_key
+from domain.plan import Plan, canonical_json, sha256_of
 
 log = structlog.get_logger("orchestrate.store")
 
@@ -70,6 +70,10 @@ _STALL_CAUSES = {
     13: "disk full",  # SQLITE_FULL
     14: "cannot be opened for writing",  # SQLITE_CANTOPEN (e.g. no room for the -wal file)
 }
+
+
+# Task rows inserted per statement when a run is created.
+ROWS_PER_INSERT = 5000
 
 
 class WriteStalled(RuntimeError):
@@ -162,19 +166,21 @@ class Store:
     def create_run(
         self,
         request_json: dict[str, Any],
-        plan_json: dict[str, Any],
+        plan: Plan | dict[str, Any],
         *,
         run_id: str | None = None,
         at: str,
     ) -> str:
         """Create a run with all its workstreams and tasks, all pending, in one transaction.
 
-        Also writes events ``RUN_CREATED`` and ``EXECUTION_REQUEST_VALIDATED``. The request
-        hash is ``request_json["request_hash"]`` if present, else the SHA-256 of the request's
-        canonical JSON. Raises :class:`DuplicateRun` if ``run_id`` exists, and
-        :class:`WriteStalled` when the database refuses for a cause that may pass; if anything
-        fails, nothing is written.
+        ``plan`` is the :class:`Plan` (or its ``to_json()`` form). Also writes events
+        ``RUN_CREATED`` and ``EXECUTION_REQUEST_VALIDATED``. The request hash is
+        ``request_json["request_hash"]`` if present, else the SHA-256 of the request's canonical
+        JSON. Raises :class:`DuplicateRun` if ``run_id`` exists, and :class:`WriteStalled` when
+        the database refuses for a cause that may pass; if anything fails, nothing is written.
         """
+        if isinstance(plan, dict):
+            plan = Plan.from_json(plan)
         run_id = run_id or new_run_id()
         request_hash = request_json.get("request_hash") or sha256_of(request_json)
         run_row = {
@@ -183,21 +189,23 @@ class Store:
             "created_at": at,
             "updated_at": at,
             "request_hash": request_hash,
-            "plan_source": plan_json.get("source") or None,
+            "plan_source": plan.source or None,
             "status_reason": None,
-            "metadata_json": json.dumps({"request": request_json, "plan": plan_json}),
+            # Built from texts: a huge plan is serialised one task at a time (see Plan.json_text).
+            "metadata_json": f'{{"request": {json.dumps(request_json)}, "plan": {plan.json_text()}}}',
         }
-        workstreams, tasks = _plan_rows(run_id, plan_json, at)
+        workstreams = _workstream_rows(run_id, plan, at)
         created = {
             "request_hash": request_hash,
             "plan_source": run_row["plan_source"],
             "workstreams": len(workstreams),
-            "tasks": len(tasks),
+            "tasks": sum(len(ws.tasks) for ws in plan.workstreams),
         }
         events = [
             _event_row(at, run_id, "RUN_CREATED", created),
             _event_row(at, run_id, "EXECUTION_REQUEST_VALIDATED", {"request_hash": request_hash}),
         ]
+        task_ws: dict[str, str] = {}
         with self._lock:
             try:
                 with self._connection.begin():
@@ -207,8 +215,9 @@ class Store:
                     self._connection.execute(insert(Run.__table__), [run_row])
                     if workstreams:
                         self._connection.execute(insert(Workstream.__table__), workstreams)
-                    if tasks:
-                        self._connection.execute(insert(Task.__table__), tasks)
+                    for rows in _task_rows(run_id, plan, at):
+                        self._connection.execute(insert(Task.__table__), rows)
+                        task_ws.update((row["task_key"], row["ws_id"]) for row in rows)
                     self._connection.execute(insert(Event.__table__), events)
             except DBAPIError as error:
                 cause = stall_cause(error)
@@ -217,11 +226,9 @@ class Store:
                 raise WriteStalled(cause, self.database, str(error.orig)) from error
         states: dict[StateKey, str] = {("run", run_id): run_row["status"]}
         states.update((("workstream", ws["ws_id"]), ws["status"]) for ws in workstreams)
-        states.update((("task", task["task_key"]), task["state"]) for task in tasks)
-        self._cache.put(
-            run_id,
-            RunStates(states=states, task_ws={t["task_key"]: t["ws_id"] for t in tasks}),
-        )
+        task_state = initial_state("task")
+        states.update((("task", key), task_state) for key in task_ws)
+        self._cache.put(run_id, RunStates(states=states, task_ws=task_ws))
         return run_id
 
     # -- the ledger's entry point -----------------------------------------------------------
@@ -399,8 +406,8 @@ class Store:
     def find_run_by_request_hash(self, request_hash: str) -> str | None:
         return self._reader.find_run_by_request_hash(request_hash)
 
-    def get_run(self, run_id: str) -> dict[str, Any] | None:
-        return self._reader.get_run(run_id)
+    def get_run(self, run_id: str, metadata: bool = True) -> dict[str, Any] | None:
+        return self._reader.get_run(run_id, metadata)
 
     def list_runs(self) -> list[dict[str, Any]]:
         return self._reader.list_runs()
@@ -408,8 +415,8 @@ class Store:
     def get_workstreams(self, run_id: str) -> list[dict[str, Any]]:
         return self._reader.get_workstreams(run_id)
 
-    def get_tasks(self, run_id: str) -> list[dict[str, Any]]:
-        return self._reader.get_tasks(run_id)
+    def get_tasks(self, run_id: str, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        return self._reader.get_tasks(run_id, states)
 
     def get_attempts(self, run_id: str, task_key: str | None = None) -> list[dict[str, Any]]:
         return self._reader.get_attempts(run_id, task_key)
@@ -592,40 +599,47 @@ def _event_row(at: str, run_id: str, event_type: str, payload: dict[str, Any]) -
     }
 
 
-def _plan_rows(
-    run_id: str, plan_json: dict[str, Any], at: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Workstream and task rows of a plan in its ``Plan.to_json()`` form, all in initial states."""
-    workstreams: list[dict[str, Any]] = []
-    tasks: list[dict[str, Any]] = []
-    for ws in plan_json.get("workstreams") or ():
-        ws_id = ws["id"]
-        workstreams.append({
+def _workstream_rows(run_id: str, plan: Plan, at: str) -> list[dict[str, Any]]:
+    """The plan's workstream rows, all in the initial state."""
+    return [
+        {
             "run_id": run_id,
-            "ws_id": ws_id,
+            "ws_id": ws.id,
             "status": initial_state("workstream"),
-            "depends_on": json.dumps(list(ws.get("depends_on") or ())),
-            "title": ws.get("title") or None,
+            "depends_on": json.dumps(list(ws.depends_on)),
+            "title": ws.title or None,
             "created_at": at,
             "updated_at": at,
-            "metadata_json": json.dumps({k: v for k, v in ws.items() if k != "tasks"}),
+            "metadata_json": json.dumps(ws.to_json(with_tasks=False)),
+        }
+        for ws in plan.workstreams
+    ]
+
+
+def _task_rows(run_id: str, plan: Plan, at: str) -> Iterator[list[dict[str, Any]]]:
+    """The plan's task rows, all pending, in chunks of :data:`ROWS_PER_INSERT`, so a plan of any
+    size costs one chunk of row dicts at a time."""
+    chunk: list[dict[str, Any]] = []
+    for task in plan.tasks:
+        chunk.append({
+            "run_id": run_id,
+            "task_key": task.key,
+            "ws_id": task.workstream_id,
+            "tool": task.tool,
+            "adapter": None,
+            "state": initial_state("task"),
+            "priority": task.priority,
+            "attempts": 0,
+            "exit_code": None,
+            "error_class": None,
+            "created_at": at,
+            "updated_at": at,
+            "started_at": None,
+            "finished_at": None,
+            "spec_json": canonical_json(task.to_json()),
         })
-        for task in ws.get("tasks") or ():
-            tasks.append({
-                "run_id": run_id,
-                "task_key": task_key(ws_id, task["id"]),
-                "ws_id": ws_id,
-                "tool": task.get("tool"),
-                "adapter": None,
-                "state": initial_state("task"),
-                "priority": int(task.get("priority") or 0),
-                "attempts": 0,
-                "exit_code": None,
-                "error_class": None,
-                "created_at": at,
-                "updated_at": at,
-                "started_at": None,
-                "finished_at": None,
-                "spec_json": canonical_json(task),
-            })
-    return workstreams, tasks
+        if len(chunk) >= ROWS_PER_INSERT:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

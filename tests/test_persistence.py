@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
+from domain.plan import Plan
 from domain.states import IllegalTransition
 from messages.ledger import (
     AttemptFinished,
@@ -106,7 +107,7 @@ def test_create_run_writes_run_workstreams_tasks_and_events(store: Store) -> Non
     run = store.get_run(run_id)
     assert run is not None
     assert (run["status"], run["created_at"], run["plan_source"]) == ("pending", T0, "plan.json")
-    assert run["metadata"] == {"request": REQUEST, "plan": PLAN}
+    assert run["metadata"] == {"request": REQUEST, "plan": Plan.from_json(PLAN).to_json()}, "stored normalised"
     assert {(w["ws_id"], w["status"], tuple(w["depends_on"])) for w in store.get_workstreams(run_id)} == {
         ("build", "pending", ()),
         ("docs", "pending", ("build",)),
@@ -117,7 +118,7 @@ def test_create_run_writes_run_workstreams_tasks_and_events(store: Store) -> Non
         ("build/test", "PENDING", 0),
         ("docs/write", "PENDING", 0),
     ]
-    assert tasks[0]["spec"] == PLAN["workstreams"][0]["tasks"][0]
+    assert tasks[0]["spec"] == Plan.from_json(PLAN).workstreams[0].tasks[0].to_json()
     assert event_types(store, run_id) == ["RUN_CREATED", "EXECUTION_REQUEST_VALIDATED"]
     assert store.find_run_by_request_hash(run["request_hash"]) == run_id
 

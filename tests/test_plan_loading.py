@@ -691,3 +691,21 @@ def test_any_json_value_loads_or_raises_plan_error(tmp_path: Path, document: Any
         assert error.issues and all(isinstance(issue, PlanIssue) for issue in error.issues)
     else:
         assert plan.hash == plan.content_hash()
+
+
+def test_the_streamed_json_text_of_a_plan_is_its_canonical_json_and_hash(tmp_path):
+    """Big plans are serialised and hashed one task at a time; the text and the hash must be
+    exactly those of the whole plan's canonical JSON (stored run ids and request hashes rely
+    on it)."""
+    from domain.plan import canonical_json, sha256_of
+
+    source = tmp_path / "plan.json"
+    source.write_text(json.dumps({"workstreams": [
+        {"id": "uni", "title": "naïve \"quotes\"", "tasks": [
+            {"id": "a", "tool": "shell", "command": "echo ∑ > out", "env": {"Z": "1", "A": "2"}},
+            {"id": "b", "tool": "python", "callable": "m:f", "args": [1, "x"], "depends_on": ["a"]}]},
+        {"id": "w2", "depends_on": ["uni"], "tasks": [{"id": "c", "tool": "shell", "command": "true"}]}]}))
+    plan = load_plan(str(source))
+    assert plan.json_text() == canonical_json(plan.to_json())
+    assert plan.json_text(content_only=True) == canonical_json(plan.content_json())
+    assert plan.content_hash() == sha256_of(plan.content_json())
