@@ -125,7 +125,11 @@ class GitError(WorktreeError):
 class TargetDirty(GitError):
     """The merge target is checked out in a worktree that cannot be updated with the merge
     (staged changes, or local edits / untracked files where the merge changes files).
-    Nothing was changed: the target branch still points where it did."""
+    Nothing was changed: the target branch still points where it did. Its text is the reason
+    for a person (the git command stays in ``argv``)."""
+
+    def __str__(self) -> str:
+        return self.stderr
 
 
 class MergeConflict(WorktreeError):

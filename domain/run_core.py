@@ -734,7 +734,8 @@ class RunCore:
             self._note(run, "WORKSTREAM_MERGED", None, payload)
         elif event.conflicts or event.error:
             why = (f"merge into {event.target} conflicts in {', '.join(event.conflicts)}; branch {event.branch} "
-                   "left for review" if event.conflicts else event.error)
+                   "left for review" if event.conflicts else
+                   f"{event.error}; once that is fixed, `orchestrate execute --run {run.run_id}` merges it")
             verdict = Verdict(TaskState.FAILED, ErrorClass.MERGE, why)
             self._note(run, "MERGE_CONFLICT" if event.conflicts else "MERGE_FAILED", None, payload)
         else:
