@@ -735,7 +735,7 @@ class RunCore:
         elif event.conflicts or event.error:
             why = (f"merge into {event.target} conflicts in {', '.join(event.conflicts)}; branch {event.branch} "
                    "left for review" if event.conflicts else
-                   f"{event.error}; once that is fixed, `orchestrate execute --run {run.run_id}` merges it")
+                   f"{event.error.rstrip('.')}; once that is fixed, `orchestrate execute --run {run.run_id}` merges it")
             verdict = Verdict(TaskState.FAILED, ErrorClass.MERGE, why)
             self._note(run, "MERGE_CONFLICT" if event.conflicts else "MERGE_FAILED", None, payload)
         else:
