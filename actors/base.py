@@ -41,7 +41,7 @@ class CallRecord:
     until the actor first reports progress; ``activity`` is "" unless long work is declared.
     """
 
-    __slots__ = ("call_message", "call_since", "progress_at", "activity", "thread_id", "__weakref__")
+    __slots__ = ("__weakref__", "activity", "call_message", "call_since", "progress_at", "thread_id")
 
     def __init__(self) -> None:
         self.call_message = ""

@@ -36,9 +36,8 @@ from actors.base import SupervisedActor
 from actors.directory import SCHEDULER, Directory, PeerUnavailable
 from actors.timers import TimerService
 from messages import Flush
-from messages.base import Message
 from messages.health import LedgerRecovered, LedgerStalled
-from messages.ledger import CreateRun, LedgerOp
+from messages.ledger import CommitDue, CreateRun, LedgerOp
 from persistence.clock import utc_now_iso
 from persistence.spill import read_spill, write_spill
 from persistence.store import Store, WriteStalled
@@ -53,12 +52,6 @@ WARN_EVERY_S = 2.0
 LEDGER_OPS = typing.get_args(LedgerOp)
 # Causes a person must fix: waiting does not help, so the runtime stops at the first refusal.
 STOP_AT_ONCE = frozenset({"read-only"})
-
-
-@dataclass(frozen=True, slots=True)
-class CommitDue(Message):
-    """Told by the timer: the commit interval of the oldest buffered op (or the backoff after
-    a refused commit) has passed."""
 
 
 @dataclass(slots=True)

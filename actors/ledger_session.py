@@ -11,10 +11,9 @@ ends. Writes go through the same actor and the same ``CreateRun`` ask as in a ru
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from types import TracebackType
-
-import sys
 
 import pykka
 

@@ -39,7 +39,7 @@ from actors.recovery import recorded_processes, start_message
 from actors.router import RouterActor
 from actors.scheduler import SchedulerActor
 from actors.status_view import StatusView
-from actors.supervisor import StartChildren, SupervisorActor
+from actors.supervisor import SupervisorActor
 from actors.timers import TimerService
 from actors.workspace import WorkspaceActor
 from adapters.leftovers import kill_leftovers
@@ -53,6 +53,7 @@ from domain.states import TaskState
 from domain.supervision import ChildSpec, HeartbeatPolicy, Restart, SupervisorSpec
 from messages import AttemptFinished, Flush, RunProgress
 from messages.control import Drain, StopRuns
+from messages.supervisor import StartChildren
 from persistence.clock import utc_now_iso
 from persistence.spill import SPILL_FILE, keep_reserve
 from persistence.store import Store, WriteStalled

@@ -44,30 +44,14 @@ from domain.supervision import (
     should_restart,
 )
 from messages import ActorDied, EventObserved
-from messages.base import Message
 from messages.control import HealthQuery, Heartbeat, Ping
 from messages.runtime import ExecutorLost, ExecutorRestored
+from messages.supervisor import RestartDue, StartChildren, SupervisorTick
 from persistence.clock import utc_now_iso
 
 log = structlog.get_logger("orchestrate.supervisor")
 
 EXECUTOR_PREFIX = "executor:"
-
-
-@dataclass(frozen=True, slots=True)
-class StartChildren(Message):
-    """Asked once: the reply comes when every child is running."""
-
-
-@dataclass(frozen=True, slots=True)
-class Tick(Message):
-    """The heartbeat interval elapsed: ping every child, look for silent ones."""
-
-
-@dataclass(frozen=True, slots=True)
-class RestartDue(Message):
-    name: str
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +110,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return sorted(self.restarts)
         if isinstance(message, Heartbeat):
             self.last_seen[message.name] = self.clock()
-        elif isinstance(message, Tick):
+        elif isinstance(message, SupervisorTick):
             self._tick()
         elif isinstance(message, ActorDied):
             self._child_down(message.name, message.error, "ACTOR_DIED")
@@ -139,7 +123,7 @@ class SupervisorActor(pykka.ThreadingActor):
     # -- heartbeats ------------------------------------------------------------------------------
     def _schedule_tick(self) -> None:
         me = self.actor_ref
-        self.timers.call_later(self.heartbeat.interval_s, lambda: me.tell(Tick()))
+        self.timers.call_later(self.heartbeat.interval_s, lambda: me.tell(SupervisorTick()))
 
     def _tick(self) -> None:
         self.seq += 1

@@ -179,6 +179,12 @@ class CreateRun(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class CommitDue(Message):
+    """Told by the timer to the Ledger: the commit interval of the oldest buffered op (or the
+    backoff after a refused commit) has passed."""
+
+
+@dataclass(frozen=True, slots=True)
 class Flush(Message):
     """Asked (not told): the reply comes after everything received before it is committed."""
 

@@ -13,9 +13,10 @@ import pytest
 from actors.base import SupervisedActor
 from actors.directory import Directory
 from actors.runtime import Runtime, RuntimeOptions
+from actors.supervisor import SupervisorActor
 from actors.timers import TimerService
-from actors.supervisor import StartChildren, SupervisorActor
 from domain.supervision import ChildSpec, SupervisorSpec
+from messages.supervisor import StartChildren
 from persistence.clock import utc_now_iso
 from persistence.db import make_engine, sqlite_url
 from persistence.migrate import init_db
