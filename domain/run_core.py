@@ -288,7 +288,8 @@ class RunCore:
             return
         for route in event.routes:
             key = route.task_key
-            if run.book.states.get(key) is not TaskState.QUEUED or run.book.is_enqueued(key):
+            # A late answer (the task was routed again meanwhile) must not start it twice.
+            if run.book.states.get(key) is not TaskState.QUEUED or run.book.is_enqueued(key) or key in run.running:
                 continue
             if route.adapter:
                 self._enqueue(run, key, route.adapter)
@@ -301,7 +302,8 @@ class RunCore:
         lane = run.lanes.get(run.specs[key].workstream_id)
         if lane is not None:
             if lane.holder and lane.holder != key:
-                lane.parked.append(key)
+                if key not in lane.parked:
+                    lane.parked.append(key)
                 return
             lane.holder = key
         run.book.enqueue(key, adapter)

@@ -494,3 +494,11 @@ def test_tasks_of_one_worktree_run_one_at_a_time():
     h.open(plan(task("f", "a"), task("f", "b"), isolated=("f",)))
     h.feed(WorktreeReady("r", "f", "/wt/f"))
     assert len(h.running()) == 1
+
+
+def test_a_late_route_for_a_task_already_dispatched_starts_nothing_more():
+    h = Harness()
+    h.open(plan(task("a", "1")))
+    assert len(h.dispatched()) == 1
+    assert h.feed(Routed("r", (Route("a/1", "shell", "again"),))) == []
+    assert len(h.dispatched()) == 1
