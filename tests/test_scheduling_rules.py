@@ -151,3 +151,20 @@ def test_between_equally_short_paths_a_workstream_takes_the_one_earlier_in_the_p
 )
 def test_a_workstream_state_follows_from_its_tasks(task_states, workstream):
     assert derive_workstream_state(task_states) is workstream
+
+
+def test_a_workstream_with_one_task_retried_and_another_still_failed_is_being_worked_on():
+    b = book({"w/a": [], "w/b": []})
+    for key in ("w/a", "w/b"):
+        for state in (T.QUEUED, T.IN_PROGRESS, T.FAILED):
+            b.set_state(key, state)
+    b.set_state("w/a", T.PENDING)
+    assert b.workstream_target("w") is WorkstreamState.EDITING
+
+
+def test_an_adapter_limited_to_one_and_running_nothing_takes_exactly_one():
+    b = book({"w/a": [], "w/b": []})
+    for key in b.states:
+        b.set_state(key, T.QUEUED)
+        b.enqueue(key, "sh")
+    assert b.take_dispatchable(2, {}, {"sh": 1}) == [Dispatch("w/a", "sh")]
