@@ -1,0 +1,267 @@
+"""The run core's effect streams, in full, for each kind of event and control command.
+
+Each effect is what the Scheduler writes to the ledger or shows a person; the tests below say
+exactly what a scenario produces and in what order, so a change to a reason, a payload or the
+order of effects is a decision someone makes on purpose.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from domain.run_events import (
+    AttemptBegan,
+    AttemptClosed,
+    AttemptEnded,
+    ChangesRecorded,
+    Dispatched,
+    ErrorCounted,
+    IntegrationEnded,
+    Noted,
+    Phase,
+    PhaseBegan,
+    ReportAccepted,
+    RouteRequested,
+    RunMoved,
+    TaskMoved,
+    TimerSet,
+    WorkstreamMoved,
+    WorktreeReady,
+)
+from tests.test_run_core import COMPLETED, FAILED_EXIT, Harness, plan, task
+
+
+def said(effect) -> tuple:
+    """An effect in a few words: its kind and the fields a reader cares about."""
+    kind = type(effect).__name__
+    match effect:
+        case TaskMoved():
+            return (kind, effect.task_key, effect.state.value, effect.reason, effect.attempt, effect.adapter,
+                    effect.done, effect.total)
+        case WorkstreamMoved():
+            return (kind, effect.ws_id, effect.state.value)
+        case RunMoved():
+            return (kind, effect.state.value, effect.reason, effect.done, effect.total, effect.finished)
+        case RouteRequested():
+            return (kind, tuple(t.key for t in effect.tasks), tuple(sorted(effect.open_circuits)), effect.load)
+        case Dispatched():
+            return (kind, effect.task.key, effect.attempt, effect.adapter, effect.log_path)
+        case Noted():
+            return (kind, effect.run_id, effect.event_type, effect.task_key, dict(effect.payload))
+        case ErrorCounted():
+            return (kind, effect.ws_id, effect.task_key, effect.error_class.value, effect.message, effect.gate_output)
+        case ReportAccepted():
+            return (kind,)
+        case AttemptClosed():
+            verdict = effect.verdict
+            return (kind, effect.task_key, effect.attempt, verdict.state.value,
+                    verdict.error_class.value if verdict.error_class else None, verdict.message, effect.duration_s)
+        case TimerSet():
+            return (kind, effect.delay_s, effect.event)
+    return (kind, *(getattr(effect, f) for f in effect.__dataclass_fields__ if f != "run_id"))
+
+
+def said_all(effects) -> list[tuple]:
+    return [said(e) for e in effects]
+
+
+def test_a_run_opens_queues_what_is_ready_and_finishes_with_a_count_of_how_tasks_ended():
+    h = Harness()
+    h.open(plan(task("a", "x"), task("a", "y", "a/x")))
+    h.feed(AttemptBegan("r", "a/x", 1, pid=100, create_time=1.0))
+    h.now = 2.5
+    h.feed(AttemptEnded("r", "a/x", 1, COMPLETED, 2.5))
+    h.feed(AttemptBegan("r", "a/y", 1, pid=101, create_time=1.0))
+    h.feed(AttemptEnded("r", "a/y", 1, FAILED_EXIT, 0.5))
+    assert said_all(e for e in h.effects if not isinstance(e, RouteRequested)) == [
+        ("RunMoved", "running", "execution started", 0, 2, False),
+        ("TaskMoved", "a/x", "QUEUED", "dependencies completed", 0, "", 0, 2),
+        ("WorkstreamMoved", "a", "ready"),
+        ("Dispatched", "a/x", 1, "shell", "/logs/a/x.log"),
+        ("TaskMoved", "a/x", "IN_PROGRESS", "", 1, "shell", 0, 2),
+        ("ReportAccepted",),
+        ("Noted", "r", "TASK_STARTED", "a/x", {"attempt": 1, "adapter": "shell", "pid": 100}),
+        ("ReportAccepted",),
+        ("TaskMoved", "a/x", "COMPLETED", "in 2.50s", 1, "", 1, 2),
+        ("Noted", "r", "TASK_COMPLETED", "a/x", {"attempt": 1, "duration_s": 2.5}),
+        ("TaskMoved", "a/y", "QUEUED", "dependencies completed", 0, "", 1, 2),
+        ("WorkstreamMoved", "a", "editing"),
+        ("Dispatched", "a/y", 1, "shell", "/logs/a/y.log"),
+        ("TaskMoved", "a/y", "IN_PROGRESS", "", 1, "shell", 1, 2),
+        ("ReportAccepted",),
+        ("Noted", "r", "TASK_STARTED", "a/y", {"attempt": 1, "adapter": "shell", "pid": 101}),
+        ("ReportAccepted",),
+        ("ErrorCounted", "a", "a/y", "command_failed", "exit code 1", ""),
+        ("TaskMoved", "a/y", "FAILED", "exit code 1", 1, "", 2, 2),
+        ("Noted", "r", "TASK_FAILED", "a/y",
+         {"attempt": 1, "state": "FAILED", "error_class": "command_failed", "message": "exit code 1"}),
+        ("WorkstreamMoved", "a", "failed"),
+        ("Noted", "r", "EXECUTION_FINISHED", None, {"state": "partial", "tasks": {"COMPLETED": 1, "FAILED": 1}}),
+        ("RunMoved", "partial", "1 completed, 1 failed", 2, 2, True),
+    ]
+
+
+def test_routing_is_asked_once_for_every_task_queued_together():
+    h = Harness()
+    h.open(plan(task("a", "x"), task("b", "y")))
+    requests = [said(e) for e in h.effects if isinstance(e, RouteRequested)]
+    assert requests == [("RouteRequested", ("a/x", "b/y"), (), ())]
+    assert h.open(plan(task("a", "x"))) == [], "opening a run already open changes nothing"
+    h.feed(AttemptBegan("r", "a/x", 1))
+    h.feed(AttemptEnded("r", "a/x", 1, FAILED_EXIT, 0.1))
+    assert [said(e) for e in h.effects if isinstance(e, RouteRequested)] == requests
+
+
+def test_checks_fix_rounds_and_an_approval_show_as_task_and_workstream_phases():
+    h = Harness()
+    h.open(plan(task("a", "x"), task("b", "y", tool="human")))
+    h.effects.clear()
+    h.feed(AttemptBegan("r", "a/x", 1, pid=7, create_time=3.0))
+    h.feed(PhaseBegan("r", "a/x", 1, Phase.STATIC))
+    h.feed(PhaseBegan("r", "a/x", 1, Phase.FIXING, "lint failed", round=2))
+    h.feed(PhaseBegan("r", "a/x", 1, Phase.RUNTIME))
+    h.feed(AttemptBegan("r", "b/y", 1))
+    h.feed(PhaseBegan("r", "b/y", 1, Phase.AWAITING, "ship it?"))
+    assert said_all(h.effects) == [
+        ("TaskMoved", "a/x", "IN_PROGRESS", "", 1, "shell", 0, 2),
+        ("ReportAccepted",),
+        ("Noted", "r", "TASK_STARTED", "a/x", {"attempt": 1, "adapter": "shell", "pid": 7}),
+        ("TaskMoved", "a/x", "VALIDATING", "static checks", 1, "", 0, 2),
+        ("WorkstreamMoved", "a", "editing"),
+        ("WorkstreamMoved", "a", "static_check"),
+        ("Noted", "r", "FIX_ROUND", "a/x", {"attempt": 1, "round": 2, "reason": "lint failed"}),
+        ("Announced", "a/x", "FIXING", "round 2: lint failed", 0, 2),
+        ("WorkstreamMoved", "a", "fixing"),
+        ("WorkstreamMoved", "a", "runtime_check"),
+        ("TaskMoved", "b/y", "IN_PROGRESS", "", 1, "shell", 0, 2),
+        ("ReportAccepted",),
+        ("Noted", "r", "TASK_STARTED", "b/y", {"attempt": 1, "adapter": "shell", "pid": None}),
+        ("TaskMoved", "b/y", "AWAITING_APPROVAL", "ship it?", 1, "", 0, 2),
+        ("Noted", "r", "APPROVAL_REQUESTED", "b/y", {"attempt": 1, "prompt": "ship it?"}),
+        ("WorkstreamMoved", "b", "editing"),
+    ]
+    run = h.core.status("r")["runs"][0]
+    assert run["awaiting_approval"] == [{"task": "b/y", "prompt": "ship it?"}]
+    assert run["tasks"] == {"a/x": "VALIDATING", "b/y": "AWAITING_APPROVAL"}
+    result, effects = h.core.approve("r", "b/y", False, "ann", "no", 5.0, "2026-01-01T00:00:05Z")
+    assert result == {"task": "b/y", "approved": False, "who": "ann"}
+    assert said_all(effects) == [
+        ("Noted", "r", "TASK_REJECTED", "b/y", {"who": "ann", "comment": "no", "at": "2026-01-01T00:00:05Z",
+                                                "attempt": 1}),
+        ("ApprovalRelayed", "shell", "b/y", 1, False, "ann", "no"),
+    ]
+
+
+def test_an_approval_names_who_approved_and_for_which_attempt():
+    h = Harness()
+    h.open(plan(task("b", "y", tool="human")))
+    h.feed(AttemptBegan("r", "b/y", 1))
+    h.feed(PhaseBegan("r", "b/y", 1, Phase.AWAITING, "ok?"))
+    _, effects = h.core.approve("r", "b/y", True, "bo", "", 1.0, "T")
+    assert said_all(effects) == [
+        ("Noted", "r", "TASK_APPROVED", "b/y", {"who": "bo", "comment": "", "at": "T", "attempt": 1}),
+        ("ApprovalRelayed", "shell", "b/y", 1, True, "bo", ""),
+    ]
+
+
+def test_pausing_resuming_draining_and_stopping_say_what_they_did():
+    h = Harness(concurrency=1)
+    h.open(plan(task("a", "x"), task("a", "y")))
+    h.feed(AttemptBegan("r", "a/x", 1, pid=7, create_time=3.0))
+    result, effects = h.core.pause("r", 1, "t")
+    assert result == {"paused": True, "runs": ["r"]}
+    assert said_all(effects) == [("Noted", "r", "RUN_PAUSED", None, {}), ("Announced", "", "PAUSED", "", 0, 2)]
+    result, effects = h.core.pause(None, 1, "t")
+    assert result == {"paused": True, "runs": ["r"]}
+    assert said_all(effects) == [("Noted", "r", "RUN_PAUSED", None, {}), ("Announced", "", "PAUSED", "", 0, 2)]
+    assert h.core.drain(1, "t") == ({"draining": True, "running": 1}, [])
+    status = h.core.status(None)
+    assert (status["paused_all"], status["draining"], status["ledger_holding"]) == (True, True, False)
+    assert status["runs"][0]["paused"] is True
+    result, effects = h.core.resume(None, 1, "t")
+    assert result == {"paused": False, "runs": ["r"]}
+    assert said_all(effects) == [("Noted", "r", "RUN_RESUMED", None, {}), ("Announced", "", "RESUMED", "", 0, 2)]
+    assert (h.core.status(None)["draining"], h.core.status(None)["runs"][0]["paused"]) == (False, False)
+    result, effects = h.core.stop(1, "t")
+    assert result == {"stopping": 1}
+    assert said_all(effects) == [("CancelRequested", "shell", "a/x", 1)]
+    assert h.core.status(None) == {
+        "paused_all": True, "draining": False, "ledger_holding": False, "running": 1, "concurrency": 1,
+        "circuits": {"shell": "closed"}, "queued": {"shell": 1},
+        "runs": [{"run_id": "r", "paused": True, "cancelling": False, "quarantine_reason": "", "stop_reason": "",
+                  "waiting": "", "counts": {"IN_PROGRESS": 1, "QUEUED": 1}, "done": 0, "total": 2,
+                  "running": ["a/x"], "awaiting_approval": [], "tasks": {"a/x": "IN_PROGRESS", "a/y": "QUEUED"}}],
+    }
+
+
+def merge_step_of_one_task_workstream() -> Harness:
+    h = Harness()
+    h.open(plan(task("f", "edit"), isolated=("f",)))
+    h.feed(WorktreeReady("r", "f", "/wt/f"))
+    h.feed(AttemptBegan("r", "f/edit", 1))
+    h.feed(AttemptEnded("r", "f/edit", 1, COMPLETED, 0.1))
+    h.feed(ChangesRecorded("r", "f/edit", 1))
+    h.effects.clear()
+    h.now = 4.0
+    return h
+
+
+def _payload(**fields):
+    return {"workstream": "f", "branch": "ws/f", "target": "main", "commit": "", "conflicts": [], "error": ""} | fields
+
+
+@pytest.mark.parametrize(
+    ("ended", "noted", "closed", "moved"),
+    [
+        (dict(merged=True, commit="0123456789abcdef"),
+         ("WORKSTREAM_MERGED", _payload(commit="0123456789abcdef")),
+         ("COMPLETED", None, "merged ws/f into main (0123456789)"),
+         "merged ws/f into main (0123456789) in 4.00s"),
+        (dict(merged=False),
+         ("BRANCH_LEFT", _payload()),
+         ("COMPLETED", None, "ws/f left for review"),
+         "ws/f left for review in 4.00s"),
+    ],
+)
+def test_a_merged_or_left_branch_completes_the_merge_step_and_says_how(ended, noted, closed, moved):
+    h = merge_step_of_one_task_workstream()
+    h.feed(IntegrationEnded("r", "f", branch="ws/f", target="main", **ended))
+    assert said_all(h.effects) == [
+        ("Noted", "r", noted[0], None, noted[1]),
+        ("AttemptClosed", "f/@merge", 1, *closed, 4.0),
+        ("TaskMoved", "f/@merge", "COMPLETED", moved, 1, "", 2, 2),
+        ("Noted", "r", "TASK_COMPLETED", "f/@merge", {"attempt": 1, "duration_s": 4.0}),
+        ("WorkstreamMoved", "f", "done"),
+        ("Noted", "r", "EXECUTION_FINISHED", None, {"state": "completed", "tasks": {"COMPLETED": 2}}),
+        ("RunMoved", "completed", "2 completed", 2, 2, True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ended", "noted", "why"),
+    [
+        (dict(conflicts=("x.py", "y.py")), ("MERGE_CONFLICT", _payload(conflicts=["x.py", "y.py"])),
+         "merge into main conflicts in x.py, y.py; branch ws/f left for review"),
+        (dict(error="dirty checkout"), ("MERGE_FAILED", _payload(error="dirty checkout")), "dirty checkout"),
+    ],
+)
+def test_a_conflict_or_a_merge_error_fails_the_merge_step_for_a_person_to_fix(ended, noted, why):
+    h = merge_step_of_one_task_workstream()
+    h.feed(IntegrationEnded("r", "f", merged=False, branch="ws/f", target="main", **ended))
+    assert said_all(h.effects) == [
+        ("Noted", "r", noted[0], None, noted[1]),
+        ("AttemptClosed", "f/@merge", 1, "FAILED", "merge", why, 4.0),
+        ("ErrorCounted", "f", "f/@merge", "merge", why, ""),
+        ("TaskMoved", "f/@merge", "FAILED", why, 1, "", 2, 2),
+        ("Noted", "r", "TASK_FAILED", "f/@merge", {"attempt": 1, "state": "FAILED", "error_class": "merge",
+                                                   "message": why}),
+        ("WorkstreamMoved", "f", "failed"),
+        ("Noted", "r", "EXECUTION_FINISHED", None, {"state": "partial", "tasks": {"COMPLETED": 1, "FAILED": 1}}),
+        ("RunMoved", "partial", "1 completed, 1 failed", 2, 2, True),
+    ]
+
+
+def test_an_integration_report_for_a_workstream_not_merging_is_ignored():
+    h = merge_step_of_one_task_workstream()
+    assert h.feed(IntegrationEnded("r", "other", merged=True)) == []
+    assert h.feed(IntegrationEnded("nope", "f", merged=True)) == []
