@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from domain.run_core import ControlRefused, RunNotActive
 from domain.run_events import (
     AttemptBegan,
     AttemptClosed,
@@ -16,11 +17,13 @@ from domain.run_events import (
     ChangesRecorded,
     Dispatched,
     ErrorCounted,
+    ExecutorDown,
     IntegrationEnded,
     Noted,
     Phase,
     PhaseBegan,
     ReportAccepted,
+    RetryDue,
     RouteRequested,
     RunMoved,
     TaskMoved,
@@ -28,7 +31,8 @@ from domain.run_events import (
     WorkstreamMoved,
     WorktreeReady,
 )
-from tests.test_run_core import COMPLETED, FAILED_EXIT, Harness, plan, task
+from domain.states import RunState
+from tests.test_run_core import CANCELLED, COMPLETED, FAILED_EXIT, GATE_FAILED, Harness, plan, task
 
 
 def said(effect) -> tuple:
@@ -265,3 +269,149 @@ def test_an_integration_report_for_a_workstream_not_merging_is_ignored():
     h = merge_step_of_one_task_workstream()
     assert h.feed(IntegrationEnded("r", "other", merged=True)) == []
     assert h.feed(IntegrationEnded("nope", "f", merged=True)) == []
+
+
+def test_a_dead_executor_kills_what_it_ran_and_each_of_its_attempts_ends_as_a_crash():
+    h = Harness()
+    h.open(plan(task("a", "x", max_attempts=2, backoff_s=0.0, retry_jitter=0.0), task("a", "y")))
+    h.feed(AttemptBegan("r", "a/x", 1, 123, 9.0))
+    h.effects.clear()
+    h.now = 3.0
+    h.feed(ExecutorDown("shell", "boom"))
+    crash = "executor shell crashed: boom"
+    assert said_all(h.effects) == [
+        ("ProcessKill", 123, 9.0),
+        ("AttemptClosed", "a/x", 1, "FAILED", "crash", crash, 3.0),
+        ("ErrorCounted", "a", "a/x", "crash", crash, ""),
+        ("TaskMoved", "a/x", "RETRY_WAIT", f"{crash}; retry in 0.00s", 1, "", 0, 2),
+        ("TimerSet", 0.0, RetryDue("r", "a/x")),
+        ("WorkstreamMoved", "a", "editing"),
+        # a/y was dispatched but never reported its start: its attempt gets its row all the same.
+        ("AttemptOpened", "a", "a/y", 1, "shell"),
+        ("AttemptClosed", "a/y", 1, "FAILED", "crash", crash, 3.0),
+        ("ErrorCounted", "a", "a/y", "crash", crash, ""),
+        ("TaskMoved", "a/y", "FAILED", crash, 1, "", 1, 2),
+        ("Noted", "r", "TASK_FAILED", "a/y", {"attempt": 1, "state": "FAILED", "error_class": "crash",
+                                              "message": crash}),
+    ]
+
+
+def test_cancelling_a_task_blocks_its_dependants_and_cancelling_the_run_ends_everything_cancelled():
+    h = Harness(concurrency=1)
+    h.open(plan(task("a", "1"), task("a", "2"), task("a", "3", "a/2")))
+    h.feed(AttemptBegan("r", "a/1", 1, 5, 1.0))
+    result, effects = h.core.cancel("r", "a/2", 1, "t")
+    assert result == {"cancelled": ["a/2"], "killing": []}
+    by_request = "cancelled by request"
+    assert said_all(effects) == [
+        ("ErrorCounted", "a", "a/2", "cancelled", by_request, ""),
+        ("TaskMoved", "a/2", "CANCELLED", by_request, 0, "", 1, 3),
+        ("Noted", "r", "TASK_FAILED", "a/2", {"attempt": 0, "state": "CANCELLED", "error_class": "cancelled",
+                                              "message": by_request}),
+        ("TaskMoved", "a/3", "BLOCKED", "dependency a/2 ended CANCELLED", 0, "", 2, 3),
+        ("WorkstreamMoved", "a", "editing"),
+    ]
+    result, effects = h.core.cancel("r", None, 1, "t")
+    assert result == {"cancelled": ["a/3", "a/1"], "killing": ["a/1"]}
+    assert said_all(effects) == [
+        ("CancelRequested", "shell", "a/1", 1),
+        ("ErrorCounted", "a", "a/3", "cancelled", by_request, ""),
+        ("TaskMoved", "a/3", "CANCELLED", by_request, 0, "", 2, 3),
+        ("Noted", "r", "TASK_FAILED", "a/3", {"attempt": 0, "state": "CANCELLED", "error_class": "cancelled",
+                                              "message": by_request}),
+    ]
+    h.effects.clear()
+    h.feed(AttemptEnded("r", "a/1", 1, CANCELLED, 0.2))
+    assert said_all(h.effects) == [
+        ("ReportAccepted",),
+        ("TaskMoved", "a/1", "CANCELLED", "cancelled", 1, "", 3, 3),
+        ("Noted", "r", "TASK_FAILED", "a/1", {"attempt": 1, "state": "CANCELLED", "error_class": "cancelled",
+                                              "message": "cancelled"}),
+        ("WorkstreamMoved", "a", "failed"),
+        ("Noted", "r", "EXECUTION_FINISHED", None, {"state": "cancelled", "tasks": {"CANCELLED": 3}}),
+        ("RunMoved", "cancelled", "3 cancelled", 3, 3, True),
+    ]
+
+
+def test_a_cancel_names_an_unknown_or_finished_task_in_its_refusal():
+    h = Harness()
+    h.open(plan(task("a", "1"), task("a", "2")))
+    h.start_and_end("a/1", COMPLETED)
+    with pytest.raises(ControlRefused, match=r"^run r has no task 'a/9'$"):
+        h.core.cancel("r", "a/9", 0, "")
+    with pytest.raises(ControlRefused, match=r"^task a/1 already ended COMPLETED$"):
+        h.core.cancel("r", "a/1", 0, "")
+    with pytest.raises(RunNotActive, match=r"^run 'x' is not active in this runtime$"):
+        h.core.cancel("x", None, 0, "")
+
+
+def test_a_retry_by_request_resets_the_task_and_its_dependants_and_queues_what_can_start():
+    h = Harness()
+    h.open(plan(task("a", "1"), task("a", "2", "a/1"), task("b", "slow")))
+    h.start_and_end("a/1", FAILED_EXIT)
+    result, effects = h.core.retry("r", "a/1", 1, "t")
+    assert result == {"retried": ["a/1", "a/2"]}
+    assert said_all(effects) == [
+        ("TaskMoved", "a/1", "PENDING", "retried by request", 0, "", 1, 3),
+        ("TaskMoved", "a/2", "PENDING", "retried by request", 0, "", 0, 3),
+        ("TaskMoved", "a/1", "QUEUED", "dependencies completed", 0, "", 0, 3),
+        ("WorkstreamMoved", "a", "ready"),
+        ("RouteRequested", ("a/1",), (), (("shell", 1),)),
+    ]
+    with pytest.raises(ControlRefused, match=r"^run r has no task 'a/9'$"):
+        h.core.retry("r", "a/9", 0, "")
+
+
+def test_a_failure_with_attempts_left_waits_says_how_long_and_its_gate_output_is_kept():
+    h = Harness()
+    h.open(plan(task("a", "1", max_attempts=2, backoff_s=0.25, retry_jitter=0.0)))
+    h.feed(AttemptBegan("r", "a/1", 1))
+    h.effects.clear()
+    h.feed(AttemptEnded("r", "a/1", 1, GATE_FAILED, 0.1, gate_output="E assert"))
+    h.feed(RetryDue("r", "a/1"))
+    gate = "acceptance check 'x' failed: exit code 1"
+    assert said_all(e for e in h.effects if not isinstance(e, WorkstreamMoved)) == [
+        ("ReportAccepted",),
+        ("ErrorCounted", "a", "a/1", "gate", gate, "E assert"),
+        ("TaskMoved", "a/1", "RETRY_WAIT", f"{gate}; retry in 0.25s", 1, "", 0, 1),
+        ("TimerSet", 0.25, RetryDue("r", "a/1")),
+        ("TaskMoved", "a/1", "QUEUED", "retry backoff elapsed", 0, "", 0, 1),
+        ("RouteRequested", ("a/1",), (), ()),
+        ("Dispatched", "a/1", 2, "shell", "/logs/a/1.attempt2.log"),
+    ]
+
+
+def test_a_worktree_that_cannot_be_made_fails_every_task_waiting_for_it_as_bad_input():
+    h = Harness()
+    h.open(plan(task("f", "a"), task("f", "b"), isolated=("f",)))
+    h.effects.clear()
+    h.feed(WorktreeReady("r", "f", error="disk full"))
+    why = "worktree for f: disk full"
+    assert said_all(h.effects) == [
+        ("ErrorCounted", "f", "f/a", "bad_input", why, ""),
+        ("TaskMoved", "f/a", "FAILED", why, 0, "", 1, 3),
+        ("Noted", "r", "TASK_FAILED", "f/a", {"attempt": 0, "state": "FAILED", "error_class": "bad_input",
+                                              "message": why}),
+        ("TaskMoved", "f/@merge", "BLOCKED", "dependency f/a ended FAILED", 0, "", 2, 3),
+        ("ErrorCounted", "f", "f/b", "bad_input", why, ""),
+        ("TaskMoved", "f/b", "FAILED", why, 0, "", 3, 3),
+        ("Noted", "r", "TASK_FAILED", "f/b", {"attempt": 0, "state": "FAILED", "error_class": "bad_input",
+                                              "message": why}),
+        ("WorkstreamMoved", "f", "failed"),
+        ("Noted", "r", "EXECUTION_FINISHED", None, {"state": "failed", "tasks": {"FAILED": 2, "BLOCKED": 1}}),
+        ("RunMoved", "failed", "1 blocked, 2 failed", 3, 3, True),
+    ]
+
+
+def test_a_failed_worktree_attempt_drops_its_changes_and_a_capture_error_is_noted_not_fatal():
+    h = Harness()
+    h.open(plan(task("f", "a"), isolated=("f",)))
+    h.feed(WorktreeReady("r", "f", "/wt/f"))
+    h.feed(AttemptBegan("r", "f/a", 1))
+    h.effects.clear()
+    h.feed(AttemptEnded("r", "f/a", 1, FAILED_EXIT, 0.1))
+    assert said_all(h.effects) == [("CaptureWanted", "f", "f/a", 1, False)]
+    assert h.feed(ChangesRecorded("r", "f/a", 2)) == [], "another attempt's capture is ignored"
+    h.feed(ChangesRecorded("r", "f/a", 1, error="git broke"))
+    assert said(h.effects[1]) == ("Noted", "r", "PATCH_CAPTURE_FAILED", "f/a", {"error": "git broke"})
+    assert h.finished().state is RunState.FAILED
