@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from domain.plan import TaskSpec
-from domain.routing import AdapterInfo, RouteDecision, RouterConfig, RoutingTable, Rule, Strategy
+from domain.routing import (
+    AdapterInfo,
+    RouteDecision,
+    RouterConfig,
+    RoutingTable,
+    Rule,
+    Strategy,
+)
 
 
 def task(tool="shell", tags=(), files=(), kind=None, id="t"):

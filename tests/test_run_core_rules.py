@@ -32,7 +32,15 @@ from domain.run_events import (
     WorktreeReady,
 )
 from domain.states import RunState
-from tests.test_run_core import CANCELLED, COMPLETED, FAILED_EXIT, GATE_FAILED, Harness, plan, task
+from tests.test_run_core import (
+    CANCELLED,
+    COMPLETED,
+    FAILED_EXIT,
+    GATE_FAILED,
+    Harness,
+    plan,
+    task,
+)
 
 
 def said(effect) -> tuple:
@@ -217,11 +225,11 @@ def _payload(**fields):
 @pytest.mark.parametrize(
     ("ended", "noted", "closed", "moved"),
     [
-        (dict(merged=True, commit="0123456789abcdef"),
+        ({"merged": True, "commit": "0123456789abcdef"},
          ("WORKSTREAM_MERGED", _payload(commit="0123456789abcdef")),
          ("COMPLETED", None, "merged ws/f into main (0123456789)"),
          "merged ws/f into main (0123456789) in 4.00s"),
-        (dict(merged=False),
+        ({"merged": False},
          ("BRANCH_LEFT", _payload()),
          ("COMPLETED", None, "ws/f left for review"),
          "ws/f left for review in 4.00s"),
@@ -244,9 +252,9 @@ def test_a_merged_or_left_branch_completes_the_merge_step_and_says_how(ended, no
 @pytest.mark.parametrize(
     ("ended", "noted", "why"),
     [
-        (dict(conflicts=("x.py", "y.py")), ("MERGE_CONFLICT", _payload(conflicts=["x.py", "y.py"])),
+        ({"conflicts": ("x.py", "y.py")}, ("MERGE_CONFLICT", _payload(conflicts=["x.py", "y.py"])),
          "merge into main conflicts in x.py, y.py; branch ws/f left for review"),
-        (dict(error="dirty checkout"), ("MERGE_FAILED", _payload(error="dirty checkout")), "dirty checkout"),
+        ({"error": "dirty checkout"}, ("MERGE_FAILED", _payload(error="dirty checkout")), "dirty checkout"),
     ],
 )
 def test_a_conflict_or_a_merge_error_fails_the_merge_step_for_a_person_to_fix(ended, noted, why):

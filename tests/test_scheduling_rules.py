@@ -7,8 +7,19 @@ from itertools import pairwise
 
 import pytest
 
-from domain.scheduling import Dispatch, RunBook, derive_workstream_state, workstream_path
-from domain.states import WORKSTREAM_TRANSITIONS, IllegalTransition, RunState, TaskState, WorkstreamState
+from domain.scheduling import (
+    Dispatch,
+    RunBook,
+    derive_workstream_state,
+    workstream_path,
+)
+from domain.states import (
+    WORKSTREAM_TRANSITIONS,
+    IllegalTransition,
+    RunState,
+    TaskState,
+    WorkstreamState,
+)
 
 T = TaskState
 
