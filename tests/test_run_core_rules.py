@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import pytest
 
+from domain.breaker import BreakerPolicy
 from domain.run_core import ControlRefused, RunNotActive
 from domain.run_events import (
     AttemptBegan,
     AttemptClosed,
     AttemptEnded,
+    BreakerDue,
     ChangesRecorded,
     Dispatched,
     ErrorCounted,
@@ -24,19 +26,23 @@ from domain.run_events import (
     PhaseBegan,
     ReportAccepted,
     RetryDue,
+    Route,
+    Routed,
     RouteRequested,
     RunMoved,
+    RunOpened,
     TaskMoved,
     TimerSet,
     WorkstreamMoved,
     WorktreeReady,
 )
-from domain.states import RunState
+from domain.states import RunState, TaskState
 from tests.test_run_core import (
     CANCELLED,
     COMPLETED,
     FAILED_EXIT,
     GATE_FAILED,
+    TOOL_DOWN,
     Harness,
     plan,
     task,
@@ -423,3 +429,108 @@ def test_a_failed_worktree_attempt_drops_its_changes_and_a_capture_error_is_note
     h.feed(ChangesRecorded("r", "f/a", 1, error="git broke"))
     assert said(h.effects[1]) == ("Noted", "r", "PATCH_CAPTURE_FAILED", "f/a", {"error": "git broke"})
     assert h.finished().state is RunState.FAILED
+
+
+def test_a_resumed_run_closes_interrupted_attempts_retries_failures_and_requeues_what_was_running():
+    h = Harness()
+    h.open(plan(task("a", "1"), task("a", "2", "a/1"), task("a", "3"), task("a", "4")),
+           task_states={"a/1": TaskState.COMPLETED, "a/2": TaskState.FAILED, "a/3": TaskState.VALIDATING,
+                        "a/4": TaskState.RETRY_WAIT},
+           attempts={"a/1": 1, "a/2": 1, "a/3": 2, "a/4": 1}, failures={"a/2": 1, "a/4": 1}, interrupted=(("a/3", 2),))
+    assert said_all(h.effects) == [
+        ("RunMoved", "running", "execution started", 2, 4, False),
+        ("AttemptClosed", "a/3", 2, "FAILED", "interrupted", "interrupted: the runtime running this attempt stopped",
+         None),
+        ("TaskMoved", "a/2", "PENDING", "resumed: tried again", 0, "", 1, 4),
+        ("TaskMoved", "a/3", "QUEUED", "resumed: attempt was interrupted", 0, "", 1, 4),
+        ("TaskMoved", "a/4", "QUEUED", "resumed: attempt was interrupted", 0, "", 1, 4),
+        ("TaskMoved", "a/2", "QUEUED", "dependencies completed", 0, "", 1, 4),
+        ("WorkstreamMoved", "a", "ready"),
+        ("WorkstreamMoved", "a", "editing"),
+        ("RouteRequested", ("a/3", "a/4", "a/2"), (), ()),
+        ("Dispatched", "a/2", 2, "shell", "/logs/a/2.attempt2.log"),
+        ("Dispatched", "a/3", 3, "shell", "/logs/a/3.attempt3.log"),
+        ("Dispatched", "a/4", 2, "shell", "/logs/a/4.attempt2.log"),
+    ]
+    # A retried task starts its budget afresh; an interrupted one keeps what it had used.
+    assert h.core.runs["r"].failures == {"a/2": 0, "a/4": 1}
+
+
+def test_a_task_no_adapter_can_take_fails_as_bad_input_with_the_routers_reason():
+    h = Harness()
+    h.core.handle(RunOpened("r", plan(task("a", "1"), task("a", "2")), "/logs"), 0, "")
+    out = h.core.handle(Routed("r", (Route("a/1", "", "no adapter serves tool 'shell'"), Route("a/2", "shell", "ok"))),
+                        0, "")
+    why = "no adapter serves tool 'shell'"
+    assert said_all(out) == [
+        ("ErrorCounted", "a", "a/1", "bad_input", why, ""),
+        ("TaskMoved", "a/1", "FAILED", why, 0, "", 1, 2),
+        ("Noted", "r", "TASK_FAILED", "a/1", {"attempt": 0, "state": "FAILED", "error_class": "bad_input",
+                                              "message": why}),
+        ("WorkstreamMoved", "a", "editing"),
+        ("Dispatched", "a/2", 1, "shell", "/logs/a/2.log"),
+    ]
+    assert h.core.handle(Routed("gone", (Route("a/2", "shell", "x"),)), 0, "") == []
+
+
+@pytest.mark.xfail(strict=True, reason="domain/run_core.py _routed: a task dispatched but not yet begun is QUEUED "
+                   "and no longer enqueued, so a late Routed dispatches it a second time")
+def test_a_late_route_for_a_task_already_dispatched_starts_nothing_more():
+    h = Harness()
+    h.core.handle(RunOpened("r", plan(task("a", "1")), "/logs"), 0, "")
+    h.core.handle(Routed("r", (Route("a/1", "shell", "ok"),)), 0, "")
+    assert h.core.handle(Routed("r", (Route("a/1", "shell", "again"),)), 0, "") == []
+
+
+def test_the_merge_step_starts_when_its_workstream_completed_and_asks_the_workspace_to_merge():
+    h = Harness()
+    h.open(plan(task("f", "edit"), isolated=("f",)))
+    h.feed(WorktreeReady("r", "f", "/wt/f"))
+    h.feed(AttemptBegan("r", "f/edit", 1))
+    h.feed(AttemptEnded("r", "f/edit", 1, COMPLETED, 0.1))
+    h.effects.clear()
+    h.feed(ChangesRecorded("r", "f/edit", 1))
+    assert said_all(h.effects) == [
+        ("ReportAccepted",),
+        ("TaskMoved", "f/edit", "COMPLETED", "in 0.10s", 1, "", 1, 2),
+        ("Noted", "r", "TASK_COMPLETED", "f/edit", {"attempt": 1, "duration_s": 0.1}),
+        ("TaskMoved", "f/@merge", "QUEUED", "dependencies completed", 0, "", 1, 2),
+        ("AttemptOpened", "f", "f/@merge", 1, "workspace"),
+        ("TaskMoved", "f/@merge", "IN_PROGRESS", "", 1, "workspace", 1, 2),
+        ("IntegrationWanted", "f", None, "merge"),
+        ("WorkstreamMoved", "f", "editing"),
+    ]
+    assert h.core.status("r")["running"] == 0, "a merge takes no executor slot"
+
+
+def test_a_circuit_opening_is_noted_with_its_reason_timed_and_sends_queued_work_to_be_routed_again():
+    h = Harness(concurrency=1, breaker=BreakerPolicy(max_failures=2, reset_timeout_s=10))
+    h.open(plan(*(task("w", str(i)) for i in range(4))))
+    h.now = 1.0
+    h.start_and_end("w/0", TOOL_DOWN)
+    h.effects.clear()
+    h.start_and_end("w/1", TOOL_DOWN)
+    down = "could not start: no such file"
+    assert said_all(e for e in h.effects if isinstance(e, (Noted, TimerSet, RouteRequested))) == [
+        ("Noted", "r", "TASK_STARTED", "w/1", {"attempt": 1, "adapter": "shell", "pid": 100}),
+        ("Noted", "r", "CIRCUIT_OPEN", None, {"adapter": "shell", "state": "open",
+                                               "reason": f"2 consecutive failures, last: {down}"}),
+        ("TimerSet", 10.0, BreakerDue("shell")),
+        ("Noted", "r", "TASK_FAILED", "w/1", {"attempt": 1, "state": "FAILED", "error_class": "tool_error",
+                                              "message": down}),
+        ("RouteRequested", ("w/2", "w/3"), ("shell",), ()),
+    ]
+    assert h.core.status(None)["circuits"] == {"shell": "open"}
+    h.effects.clear()
+    h.now = 11.0
+    h.feed(BreakerDue("shell"))
+    assert said_all(h.effects)[:2] == [
+        ("Noted", None, "CIRCUIT_HALF_OPEN", None, {"adapter": "shell", "state": "half_open",
+                                                    "reason": "reset timeout elapsed: admitting one probe"}),
+        ("Dispatched", "w/2", 1, "shell", "/logs/w/2.log"),
+    ]
+    h.effects.clear()
+    h.start_and_end("w/2", COMPLETED)
+    assert ("Noted", "r", "CIRCUIT_CLOSED", None, {"adapter": "shell", "state": "closed", "reason": "probe succeeded"}
+            ) in said_all(h.effects)
+    assert h.running() == ["w/3"]
