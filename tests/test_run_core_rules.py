@@ -534,3 +534,11 @@ def test_a_circuit_opening_is_noted_with_its_reason_timed_and_sends_queued_work_
     assert ("Noted", "r", "CIRCUIT_CLOSED", None, {"adapter": "shell", "state": "closed", "reason": "probe succeeded"}
             ) in said_all(h.effects)
     assert h.running() == ["w/3"]
+
+
+def test_a_new_core_runs_nothing_is_neither_paused_nor_draining_and_every_circuit_is_closed():
+    h = Harness(concurrency=3)
+    assert h.core.status(None) == {
+        "paused_all": False, "draining": False, "ledger_holding": False, "running": 0, "concurrency": 3,
+        "circuits": {"shell": "closed"}, "queued": {}, "runs": [],
+    }
