@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from domain.breaker import BreakerPolicy
-from domain.run_core import ControlRefused, RunNotActive
+from domain.routing import AdapterInfo
+from domain.run_core import ControlRefused, CoreConfig, RunCore, RunNotActive
 from domain.run_events import (
     AttemptBegan,
     AttemptClosed,
@@ -20,6 +21,7 @@ from domain.run_events import (
     Dispatched,
     ErrorCounted,
     ExecutorDown,
+    ExecutorUp,
     IntegrationEnded,
     Noted,
     Phase,
@@ -542,3 +544,15 @@ def test_a_new_core_runs_nothing_is_neither_paused_nor_draining_and_every_circui
         "paused_all": False, "draining": False, "ledger_holding": False, "running": 0, "concurrency": 3,
         "circuits": {"shell": "closed"}, "queued": {}, "runs": [],
     }
+
+
+def test_an_adapter_takes_no_more_than_its_own_concurrency_and_a_dead_one_takes_nothing():
+    core = RunCore(CoreConfig(8, (AdapterInfo("one", "shell", concurrency=1), AdapterInfo("any", "shell"))))
+    core.handle(RunOpened("r", plan(*(task("a", str(i)) for i in range(5))), "/logs"), 0, "")
+    core.handle(ExecutorDown("any", "gone"), 0, "")
+    routes = tuple(Route(f"a/{i}", "one" if i < 2 else "any", "rule") for i in range(5))
+    out = core.handle(Routed("r", routes), 0, "")
+    assert [(e.task.key, e.adapter) for e in out if isinstance(e, Dispatched)] == [("a/0", "one")]
+    out = core.handle(ExecutorUp("any"), 0, "")
+    assert [(e.task.key, e.adapter) for e in out if isinstance(e, Dispatched)] == [
+        ("a/2", "any"), ("a/3", "any"), ("a/4", "any")]
