@@ -34,6 +34,7 @@ from domain.run_events import (
     RunMoved,
     RunOpened,
     TaskMoved,
+    Tick,
     TimerSet,
     WorkstreamMoved,
     WorktreeReady,
@@ -556,3 +557,46 @@ def test_an_adapter_takes_no_more_than_its_own_concurrency_and_a_dead_one_takes_
     out = core.handle(ExecutorUp("any"), 0, "")
     assert [(e.task.key, e.adapter) for e in out if isinstance(e, Dispatched)] == [
         ("a/2", "any"), ("a/3", "any"), ("a/4", "any")]
+
+
+def test_safe_mode_says_which_adapters_were_down_how_long_and_how_to_resume():
+    h = Harness(concurrency=1, breaker=BreakerPolicy(max_failures=1, reset_timeout_s=300), safe_mode_after_s=60,
+                waiting_every_s=100)
+    h.open(plan(task("w", "0"), task("w", "1")))
+    h.start_and_end("w/0", TOOL_DOWN)
+    h.effects.clear()
+    for second in (1.0, 61.4):
+        h.now = second
+        h.feed(Tick())
+    why = ("safe mode: every adapter this run needs ('shell') has been unavailable for 60s; "
+           "resume with `orchestrate execute --run r` once it is back")
+    assert said_all(h.effects) == [
+        ("Announced", "", "WAITING", "waiting: circuit 'shell' open, next probe in 299s", 1, 2),
+        ("Noted", "r", "RUN_SAFE_MODE", None, {"adapters": ["shell"], "waited_s": 60.4, "reason": why}),
+        ("TaskMoved", "w/1", "BLOCKED", why, 0, "", 2, 2),
+        ("WorkstreamMoved", "w", "failed"),
+        ("Noted", "r", "EXECUTION_FINISHED", None, {"state": "partial", "tasks": {"FAILED": 1, "BLOCKED": 1}}),
+        ("RunMoved", "partial", f"{why}; 1 blocked, 1 failed", 2, 2, True),
+    ]
+
+
+def test_quarantine_names_the_signature_its_count_and_threshold_and_stops_retries():
+    h = Harness(quarantine_after=1)
+    retried = {"max_attempts": 5, "backoff_s": 0, "retry_jitter": 0}
+    h.open(plan(task("a", "0", **retried), task("a", "1", **retried), task("a", "2")))
+    h.start_and_end("a/0", FAILED_EXIT)
+    h.effects.clear()
+    h.start_and_end("a/1", FAILED_EXIT)
+    signature = "command_failed:cf9ff380e18a7a6f"
+    why = f"quarantined: 2 failures with signature {signature} (threshold 1); last: exit code 1"
+    assert said_all(h.effects)[4:] == [
+        ("ErrorCounted", "a", "a/1", "command_failed", "exit code 1", ""),
+        ("Noted", "r", "RUN_QUARANTINED", None, {"signature": signature, "count": 2, "reason": why}),
+        ("TaskMoved", "a/0", "BLOCKED", why, 0, "", 1, 3),
+        ("TaskMoved", "a/1", "FAILED", "exit code 1", 1, "", 2, 3),
+        ("Noted", "r", "TASK_FAILED", "a/1", {"attempt": 1, "state": "FAILED", "error_class": "command_failed",
+                                              "message": "exit code 1"}),
+    ]
+    run = h.core.status("r")["runs"][0]
+    assert (run["quarantine_reason"], run["stop_reason"]) == (why, why)
+    assert h.feed(RetryDue("r", "a/0")) == [], "a stopped run starts nothing more"
