@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 
 from domain.breaker import BreakerPolicy
+from domain.errors import ErrorClass
+from domain.outcomes import Verdict
 from domain.routing import AdapterInfo
 from domain.run_core import ControlRefused, CoreConfig, RunCore, RunNotActive
 from domain.run_events import (
@@ -83,6 +85,9 @@ def said(effect) -> tuple:
 
 
 def said_all(effects) -> list[tuple]:
+    effects = list(effects)
+    # Every scenario here drives the one run "r": an effect that names a run names that one.
+    assert {e.run_id for e in effects if hasattr(e, "run_id") and not isinstance(e, Noted)} <= {"r"}
     return [said(e) for e in effects]
 
 
@@ -600,3 +605,51 @@ def test_quarantine_names_the_signature_its_count_and_threshold_and_stops_retrie
     run = h.core.status("r")["runs"][0]
     assert (run["quarantine_reason"], run["stop_reason"]) == (why, why)
     assert h.feed(RetryDue("r", "a/0")) == [], "a stopped run starts nothing more"
+
+
+def test_a_completed_attempt_is_recorded_with_its_duration_whatever_its_tool_said():
+    h = Harness()
+    h.open(plan(task("a", "x")))
+    h.feed(AttemptBegan("r", "a/x", 1))
+    h.feed(AttemptEnded("r", "a/x", 1, Verdict(TaskState.COMPLETED, None, "all good"), 1.5))
+    assert ("TaskMoved", "a/x", "COMPLETED", "in 1.50s", 1, "", 1, 1) in said_all(h.effects)
+
+
+def test_a_running_task_cancelled_on_its_own_ends_cancelled_without_counting_an_error():
+    h = Harness()
+    h.open(plan(task("a", "x", max_attempts=3), task("a", "y")))
+    h.feed(AttemptBegan("r", "a/x", 1))
+    result, effects = h.core.cancel("r", "a/x", 0, "")
+    assert result == {"cancelled": ["a/x"], "killing": ["a/x"]}
+    assert said_all(effects)[0] == ("CancelRequested", "shell", "a/x", 1)
+    h.effects.clear()
+    h.feed(AttemptEnded("r", "a/x", 1, Verdict(TaskState.CANCELLED, ErrorClass.CANCELLED, ""), 0.1))
+    assert said_all(h.effects) == [
+        ("ReportAccepted",),
+        ("TaskMoved", "a/x", "CANCELLED", "cancelled", 1, "", 1, 2),
+        ("Noted", "r", "TASK_FAILED", "a/x", {"attempt": 1, "state": "CANCELLED", "error_class": "cancelled",
+                                              "message": "cancelled"}),
+    ]
+
+
+def test_an_interrupted_attempt_is_requeued_saying_why():
+    h = Harness()
+    h.open(plan(task("a", "x")))
+    h.feed(AttemptBegan("r", "a/x", 1))
+    h.effects.clear()
+    h.feed(AttemptEnded("r", "a/x", 1, Verdict(TaskState.FAILED, ErrorClass.INTERRUPTED, "runtime stopping"), 0.1))
+    assert said_all(h.effects) == [
+        ("ReportAccepted",),
+        ("ErrorCounted", "a", "a/x", "interrupted", "runtime stopping", ""),
+        ("TaskMoved", "a/x", "QUEUED", "runtime stopping", 0, "", 0, 1),
+        ("RouteRequested", ("a/x",), (), ()),
+        ("Dispatched", "a/x", 2, "shell", "/logs/a/x.attempt2.log"),
+    ]
+
+
+def test_different_failures_are_counted_apart_towards_quarantine():
+    h = Harness(quarantine_after=1)
+    h.open(plan(task("a", "0"), task("a", "1"), task("a", "2")))
+    h.start_and_end("a/0", FAILED_EXIT)
+    h.start_and_end("a/1", Verdict(TaskState.FAILED, ErrorClass.COMMAND_FAILED, "killed by signal 9"))
+    assert h.core.status("r")["runs"][0]["stop_reason"] == ""
