@@ -21,6 +21,7 @@ from domain.run_events import (
     BreakerDue,
     ChangesRecorded,
     Dispatched,
+    DispatchRefused,
     ErrorCounted,
     ExecutorDown,
     ExecutorUp,
@@ -653,3 +654,52 @@ def test_different_failures_are_counted_apart_towards_quarantine():
     h.start_and_end("a/0", FAILED_EXIT)
     h.start_and_end("a/1", Verdict(TaskState.FAILED, ErrorClass.COMMAND_FAILED, "killed by signal 9"))
     assert h.core.status("r")["runs"][0]["stop_reason"] == ""
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        AttemptBegan("ghost", "a/x", 1),
+        PhaseBegan("ghost", "a/x", 1, Phase.STATIC),
+        AttemptEnded("ghost", "a/x", 1, COMPLETED),
+        ChangesRecorded("ghost", "a/x", 1),
+        WorktreeReady("ghost", "f", "/wt"),
+        IntegrationEnded("ghost", "f", merged=True),
+        RetryDue("ghost", "a/x"),
+        DispatchRefused("ghost", "a/x", 1, "shell"),
+        Routed("ghost", (Route("a/x", "shell", "r"),)),
+    ],
+)
+def test_a_report_about_a_run_this_core_does_not_drive_is_ignored(event):
+    h = Harness()
+    h.open(plan(task("a", "x"), task("f", "y"), isolated=("f",)))
+    assert h.core.handle(event, 0, "") == []
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        AttemptBegan("r", "a/gone", 1),
+        AttemptEnded("r", "a/gone", 1, COMPLETED),
+        ChangesRecorded("r", "a/x", 1),
+        WorktreeReady("r", "nope", "/wt"),
+        IntegrationEnded("r", "f", merged=True),
+        IntegrationEnded("r", "nope", merged=True),
+        RetryDue("r", "a/x"),
+        DispatchRefused("r", "a/gone", 1, "shell"),
+    ],
+)
+def test_a_report_about_a_task_or_workstream_not_in_that_state_is_ignored(event):
+    h = Harness()
+    h.open(plan(task("a", "x"), task("f", "y"), isolated=("f",)))
+    assert h.core.handle(event, 0, "") == []
+
+
+def test_a_task_started_after_a_resume_has_its_duration_measured_from_then():
+    h = Harness()
+    h.core.pause(None, 0, "")
+    h.open(plan(task("a", "x")))
+    h.core.resume(None, 2.0, "")
+    h.now = 5.0
+    out = h.feed(ExecutorDown("shell", "boom"))
+    assert [e.duration_s for e in out if isinstance(e, AttemptClosed)] == [3.0]
