@@ -1,6 +1,7 @@
 # Two entry points, both self-contained on a fresh machine (see README):
 #   make quickstart   - create .venv, install orchestrate, run examples/quickstart
 #   make test         - create .venv, install orchestrate with test extras, run the suite
+#   make mutation     - mutation score of the pure decision modules (bench/mutation.sh, ~12 min)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,7 +11,7 @@ $(BIN)/orchestrate: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-.PHONY: install quickstart test bench
+.PHONY: install quickstart test bench mutation
 install: $(BIN)/orchestrate
 
 quickstart: install
@@ -21,3 +22,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/fanout.py
+
+mutation: install
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,mutation]'
+	bench/mutation.sh
