@@ -26,7 +26,7 @@ from domain.breaker import BreakerChange, CircuitBreaker, CircuitState
 from domain.errors import ErrorClass, error_signature
 from domain.graph import task_dependencies, topological_order
 from domain.outcomes import Evidence, Verdict
-from domain.plan import INTEGRATION_TOOL, Plan, TaskSpec, Workstream
+from domain.plan import INTEGRATION_TOOL, TaskSpec, Workstream
 from domain.retry import RetryPolicy
 from domain.routing import INTEGRATOR, AdapterInfo
 from domain.run_events import (
@@ -77,6 +77,9 @@ from domain.states import (
     WorkstreamState,
 )
 
+# A workstream in one of these has started work; a task of it queued again does not undo that.
+_AT_WORK = frozenset({WorkstreamState.EDITING, WorkstreamState.STATIC_CHECK, WorkstreamState.RUNTIME_CHECK,
+                      WorkstreamState.FIXING})
 
 
 class ControlRefused(Exception):
@@ -124,7 +127,6 @@ class _Lane:
 @dataclass(slots=True)
 class _Run:
     run_id: str
-    plan: Plan
     book: RunBook
     specs: dict[str, TaskSpec]
     log_dir: str
@@ -229,7 +231,6 @@ class RunCore:
         specs = {task.key: task for task in plan.tasks}
         run = _Run(
             run_id=event.run_id,
-            plan=plan,
             book=RunBook(
                 deps={key: deps[key] for key in order},
                 priorities={key: specs[key].priority for key in order},
@@ -466,9 +467,8 @@ class RunCore:
 
     def _retry_due(self, event: RetryDue) -> None:
         run = self.runs.get(event.run_id)
+        # A stop or a cancel has already moved a waiting task on, so this finds it no longer waiting.
         if run is None or run.book.states.get(event.task_key) is not TaskState.RETRY_WAIT:
-            return
-        if run.stop_reason or run.cancelling:
             return
         self._move(run, event.task_key, TaskState.QUEUED, "retry backoff elapsed")
         self._route(run, event.task_key)
@@ -500,7 +500,8 @@ class RunCore:
     def _fail(self, run: _Run, key: str, verdict: Verdict, attempt: int, counted: bool = False) -> None:
         """``key`` ends unsuccessfully; everything downstream that has not run is BLOCKED."""
         error_class = verdict.error_class or ErrorClass.TOOL_ERROR
-        if not counted:
+        # A cancellation is a person's decision, not an error: never counted, however it came.
+        if not counted and verdict.state is not TaskState.CANCELLED:
             self._count_error(run, key, error_class, verdict.message, "")
         run.book.forget_queued(key)
         self._move(run, key, verdict.state, verdict.message, attempt)
@@ -556,8 +557,6 @@ class RunCore:
         outcome = run.stop_state or run.book.run_outcome()
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(run.book.counts().items()))
         reason = f"{run.stop_reason}; {counts}" if run.stop_reason else counts
-        if outcome is RunState.COMPLETED and run.book.counts().get(TaskState.COMPLETED.value) != len(run.book.states):
-            outcome = RunState.PARTIAL  # never completed while a task is not
         self._note(run, "EXECUTION_FINISHED", None, {"state": outcome.value, "tasks": run.book.counts()})
         del self.runs[run.run_id]
         self._out.append(RunMoved(run.run_id, outcome, reason, run.book.done_count(), len(run.book.states),
@@ -754,6 +753,8 @@ class RunCore:
         one running acceptance checks shows their phase (static_check, runtime_check, fixing)."""
         for ws_id in run.book.take_dirty_workstreams():
             target = run.book.workstream_target(ws_id)
+            if target is WorkstreamState.READY and run.ws_states[ws_id] in _AT_WORK:
+                target = WorkstreamState.EDITING  # a task queued again (a retry): still at work
             if target is WorkstreamState.EDITING:
                 target = self._phase_state(run, ws_id)
             for step in workstream_path(run.ws_states[ws_id], target):

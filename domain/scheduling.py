@@ -8,7 +8,6 @@ applies the task state machine, so the book and the ledger agree.
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -68,7 +67,6 @@ class RunBook:
         self.dirty_workstreams: set[str] = set(self._ws_counts)
         self._queue: list[tuple[int, int, str]] = []
         self._queued_adapter: dict[str, str] = {}
-        self._sequence = itertools.count()
 
     # -- state -----------------------------------------------------------------------------
     def set_state(self, key: str, state: TaskState) -> TaskState:
@@ -81,12 +79,10 @@ class RunBook:
         counts[state] += 1
         self._terminal += (state in TERMINAL_TASK_STATES) - (previous in TERMINAL_TASK_STATES)
         self.dirty_workstreams.add(self.workstream_of[key])
+        # COMPLETED is final (the state machine has no way out), so counts only ever go down.
         if state is TaskState.COMPLETED and previous is not TaskState.COMPLETED:
             for dependant in self.dependants[key]:
                 self._waiting[dependant] -= 1
-        elif previous is TaskState.COMPLETED and state is not TaskState.COMPLETED:
-            for dependant in self.dependants[key]:
-                self._waiting[dependant] += 1
         return previous
 
     def ready_pending(self) -> list[str]:

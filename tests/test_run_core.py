@@ -34,13 +34,14 @@ from domain.run_events import (
     ReportAccepted,
     RetryDue,
     Route,
-    RouteRequested,
     Routed,
+    RouteRequested,
     RunMoved,
     RunOpened,
     TaskMoved,
     Tick,
     TimerSet,
+    WorkstreamMoved,
     WorktreeReady,
     WorktreeWanted,
 )
@@ -502,3 +503,13 @@ def test_a_late_route_for_a_task_already_dispatched_starts_nothing_more():
     assert len(h.dispatched()) == 1
     assert h.feed(Routed("r", (Route("a/1", "shell", "again"),))) == []
     assert len(h.dispatched()) == 1
+
+
+def test_a_workstream_retrying_a_task_stays_at_work_and_never_shows_failed():
+    h = Harness()
+    h.open(plan(task("a", "x", max_attempts=2, backoff_s=0.0)))
+    h.start_and_end("a/x", FAILED_EXIT)
+    h.feed(RetryDue("r", "a/x"))
+    h.start_and_end("a/x", COMPLETED)
+    moves = [e.state.value for e in h.effects if isinstance(e, WorkstreamMoved)]
+    assert "failed" not in moves and moves[-1] == "done"
