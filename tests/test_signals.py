@@ -28,8 +28,24 @@ def mixed_plan(tmp_path: Path, slow_command: str = SLOW_COMMAND) -> Path:
     return write_json(tmp_path / "plan.json", {"id": "w", "tasks": tasks})
 
 
-def start_run(tmp_path: Path, plan: Path, *prefix: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([*prefix, sys.executable, str(ORCHESTRATE), "run", str(plan), "-j", str(QUICK + SLOW)],
+# The runtime keeps a stop signal its parent ignored ignored (nohup, or `&` in a script, ignore
+# SIGHUP and SIGINT), so these tests start it with every stop signal at its default, whatever
+# the environment that runs the suite did: a launcher resets them, then execs.
+DEFAULT_STOP_SIGNALS = (
+    "import os, signal, sys\n"
+    "for name in ('SIGINT', 'SIGTERM', 'SIGHUP'):\n"
+    "    signal.signal(getattr(signal, name), signal.SIG_DFL)\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+)
+
+
+def runtime_command(*args: str) -> list[str]:
+    """``orchestrate ARGS`` with default dispositions for the stop signals."""
+    return [sys.executable, "-c", DEFAULT_STOP_SIGNALS, str(ORCHESTRATE), *args]
+
+
+def start_run(tmp_path: Path, plan: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(runtime_command("run", str(plan), "-j", str(QUICK + SLOW)),
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -116,6 +132,7 @@ def test_sighup_ignored_by_nohup_stays_ignored(tmp_path: Path) -> None:
     plan = write_json(tmp_path / "plan.json", {"id": "w", "tasks": [
         {"id": "wait", "tool": "shell", "command": "while [ ! -e go ]; do sleep 0.05; done"}]})
     process = subprocess.Popen(["nohup", sys.executable, str(ORCHESTRATE), "run", str(plan)], cwd=tmp_path,
+                               stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: count(tmp_path, "select count(*) from step_attempts where status = 'IN_PROGRESS'") == 1,
@@ -130,7 +147,7 @@ def test_sighup_ignored_by_nohup_stays_ignored(tmp_path: Path) -> None:
 
 
 def test_serve_stops_on_sigterm_and_names_the_runs_to_resume(tmp_path: Path, orchestrate) -> None:
-    process = subprocess.Popen([sys.executable, str(ORCHESTRATE), "serve", "-j", str(QUICK + SLOW)], cwd=tmp_path,
+    process = subprocess.Popen(runtime_command("serve", "-j", str(QUICK + SLOW)), cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: (tmp_path / ".state" / "orchestrate.sock").exists(), timeout=60, what="the socket")
