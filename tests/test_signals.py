@@ -58,12 +58,28 @@ def count(tmp_path: Path, query: str) -> int:
 
 def wait_for_slow_tasks_running(tmp_path: Path) -> str:
     """Poll until the quick tasks completed and every slow one is a running `sleep`; the run id."""
-    wait_until(lambda: count(tmp_path, "select count(*) from tasks where state = 'COMPLETED'") == QUICK
-               and count(tmp_path, "select count(*) from step_attempts where status = 'IN_PROGRESS'") == SLOW,
-               timeout=60, what="the quick tasks to complete and the slow ones to start")
+    try:
+        wait_until(lambda: count(tmp_path, "select count(*) from tasks where state = 'COMPLETED'") == QUICK
+                   and count(tmp_path, "select count(*) from step_attempts where status = 'IN_PROGRESS'") == SLOW,
+                   timeout=60, what="the quick tasks to complete and the slow ones to start")
+    except AssertionError as timeout:
+        raise AssertionError(f"{timeout}; {where_it_is(tmp_path)}") from None
     run_id = ledger(tmp_path).execute("select run_id from runs").fetchone()[0]
     wait_until(lambda: len(marked_processes(run_id)) == SLOW, timeout=60, what="a sleep per slow task")
     return run_id
+
+
+def where_it_is(tmp_path: Path) -> str:
+    """What the ledger and the runtime's log say, for a test that waited in vain."""
+    try:
+        db = ledger(tmp_path)
+        tasks = db.execute("select state, count(*) from tasks group by 1").fetchall()
+        attempts = db.execute("select status, count(*) from step_attempts group by 1").fetchall()
+    except sqlite3.Error as error:
+        tasks, attempts = str(error), ""
+    log = tmp_path / ".state" / "logs" / "runtime.jsonl"
+    tail = log.read_text(errors="replace").splitlines()[-8:] if log.exists() else []
+    return f"tasks {tasks}, attempts {attempts}, runtime log tail: {tail}"
 
 
 def effects(tmp_path: Path) -> list[str]:
