@@ -62,8 +62,9 @@ def write_plan(tmp_path):
 
 
 def ledger(directory: Path) -> sqlite3.Connection:
-    """The ledger database of the runtime that ran in ``directory`` (read directly)."""
-    db = sqlite3.connect(directory / ".state" / "orchestration.db")
+    """The ledger database of the runtime that ran in ``directory``, read directly and read-only:
+    polling it must never create the file first (a 0-byte database is refused as foreign)."""
+    db = sqlite3.connect(f"file:{directory / '.state' / 'orchestration.db'}?mode=ro", uri=True)
     db.row_factory = sqlite3.Row
     return db
 
