@@ -1,0 +1,282 @@
+"""The run core in the scenarios mutation testing found unpinned: several runs at once, the
+worktree handoff, the merge step's bookkeeping, retries by request, stalls over several
+adapters, and what is forgotten when an attempt ends."""
+
+from __future__ import annotations
+
+import pytest
+
+from domain.breaker import BreakerPolicy
+from domain.errors import ErrorClass
+from domain.outcomes import COMPLETED, Verdict
+from domain.plan import Plan, TaskSpec, Workstream, with_integration_steps
+from domain.routing import AdapterInfo
+from domain.run_core import ControlRefused, CoreConfig, RunCore, retry_closure
+from domain.run_events import (
+    Announced,
+    AttemptBegan,
+    AttemptEnded,
+    CancelRequested,
+    ChangesRecorded,
+    Dispatched,
+    DispatchRefused,
+    ExecutorDown,
+    ExecutorUp,
+    IntegrationEnded,
+    IntegrationWanted,
+    LedgerHold,
+    Noted,
+    Phase,
+    PhaseBegan,
+    ProcessKill,
+    ReportAccepted,
+    RetryDue,
+    Route,
+    Routed,
+    RouteRequested,
+    RunOpened,
+    TaskMoved,
+    Tick,
+    TimerSet,
+    WorkstreamMoved,
+    WorktreeReady,
+    WorktreeWanted,
+)
+from domain.scheduling import RunBook
+from domain.states import TaskState
+from tests.test_run_core import FAILED_EXIT, TOOL_DOWN, plan, task
+
+AT = "2026-01-01T00:00:00Z"
+
+
+class Core:
+    """A core with one or more adapters, driving any number of runs. Routes are answered at
+    once (``answer``) to the adapter ``route_to`` names for the task, else the first one."""
+
+    def __init__(self, concurrency: int = 4, adapters=("shell",), answer: bool = True, **config) -> None:
+        infos = tuple(a if isinstance(a, AdapterInfo) else AdapterInfo(a, "shell") for a in adapters)
+        self.core = RunCore(CoreConfig(concurrency, infos, **config))
+        self.first = infos[0].name
+        self.route_to: dict[str, str] = {}
+        self.answer = answer
+        self.now = 0.0
+        self.effects: list = []
+
+    def feed(self, event) -> list:
+        return self._took(self.core.handle(event, self.now, AT))
+
+    def _took(self, out: list) -> list:
+        self.effects += out
+        if self.answer:
+            for request in [e for e in out if isinstance(e, RouteRequested)]:
+                routes = tuple(Route(t.key, self.route_to.get(t.key, self.first), "rule") for t in request.tasks)
+                out += self.feed(Routed(request.run_id, routes))
+        return out
+
+    def control(self, name: str, *args):
+        result, out = getattr(self.core, name)(*args, self.now, AT)
+        self._took(out)
+        return result
+
+    def open(self, run_id: str, the_plan: Plan, **fields) -> list:
+        return self.feed(RunOpened(run_id, the_plan, "/logs", **fields))
+
+    def dispatched(self, run_id: str | None = None) -> list[str]:
+        return [e.task.key for e in self.effects if isinstance(e, Dispatched) and run_id in (None, e.run_id)]
+
+    def attempt(self, run_id: str, key: str) -> int:
+        return self.core.runs[run_id].running[key].attempt
+
+    def start(self, run_id: str, key: str, pid: int | None = 100, create_time: float | None = 1.0) -> list:
+        return self.feed(AttemptBegan(run_id, key, self.attempt(run_id, key), pid, create_time))
+
+    def end(self, run_id: str, key: str, verdict: Verdict = COMPLETED, duration_s: float | None = 0.1) -> list:
+        return self.feed(AttemptEnded(run_id, key, self.attempt(run_id, key), verdict, duration_s))
+
+    def state(self, run_id: str, key: str) -> TaskState:
+        moves = [e.state for e in self.effects if isinstance(e, TaskMoved) and e.run_id == run_id and e.task_key == key]
+        return moves[-1] if moves else self.core.runs[run_id].book.states[key]
+
+    def said(self, run_id: str, label: str) -> list[str]:
+        return [e.detail for e in self.effects if isinstance(e, Announced) and e.run_id == run_id and e.label == label]
+
+    def noted(self, event_type: str) -> list[Noted]:
+        return [e for e in self.effects if isinstance(e, Noted) and e.event_type == event_type]
+
+    def ws_states(self, run_id: str, ws_id: str) -> list[str]:
+        return [e.state.value for e in self.effects if isinstance(e, WorkstreamMoved)
+                and e.run_id == run_id and e.ws_id == ws_id]
+
+
+# -- several runs at once -----------------------------------------------------------------------
+def test_pausing_one_run_holds_back_its_work_but_not_a_run_opened_after_it():
+    c = Core()
+    c.open("r1", plan(task("a", "1"), task("a", "2", "a/1")))
+    assert c.control("pause", "r1") == {"paused": True, "runs": ["r1"]}
+    c.start("r1", "a/1")
+    c.end("r1", "a/1")
+    c.open("r2", plan(task("b", "1")))
+    assert c.dispatched() == ["a/1", "b/1"]  # a/2 waits for its run's resume
+    assert [n.run_id for n in c.noted("RUN_PAUSED")] == ["r1"]
+    assert c.control("resume", "r1") == {"paused": False, "runs": ["r1"]}
+    assert c.dispatched() == ["a/1", "b/1", "a/2"]
+
+
+def test_resuming_one_run_leaves_another_paused_run_paused():
+    c = Core()
+    c.open("r1", plan(task("a", "1"), task("a", "2", "a/1")))
+    c.open("r2", plan(task("b", "1"), task("b", "2", "b/1")))
+    c.control("pause", "r1")
+    c.control("pause", "r2")
+    for run_id, key in (("r1", "a/1"), ("r2", "b/1")):
+        c.start(run_id, key)
+        c.end(run_id, key)
+    c.control("resume", "r2")
+    assert c.dispatched() == ["a/1", "b/1", "b/2"]
+    assert [r["paused"] for r in c.core.status(None)["runs"]] == [True, False]
+
+
+def test_pausing_everything_names_every_run():
+    c = Core()
+    c.open("r1", plan(task("a", "1")))
+    c.open("r2", plan(task("b", "1")))
+    assert c.control("pause", None) == {"paused": True, "runs": ["r1", "r2"]}
+
+
+def test_with_one_slot_a_second_run_waits_for_the_first_runs_task():
+    c = Core(concurrency=1)
+    c.open("r1", plan(task("a", "1")))
+    c.open("r2", plan(task("b", "1")))
+    assert c.dispatched() == ["a/1"]
+    c.start("r1", "a/1")
+    c.end("r1", "a/1")
+    assert c.dispatched() == ["a/1", "b/1"]
+
+
+def test_the_status_of_one_run_shows_only_that_run():
+    c = Core()
+    c.open("r1", plan(task("a", "1")))
+    c.open("r2", plan(task("b", "1")))
+    assert [r["run_id"] for r in c.core.status("r2")["runs"]] == ["r2"]
+    assert [r["run_id"] for r in c.core.status(None)["runs"]] == ["r1", "r2"]
+
+
+def test_stopping_cancels_what_runs_in_every_run_and_counts_it():
+    c = Core()
+    c.open("r1", plan(task("a", "1"), task("a", "2")))
+    c.open("r2", plan(task("b", "1")))
+    assert c.control("stop") == {"stopping": 3}
+    assert sorted(e.task_key for e in c.effects if isinstance(e, CancelRequested)) == ["a/1", "a/2", "b/1"]
+
+
+def test_a_dead_executor_crashes_the_attempts_of_every_run_it_ran():
+    c = Core()
+    c.open("r1", plan(task("a", "1")))
+    c.open("r2", plan(task("b", "1")))
+    c.feed(ExecutorDown("shell", "gone"))
+    assert c.state("r1", "a/1") is TaskState.FAILED and c.state("r2", "b/1") is TaskState.FAILED
+
+
+def test_a_dead_executor_ends_only_its_own_attempts_whatever_order_they_started_in():
+    c = Core(adapters=("a", "b"))
+    c.route_to = {"w/first": "b", "w/second": "a"}
+    c.open("r", plan(task("w", "first", priority=5), task("w", "second")))
+    assert c.dispatched() == ["w/first", "w/second"]
+    c.feed(ExecutorDown("a", "gone"))
+    assert c.state("r", "w/second") is TaskState.FAILED
+    assert c.state("r", "w/first") is TaskState.QUEUED and sorted(c.core.runs["r"].running) == ["w/first"]
+
+
+def test_a_dead_adapter_does_not_lift_the_concurrency_limit_of_the_adapter_after_it():
+    c = Core(adapters=(AdapterInfo("a", "shell"), AdapterInfo("b", "shell", concurrency=1)))
+    c.route_to = {"w/1": "b", "w/2": "b"}
+    c.feed(ExecutorDown("a", "gone"))
+    c.open("r", plan(task("w", "1"), task("w", "2")))
+    assert c.dispatched() == ["w/1"]
+
+
+# -- a crash and the executor's process --------------------------------------------------------
+def test_a_crash_counts_towards_the_circuit_breaker_of_the_run_it_happened_in():
+    c = Core(adapters=(AdapterInfo("shell", "shell", breaker=BreakerPolicy(max_failures=1)),))
+    c.open("r", plan(task("a", "1")))
+    c.start("r", "a/1")
+    c.feed(ExecutorDown("shell", "gone"))
+    opened = c.noted("CIRCUIT_OPEN")
+    assert [(n.run_id, n.payload["adapter"]) for n in opened] == [("r", "shell")]
+
+
+@pytest.mark.parametrize(("pid", "create_time"), [(100, None), (None, 1.0)])
+def test_a_process_is_killed_only_when_its_pid_and_create_time_are_both_known(pid, create_time):
+    c = Core()
+    c.open("r", plan(task("a", "1")))
+    c.start("r", "a/1", pid=pid, create_time=create_time)
+    out = c.feed(ExecutorDown("shell", "gone"))
+    assert not [e for e in out if isinstance(e, ProcessKill)]
+
+
+# -- the worktree handoff -------------------------------------------------------------------------
+def worktree_plan(*ids: str, **fields) -> Plan:
+    return plan(*(task("w", i, **fields) for i in ids), isolated=("w",))
+
+
+def test_a_worktree_is_asked_for_once_however_many_tasks_wait_for_it():
+    c = Core()
+    out = c.open("r", worktree_plan("1", "2", "3"))
+    assert [e for e in out if isinstance(e, WorktreeWanted)] == [WorktreeWanted("r", "w", "/repo")]
+
+
+def test_the_tasks_of_a_worktree_workstream_take_over_from_each_other_in_turn():
+    c = Core()
+    c.open("r", worktree_plan("1", "2", "3"))
+    c.feed(WorktreeReady("r", "w", "/wt/w"))
+    for n, key in enumerate(["w/1", "w/2", "w/3"], 1):
+        assert c.dispatched() == ["w/1", "w/2", "w/3"][:n]
+        c.start("r", key)
+        c.end("r", key)
+        c.feed(ChangesRecorded("r", key, 1))
+    assert c.state("r", "w/3") is TaskState.COMPLETED
+
+
+def test_a_cancelled_task_waiting_its_turn_in_a_worktree_is_skipped_and_the_next_one_goes():
+    c = Core()
+    c.open("r", worktree_plan("1", "2", "3"))
+    c.feed(WorktreeReady("r", "w", "/wt/w"))
+    c.control("cancel", "r", "w/2")
+    c.start("r", "w/1")
+    c.end("r", "w/1")
+    c.feed(ChangesRecorded("r", "w/1", 1))
+    assert c.dispatched() == ["w/1", "w/3"]
+
+
+def test_a_task_waiting_its_turn_in_a_worktree_is_blocked_when_the_run_is_quarantined():
+    c = Core(quarantine_after=0)
+    c.open("r", plan(task("w", "1"), task("w", "2"), task("o", "x"), isolated=("w",)))
+    c.feed(WorktreeReady("r", "w", "/wt/w"))
+    c.start("r", "o/x")
+    c.end("r", "o/x", FAILED_EXIT)  # the first failure quarantines (threshold 0)
+    assert c.state("r", "w/2") is TaskState.BLOCKED
+    c.start("r", "w/1")
+    c.end("r", "w/1")
+    c.feed(ChangesRecorded("r", "w/1", 1))
+    assert c.dispatched() == ["o/x", "w/1"]  # w/2 never starts
+
+
+@pytest.mark.parametrize(("cwd", "moved"), [
+    ("/repo/sub/dir", "/wt/w/sub/dir"),  # inside the repository: the same place in the worktree
+    ("/elsewhere", "/wt/w"),  # outside it: the worktree's root
+    (None, "/wt/w"),  # none given: the worktree's root
+])
+def test_a_worktree_tasks_cwd_moves_into_the_worktree(cwd, moved):
+    c = Core()
+    c.open("r", worktree_plan("1", cwd=cwd))
+    out = c.feed(WorktreeReady("r", "w", "/wt/w"))
+    assert [e.task.cwd for e in out if isinstance(e, Dispatched)] == [moved]
+
+
+def test_a_workstream_with_a_repo_but_no_worktree_isolation_runs_in_place():
+    the_plan = with_integration_steps(Plan((Workstream("w", tasks=(task("w", "1", cwd="/repo/x"),), repo="/repo"),),
+                                           "plan", "/base"))
+    c = Core()
+    out = c.open("r", the_plan)
+    assert not [e for e in out if isinstance(e, WorktreeWanted)]
+    assert [e.task.cwd for e in out if isinstance(e, Dispatched)] == ["/repo/x"]
