@@ -280,3 +280,151 @@ def test_a_workstream_with_a_repo_but_no_worktree_isolation_runs_in_place():
     out = c.open("r", the_plan)
     assert not [e for e in out if isinstance(e, WorktreeWanted)]
     assert [e.task.cwd for e in out if isinstance(e, Dispatched)] == ["/repo/x"]
+
+
+# -- the merge step -------------------------------------------------------------------------------
+def merging_run(c: Core, **ws_fields) -> None:
+    """Run "r": workstream w (one task, in a worktree of /repo) and o/x, still running, so the
+    run stays open whatever the merge does."""
+    w = Workstream("w", tasks=(task("w", "1"),), repo="/repo", isolation="worktree", **ws_fields)
+    o = Workstream("o", tasks=(task("o", "x"),))
+    c.open("r", with_integration_steps(Plan((w, o), "plan", "/base")))
+    c.feed(WorktreeReady("r", "w", "/wt/w"))
+    c.start("r", "w/1")
+    c.end("r", "w/1")
+    c.feed(ChangesRecorded("r", "w/1", 1))
+
+
+def test_the_merge_step_is_asked_for_with_its_target_branch_and_timed_from_when_it_began():
+    c = Core()
+    c.now = 5.0
+    merging_run(c, target_branch="main")
+    assert [e for e in c.effects if isinstance(e, IntegrationWanted)] == [IntegrationWanted("r", "w", "main", "merge")]
+    c.now = 7.5
+    from domain.run_events import AttemptClosed
+    out = c.feed(IntegrationEnded("r", "w", merged=True, branch="b", target="main", commit="abc"))
+    assert [e.duration_s for e in out if isinstance(e, AttemptClosed)] == [2.5]
+
+
+def test_the_merge_step_takes_no_executor_slot_and_a_stop_cancels_nothing_of_it():
+    c = Core(concurrency=2)
+    merging_run(c)
+    assert c.control("stop") == {"stopping": 1}  # o/x only
+    assert c.core.status(None)["running"] == 1
+    c.feed(IntegrationEnded("r", "w", merged=True, branch="b", target="main", commit="abc"))
+    assert c.core.status(None)["running"] == 1
+    route = [e for e in c.effects if isinstance(e, RouteRequested)]
+    assert all(dict(r.load).get("workspace") is None for r in route)
+
+
+def test_a_failed_merge_retried_by_request_makes_a_new_worktree_and_is_a_second_attempt():
+    c = Core()
+    merging_run(c)
+    c.feed(IntegrationEnded("r", "w", merged=False, branch="b", target="main",
+                           error="cannot lock ref refs/heads/X."))
+    failed = [e for e in c.effects if isinstance(e, TaskMoved) and e.state is TaskState.FAILED]
+    assert failed[-1].reason.startswith("cannot lock ref refs/heads/X; once that is fixed")
+    c.control("retry", "r", "w/@merge")
+    assert [e for e in c.effects if isinstance(e, WorktreeWanted)] == [WorktreeWanted("r", "w", "/repo")] * 2
+    out = c.feed(WorktreeReady("r", "w", "/wt/w2"))
+    from domain.run_events import AttemptOpened
+    assert [(e.task_key, e.attempt, e.adapter) for e in out if isinstance(e, AttemptOpened)] == [("w/@merge", 2, "workspace")]
+
+
+# -- retries, approvals and refusals by request ---------------------------------------------------
+def test_a_retry_by_request_restarts_the_tasks_retry_budget():
+    c = Core()
+    c.open("r", plan(task("a", "x", max_attempts=2, backoff_s=0.1), task("b", "y")))
+    for _ in range(2):
+        c.start("r", "a/x")
+        c.end("r", "a/x", FAILED_EXIT)
+        if c.state("r", "a/x") is TaskState.RETRY_WAIT:
+            c.feed(RetryDue("r", "a/x"))
+    assert c.state("r", "a/x") is TaskState.FAILED
+    c.control("retry", "r", "a/x")
+    c.start("r", "a/x")
+    c.end("r", "a/x", FAILED_EXIT)
+    assert c.state("r", "a/x") is TaskState.RETRY_WAIT
+
+
+def test_a_retry_refused_for_a_completed_task_or_an_unknown_one_says_why():
+    c = Core()
+    c.open("r", plan(task("a", "x"), task("a", "y")))
+    c.start("r", "a/x")
+    c.end("r", "a/x")
+    with pytest.raises(ControlRefused, match=r"^task a/x is COMPLETED; only failed, timed-out, blocked or "
+                                             r"cancelled tasks can be retried$"):
+        c.control("retry", "r", "a/x")
+    with pytest.raises(ControlRefused, match=r"^run r has no task 'a/z'$"):
+        c.control("retry", "r", "a/z")
+
+
+def test_an_approval_refused_names_the_state_the_task_is_in_or_that_it_is_unknown():
+    c = Core()
+    c.open("r", plan(task("a", "x")))
+    with pytest.raises(ControlRefused, match=r"^task a/x is not awaiting approval \(it is QUEUED\)$"):
+        c.control("approve", "r", "a/x", True, "me", "")
+    with pytest.raises(ControlRefused, match=r"^task a/z is not awaiting approval \(it is unknown\)$"):
+        c.control("approve", "r", "a/z", False, "me", "")
+
+
+def test_a_retry_in_a_quarantined_run_starts_nothing_the_quarantine_stands():
+    c = Core(quarantine_after=0)
+    c.open("r", plan(task("a", "x"), task("b", "long")))
+    c.start("r", "a/x")
+    c.end("r", "a/x", FAILED_EXIT)  # quarantined at once (threshold 0); b/long still runs
+    assert c.control("retry", "r", "a/x") == {"retried": ["a/x"]}
+    assert c.dispatched("r") == ["a/x", "b/long"]
+
+
+def test_a_retry_with_several_failed_prerequisites_resets_them_all():
+    c = Core()
+    c.open("r", plan(task("a", "w"), task("a", "x"), task("a", "y", "a/x"), task("a", "z", "a/w", "a/x", "a/y"),
+                     task("b", "long")))
+    for key in ("a/w", "a/x"):
+        c.start("r", key)
+        c.end("r", key, Verdict(TaskState.FAILED, ErrorClass.BAD_INPUT, "no"))
+    assert c.state("r", "a/z") is TaskState.BLOCKED
+    assert c.control("retry", "r", "a/z") == {"retried": ["a/w", "a/x", "a/y", "a/z"]}
+
+
+def test_retry_closure_takes_every_unsuccessful_prerequisite_and_leaves_completed_dependants():
+    deps = {"w": (), "x": (), "y": ("x",), "z": ("w", "x", "y"), "done": ("z",)}
+    book = RunBook(deps=deps, priorities={k: 0 for k in deps}, workstream_of={k: "a" for k in deps},
+                   states={"w": TaskState.FAILED, "x": TaskState.FAILED, "y": TaskState.BLOCKED,
+                           "z": TaskState.BLOCKED, "done": TaskState.COMPLETED})
+    assert retry_closure(book, ("z",)) == {"w", "x", "y", "z"}
+    assert retry_closure(book, ("x",)) == {"x", "y", "z"}
+
+
+# -- what an attempt's end clears -----------------------------------------------------------------
+def test_an_attempt_that_ends_leaves_no_fix_phase_or_approval_prompt_behind():
+    c = Core()
+    c.open("r", plan(task("a", "x"), task("a", "y", max_attempts=2, backoff_s=0.1)))
+    c.start("r", "a/x")
+    c.feed(PhaseBegan("r", "a/x", 1, Phase.AWAITING, "ok to deploy?"))
+    c.end("r", "a/x", Verdict(TaskState.FAILED, ErrorClass.REJECTED, "rejected"))
+    assert c.core.status("r")["runs"][0]["awaiting_approval"] == []
+    c.start("r", "a/y")
+    c.feed(PhaseBegan("r", "a/y", 1, Phase.FIXING, "lint", round=1))
+    c.end("r", "a/y", FAILED_EXIT)
+    assert c.ws_states("r", "a")[-1] == "editing"  # a/y retries: no fix round is going on
+
+
+def test_a_completed_attempt_without_a_duration_says_nothing_about_time():
+    c = Core()
+    c.open("r", plan(task("a", "x"), task("a", "y")))
+    c.start("r", "a/x")
+    record = object()
+    out = c.feed(AttemptEnded("r", "a/x", 1, COMPLETED, None, report=record))
+    assert [e.reason for e in out if isinstance(e, TaskMoved) and e.task_key == "a/x"] == [""]
+    assert any(isinstance(e, ReportAccepted) and e.report is record for e in out)
+
+
+def test_a_cancelled_queued_task_is_not_dispatched_when_a_slot_frees():
+    c = Core(concurrency=1)
+    c.open("r", plan(task("a", "x"), task("a", "y"), task("a", "z")))
+    c.control("cancel", "r", "a/y")
+    c.start("r", "a/x")
+    c.end("r", "a/x")
+    assert c.dispatched() == ["a/x", "a/z"]
