@@ -607,3 +607,23 @@ def test_a_refused_dispatch_in_a_cancelled_run_starts_nothing_and_is_no_stall():
     c.feed(ExecutorUp("shell"))
     c.feed(Tick())
     assert c.dispatched() == ["a/x", "a/y"] and c.said("r", "WAITING") == []
+
+
+# -- nothing stale is left waiting for a slot ---------------------------------------------------
+def test_a_cancelled_task_no_longer_counts_as_waiting_for_its_adapter():
+    c = Core(concurrency=1)
+    c.open("r", plan(task("a", "x"), task("a", "y"), task("a", "z")))
+    assert c.core.status(None)["queued"] == {"shell": 2}
+    c.control("cancel", "r", "a/y")
+    assert c.core.status(None)["queued"] == {"shell": 1}
+
+
+def test_work_blocked_by_a_quarantine_no_longer_counts_as_waiting_for_its_adapter():
+    c = Core(adapters=(AdapterInfo("a", "shell", concurrency=1), AdapterInfo("b", "shell")), quarantine_after=0)
+    c.route_to = {"w/long": "b"}
+    c.open("r", plan(task("w", "x", priority=1), task("w", "y"), task("w", "long")))
+    assert c.core.status(None)["queued"] == {"a": 1}
+    c.start("r", "w/x")
+    c.end("r", "w/x", FAILED_EXIT)  # quarantined; w/long still runs, so the run stays
+    assert c.state("r", "w/y") is TaskState.BLOCKED
+    assert c.core.status(None)["queued"] == {}
