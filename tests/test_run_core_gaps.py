@@ -395,6 +395,7 @@ def test_retry_closure_takes_every_unsuccessful_prerequisite_and_leaves_complete
                            "z": TaskState.BLOCKED, "done": TaskState.COMPLETED})
     assert retry_closure(book, ("z",)) == {"w", "x", "y", "z"}
     assert retry_closure(book, ("x",)) == {"x", "y", "z"}
+    assert retry_closure(book, ("w", "x", "x")) == {"w", "x", "y", "z"}  # a task named twice
 
 
 # -- what an attempt's end clears -----------------------------------------------------------------
@@ -522,6 +523,7 @@ def test_no_stall_is_said_while_one_run_or_everything_is_paused_and_a_new_stall_
     c.control("resume", "r")
     c.control("pause", None)
     c.feed(Tick())
+    assert c.said("r", "WAITING") == ["waiting: executor 'shell' is down"]
     c.control("resume", None)
     c.now = 1.0
     c.feed(Tick())
@@ -601,12 +603,12 @@ def test_after_safe_mode_a_retry_by_request_lets_the_run_start_again():
 
 def test_a_refused_dispatch_in_a_cancelled_run_starts_nothing_and_is_no_stall():
     c = Core()
-    c.open("r", plan(task("a", "x"), task("a", "y")))
+    c.open("r", plan(task("a", "x")))
     c.control("cancel", "r", None)
     refused(c, "r", "a/x")
-    c.feed(ExecutorUp("shell"))
     c.feed(Tick())
-    assert c.dispatched() == ["a/x", "a/y"] and c.said("r", "WAITING") == []
+    c.feed(ExecutorUp("shell"))
+    assert c.dispatched() == ["a/x"] and c.said("r", "WAITING") == []
 
 
 # -- nothing stale is left waiting for a slot ---------------------------------------------------
@@ -627,3 +629,16 @@ def test_work_blocked_by_a_quarantine_no_longer_counts_as_waiting_for_its_adapte
     c.end("r", "w/x", FAILED_EXIT)  # quarantined; w/long still runs, so the run stays
     assert c.state("r", "w/y") is TaskState.BLOCKED
     assert c.core.status(None)["queued"] == {}
+
+
+def test_a_task_blocked_while_waiting_for_its_worktree_and_retried_is_routed_once_when_it_comes():
+    c = Core(safe_mode_after_s=10.0)
+    c.open("r", plan(task("a", "x"), task("w", "t"), isolated=("w",)))
+    refused(c, "r", "a/x")
+    c.feed(Tick())
+    c.now = 10.0
+    c.feed(Tick())  # safe mode: w/t, waiting for its worktree, is blocked too
+    assert c.state("r", "w/t") is TaskState.BLOCKED
+    c.control("retry", "r", "w/t")
+    out = c.feed(WorktreeReady("r", "w", "/wt/w"))
+    assert [tuple(t.key for t in e.tasks) for e in out if isinstance(e, RouteRequested)] == [("w/t",)]
