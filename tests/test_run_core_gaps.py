@@ -9,13 +9,15 @@ import pytest
 from domain.breaker import BreakerPolicy
 from domain.errors import ErrorClass
 from domain.outcomes import COMPLETED, Verdict
-from domain.plan import Plan, TaskSpec, Workstream, with_integration_steps
+from domain.plan import Plan, Workstream, with_integration_steps
 from domain.routing import AdapterInfo
 from domain.run_core import ControlRefused, CoreConfig, RunCore, retry_closure
 from domain.run_events import (
     Announced,
     AttemptBegan,
+    AttemptClosed,
     AttemptEnded,
+    AttemptOpened,
     CancelRequested,
     ChangesRecorded,
     Dispatched,
@@ -301,7 +303,7 @@ def test_the_merge_step_is_asked_for_with_its_target_branch_and_timed_from_when_
     merging_run(c, target_branch="main")
     assert [e for e in c.effects if isinstance(e, IntegrationWanted)] == [IntegrationWanted("r", "w", "main", "merge")]
     c.now = 7.5
-    from domain.run_events import AttemptClosed
+
     out = c.feed(IntegrationEnded("r", "w", merged=True, branch="b", target="main", commit="abc"))
     assert [e.duration_s for e in out if isinstance(e, AttemptClosed)] == [2.5]
 
@@ -327,7 +329,7 @@ def test_a_failed_merge_retried_by_request_makes_a_new_worktree_and_is_a_second_
     c.control("retry", "r", "w/@merge")
     assert [e for e in c.effects if isinstance(e, WorktreeWanted)] == [WorktreeWanted("r", "w", "/repo")] * 2
     out = c.feed(WorktreeReady("r", "w", "/wt/w2"))
-    from domain.run_events import AttemptOpened
+
     assert [(e.task_key, e.attempt, e.adapter) for e in out if isinstance(e, AttemptOpened)] == [("w/@merge", 2, "workspace")]
 
 
