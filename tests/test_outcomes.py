@@ -144,3 +144,15 @@ def test_every_error_class_has_a_stated_breaker_meaning():
 def test_a_completed_attempt_has_no_error_and_says_the_tool_worked():
     assert (COMPLETED.state, COMPLETED.error_class, COMPLETED.message) == (TaskState.COMPLETED, None, "")
     assert COMPLETED.evidence is Evidence.WORKED
+
+
+@pytest.mark.parametrize("result", [ended(exit_code=1), ended("spawn_error", error="ENOENT"), ended(signal=9)])
+def test_a_tool_whose_output_filesystem_is_full_failed_for_lack_of_space_a_resource_limit(result):
+    verdict = tool_verdict(result, last_line="boom", full_disk="/var/logs")
+    assert verdict == Verdict(TaskState.FAILED, ErrorClass.RESOURCE_LIMIT,
+                              f"{describe_outcome(result)}: its output could not be written: no space left on /var/logs")
+
+
+def test_a_full_disk_does_not_hide_a_timeout_or_a_cancellation():
+    assert tool_verdict(ended("timeout"), full_disk="/x").state is TaskState.TIMEOUT
+    assert tool_verdict(ended("cancelled"), full_disk="/x").state is TaskState.CANCELLED

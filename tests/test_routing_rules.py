@@ -110,3 +110,11 @@ def test_the_served_tools_are_the_adapters_tools_and_every_tool_a_rule_names():
     config = RouterConfig(adapters=(AdapterInfo("a", "shell"), AdapterInfo("h", "human", tools=())),
                           rules=(Rule(adapters=("h",), tool="review"), Rule(adapters=("a",), kind="x")))
     assert config.served_tools() == {"shell", "review"}
+
+
+def test_a_workstreams_merge_step_goes_to_the_workspace_whatever_the_rules_say():
+    # A catch-all rule would match it, and no adapter serves "integrate": the Workspace merges.
+    table = RoutingTable(shells("a", strategy=Strategy.FIXED, name="all"))
+    assert table.route(task("integrate", id="merge")) == RouteDecision(
+        "w/merge", (), "workspace", "a workstream's merge step: the Workspace does it")
+    assert table.route(task("integrate"), open_circuits=frozenset({"workspace"})).chosen == "workspace"
