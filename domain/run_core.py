@@ -359,7 +359,14 @@ class RunCore:
         self.breakers[event.adapter].released()
         run.attempts[event.task_key] -= 1
         self.down.add(event.adapter)
-        run.book.enqueue(event.task_key, event.adapter)
+        if run.cancelling:
+            self._fail(run, event.task_key, Verdict(TaskState.CANCELLED, ErrorClass.CANCELLED, "cancelled by request"), 0)
+        elif run.stop_reason:
+            self._block(run, event.task_key, run.stop_reason)
+        else:
+            run.book.enqueue(event.task_key, event.adapter)
+            return
+        self._after_change(run)  # a cancelled or stopped run would otherwise never finish
 
     def _release(self, run: _Run, key: str) -> _Running | None:
         running = run.running.pop(key, None)
@@ -757,7 +764,12 @@ class RunCore:
                 target = WorkstreamState.EDITING  # a task queued again (a retry): still at work
             if target is WorkstreamState.EDITING:
                 target = self._phase_state(run, ws_id)
-            for step in workstream_path(run.ws_states[ws_id], target):
+            path = workstream_path(run.ws_states[ws_id], target)
+            if WorkstreamState.FAILED in path[:-1]:
+                # The only legal way back is through failed (a task of a workstream at work was
+                # queued again: a retry, an interrupted check): it has not failed, so it stays.
+                continue
+            for step in path:
                 self._out.append(WorkstreamMoved(run.run_id, ws_id, step))
                 run.ws_states[ws_id] = step
 
@@ -856,8 +868,10 @@ class RunCore:
             raise ControlRefused(f"task {task_key} is {state.value}; only failed, timed-out, blocked or "
                                  "cancelled tasks can be retried")
         reset = sorted(retry_closure(run.book, (task_key,)))
-        if run.stop_reason and run.stop_state is RunState.PARTIAL:
-            run.stop_reason, run.stop_state = "", None  # the user asked to try again after safe mode
+        # A person asked to try again: a quarantine or safe mode stops standing in the way (a
+        # task retried into a stopped run would wait forever), and failures are counted anew.
+        run.stop_reason, run.stop_state = "", None
+        run.signatures.clear()
         for key in reset:
             run.failures[key] = 0
             self._move(run, key, TaskState.PENDING, "retried by request")

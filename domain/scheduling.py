@@ -21,6 +21,7 @@ from domain.states import (
     check_transition,
 )
 
+_CHECK_PHASES = frozenset({WorkstreamState.STATIC_CHECK, WorkstreamState.RUNTIME_CHECK, WorkstreamState.FIXING})
 _NOT_STARTED = frozenset({TaskState.PENDING, TaskState.QUEUED, TaskState.BLOCKED})
 _FAILURE_STATES = frozenset({TaskState.FAILED, TaskState.TIMEOUT, TaskState.CANCELLED})
 
@@ -227,11 +228,15 @@ def workstream_path(current: WorkstreamState, target: WorkstreamState) -> list[W
     if current is target:
         return []
     previous: dict[WorkstreamState, WorkstreamState] = {}
+    order = list(WorkstreamState)
     frontier = [current]
     seen = {current}
     while frontier:
         node = frontier.pop(0)
-        for nxt in sorted(WORKSTREAM_TRANSITIONS[node], key=list(WorkstreamState).index):
+        # Among equally short paths, going back to editing from a check phase comes last: it is
+        # for staying at work, not the way through from checks to done.
+        for nxt in sorted(WORKSTREAM_TRANSITIONS[node],
+                          key=lambda s: (s is WorkstreamState.EDITING and node in _CHECK_PHASES, order.index(s))):
             if nxt in seen:
                 continue
             seen.add(nxt)

@@ -74,9 +74,11 @@ WORKSTREAM_TRANSITIONS: dict[WorkstreamState, frozenset[WorkstreamState]] = {
     # A workstream with no checks of a phase passes straight on; the seed's chain
     # editing -> static_check -> runtime_check -> done is the path when both exist.
     _W.EDITING: frozenset({_W.STATIC_CHECK, _W.RUNTIME_CHECK, _W.DONE, _W.BLOCKED, *_W_ANY_ACTIVE}),
-    _W.STATIC_CHECK: frozenset({_W.FIXING, _W.RUNTIME_CHECK, _W.DONE, *_W_ANY_ACTIVE}),
-    _W.FIXING: frozenset({_W.STATIC_CHECK, _W.RUNTIME_CHECK, *_W_ANY_ACTIVE}),
-    _W.RUNTIME_CHECK: frozenset({_W.DONE, _W.FIXING, *_W_ANY_ACTIVE}),
+    # Back to editing from a check phase: a task of it was queued again (a retry, an
+    # interrupted check) — work goes on, nothing failed.
+    _W.STATIC_CHECK: frozenset({_W.EDITING, _W.FIXING, _W.RUNTIME_CHECK, _W.DONE, *_W_ANY_ACTIVE}),
+    _W.FIXING: frozenset({_W.EDITING, _W.STATIC_CHECK, _W.RUNTIME_CHECK, *_W_ANY_ACTIVE}),
+    _W.RUNTIME_CHECK: frozenset({_W.EDITING, _W.DONE, _W.FIXING, *_W_ANY_ACTIVE}),
     # Failed and blocked workstreams come back when a run is resumed or a task retried.
     _W.FAILED: frozenset({_W.READY, _W.PENDING, _W.ABANDONED}),
     _W.BLOCKED: frozenset({_W.PENDING, _W.READY, _W.ABANDONED, _W.FAILED}),

@@ -513,3 +513,12 @@ def test_a_workstream_retrying_a_task_stays_at_work_and_never_shows_failed():
     h.start_and_end("a/x", COMPLETED)
     moves = [e.state.value for e in h.effects if isinstance(e, WorkstreamMoved)]
     assert "failed" not in moves and moves[-1] == "done"
+
+
+def test_a_dispatch_refused_while_the_run_is_cancelled_cancels_the_task_and_the_run_ends():
+    h = Harness()
+    h.open(plan(task("a", "x")))
+    h.core.cancel("r", None, 0, "")
+    h.feed(DispatchRefused("r", "a/x", 1, "shell"))
+    assert h.state("a/x") is TaskState.CANCELLED
+    assert h.finished().state is RunState.CANCELLED

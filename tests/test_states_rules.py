@@ -53,9 +53,9 @@ WORKSTREAM_MOVES = {
     "ready": {"editing", "blocked", "failed", "abandoned"},
     # A workstream with no checks of a phase skips it.
     "editing": {"static_check", "runtime_check", "done", "blocked", "failed", "abandoned"},
-    "static_check": {"fixing", "runtime_check", "done", "failed", "abandoned"},
-    "fixing": {"static_check", "runtime_check", "failed", "abandoned"},
-    "runtime_check": {"done", "fixing", "failed", "abandoned"},
+    "static_check": {"editing", "fixing", "runtime_check", "done", "failed", "abandoned"},
+    "fixing": {"editing", "static_check", "runtime_check", "failed", "abandoned"},
+    "runtime_check": {"editing", "done", "fixing", "failed", "abandoned"},
     # Failed and blocked workstreams come back on a resume or a retry.
     "failed": {"ready", "pending", "abandoned"},
     "blocked": {"pending", "ready", "abandoned", "failed"},
