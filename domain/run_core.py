@@ -77,9 +77,9 @@ from domain.states import (
     WorkstreamState,
 )
 
-# A workstream in one of these has started work; a task of it queued again does not undo that.
-_AT_WORK = frozenset({WorkstreamState.EDITING, WorkstreamState.STATIC_CHECK, WorkstreamState.RUNTIME_CHECK,
-                      WorkstreamState.FIXING})
+# A workstream in one of these is checking its work; a task of it queued again (a retry, an
+# interrupted check) takes it back to editing, not to ready.
+_CHECKING = frozenset({WorkstreamState.STATIC_CHECK, WorkstreamState.RUNTIME_CHECK, WorkstreamState.FIXING})
 
 
 class ControlRefused(Exception):
@@ -760,7 +760,7 @@ class RunCore:
         one running acceptance checks shows their phase (static_check, runtime_check, fixing)."""
         for ws_id in run.book.take_dirty_workstreams():
             target = run.book.workstream_target(ws_id)
-            if target is WorkstreamState.READY and run.ws_states[ws_id] in _AT_WORK:
+            if target is WorkstreamState.READY and run.ws_states[ws_id] in _CHECKING:
                 target = WorkstreamState.EDITING  # a task queued again (a retry): still at work
             if target is WorkstreamState.EDITING:
                 target = self._phase_state(run, ws_id)

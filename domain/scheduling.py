@@ -21,7 +21,6 @@ from domain.states import (
     check_transition,
 )
 
-_CHECK_PHASES = frozenset({WorkstreamState.STATIC_CHECK, WorkstreamState.RUNTIME_CHECK, WorkstreamState.FIXING})
 _NOT_STARTED = frozenset({TaskState.PENDING, TaskState.QUEUED, TaskState.BLOCKED})
 _FAILURE_STATES = frozenset({TaskState.FAILED, TaskState.TIMEOUT, TaskState.CANCELLED})
 
@@ -233,10 +232,9 @@ def workstream_path(current: WorkstreamState, target: WorkstreamState) -> list[W
     seen = {current}
     while frontier:
         node = frontier.pop(0)
-        # Among equally short paths, going back to editing from a check phase comes last: it is
+        # Among equally short paths, editing comes last: going back to it from a check phase is
         # for staying at work, not the way through from checks to done.
-        for nxt in sorted(WORKSTREAM_TRANSITIONS[node],
-                          key=lambda s: (s is WorkstreamState.EDITING and node in _CHECK_PHASES, order.index(s))):
+        for nxt in sorted(WORKSTREAM_TRANSITIONS[node], key=lambda s: (s is WorkstreamState.EDITING, order.index(s))):
             if nxt in seen:
                 continue
             seen.add(nxt)

@@ -520,5 +520,18 @@ def test_a_dispatch_refused_while_the_run_is_cancelled_cancels_the_task_and_the_
     h.open(plan(task("a", "x")))
     h.core.cancel("r", None, 0, "")
     h.feed(DispatchRefused("r", "a/x", 1, "shell"))
-    assert h.state("a/x") is TaskState.CANCELLED
+    moved = [(e.state, e.reason, e.attempt) for e in h.effects if isinstance(e, TaskMoved) and e.task_key == "a/x"]
+    assert moved[-1] == (TaskState.CANCELLED, "cancelled by request", 0)
     assert h.finished().state is RunState.CANCELLED
+    assert not any(isinstance(e, ErrorCounted) for e in h.effects)
+    assert h.core.adapter_running["shell"] == 0
+
+
+def test_a_dispatch_refused_in_a_stopped_run_blocks_the_task_with_the_reason_and_the_run_ends():
+    h = Harness(quarantine_after=0)
+    h.open(plan(task("a", "bad"), task("b", "x")))
+    h.start_and_end("a/bad", FAILED_EXIT)  # quarantined at once; b/x was already dispatched
+    h.feed(DispatchRefused("r", "b/x", 1, "shell"))
+    moved = [(e.state, e.reason) for e in h.effects if isinstance(e, TaskMoved) and e.task_key == "b/x"]
+    assert moved[-1][0] is TaskState.BLOCKED and moved[-1][1].startswith("quarantined: 1 failures")
+    assert h.finished().state is RunState.QUARANTINED
