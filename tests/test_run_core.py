@@ -45,7 +45,7 @@ from domain.run_events import (
     WorktreeReady,
     WorktreeWanted,
 )
-from domain.states import RunState, TaskState
+from domain.states import RunState, TaskState, WorkstreamState
 
 FAILED_EXIT = Verdict(TaskState.FAILED, ErrorClass.COMMAND_FAILED, "exit code 1")
 GATE_FAILED = Verdict(TaskState.FAILED, ErrorClass.GATE, "acceptance check 'x' failed: exit code 1")
@@ -535,3 +535,21 @@ def test_a_dispatch_refused_in_a_stopped_run_blocks_the_task_with_the_reason_and
     moved = [(e.state, e.reason) for e in h.effects if isinstance(e, TaskMoved) and e.task_key == "b/x"]
     assert moved[-1][0] is TaskState.BLOCKED and moved[-1][1].startswith("quarantined: 1 failures")
     assert h.finished().state is RunState.QUARANTINED
+
+
+def test_a_resumed_run_refreshes_every_workstream_even_when_one_of_them_stays_at_work():
+    h = Harness()
+    h.open(plan(task("a", "x"), task("b", "y")), task_states={"a/x": TaskState.IN_PROGRESS},
+           ws_states={"a": WorkstreamState.EDITING}, attempts={"a/x": 1}, interrupted=(("a/x", 1),))
+    moves = [(e.ws_id, e.state) for e in h.effects if isinstance(e, WorkstreamMoved)]
+    assert ("a", WorkstreamState.FAILED) not in moves, "a is at work: its task was only queued again"
+    assert ("b", WorkstreamState.READY) in moves
+
+
+def test_a_dispatch_refused_in_a_cancelled_run_is_recorded_as_a_cancellation():
+    h = Harness()
+    h.open(plan(task("a", "x")))
+    h.core.cancel("r", None, 0, "")
+    h.feed(DispatchRefused("r", "a/x", 1, "shell"))
+    failed = [e.payload for e in h.effects if isinstance(e, Noted) and e.event_type == "TASK_FAILED"]
+    assert failed[-1]["error_class"] == "cancelled"
