@@ -117,10 +117,10 @@ def _runtime_options(parser: argparse.ArgumentParser) -> None:
                         "(default: ./router_config.json if present, else one adapter per tool)")
     parser.add_argument("--quarantine-after", type=_positive_int, default=10, metavar="N",
                         help="quarantine a run after N failures with one error signature (default 10)")
-    parser.add_argument("--db-stall-limit", type=float, default=None, metavar="SECONDS", dest="db_stall_limit",
+    parser.add_argument("--db-stall-limit", type=_positive_seconds, default=None, metavar="SECONDS", dest="db_stall_limit",
                         help="how long the ledger may wait for a locked or full database before the runtime "
                              "stops, resumable (default: $ORCHESTRATE_DB_STALL_LIMIT_S, else 60)")
-    parser.add_argument("--safe-mode-after", type=float, default=120.0, metavar="SECONDS",
+    parser.add_argument("--safe-mode-after", type=_positive_seconds, default=120.0, metavar="SECONDS",
                         help="stop a run (partial, resumable) whose work has found every adapter it needs "
                              "unavailable for this long (default 120)")
     parser.add_argument("--socket", metavar="PATH", help="control socket (default: <state dir>/orchestrate.sock)")
@@ -176,6 +176,16 @@ def _client_commands(sub) -> None:
     client("shutdown", "stop the runtime: graceful, then forced after a timeout", client_commands.cmd_shutdown,
            ("--timeout-s", {"type": float, "default": 30.0, "dest": "timeout_s",
                             "help": "how long running tasks may finish (default 30)"}))
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -132,3 +132,13 @@ def test_an_unknown_tool_in_a_bundle_is_named_at_its_json_path(tmp_path, orchest
     result = orchestrate("validate", "plan.json")
     assert result.code == 2
     assert "plan.json: $.workstreams[1].tasks[1].tool: unknown tool 'teleport'" in result.err
+
+
+@pytest.mark.parametrize("option", ["--safe-mode-after", "--db-stall-limit"])
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "soon"])
+def test_a_time_limit_that_is_not_a_positive_number_is_refused_before_anything_runs(orchestrate, write_plan, option,
+                                                                                      value, tmp_path):
+    plan = write_plan({"id": "w", "tasks": [{"id": "t", "tool": "shell", "command": "true"}]})
+    result = orchestrate("run", str(plan), option, value)
+    assert result.code == 2 and "expected a number of seconds" in result.err and "Traceback" not in result.err
+    assert not (tmp_path / ".state" / "orchestration.db").exists()
