@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pykka
 
-from adapters.process import ProcessReactor, ProcessSpec
+from adapters.process import OnExit, OnStarted, ProcessReactor, ProcessSpec
 from adapters.tools import MARKER_ATTEMPT_ID, attempt_id, attempt_markers
 from domain.outcomes import ProcessResult, Verdict
 from messages import AttemptFinished, AttemptStarted, ExecuteTask
@@ -63,25 +63,22 @@ def attempt_finished(
     )
 
 
-def spawn_for_attempt(
-    reactor: ProcessReactor,
-    executor: pykka.ActorRef,
-    spec: ProcessSpec,
-    request: ExecuteTask,
-    phase: str,
-    check_index: int = -1,
-) -> tuple[int, float]:
-    """Start ``spec`` for ``request``; ``executor`` is told a :class:`ProcessExited` when it ends.
+def attempt_marker(request: ExecuteTask) -> tuple[str, str]:
+    """The environment entry every process of ``request``'s attempt carries."""
+    return MARKER_ATTEMPT_ID, attempt_id(request.run_id, request.task.key, request.attempt)
 
-    Every process of an attempt carries the attempt's environment markers, so a resumed runtime
-    can find (and kill) what a dead one left behind, even processes that escaped the group.
-    """
-    spec = replace(
+
+def _marked(spec: ProcessSpec, request: ExecuteTask) -> ProcessSpec:
+    """``spec`` with the attempt's environment markers, so a resumed runtime can find (and kill)
+    what a dead one left behind, even processes that escaped the group."""
+    return replace(
         spec,
         env=spec.env + attempt_markers(request.run_id, request.task.key, request.attempt),
-        marker=(MARKER_ATTEMPT_ID, attempt_id(request.run_id, request.task.key, request.attempt)),
+        marker=attempt_marker(request),
     )
 
+
+def _exit_reporter(executor: pykka.ActorRef, request: ExecuteTask, phase: str, check_index: int) -> OnExit:
     def on_exit(result: ProcessResult) -> None:
         executor.tell(
             ProcessExited(
@@ -94,4 +91,37 @@ def spawn_for_attempt(
             )
         )
 
-    return reactor.spawn(spec, on_exit)
+    return on_exit
+
+
+def spawn_for_attempt(
+    reactor: ProcessReactor,
+    executor: pykka.ActorRef,
+    spec: ProcessSpec,
+    request: ExecuteTask,
+    phase: str,
+    check_index: int = -1,
+) -> tuple[int, float]:
+    """Start ``spec`` for ``request`` now and return its ``(pid, create_time)``; ``executor``
+    is told a :class:`ProcessExited` when it ends."""
+    return reactor.spawn(_marked(spec, request), _exit_reporter(executor, request, phase, check_index))
+
+
+def start_for_attempt(
+    reactor: ProcessReactor,
+    executor: pykka.ActorRef,
+    spec: ProcessSpec,
+    request: ExecuteTask,
+    phase: str,
+    check_index: int = -1,
+    on_started: OnStarted | None = None,
+) -> None:
+    """Have ``spec`` started for ``request`` on a spawner thread (see
+    :meth:`ProcessReactor.start_process`); ``on_started`` hears its pid, ``executor`` is told a
+    :class:`ProcessExited` when it ends. Cancel it with ``reactor.cancel_marked(attempt_marker(request))``."""
+    reactor.start_process(_marked(spec, request), on_started or _ignore_start,
+                          _exit_reporter(executor, request, phase, check_index))
+
+
+def _ignore_start(pid: int, create_time: float) -> None:
+    """Checks need no announcement: the attempt was announced with its tool."""

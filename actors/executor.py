@@ -16,7 +16,12 @@ from pathlib import Path
 
 import structlog
 
-from actors.attempts import attempt_finished, attempt_started, spawn_for_attempt
+from actors.attempts import (
+    attempt_finished,
+    attempt_marker,
+    attempt_started,
+    start_for_attempt,
+)
 from actors.base import SupervisedActor
 from actors.directory import SCHEDULER, Directory
 from adapters.gates import (
@@ -26,7 +31,7 @@ from adapters.gates import (
     failure_reason,
     ordered_checks,
 )
-from adapters.process import ProcessReactor, ProcessSpec
+from adapters.process import ProcessReactor
 from adapters.pycall import NOT_RETURNED, callable_returned
 from adapters.tools import PythonAdapter, ToolAdapter, result_path
 from domain.errors import ErrorClass
@@ -62,7 +67,6 @@ class _InFlight:
     checks: list[tuple[int, AcceptanceCheck]] = field(default_factory=list)
     position: int = 0
     gate_log: str = ""
-    process: tuple[int, float] | None = None  # the process running now (tool or check)
     cancelled: bool = False
 
 
@@ -112,6 +116,8 @@ class ExecutorActor(SupervisedActor):
         self.adapter = adapter
         self.reactor = reactor
         self.in_flight: dict[tuple[str, str, int], _InFlight] = {}
+        # Only a callable has a return value; reading for one after every shell task is waste.
+        self._returns_values = isinstance(adapter, PythonAdapter)
 
     def handle(self, message: object) -> None:
         if isinstance(message, ExecuteTask):
@@ -123,25 +129,24 @@ class ExecutorActor(SupervisedActor):
 
     def _cancel(self, message: CancelAttempt) -> None:
         flight = self.in_flight.get((message.run_id, message.task_key, message.attempt))
-        if flight is None or flight.process is None:
+        if flight is None:
             return
         flight.cancelled = True
-        self.reactor.cancel(*flight.process)
+        self.reactor.cancel_marked(attempt_marker(flight.request))
 
     # -- the tool --------------------------------------------------------------------------
     def _start(self, request: ExecuteTask) -> None:
         key = (request.run_id, request.task.key, request.attempt)
         self.in_flight[key] = _InFlight(request=request, started=time.monotonic())
         spec = self.adapter.process_spec(request.task, request.log_path)
-        pid, create_time = self._spawn(spec, request, "tool")
-        self.in_flight[key].process = (pid, create_time) if pid > 0 else None
-        self.directory.tell(
-            SCHEDULER,
-            attempt_started(request, self.adapter_name, pid, create_time),
-        )
+        directory, adapter = self.directory, self.adapter_name
 
-    def _spawn(self, spec: ProcessSpec, request: ExecuteTask, phase: str, check_index: int = -1) -> tuple[int, float]:
-        return spawn_for_attempt(self.reactor, self.actor_ref, spec, request, phase, check_index)
+        def started(pid: int, create_time: float) -> None:
+            # On a spawner thread, before the process can be reported ended: the Scheduler
+            # always hears AttemptStarted before the attempt's AttemptFinished.
+            directory.tell(SCHEDULER, attempt_started(request, adapter, pid, create_time))
+
+        start_for_attempt(self.reactor, self.actor_ref, spec, request, "tool", on_started=started)
 
     def _exited(self, message: ProcessExited) -> None:
         key = (message.run_id, message.task_key, message.attempt)
@@ -149,7 +154,6 @@ class ExecutorActor(SupervisedActor):
         if flight is None:
             return
         result = message.result
-        flight.process = None
         if flight.cancelled and result.outcome is not ProcessOutcome.CANCELLED:
             result = replace(result, outcome=ProcessOutcome.CANCELLED)
         if message.phase == "tool":
@@ -176,7 +180,7 @@ class ExecutorActor(SupervisedActor):
         cwd = flight.request.task.cwd or "."
         log_path = flight.request.log_path
         if result.succeeded:
-            if isinstance(self.adapter, PythonAdapter) and not callable_returned(log_path):
+            if self._returns_values and not callable_returned(log_path):
                 return Verdict(TaskState.FAILED, ErrorClass.COMMAND_FAILED, NOT_RETURNED)
             return None
         return tool_verdict(result, cwd_exists=os.path.isdir(cwd), last_line=_last_line(log_path),
@@ -201,13 +205,12 @@ class ExecutorActor(SupervisedActor):
         except ValueError as error:
             self._finish(key, flight, Verdict(TaskState.FAILED, ErrorClass.BAD_INPUT, str(error)))
             return
-        pid, create_time = self._spawn(spec, request, "check", index)
-        flight.process = (pid, create_time) if pid > 0 else None
+        start_for_attempt(self.reactor, self.actor_ref, spec, request, "check", index)
 
     def _finish(self, key: tuple[str, str, int], flight: _InFlight, verdict: Verdict, gate_output: str = "") -> None:
         del self.in_flight[key]
         self.directory.tell(
             SCHEDULER,
             attempt_finished(key, verdict, flight.started, tool=flight.tool_result, gate_output=gate_output,
-                             result_json=_read_result(flight.request.log_path)),
+                             result_json=_read_result(flight.request.log_path) if self._returns_values else ""),
         )

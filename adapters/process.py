@@ -21,11 +21,11 @@ import ctypes
 import functools
 import math
 import os
+import queue
 import resource
 import select
 import selectors
 import signal
-import subprocess
 import threading
 import time
 from collections import defaultdict, deque
@@ -36,6 +36,7 @@ from typing import NamedTuple
 import psutil
 import structlog
 
+from adapters.spawn import spawn
 from domain.outcomes import ProcessResult
 
 log = structlog.get_logger("orchestrate.process")
@@ -72,6 +73,9 @@ class ProcessSpec:
 
 
 OnExit = Callable[[ProcessResult], None]
+# Told (pid, create_time) once the process runs, before anything can report its exit; pid -1
+# when it never started.
+OnStarted = Callable[[int, float], None]
 
 
 def environment_for(
@@ -387,7 +391,7 @@ def _other_members(task: _Task) -> bool:
 class _Task:
     spec: ProcessSpec
     on_exit: OnExit
-    popen: subprocess.Popen[bytes]
+    pid: int
     pidfd: int
     start: int  # identity, with pid (see _Stat)
     create_time: float
@@ -405,16 +409,12 @@ class _Task:
     members: dict[tuple[int, int], psutil.Process] = field(default_factory=dict)
 
     @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    @property
     def deadline(self) -> float | None:
         return None if self.spec.timeout_s is None else self.started + self.spec.timeout_s
 
 
-def _start(spec: ProcessSpec) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``spec`` in a new session; return it and its pidfd."""
+def _start(spec: ProcessSpec) -> tuple[int, int]:
+    """Start ``spec`` in a new session; return its pid and pidfd."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
     try:
         log_fd = os.open(spec.log_path, flags, 0o644)
@@ -422,24 +422,15 @@ def _start(spec: ProcessSpec) -> tuple[subprocess.Popen[bytes], int]:
         os.makedirs(os.path.dirname(spec.log_path) or ".", exist_ok=True)
         log_fd = os.open(spec.log_path, flags, 0o644)
     try:
-        popen = subprocess.Popen(
-            spec.argv,
-            cwd=spec.cwd,
-            env=dict(spec.env),
-            stdin=subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
+        pid = spawn(spec.argv, spec.cwd, dict(spec.env), log_fd)
     finally:
         os.close(log_fd)
     try:
-        return popen, os.pidfd_open(popen.pid)
+        return pid, os.pidfd_open(pid)
     except OSError:
         # Out of file descriptors: a process nobody watches must not keep running.
-        os.killpg(popen.pid, signal.SIGKILL)
-        popen.wait()
+        os.killpg(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
         raise
 
 
@@ -447,6 +438,13 @@ def _error_text(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror if exc.filename is None else f"{exc.strerror}: {exc.filename!r}"
     return str(exc)
+
+
+def _call(on_started: OnStarted, pid: int, create_time: float) -> None:
+    try:
+        on_started(pid, create_time)
+    except Exception:
+        log.exception("process on_started callback failed", pid=pid)
 
 
 def _report(on_exit: OnExit, result: ProcessResult) -> None:
@@ -476,7 +474,7 @@ class ProcessReactor:
     children of its own with ``start_new_session=True`` (``subprocess.run`` as is, is fine).
     """
 
-    def __init__(self, sample_interval_s: float = 0.5, adopt_orphans: bool = False) -> None:
+    def __init__(self, sample_interval_s: float = 0.5, adopt_orphans: bool = False, spawners: int = 2) -> None:
         self._sample_interval_s = sample_interval_s
         self._adopt_orphans = adopt_orphans
         self._adopting = False  # set by start(): we are subreaper
@@ -488,6 +486,13 @@ class ProcessReactor:
         self._spawning = 0  # spawn() calls between fork and registration in _tasks
         self._commands: deque[Callable[[], None]] = deque()
         self._thread = threading.Thread(target=self._run, name="orchestrate-processes", daemon=True)
+        # start() requests wait here for a spawner thread; None tells one to end.
+        self._requests: queue.SimpleQueue[tuple[ProcessSpec, OnStarted, OnExit] | None] = queue.SimpleQueue()
+        self._spawners = [threading.Thread(target=self._spawner, name=f"orchestrate-spawner-{n}", daemon=True)
+                          for n in range(spawners)]
+        # Markers of attempts cancelled by cancel_marked: their processes are killed the moment
+        # they are watched (a cancel can arrive while the spawn is still under way).
+        self._cancelled_markers: set[tuple[str, str]] = set()
         # Reactor-thread state.
         self._live: dict[int, _Task] = {}  # not yet reaped, by pid (unique until reaped)
         self._unswept: list[_Task] = []  # exited on their own; leftovers not yet looked for
@@ -510,6 +515,8 @@ class ProcessReactor:
         with self._lock:
             self._accepting, self._closed = True, False
         self._thread.start()
+        for spawner in self._spawners:
+            spawner.start()
 
     def spawn(self, spec: ProcessSpec, on_exit: OnExit) -> tuple[int, float]:
         """Start ``spec`` now, in the caller's thread, and return its ``(pid, create_time)``.
@@ -526,30 +533,72 @@ class ProcessReactor:
                 raise RuntimeError("ProcessReactor is not running")
             self._spawning += 1
         try:
-            return self._spawn(spec, on_exit)
+            return self._spawn(spec, None, on_exit)
         finally:
             with self._lock:
                 self._spawning -= 1
 
-    def _spawn(self, spec: ProcessSpec, on_exit: OnExit) -> tuple[int, float]:
+    def start_process(self, spec: ProcessSpec, on_started: OnStarted, on_exit: OnExit) -> None:
+        """Like :meth:`spawn`, but on a spawner thread, so the caller does not wait the ~0.5 ms a
+        start takes (the kernel's clone and exec) and several starts overlap. ``on_started`` is
+        called on that thread with ``(pid, create_time)`` — ``(-1, 0.0)`` when it could not
+        start — before ``on_exit`` can be. A request still queued when the reactor stops never
+        starts: it is reported ``(-1, 0.0)`` and, unless reporting is off, outcome ``cancelled``.
+        Raises RuntimeError if the reactor is not running."""
+        with self._lock:
+            if not self._accepting:
+                raise RuntimeError("ProcessReactor is not running")
+            self._requests.put((spec, on_started, on_exit))
+
+    def _spawner(self) -> None:
+        while (request := self._requests.get()) is not None:
+            spec, on_started, on_exit = request
+            with self._lock:
+                accepting = self._accepting
+                if accepting:
+                    self._spawning += 1
+            if not accepting:
+                self._never_started(on_started, on_exit)
+                continue
+            try:
+                self._spawn(spec, on_started, on_exit)
+            except RuntimeError:  # stop() began while it was starting; the process is gone
+                self._never_started(None, on_exit)
+            except Exception:
+                log.exception("starting a process failed", argv=spec.argv[:1])
+            finally:
+                with self._lock:
+                    self._spawning -= 1
+
+    def _never_started(self, on_started: OnStarted | None, on_exit: OnExit) -> None:
+        if on_started is not None:
+            _call(on_started, -1, 0.0)
+        if self._reporting:
+            _report(on_exit, ProcessResult(-1, 0.0, None, None, "cancelled", 0.0, 0, 0.0))
+
+    def _spawn(self, spec: ProcessSpec, on_started: OnStarted | None, on_exit: OnExit) -> tuple[int, float]:
         # The fork happens outside the lock: the reactor thread takes the same lock to report
         # exits, and must not wait for a spawn (~0.5 ms) each time.
         started = time.monotonic()
         try:
-            popen, pidfd = _start(spec)
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            pid, pidfd = _start(spec)
+        except (OSError, ValueError) as exc:
             failed = ProcessResult(-1, 0.0, None, None, "spawn_error", 0.0, 0, 0.0, _error_text(exc))
+            if on_started is not None:
+                _call(on_started, -1, 0.0)
             self._post(lambda: _report(on_exit, failed))
             return -1, 0.0
         # Unreaped, so the stat file is there even if it already exited.
-        stat = _read_stat(popen.pid)
+        stat = _read_stat(pid)
         assert stat is not None
-        task = _Task(spec, on_exit, popen, pidfd, stat.start, _create_time(stat.start), started)
+        task = _Task(spec, on_exit, pid, pidfd, stat.start, _create_time(stat.start), started)
+        if on_started is not None:
+            _call(on_started, task.pid, task.create_time)
         with self._lock:
             if not self._accepting:
                 # stop() began while this one was starting: it must not outlive the reactor.
-                os.killpg(popen.pid, signal.SIGKILL)
-                popen.wait()
+                os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
                 os.close(pidfd)
                 raise RuntimeError("ProcessReactor is not running")
             self._tasks.add(task)
@@ -564,6 +613,18 @@ class ProcessReactor:
             task = self._live.get(pid)
             if task is not None and create_time in (None, task.create_time):
                 self._kill(task, "cancelled")
+
+        self._post(command)
+
+    def cancel_marked(self, marker: tuple[str, str]) -> None:
+        """Kill the running process whose spec carries ``marker`` (reported ``cancelled``), and
+        any started with it from now on: a cancel may overtake a start still under way."""
+
+        def command() -> None:
+            self._cancelled_markers.add(marker)
+            for task in list(self._live.values()):
+                if task.spec.marker == marker:
+                    self._kill(task, "cancelled")
 
         self._post(command)
 
@@ -584,6 +645,12 @@ class ProcessReactor:
             if not self._accepting:
                 return
             self._accepting = False
+            self._reporting = report
+            for _ in self._spawners:
+                self._requests.put(None)
+        for spawner in self._spawners:
+            spawner.join()
+        with self._lock:
             self._post_locked(functools.partial(self._begin_stop, kill, report))
         self._thread.join()
 
@@ -671,6 +738,8 @@ class ProcessReactor:
     def _watch(self, task: _Task) -> None:
         self._live[task.pid] = task
         self._selector.register(task.pidfd, selectors.EVENT_READ, task)
+        if task.spec.marker is not None and task.spec.marker in self._cancelled_markers:
+            self._kill(task, "cancelled")
 
     def _begin_stop(self, kill: bool, report: bool) -> None:
         self._stopping = True
@@ -693,8 +762,6 @@ class ProcessReactor:
         os.close(task.pidfd)
         del self._live[task.pid]
         task.reaped, task.ended, task.status, task.rusage = True, time.monotonic(), status, rusage
-        # Popen must never wait for this pid again (it may belong to someone else by then).
-        task.popen.returncode = -1 if status is None else os.waitstatus_to_exitcode(status)
         if task.killing:
             return
         if _group_empty(task.pid) and not _other_members(task) and not self._may_have_escaped(task):
