@@ -70,6 +70,8 @@ class ProcessSpec:
     # takes processes carrying it, which finds grandchildren that called setsid and were
     # orphaned before any sample saw them.
     marker: tuple[str, str] | None = None
+    # The file to execute, when already known; else argv[0] is looked for on env's PATH.
+    executable: str | None = None
 
 
 OnExit = Callable[[ProcessResult], None]
@@ -197,6 +199,20 @@ class _ProcTable:
 
 
 # -- killing -----------------------------------------------------------------------------------
+
+
+class _OneScan:
+    """A /proc scan made on first use and reused after (one reactor round's view)."""
+
+    __slots__ = ("scanned",)
+
+    def __init__(self) -> None:
+        self.scanned: _ProcTable | None = None
+
+    def __call__(self) -> _ProcTable:
+        if self.scanned is None:
+            self.scanned = _ProcTable()
+        return self.scanned
 
 
 def _exited(pidfd: int) -> bool:
@@ -422,7 +438,7 @@ def _start(spec: ProcessSpec) -> tuple[int, int]:
         os.makedirs(os.path.dirname(spec.log_path) or ".", exist_ok=True)
         log_fd = os.open(spec.log_path, flags, 0o644)
     try:
-        pid = spawn(spec.argv, spec.cwd, dict(spec.env), log_fd)
+        pid = spawn(spec.argv, spec.cwd, dict(spec.env), log_fd, spec.executable)
     finally:
         os.close(log_fd)
     try:
@@ -564,8 +580,6 @@ class ProcessReactor:
                 self._spawn(spec, on_started, on_exit)
             except RuntimeError:  # stop() began while it was starting; the process is gone
                 self._never_started(None, on_exit)
-            except Exception:
-                log.exception("starting a process failed", argv=spec.argv[:1])
             finally:
                 with self._lock:
                     self._spawning -= 1
@@ -582,7 +596,7 @@ class ProcessReactor:
         started = time.monotonic()
         try:
             pid, pidfd = _start(spec)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # whatever stops a start, the caller hears of it once
             failed = ProcessResult(-1, 0.0, None, None, "spawn_error", 0.0, 0, 0.0, _error_text(exc))
             if on_started is not None:
                 _call(on_started, -1, 0.0)
@@ -602,7 +616,7 @@ class ProcessReactor:
                 os.close(pidfd)
                 raise RuntimeError("ProcessReactor is not running")
             self._tasks.add(task)
-            self._post_locked(lambda: self._watch(task))
+            self._post_locked(functools.partial(self._watch, task))
         return task.pid, task.create_time
 
     def cancel(self, pid: int, create_time: float | None = None) -> None:
@@ -703,7 +717,7 @@ class ProcessReactor:
                 return
             for task in exited:
                 self._reap(task)
-            table = functools.cache(_ProcTable)  # at most one /proc scan per round
+            table = _OneScan()  # at most one /proc scan per round
             now = time.monotonic()
             if self._unswept and now >= self._next_sweep:
                 self._next_sweep = now + _SWEEP_INTERVAL_S
@@ -714,8 +728,8 @@ class ProcessReactor:
             if self._live and now >= self._next_sample:
                 self._next_sample = now + self._sample_interval_s
                 self._sample(table())
-            if table.cache_info().currsize:
-                self._reap_adopted(table())
+            if table.scanned is not None:
+                self._reap_adopted(table.scanned)
             if self._stopping and not self._tasks:
                 return
 

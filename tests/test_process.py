@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -365,3 +366,97 @@ def test_environment_for() -> None:
     assert env["A"] == "1" and env["B"] == "2" and env["PYTHONUNBUFFERED"] == "0"
     assert env["PATH"] == os.environ["PATH"]
     assert dict(environment_for(()))["PYTHONUNBUFFERED"] == "1"
+
+
+# -- starting on a spawner thread ---------------------------------------------------------------
+
+
+class Starts:
+    """An on_started callback that records ``(pid, create_time)`` and what on_exit had said by then."""
+
+    def __init__(self, exits: Collector) -> None:
+        self.calls: list[tuple[int, float, int]] = []
+        self._exits = exits
+
+    def __call__(self, pid: int, create_time: float) -> None:
+        self.calls.append((pid, create_time, len(self._exits.results)))
+
+
+def test_a_start_is_announced_before_its_exit_can_be(reactor: ProcessReactor, tmp_path: Path) -> None:
+    count = 100
+    done = Collector(count)
+    starts = Starts(done)
+    spec = ProcessSpec(("/bin/true",), str(tmp_path), environment_for(()), str(tmp_path / "t.log"))
+    for _ in range(count):
+        reactor.start_process(spec, starts, done)
+    results = done.wait()
+    assert len(starts.calls) == count and all(pid > 0 for pid, _, _ in starts.calls)
+    assert {(pid, created) for pid, created, _ in starts.calls} == {(r.pid, r.create_time) for r in results}
+    # Each start was told while fewer exits had been reported than starts made so far.
+    assert all(exits_before < index + 1 for index, (_, _, exits_before) in enumerate(starts.calls))
+
+
+@pytest.mark.parametrize(
+    "argv, cwd, error",
+    [
+        (("/bin/true",), "/nonexistent/dir", "No such file or directory: '/nonexistent/dir'"),
+        (("no-such-tool-xyz",), ".", "No such file or directory: 'no-such-tool-xyz'"),
+        (("/bin/echo", "a\0b"), ".", "embedded null byte"),
+        ((5,), ".", "argument of type 'int' is not iterable"),
+    ],
+)
+def test_a_start_that_fails_in_any_way_is_reported_once(
+    reactor: ProcessReactor, tmp_path: Path, argv: tuple[str, ...], cwd: str, error: str
+) -> None:
+    done = Collector()
+    starts = Starts(done)
+    spec = ProcessSpec(argv=argv, cwd=cwd, env=environment_for(()), log_path=str(tmp_path / "x.log"))
+    reactor.start_process(spec, starts, done)
+    result = done.one()
+    reactor.stop()
+    assert starts.calls == [(-1, 0.0, 0)] and len(done.results) == 1
+    assert (result.outcome, result.error) == ("spawn_error", error)
+
+
+def test_cancel_by_marker_reaches_a_process_whose_start_it_overtook(reactor: ProcessReactor, tmp_path: Path) -> None:
+    done = Collector()
+    marker = ("ORCHESTRATE_ATTEMPT_ID", "run/ws/t/1")
+    spec = replace(shell("exec sleep 100", tmp_path), marker=marker, env=environment_for((marker,)))
+    reactor.cancel_marked(marker)  # before the start: it must still be killed once it runs
+    reactor.start_process(spec, Starts(done), done)
+    result = done.one()
+    assert (result.outcome, result.signal) == ("cancelled", signal.SIGTERM)
+
+
+def test_cancel_by_marker_kills_only_that_attempt(reactor: ProcessReactor, tmp_path: Path) -> None:
+    cancelled, kept = Collector(), Collector()
+    markers = [("ORCHESTRATE_ATTEMPT_ID", f"run/ws/t/{n}") for n in (1, 2)]
+    specs = [replace(shell("exec sleep 100", tmp_path), marker=m, env=environment_for((m,))) for m in markers]
+    kept_started = threading.Event()
+    reactor.start_process(specs[0], lambda *_: None, cancelled)
+    reactor.start_process(specs[1], lambda *_: kept_started.set(), kept)
+    assert kept_started.wait(DEADLINE_S)
+    reactor.cancel_marked(markers[0])
+    assert cancelled.one().outcome == "cancelled"
+    assert kept.results == []
+    reactor.stop()
+    assert kept.one().outcome == "cancelled"  # by stop, not by the other attempt's cancel
+
+
+def test_stop_reports_starts_still_queued_as_never_started(tmp_path: Path) -> None:
+    reactor = ProcessReactor(spawners=1)
+    reactor.start()
+    count = 50
+    done = Collector(count)
+    starts = Starts(done)
+    spec = ProcessSpec(("/bin/true",), str(tmp_path), environment_for(()), str(tmp_path / "t.log"))
+    for _ in range(count):
+        reactor.start_process(spec, starts, done)
+    reactor.stop()
+    results = done.wait(0)  # stop returned: every request was reported, started or not
+    assert len(results) == count == len(starts.calls)
+    never = [r for r in results if r.pid == -1]
+    assert all(r.outcome == "cancelled" for r in never)
+    assert sum(1 for pid, _, _ in starts.calls if pid == -1) == len(never)
+    with pytest.raises(RuntimeError):
+        reactor.start_process(spec, starts, done)
