@@ -146,10 +146,8 @@ class RuntimeControl:
 
     def status(self, args: dict, peer: Peer) -> object:
         run_id = args.get("run")
-        snapshot = self.runtime.status.snapshot(run_id)
-        if run_id and not snapshot["runs"]:
-            return self._recorded_status(run_id)
-        return snapshot
+        encoded = self.runtime.status.encoded_snapshot(run_id)
+        return self._recorded_status(run_id) if encoded is None else encoded
 
     def runs(self, args: dict, peer: Peer) -> object:
         active = {run["run_id"] for run in self.runtime.status.snapshot()["runs"]}

@@ -98,6 +98,9 @@ class DatabaseStalled(RuntimeAborted):
     """The database refused the ledger's writes for too long (or is read-only)."""
 
 
+SWITCH_INTERVAL_S = 0.001
+
+
 def stall_limit_from_env() -> float:
     """``ORCHESTRATE_DB_STALL_LIMIT_S`` if set (seconds), else 60."""
     return float(os.environ.get(STALL_LIMIT_ENV) or DEFAULT_STALL_LIMIT_S)
@@ -215,6 +218,10 @@ class Runtime:
     def start(self) -> None:
         """Take the lock and start everything; raises :class:`RuntimeLocked` if taken."""
         self.lock.acquire()
+        # A dozen threads share one GIL here; the ones that answer (control socket, the reactor
+        # reporting an exit) mostly wait on I/O and then need the GIL back at once. At the default
+        # 5 ms switch interval each such hand-back can cost a full interval behind a busy thread.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         try:
             self.reactor.start()
             self.timers.start()

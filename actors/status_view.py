@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from control.protocol import EncodedResult, encode_result
 from domain.states import TERMINAL_TASK_STATES, TaskState
 from messages import RunProgress
 
@@ -34,14 +35,20 @@ class StatusView:
         self._lock = threading.Lock()
         self._runs: dict[str, _RunView] = {}
         self.paused_all = False
+        # Bumped by every change; an encoded snapshot is reused until it moves, so a hundred
+        # clients polling a 500-task run cost one encoding per change, not one per request.
+        self._version = 0
+        self._encoded: dict[str | None, tuple[int, EncodedResult]] = {}
 
     def start(self, run_id: str, task_states: dict[str, str]) -> None:
         """A run was (re)submitted with these recorded states."""
         with self._lock:
+            self._version += 1
             self._runs[run_id] = _RunView(tasks=dict(task_states))
 
     def apply(self, event: RunProgress) -> None:
         with self._lock:
+            self._version += 1
             view = self._runs.get(event.run_id)
             if view is None:
                 return
@@ -58,6 +65,7 @@ class StatusView:
 
     def set_paused(self, run_id: str | None, paused: bool) -> None:
         with self._lock:
+            self._version += 1
             if run_id is None:
                 self.paused_all = paused
                 for view in self._runs.values():
@@ -78,6 +86,22 @@ class StatusView:
             else:
                 chosen = [(rid, view) for rid, view in self._runs.items() if not view.finished]
             return {"paused_all": self.paused_all, "runs": [self._describe(rid, view) for rid, view in chosen]}
+
+    def encoded_snapshot(self, run_id: str | None = None) -> EncodedResult | None:
+        """:meth:`snapshot`, encoded for a control reply; None when ``run_id`` is not here."""
+        with self._lock:
+            version = self._version
+            cached = self._encoded.get(run_id)
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            if run_id is not None and run_id not in self._runs:
+                return None
+        encoded = encode_result(self.snapshot(run_id))
+        with self._lock:
+            # A change between the two locks makes this copy stale: kept under the old version, so
+            # the next request encodes again.
+            self._encoded[run_id] = (version, encoded)
+        return encoded
 
     def _describe(self, run_id: str, view: _RunView) -> dict[str, Any]:
         counts = Counter(view.tasks.values())

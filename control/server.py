@@ -240,14 +240,20 @@ class ControlServer:
             self._shut_down()
 
     def _accept(self) -> None:
-        assert self._listener is not None and self._selector is not None
-        try:
-            sock, _ = self._listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:  # e.g. out of file descriptors; the next accept may succeed
-            self._log.exception("control_accept_failed")
-            return
+        """Accept every connection waiting (a burst of clients is taken in one round)."""
+        assert self._listener is not None
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. out of file descriptors; the next accept may succeed
+                self._log.exception("control_accept_failed")
+                return
+            self._admit(sock)
+
+    def _admit(self, sock: socket.socket) -> None:
+        assert self._selector is not None
         sock.setblocking(False)
         try:
             peer = Peer(*_PEERCRED.unpack(

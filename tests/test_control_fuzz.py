@@ -14,7 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from control.protocol import COMMANDS, ProtocolError, Request, decode_request
+from control.protocol import (
+    COMMANDS,
+    ProtocolError,
+    Request,
+    _issues,
+    _plainly_valid,
+    decode_request,
+)
 from control.server import ControlServer
 from planning.schemas import load_schema
 from tests.test_control_server import EchoHandler, RecordingLog
@@ -112,3 +119,24 @@ def test_a_live_server_answers_ping_after_random_lines() -> None:
             sends_garbage_then_pings()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@given(requests)
+def test_the_fast_check_accepts_only_what_the_explained_check_accepts(value: dict[str, Any]) -> None:
+    """The compiled validator answers first; whatever it lets through, the Python validator
+    (with its stricter integers) must find nothing wrong with."""
+    document = json.loads(json.dumps(value))
+    document.setdefault("args", {})
+    if _plainly_valid(document):
+        assert _issues(document) == []
+
+
+def test_a_float_where_an_integer_belongs_is_refused_with_its_path() -> None:
+    # The compiled validator calls 1.0 an integer (JSON Schema does); the request id must not be.
+    line = json.dumps({"id": 1.0, "command": "ping"}).encode()
+    try:
+        decode_request(line)
+    except ProtocolError as refusal:
+        assert refusal.code == "invalid_request" and "$.id" in refusal.message
+    else:
+        raise AssertionError("a float id was accepted")
