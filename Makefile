@@ -1,7 +1,7 @@
 # Two entry points, both self-contained on a fresh machine (see README):
 #   make quickstart   - create .venv, install orchestrate, run examples/quickstart
 #   make test         - create .venv, install orchestrate with test extras, run the suite
-#   make bench        - orchestrate against make, doit and dask on the same workloads (bench/peers.py, ~5 min)
+#   make bench        - orchestrate against make, doit and dask on the same workloads (bench/peers.py, ~3 min)
 #   make mutation     - mutation score of the pure decision modules (bench/mutation.sh, ~12 min)
 PYTHON ?= python3
 VENV   := .venv
