@@ -26,7 +26,7 @@ import json
 import threading
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from actors.directory import SCHEDULER, Directory, PeerUnavailable
 from actors.timers import TimerService
 from messages import Flush
 from messages.health import LedgerRecovered, LedgerStalled
-from messages.ledger import CommitDue, CreateRun, LedgerOp
+from messages.ledger import CommitDue, CreateRun, LedgerOp, LedgerOps
 from persistence.clock import utc_now_iso
 from persistence.spill import read_spill, write_spill
 from persistence.store import Store, WriteStalled
@@ -106,8 +106,12 @@ class LedgerWriter:
 
     def append(self, op: LedgerOp) -> int:
         """Accept ``op``; returns how many ops are now unwritten."""
+        return self.extend((op,))
+
+    def extend(self, ops: Iterable[LedgerOp]) -> int:
+        """Accept ``ops``, in order; returns how many ops are now unwritten."""
         with self._ops_lock:
-            self._ops.append(op)
+            self._ops.extend(ops)
             return len(self._ops)
 
     def pending(self) -> int:
@@ -239,11 +243,12 @@ class LedgerActor(SupervisedActor):
             self.commit_pending = False
             self._commit()
             return None
-        if not isinstance(message, LEDGER_OPS):
+        ops = message.ops if isinstance(message, LedgerOps) else (message,)
+        if not all(isinstance(op, LEDGER_OPS) for op in ops):
             # Applying it would fail every batch it sits in, forever.
             log.warning("ledger_ignored", message=type(message).__name__)
             return None
-        pending = self.writer.append(message)
+        pending = self.writer.extend(ops)
         if pending >= MAX_BATCH and self.writer.stall is None:
             self._commit()
         else:
@@ -252,12 +257,12 @@ class LedgerActor(SupervisedActor):
 
     def on_stale(self, message: object) -> object:
         """A replaced Ledger hands ops still in its mailbox to its successor, not to the floor."""
-        if not isinstance(message, LEDGER_OPS):
+        if not isinstance(message, (*LEDGER_OPS, LedgerOps)):
             return super().on_stale(message)
         try:
             self.directory.tell(self.name, message)
         except PeerUnavailable:
-            self.writer.append(message)  # type: ignore[arg-type]
+            self.writer.extend(message.ops if isinstance(message, LedgerOps) else (message,))  # type: ignore[arg-type]
         return None
 
     def _create_run(self, message: CreateRun) -> str:

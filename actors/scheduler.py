@@ -72,6 +72,7 @@ from messages import (
     ErrorObserved,
     EventObserved,
     ExecuteTask,
+    LedgerOps,
     RouteTasks,
     RunProgress,
     StartRun,
@@ -246,6 +247,12 @@ class SchedulerActor(SupervisedActor):
     # -- effects ----------------------------------------------------------------------------------
     def _carry_out(self, effects: list[Effect]) -> None:
         at = utc_now_iso()
+        try:
+            self._carry_out_each(effects, at)
+        finally:
+            self._flush_backlog()  # what these effects recorded goes to the Ledger as one message
+
+    def _carry_out_each(self, effects: list[Effect], at: str) -> None:
         for effect in effects:
             match effect:
                 case TaskMoved():
@@ -317,15 +324,18 @@ class SchedulerActor(SupervisedActor):
             log.warning("executor_unavailable", adapter=adapter, message=type(message).__name__)
 
     def _ledger(self, op: Any) -> None:
-        """Tell the Ledger ``op``; while it is between incarnations ops wait here, in order,
-        and go to the next one (a record is delayed, never dropped)."""
+        """Record ``op``: it is told to the Ledger, with the others of the same decision, when
+        the effects have been carried out; while the Ledger is between incarnations ops wait
+        here, in order, and go to the next one (a record is delayed, never dropped)."""
         self._backlog.append(op)
-        self._flush_backlog()
 
     def _flush_backlog(self) -> None:
+        if not self._backlog:
+            return
+        ops = tuple(self._backlog)
         try:
-            while self._backlog:
-                self.directory.tell(LEDGER, self._backlog[0])
-                self._backlog.popleft()
+            self.directory.tell(LEDGER, ops[0] if len(ops) == 1 else LedgerOps(ops))
         except PeerUnavailable:
-            log.warning("ledger_unavailable_holding_records", held=len(self._backlog))
+            log.warning("ledger_unavailable_holding_records", held=len(ops))
+            return
+        self._backlog.clear()

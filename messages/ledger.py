@@ -200,3 +200,11 @@ LedgerOp = Union[
     RoutingDecided,
     PatchRecorded,
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerOps(Message):
+    """Several ops told at once, applied in order as if told one by one: the Scheduler sends
+    what one decision produced (a task's transition, its attempt row, its events) as one message."""
+
+    ops: tuple[LedgerOp, ...]  # never empty
