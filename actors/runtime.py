@@ -199,7 +199,7 @@ class Runtime:
             for name, info in self.adapters.items()
             if info.type != "human" and info.type not in AGENT_TYPES
         }
-        self._events: queue.Queue[RunProgress | None] = queue.Queue()
+        self._events: queue.SimpleQueue[RunProgress | None] = queue.SimpleQueue()
         self.status = StatusView()
         self._listeners: list[Callable[[RunProgress], None]] = [self.status.apply]
         self._listeners_lock = threading.Lock()

@@ -70,8 +70,6 @@ class ProcessSpec:
     # takes processes carrying it, which finds grandchildren that called setsid and were
     # orphaned before any sample saw them.
     marker: tuple[str, str] | None = None
-    # The file to execute, when already known; else argv[0] is looked for on env's PATH.
-    executable: str | None = None
 
 
 OnExit = Callable[[ProcessResult], None]
@@ -438,7 +436,7 @@ def _start(spec: ProcessSpec) -> tuple[int, int]:
         os.makedirs(os.path.dirname(spec.log_path) or ".", exist_ok=True)
         log_fd = os.open(spec.log_path, flags, 0o644)
     try:
-        pid = spawn(spec.argv, spec.cwd, dict(spec.env), log_fd, spec.executable)
+        pid = spawn(spec.argv, spec.cwd, dict(spec.env), log_fd)
     finally:
         os.close(log_fd)
     try:

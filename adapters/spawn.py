@@ -89,12 +89,12 @@ def resolve_executable(name: str, env: dict[str, str]) -> str:
     return found
 
 
-def spawn(argv: Sequence[str], cwd: str, env: dict[str, str], log_fd: int, executable: str | None = None) -> int:
-    """Start ``executable`` (default: ``argv[0]`` searched on ``env``'s PATH) with ``argv`` in
+def spawn(argv: Sequence[str], cwd: str, env: dict[str, str], log_fd: int) -> int:
+    """Start ``argv`` (its first item searched on ``env``'s PATH unless it holds a ``/``) in
     ``cwd`` with exactly ``env``, in a new session, output to ``log_fd``; return its pid. The
     caller keeps and closes ``log_fd``. Raises OSError (naming the cwd or the executable) when
     it cannot start."""
-    path = os.fsencode(executable or resolve_executable(argv[0], env))
+    path = os.fsencode(resolve_executable(argv[0], env))
     actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
     _fa_init(actions)
     try:

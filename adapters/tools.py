@@ -93,8 +93,9 @@ _SHELL_WORDS = frozenset(
 )
 
 
-def direct_argv(command: str, path: str) -> tuple[str, tuple[str, ...]] | None:
-    """The program and argv that run ``command`` without a shell, or None when it needs one.
+def direct_argv(command: str, path: str) -> tuple[str, ...] | None:
+    """The argv that runs ``command`` without a shell (the program's absolute path first), or
+    None when it needs one.
 
     Like make: a command of plain words whose first word is a program found on ``path`` runs
     that program directly, saving the shell's start (half the cost of a short task). Anything
@@ -109,7 +110,7 @@ def direct_argv(command: str, path: str) -> tuple[str, tuple[str, ...]] | None:
     if program in _SHELL_WORDS or "=" in program:
         return None
     found = _program(program, path)
-    return None if found is None else (found, (program, *words[1:]))
+    return None if found is None else (found, *words[1:])
 
 
 @functools.lru_cache(maxsize=512)
@@ -137,8 +138,8 @@ class ShellAdapter:
     def process_spec(self, task: TaskSpec, log_path: str) -> ProcessSpec:
         command = task.command or ""
         spec = _spec(task, (SHELL, "-c", command), log_path, task.timeout_s)
-        direct = direct_argv(command, dict(spec.env).get("PATH", os.defpath))
-        return spec if direct is None else replace(spec, executable=direct[0], argv=direct[1])
+        argv = direct_argv(command, dict(spec.env).get("PATH", os.defpath))
+        return spec if argv is None else replace(spec, argv=argv)
 
 
 class PythonAdapter:
