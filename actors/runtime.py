@@ -199,7 +199,7 @@ class Runtime:
             for name, info in self.adapters.items()
             if info.type != "human" and info.type not in AGENT_TYPES
         }
-        self._events: queue.SimpleQueue[RunProgress | None] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[tuple[RunProgress, ...] | None] = queue.SimpleQueue()
         self.status = StatusView()
         self._listeners: list[Callable[[RunProgress], None]] = [self.status.apply]
         self._listeners_lock = threading.Lock()
@@ -296,7 +296,7 @@ class Runtime:
         self._stopping.set()
 
     def _ledger_warning(self, text: str) -> None:
-        self._events.put(RunProgress("", LEDGER, "WARNING", utc_now_iso(), 0, 0, text))
+        self._events.put((RunProgress("", LEDGER, "WARNING", utc_now_iso(), 0, 0, text),))
 
     def _database_stalled(self, error: WriteStalled, stalled_s: float) -> None:
         self._abort_reason = stalled_message(error, stalled_s)
@@ -437,16 +437,18 @@ class Runtime:
             return list(self._listeners)
 
     def _fan_out(self) -> None:
-        while (event := self._events.get()) is not None:
-            for listener in self._listeners_snapshot():
-                try:
-                    listener(event)
-                except Exception:
-                    log.exception("listener_failed")
-            if event.finished_run_state:
-                with self._finished_cond:
-                    self._finished[event.run_id] = event.finished_run_state
-                    self._finished_cond.notify_all()
+        while (events := self._events.get()) is not None:
+            listeners = self._listeners_snapshot()
+            for event in events:
+                for listener in listeners:
+                    try:
+                        listener(event)
+                    except Exception:
+                        log.exception("listener_failed")
+                if event.finished_run_state:
+                    with self._finished_cond:
+                        self._finished[event.run_id] = event.finished_run_state
+                        self._finished_cond.notify_all()
 
     # -- runs ----------------------------------------------------------------------------------
     def submit(self, run_id: str, reset: tuple[str, ...] | None = None, plan: Plan | None = None) -> None:

@@ -126,7 +126,7 @@ class SchedulerActor(SupervisedActor):
         directory: Directory,
         config: CoreConfig,
         timers: TimerService,
-        progress: Callable[[RunProgress], None],
+        progress: Callable[[tuple[RunProgress, ...]], None],
         kill_process: Callable[[int, float], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -134,6 +134,7 @@ class SchedulerActor(SupervisedActor):
         self.core = RunCore(config)
         self.timers = timers
         self.progress = progress
+        self._said: list[RunProgress] = []  # progress of the effects being carried out
         self.kill_process = kill_process
         self.clock = clock
         self.ticking = False
@@ -250,7 +251,12 @@ class SchedulerActor(SupervisedActor):
         try:
             self._carry_out_each(effects, at)
         finally:
-            self._flush_backlog()  # what these effects recorded goes to the Ledger as one message
+            # What these effects recorded goes to the Ledger, and what they said to watchers, each
+            # as one message: every message is a thread to wake, the costliest part of a short task.
+            self._flush_backlog()
+            if self._said:
+                said, self._said = tuple(self._said), []
+                self.progress(said)
 
     def _carry_out_each(self, effects: list[Effect], at: str) -> None:
         for effect in effects:
@@ -258,14 +264,14 @@ class SchedulerActor(SupervisedActor):
                 case TaskMoved():
                     self._ledger(TransitionTask(effect.run_id, effect.task_key, effect.state, at, effect.attempt,
                                                 effect.reason, effect.adapter))
-                    self.progress(RunProgress(effect.run_id, effect.task_key, effect.state.value, at, effect.done,
+                    self._said.append(RunProgress(effect.run_id, effect.task_key, effect.state.value, at, effect.done,
                                               effect.total, effect.reason))
                 case WorkstreamMoved():
                     self._ledger(TransitionWorkstream(effect.run_id, effect.ws_id, effect.state, at))
                 case RunMoved():
                     self._ledger(TransitionRun(effect.run_id, effect.state, at, effect.reason))
                     if effect.finished:
-                        self.progress(RunProgress(effect.run_id, "", effect.state.value, at, effect.done,
+                        self._said.append(RunProgress(effect.run_id, "", effect.state.value, at, effect.done,
                                                   effect.total, effect.reason, finished_run_state=effect.state.value))
                 case ReportAccepted():
                     self._ledger(effect.report)
@@ -284,7 +290,7 @@ class SchedulerActor(SupervisedActor):
                     self._ledger(EventObserved(effect.event_type, at, effect.run_id, ws_id, effect.task_key,
                                                json.dumps(dict(effect.payload), sort_keys=True)))
                 case Announced():
-                    self.progress(RunProgress(effect.run_id, effect.subject, effect.label, at, effect.done,
+                    self._said.append(RunProgress(effect.run_id, effect.subject, effect.label, at, effect.done,
                                               effect.total, effect.detail))
                 case RouteRequested():
                     self.directory.tell(ROUTER, RouteTasks(effect.run_id, effect.tasks, effect.open_circuits,
