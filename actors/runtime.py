@@ -45,6 +45,7 @@ from actors.workspace import WorkspaceActor
 from adapters.leftovers import kill_leftovers
 from adapters.process import ProcessReactor, kill_descendants
 from adapters.tools import BUILTIN_ADAPTERS, ToolAdapter
+from control import SOCKET_FILE  # noqa: F401 - where callers have always found it
 from domain.errors import ErrorClass
 from domain.plan import Plan
 from domain.routing import AdapterInfo, RouterConfig, default_config
@@ -66,7 +67,6 @@ INTERRUPT_ASK_TIMEOUT_S = 5.0
 # Coding agents: run by the agent executor (fix rounds, "did it do anything" verdicts).
 AGENT_TYPES = frozenset({"aider", "agent"})
 LOCK_FILE = "runtime.lock"
-SOCKET_FILE = "orchestrate.sock"
 STALL_LIMIT_ENV = "ORCHESTRATE_DB_STALL_LIMIT_S"
 DEFAULT_STALL_LIMIT_S = 60.0
 # Each cause of a stalled database: what is wrong, and what a person can do about it.
