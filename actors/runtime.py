@@ -449,14 +449,20 @@ class Runtime:
                     self._finished_cond.notify_all()
 
     # -- runs ----------------------------------------------------------------------------------
-    def submit(self, run_id: str, reset: tuple[str, ...] | None = None, plan: Plan | None = None) -> None:
+    def submit(
+        self, run_id: str, reset: tuple[str, ...] | None = None, plan: Plan | None = None, new: bool = False
+    ) -> None:
         """Start (or resume) ``run_id`` from the ledger (``plan``: its plan, when the caller
-        holds it). Leftover processes of a dead runtime that ran it are killed first."""
-        # Always scanned (a few ms): a runtime can die after spawning a task but before the
-        # ledger learnt anything of it, so "never started" in the ledger proves nothing.
-        killed = kill_leftovers(run_id, recorded_processes(self.store, run_id))
-        if killed:
-            log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
+        holds it). Leftover processes of a dead runtime that ran it are killed first, unless
+        ``new``: the caller has just created the run under a freshly generated id, so nothing
+        can carry its marker yet."""
+        # Otherwise always scanned (a few ms of reading every process's environment): a runtime
+        # can die after spawning a task but before the ledger learnt anything of it, so "never
+        # started" in the ledger proves nothing.
+        if not new:
+            killed = kill_leftovers(run_id, recorded_processes(self.store, run_id))
+            if killed:
+                log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
         start = start_message(self.store, run_id, self.state_dir, reset, plan)
         self._submitted.add(run_id)
         with self._finished_cond:

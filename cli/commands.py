@@ -133,9 +133,10 @@ def _socket_path(args: argparse.Namespace, state_dir: Path) -> Path:
     return Path(args.socket) if getattr(args, "socket", None) else state_dir / SOCKET_FILE
 
 
-def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Plan | None = None) -> int:
-    """Run ``run_id`` in ``runtime`` in the foreground (``plan``: its plan, if already loaded);
-    stops the runtime when done."""
+def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Plan | None = None,
+             new: bool = False) -> int:
+    """Run ``run_id`` in ``runtime`` in the foreground (``plan``: its plan, if already loaded;
+    ``new``: the run was just created under a generated id); stops the runtime when done."""
     stop: signals.StopRequested | None = None
     try:
         run = store.get_run(run_id, metadata=False)
@@ -147,9 +148,11 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Pla
         colour = use_colour()
         counts = store.task_counts(run_id)
         done_before = counts.get(TaskState.COMPLETED.value, 0)
+        # The plan, when given, is the run's own (the same request): no need to read its rows.
+        workstreams = len(plan.workstreams) if plan is not None else len(store.get_workstreams(run_id))
         print(
             paint(f"orchestrate: run {run_id}", "bold", colour)
-            + f" — {len(store.get_workstreams(run_id))} workstreams, {sum(counts.values())} tasks, "
+            + f" — {workstreams} workstreams, {sum(counts.values())} tasks, "
             f"concurrency {runtime.options.concurrency}"
             + (f", resuming ({done_before} already completed)" if done_before else ""),
             flush=True,
@@ -173,7 +176,7 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Pla
                     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
         runtime.add_listener(show)
-        runtime.submit(run_id, plan=plan)
+        runtime.submit(run_id, plan=plan, new=new)
         try:
             runtime.wait(run_id)
         except RuntimeAborted as error:
@@ -186,8 +189,8 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Pla
         raise _stopped(stop, interrupted, [run_id])
     if runtime.abort_reason:  # while its last records were being written
         raise _stopped_before(run_id, runtime.abort_reason)
-    state = _committed_state(store, run_id)
-    _print_summary(store, run_id, state, time.monotonic() - started, colour)
+    state, counts = _committed_state(store, run_id)
+    _print_summary(store, run_id, state, counts, time.monotonic() - started, colour)
     return EXIT_OK if state == RunState.COMPLETED.value else EXIT_RUN_FAILED
 
 
@@ -196,36 +199,40 @@ def _stopped_before(run_id: str, reason: str) -> CliError:
                     f"resume it with `orchestrate execute --run {run_id}`", EXIT_RUNTIME)
 
 
-def _committed_state(store: Store, run_id: str) -> str:
-    """The run's state as committed to the ledger, which is what a run's outcome is; raises
-    (exit 3) if the ledger does not show it finished (or shows it completed with a task not
-    finished), whatever the scheduler believed."""
-    run = store.get_run(run_id)
-    unfinished = {s: n for s, n in store.task_counts(run_id).items() if s not in TERMINAL_TASK_STATES}
+def _committed_state(store: Store, run_id: str) -> tuple[str, dict[str, int]]:
+    """The run's state as committed to the ledger, which is what a run's outcome is, and its
+    tasks counted by state; raises (exit 3) if the ledger does not show it finished (or shows
+    it completed with a task not finished), whatever the scheduler believed."""
+    run = store.get_run(run_id, metadata=False)
+    counts = store.task_counts(run_id)
+    unfinished = {s: n for s, n in counts.items() if s not in TERMINAL_TASK_STATES}
     status = run["status"] if run is not None else None
     if status not in TERMINAL_RUN_STATES or (status == RunState.COMPLETED.value and unfinished):
         held = ", ".join(f"{n} {s.lower()}" for s, n in sorted(unfinished.items())) or "none"
         raise CliError(f"run {run_id} is not finished in the ledger (status {status}; "
                        f"unfinished tasks: {held}); resume it with `orchestrate execute --run {run_id}`",
                        EXIT_RUNTIME)
-    return str(status)
+    return str(status), counts
 
 
-def _print_summary(store: Store, run_id: str, state: str, elapsed: float, colour: bool) -> None:
-    """The run's outcome from the ledger: counts, then what failed (with why) and what is blocked,
-    at most :data:`SUMMARY_LINES` of each; ``runs show`` has them all."""
-    counts = store.task_counts(run_id)
+def _print_summary(store: Store, run_id: str, state: str, counts: dict[str, int], elapsed: float,
+                   colour: bool) -> None:
+    """The run's outcome from the ledger (``counts``: its tasks by state): counts, then what
+    failed (with why) and what is blocked, at most :data:`SUMMARY_LINES` of each; ``runs show``
+    has them all."""
     tint = "green" if state == RunState.COMPLETED.value else "red"
     parts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
     print(f"\nrun {run_id} {paint(state, tint, colour)} in {elapsed:.2f}s: {parts}")
-    failed = store.get_tasks(run_id, states=(TaskState.FAILED.value, TaskState.TIMEOUT.value))
+    failing = (TaskState.FAILED.value, TaskState.TIMEOUT.value)
+    failed = store.get_tasks(run_id, states=failing) if any(counts.get(s) for s in failing) else []
     for task in failed[:SUMMARY_LINES]:
         attempts = store.get_attempts(run_id, task["task_key"])
         why = (attempts[-1].get("message") if attempts else "") or task["state"]
         print(f"  {paint('✗', 'red', colour)} {task['task_key']}: {why}")
     if len(failed) > SUMMARY_LINES:
         print(f"  … and {len(failed) - SUMMARY_LINES} more failed")
-    blocked = [t["task_key"] for t in store.get_tasks(run_id, states=(TaskState.BLOCKED.value,))]
+    blocked = [t["task_key"] for t in store.get_tasks(run_id, states=(TaskState.BLOCKED.value,))
+               ] if counts.get(TaskState.BLOCKED.value) else []
     if blocked:
         more = f" … and {len(blocked) - SUMMARY_LINES} more" if len(blocked) > SUMMARY_LINES else ""
         print(f"  blocked: {', '.join(blocked[:SUMMARY_LINES])}{more}")
@@ -252,11 +259,11 @@ def _run_plan(args: argparse.Namespace, plan_path: str) -> tuple[int, str]:
         runtime = _runtime(args, store, state_dir, router, args.concurrency)
         try:
             reuse = frozenset() if args.new else RESUMABLE_BY_RUN
-            run_id, _ = _create_or_find_run(runtime.directory.get(LEDGER), store, plan, args.concurrency, reuse)
+            run_id, created = _create_or_find_run(runtime.directory.get(LEDGER), store, plan, args.concurrency, reuse)
         except BaseException:
             runtime.stop()
             raise
-        return _execute(runtime, store, run_id, args.quiet, plan), run_id
+        return _execute(runtime, store, run_id, args.quiet, plan, new=created), run_id
     finally:
         store.close()
 
