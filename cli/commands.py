@@ -64,6 +64,13 @@ def _open_store(args: argparse.Namespace) -> tuple[Store, Path]:
     return store, state_dir
 
 
+def _close(store: Store) -> None:
+    """Close the store and the engine it was opened with: the database's connections close
+    (and SQLite checkpoints its WAL) now, not whenever the process tears them down."""
+    store.close()
+    store.engine.dispose()
+
+
 def _create_or_find_run(
     ledger: pykka.ActorRef,
     store: Store,
@@ -265,7 +272,7 @@ def _run_plan(args: argparse.Namespace, plan_path: str) -> tuple[int, str]:
             raise
         return _execute(runtime, store, run_id, args.quiet, plan, new=created), run_id
     finally:
-        store.close()
+        _close(store)
 
 
 def _run_mission(args: argparse.Namespace) -> int:
@@ -280,7 +287,7 @@ def _run_mission(args: argparse.Namespace) -> int:
     try:
         document = missions.run_receipt(store, workflow, run_id)
     finally:
-        store.close()
+        _close(store)
     path = state_dir / "receipts" / f"{run_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -310,7 +317,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("orchestrate: shut down", flush=True)
         return EXIT_OK
     finally:
-        store.close()
+        _close(store)
 
 
 def cmd_request(args: argparse.Namespace) -> int:
@@ -328,7 +335,7 @@ def cmd_request(args: argparse.Namespace) -> int:
             raise CliError(str(error), EXIT_RUNTIME) from None
         run = store.get_run(run_id)
     finally:
-        store.close()
+        _close(store)
     if args.json:
         print(json.dumps({"run_id": run_id, "created": created, "status": run["status"] if run else None}))
     else:
@@ -371,4 +378,4 @@ def cmd_execute(args: argparse.Namespace) -> int:
         runtime = _runtime(args, store, state_dir, router, concurrency)
         return _execute(runtime, store, args.run_id, args.quiet)
     finally:
-        store.close()
+        _close(store)

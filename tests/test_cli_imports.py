@@ -136,3 +136,19 @@ def test_a_run_imports_the_runtime_but_nothing_it_does_not_use(tmp_path):
     for unused in ("control.client", "cli.missions", "planning.missions", "actors.agent_executor",
                    "actors.ledger_session"):
         assert unused not in loaded, chain(modules, unused)
+
+
+def test_a_command_ends_with_its_output_flushed_its_code_and_its_database_closed(tmp_path, orchestrate, write_plan):
+    """The program exits without tearing the interpreter down (see ``cli.main.console``): what
+    it printed still arrives, its exit code is the command's, and the ledger's connections
+    were closed first (SQLite removes the WAL file when the last one closes)."""
+    write_plan({"id": "ws", "tasks": [{"id": "t", "tool": "shell", "command": "true"},
+                                       {"id": "bad", "tool": "shell", "command": "exit 4"}]})
+    result = orchestrate("run", "plan.json", "-q")
+    assert result.code == 1, result.err
+    assert "run run-" in result.out and "1 completed, 1 failed" in result.out and "bad:" in result.out
+    state = tmp_path / ".state"
+    assert (state / "orchestration.db").exists() and not (state / "orchestration.db-wal").exists()
+    listed = orchestrate("runs", "--json")
+    assert listed.code == 0 and listed.json()[0]["task_counts"] == {"COMPLETED": 1, "FAILED": 1}
+    assert orchestrate("--state-dir", "nowhere", "status").code == 3
