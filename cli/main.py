@@ -30,7 +30,11 @@ LEDGER = "cli.reading"  # runs, db: the ledger, read (and created/upgraded) with
 CLIENT = "cli.client"  # the control-socket clients of a live runtime
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``only``, the parser of that one command (and the global
+    options): building argparse parsers for two dozen commands takes several milliseconds, and
+    a command that runs needs its own. Falls back to the full parser if ``only`` names no
+    command."""
     parser = argparse.ArgumentParser(
         prog="orchestrate",
         description="Run development pipelines: plans of workstreams executed by actors, with a durable ledger.",
@@ -41,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("ORCHESTRATE_STATE_DIR", ".state"),
         help="where the database, logs and transitions live (default: ./.state)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    actions = parser.add_subparsers(dest="command", metavar="COMMAND")
+    actions.required = True
+    sub = _Subcommands(actions, only)
 
     run = sub.add_parser("run", help="validate a plan, create (or resume) its run and execute it in the foreground")
     run.add_argument("plan", nargs="?", help="a workstream file, a {\"workstreams\": [...]} file, or a directory of them")
@@ -112,7 +117,59 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(handler=LEDGER + ":cmd_db_inspect")
     _client_commands(sub)
+    if only is not None and not sub.built:
+        return build_parser()
     return parser
+
+
+def command_named(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` runs when that is plain to see: the first word after the global
+    options, spelled out in full. ``None`` (build every command's parser, let argparse decide)
+    for anything else: help, --version, an abbreviated option, no command."""
+    words = iter(argv)
+    for word in words:
+        if word == "--state-dir":
+            next(words, None)
+        elif not word.startswith("--state-dir="):
+            return None if word.startswith("-") else word
+    return None
+
+
+class _Subcommands:
+    """``add_subparsers()``'s action, building only the parser of the command named ``only``
+    (every one when ``None``); the others' definitions go to :data:`_SKIPPED`."""
+
+    def __init__(self, actions: argparse._SubParsersAction, only: str | None) -> None:
+        self.actions = actions
+        self.only = only
+        self.built = False
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        if self.only is not None and name != self.only:
+            return _SKIPPED  # type: ignore[return-value]
+        self.built = True
+        return self.actions.add_parser(name, **kwargs)
+
+
+class _Skipped:
+    """Takes the definition of a command whose parser is not needed, and builds nothing."""
+
+    required = False
+
+    def add_argument(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    def set_defaults(self, **kwargs: object) -> None:
+        return None
+
+    def add_subparsers(self, **kwargs: object) -> _Skipped:
+        return self
+
+    def add_parser(self, *args: object, **kwargs: object) -> _Skipped:
+        return self
+
+
+_SKIPPED = _Skipped()
 
 
 def _mission_options(parser: argparse.ArgumentParser) -> None:
@@ -192,7 +249,7 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(command_named(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     with signals.handling_stop_signals():
         return _run(args)
