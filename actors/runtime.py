@@ -15,6 +15,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -495,11 +496,19 @@ class Runtime:
 
             scheduler = self.directory.get(SCHEDULER)
             scheduler.ask(Drain(), timeout=ASK_TIMEOUT_S)
-            deadline = threading.Event()
-            waited = 0.0
-            while waited < timeout_s and scheduler.ask(StatusQuery(), timeout=ASK_TIMEOUT_S)["running"]:
-                deadline.wait(0.1)
-                waited += 0.1
+            # Woken by each progress event (a task that ends is one), not by a polling tick.
+            progressed = threading.Event()
+            remove = self.add_listener(lambda _event: progressed.set())
+            try:
+                deadline = time.monotonic() + timeout_s
+                while True:
+                    progressed.clear()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not scheduler.ask(StatusQuery(), timeout=ASK_TIMEOUT_S)["running"]:
+                        break
+                    progressed.wait(remaining)
+            finally:
+                remove()
             scheduler.ask(StopRuns(), timeout=ASK_TIMEOUT_S)
             self._stopping.set()
             with self._finished_cond:
