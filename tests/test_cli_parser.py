@@ -56,3 +56,22 @@ def test_the_one_command_parser_has_that_command_only():
     assert set(choices) == {"runs"}
     full = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert {"run", "runs", "db", "status", "shutdown"} <= set(full)
+
+
+def test_a_bug_in_a_command_is_one_line_and_exit_3(tmp_path, monkeypatch, capsys):
+    import structlog
+
+    import cli.reading
+    from cli.main import main
+
+    def broken(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli.reading, "cmd_runs", broken)
+    try:
+        code = main(["--state-dir", str(tmp_path / "state"), "runs"])
+    finally:
+        structlog.reset_defaults()  # main() pointed structlog at this test's captured stderr
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "orchestrate: internal error: RuntimeError: boom" in err
