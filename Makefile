@@ -6,14 +6,21 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+PACKAGES := actors adapters cli control domain messages persistence planning
 
 $(BIN)/orchestrate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-.PHONY: install quickstart test bench mutation
-install: $(BIN)/orchestrate
+.PHONY: install bytecode quickstart test bench mutation
+install: $(BIN)/orchestrate bytecode
+
+# An editable install compiles none of the packages' bytecode, and with PYTHONDONTWRITEBYTECODE
+# set nothing ever writes it: every command would compile its modules from source first (about
+# 0.1 s of a one-task run). compileall only rewrites what is out of date.
+bytecode: $(BIN)/orchestrate
+	$(BIN)/python -m compileall -q $(PACKAGES)
 
 quickstart: install
 	cd examples/quickstart && ../../$(BIN)/orchestrate run plan

@@ -15,6 +15,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from actors.workspace import WorkspaceActor
 from adapters.leftovers import kill_leftovers
 from adapters.process import ProcessReactor, kill_descendants
 from adapters.tools import BUILTIN_ADAPTERS, ToolAdapter
+from control import SOCKET_FILE  # noqa: F401 - where callers have always found it
 from domain.errors import ErrorClass
 from domain.plan import Plan
 from domain.routing import AdapterInfo, RouterConfig, default_config
@@ -66,7 +68,6 @@ INTERRUPT_ASK_TIMEOUT_S = 5.0
 # Coding agents: run by the agent executor (fix rounds, "did it do anything" verdicts).
 AGENT_TYPES = frozenset({"aider", "agent"})
 LOCK_FILE = "runtime.lock"
-SOCKET_FILE = "orchestrate.sock"
 STALL_LIMIT_ENV = "ORCHESTRATE_DB_STALL_LIMIT_S"
 DEFAULT_STALL_LIMIT_S = 60.0
 # Each cause of a stalled database: what is wrong, and what a person can do about it.
@@ -451,14 +452,20 @@ class Runtime:
                         self._finished_cond.notify_all()
 
     # -- runs ----------------------------------------------------------------------------------
-    def submit(self, run_id: str, reset: tuple[str, ...] | None = None, plan: Plan | None = None) -> None:
+    def submit(
+        self, run_id: str, reset: tuple[str, ...] | None = None, plan: Plan | None = None, new: bool = False
+    ) -> None:
         """Start (or resume) ``run_id`` from the ledger (``plan``: its plan, when the caller
-        holds it). Leftover processes of a dead runtime that ran it are killed first."""
-        # Always scanned (a few ms): a runtime can die after spawning a task but before the
-        # ledger learnt anything of it, so "never started" in the ledger proves nothing.
-        killed = kill_leftovers(run_id, recorded_processes(self.store, run_id))
-        if killed:
-            log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
+        holds it). Leftover processes of a dead runtime that ran it are killed first, unless
+        ``new``: the caller has just created the run under a freshly generated id, so nothing
+        can carry its marker yet."""
+        # Otherwise always scanned (a few ms of reading every process's environment): a runtime
+        # can die after spawning a task but before the ledger learnt anything of it, so "never
+        # started" in the ledger proves nothing.
+        if not new:
+            killed = kill_leftovers(run_id, recorded_processes(self.store, run_id))
+            if killed:
+                log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
         start = start_message(self.store, run_id, self.state_dir, reset, plan)
         self._submitted.add(run_id)
         with self._finished_cond:
@@ -491,11 +498,19 @@ class Runtime:
 
             scheduler = self.directory.get(SCHEDULER)
             scheduler.ask(Drain(), timeout=ASK_TIMEOUT_S)
-            deadline = threading.Event()
-            waited = 0.0
-            while waited < timeout_s and scheduler.ask(StatusQuery(), timeout=ASK_TIMEOUT_S)["running"]:
-                deadline.wait(0.1)
-                waited += 0.1
+            # Woken by each progress event (a task that ends is one), not by a polling tick.
+            progressed = threading.Event()
+            remove = self.add_listener(lambda _event: progressed.set())
+            try:
+                deadline = time.monotonic() + timeout_s
+                while True:
+                    progressed.clear()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not scheduler.ask(StatusQuery(), timeout=ASK_TIMEOUT_S)["running"]:
+                        break
+                    progressed.wait(remaining)
+            finally:
+                remove()
             scheduler.ask(StopRuns(), timeout=ASK_TIMEOUT_S)
             self._stopping.set()
             with self._finished_cond:

@@ -12,9 +12,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from actors.runtime import SOCKET_FILE
 from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli.output import table
+from control import SOCKET_FILE
 from control.client import ControlClient, RuntimeNotListening
 from control.protocol import ControlError
 

@@ -10,13 +10,11 @@ import sys
 import time
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 
 import pykka
 import structlog
 
 from actors.directory import LEDGER
-from actors.ledger_session import LedgerSession
 from actors.runs import create_or_find_run
 from actors.runtime import (
     SOCKET_FILE,
@@ -27,35 +25,26 @@ from actors.runtime import (
     RuntimeOptions,
     stall_limit_from_env,
 )
-from cli import missions, signals
+from cli import signals
 from cli.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli.logging import configure_logging
-from cli.output import paint, progress_line, table, use_colour
+from cli.output import paint, progress_line, use_colour
+from cli.plans import format_plan_error, load, require_schemas
+from cli.plans import router as read_router
+from cli.reading import open_ledger
 from control.server import ControlSocketError
 from domain.plan import Plan
-from domain.routing import RouterConfig, RoutingTable
+from domain.routing import RouterConfig
 from domain.states import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, RunState, TaskState
-from persistence.db import DatabaseUnavailable, make_engine, resolve_db_url
-from persistence.migrate import init_db
 from persistence.store import DuplicateRun, Store, WriteStalled
 from planning.errors import PlanError
-from planning.loader import load_plan
 from planning.request import (
     RequestInvalid,
     select_workstreams,
 )
-from planning.router_config import find_router_config, load_router_config
-from planning.schemas import SchemaMissing, load_schema
 
 log = structlog.get_logger("orchestrate.cli")
 
-REQUIRED_SCHEMAS = ("workstream.v1.json", "execution_request.v1.json", "run_record.v1.json")
-# Events worth a line in `runs show`: breakers, quarantine, merges, fix rounds, decisions.
-NOTABLE_EVENTS = (
-    "CIRCUIT_OPEN", "CIRCUIT_HALF_OPEN", "CIRCUIT_CLOSED", "RUN_QUARANTINED", "WORKSTREAM_MERGED",
-    "MERGE_CONFLICT", "MERGE_FAILED", "BRANCH_LEFT", "FIX_ROUND", "TASK_APPROVED", "TASK_REJECTED",
-    "RUN_PAUSED", "RUN_RESUMED", "WORKTREE_RESET",
-)
 # `run PLAN` continues the existing run of the same request only while it is unfinished;
 # a finished one (even unsuccessful) gets a fresh run. `execute --run` resumes anything.
 RESUMABLE_BY_RUN = frozenset({RunState.PENDING.value, RunState.RUNNING.value})
@@ -66,58 +55,20 @@ SUMMARY_LINES = 20
 
 
 # -- shared steps --------------------------------------------------------------------------------
-def _load(plan_path: str, router: RouterConfig) -> Plan:
-    try:
-        _require_schemas()
-        return load_plan(plan_path, router.served_tools())
-    except PlanError as error:
-        raise CliError(_format_plan_error(error), EXIT_USAGE) from None
-
-
-def _format_plan_error(error: PlanError) -> str:
-    count = len(error.issues)
-    lines = [f"the plan is not valid ({count} problem{'s' if count != 1 else ''}):"]
-    lines += [f"  {issue}" for issue in error.issues]
-    return "\n".join(lines)
-
-
-def _router(args: argparse.Namespace) -> RouterConfig:
-    path = find_router_config(getattr(args, "router_config", None), Path.cwd())
-    try:
-        return load_router_config(path)
-    except PlanError as error:
-        count = len(error.issues)
-        lines = [f"the router configuration is not valid ({count} problem{'s' if count != 1 else ''}):"]
-        raise CliError("\n".join(lines + [f"  {issue}" for issue in error.issues]), EXIT_USAGE) from None
-
-
-def _require_schemas() -> None:
-    try:
-        for name in REQUIRED_SCHEMAS:
-            load_schema(name)
-    except SchemaMissing as error:
-        raise CliError(f"safe mode: {error}", EXIT_RUNTIME) from None
-
-
 def _open_store(args: argparse.Namespace) -> tuple[Store, Path]:
-    state_dir = Path(args.state_dir).resolve()
-    url = resolve_db_url(state_dir)
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        ignore = state_dir / ".gitignore"
-        if not ignore.exists():
-            # The state directory may sit inside a repository that tasks edit (and holds the
-            # worktrees): git must never see it as work.
-            ignore.write_text("*\n")
-        init_db(url)
-        engine = make_engine(url)
-        store = Store(engine, state_dir / "transitions.jsonl")
-    except DatabaseUnavailable as error:
-        raise CliError(f"safe mode: {error}", EXIT_RUNTIME) from None
-    except OSError as error:
-        raise CliError(f"safe mode: cannot use state directory {state_dir}: {error.strerror}", EXIT_RUNTIME) from None
+    """The ledger's store (its one writer connection) and the state directory, whose log file
+    the runtime's logs now go to."""
+    engine, state_dir = open_ledger(args)
+    store = Store(engine, state_dir / "transitions.jsonl")
     configure_logging(state_dir / "logs" / "runtime.jsonl")
     return store, state_dir
+
+
+def _close(store: Store) -> None:
+    """Close the store and the engine it was opened with: the database's connections close
+    (and SQLite checkpoints its WAL) now, not whenever the process tears them down."""
+    store.close()
+    store.engine.dispose()
 
 
 def _create_or_find_run(
@@ -189,9 +140,10 @@ def _socket_path(args: argparse.Namespace, state_dir: Path) -> Path:
     return Path(args.socket) if getattr(args, "socket", None) else state_dir / SOCKET_FILE
 
 
-def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Plan | None = None) -> int:
-    """Run ``run_id`` in ``runtime`` in the foreground (``plan``: its plan, if already loaded);
-    stops the runtime when done."""
+def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Plan | None = None,
+             new: bool = False) -> int:
+    """Run ``run_id`` in ``runtime`` in the foreground (``plan``: its plan, if already loaded;
+    ``new``: the run was just created under a generated id); stops the runtime when done."""
     stop: signals.StopRequested | None = None
     try:
         run = store.get_run(run_id, metadata=False)
@@ -203,9 +155,11 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Pla
         colour = use_colour()
         counts = store.task_counts(run_id)
         done_before = counts.get(TaskState.COMPLETED.value, 0)
+        # The plan, when given, is the run's own (the same request): no need to read its rows.
+        workstreams = len(plan.workstreams) if plan is not None else len(store.get_workstreams(run_id))
         print(
             paint(f"orchestrate: run {run_id}", "bold", colour)
-            + f" — {len(store.get_workstreams(run_id))} workstreams, {sum(counts.values())} tasks, "
+            + f" — {workstreams} workstreams, {sum(counts.values())} tasks, "
             f"concurrency {runtime.options.concurrency}"
             + (f", resuming ({done_before} already completed)" if done_before else ""),
             flush=True,
@@ -229,7 +183,7 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Pla
                     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
         runtime.add_listener(show)
-        runtime.submit(run_id, plan=plan)
+        runtime.submit(run_id, plan=plan, new=new)
         try:
             runtime.wait(run_id)
         except RuntimeAborted as error:
@@ -242,8 +196,8 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Pla
         raise _stopped(stop, interrupted, [run_id])
     if runtime.abort_reason:  # while its last records were being written
         raise _stopped_before(run_id, runtime.abort_reason)
-    state = _committed_state(store, run_id)
-    _print_summary(store, run_id, state, time.monotonic() - started, colour)
+    state, counts = _committed_state(store, run_id)
+    _print_summary(store, run_id, state, counts, time.monotonic() - started, colour)
     return EXIT_OK if state == RunState.COMPLETED.value else EXIT_RUN_FAILED
 
 
@@ -252,40 +206,40 @@ def _stopped_before(run_id: str, reason: str) -> CliError:
                     f"resume it with `orchestrate execute --run {run_id}`", EXIT_RUNTIME)
 
 
-def _committed_state(store: Store, run_id: str) -> str:
-    """The run's state as committed to the ledger, which is what a run's outcome is; raises
-    (exit 3) if the ledger does not show it finished (or shows it completed with a task not
-    finished), whatever the scheduler believed."""
-    run = store.get_run(run_id)
-    unfinished = {s: n for s, n in store.task_counts(run_id).items() if s not in TERMINAL_TASK_STATES}
+def _committed_state(store: Store, run_id: str) -> tuple[str, dict[str, int]]:
+    """The run's state as committed to the ledger, which is what a run's outcome is, and its
+    tasks counted by state; raises (exit 3) if the ledger does not show it finished (or shows
+    it completed with a task not finished), whatever the scheduler believed."""
+    run = store.get_run(run_id, metadata=False)
+    counts = store.task_counts(run_id)
+    unfinished = {s: n for s, n in counts.items() if s not in TERMINAL_TASK_STATES}
     status = run["status"] if run is not None else None
     if status not in TERMINAL_RUN_STATES or (status == RunState.COMPLETED.value and unfinished):
         held = ", ".join(f"{n} {s.lower()}" for s, n in sorted(unfinished.items())) or "none"
         raise CliError(f"run {run_id} is not finished in the ledger (status {status}; "
                        f"unfinished tasks: {held}); resume it with `orchestrate execute --run {run_id}`",
                        EXIT_RUNTIME)
-    return str(status)
+    return str(status), counts
 
 
-def _plan_order(run: dict[str, Any]) -> list[str]:
-    return [task.key for task in Plan.from_json(run["metadata"]["plan"]).tasks]
-
-
-def _print_summary(store: Store, run_id: str, state: str, elapsed: float, colour: bool) -> None:
-    """The run's outcome from the ledger: counts, then what failed (with why) and what is blocked,
-    at most :data:`SUMMARY_LINES` of each; ``runs show`` has them all."""
-    counts = store.task_counts(run_id)
+def _print_summary(store: Store, run_id: str, state: str, counts: dict[str, int], elapsed: float,
+                   colour: bool) -> None:
+    """The run's outcome from the ledger (``counts``: its tasks by state): counts, then what
+    failed (with why) and what is blocked, at most :data:`SUMMARY_LINES` of each; ``runs show``
+    has them all."""
     tint = "green" if state == RunState.COMPLETED.value else "red"
     parts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
     print(f"\nrun {run_id} {paint(state, tint, colour)} in {elapsed:.2f}s: {parts}")
-    failed = store.get_tasks(run_id, states=(TaskState.FAILED.value, TaskState.TIMEOUT.value))
+    failing = (TaskState.FAILED.value, TaskState.TIMEOUT.value)
+    failed = store.get_tasks(run_id, states=failing) if any(counts.get(s) for s in failing) else []
     for task in failed[:SUMMARY_LINES]:
         attempts = store.get_attempts(run_id, task["task_key"])
         why = (attempts[-1].get("message") if attempts else "") or task["state"]
         print(f"  {paint('✗', 'red', colour)} {task['task_key']}: {why}")
     if len(failed) > SUMMARY_LINES:
         print(f"  … and {len(failed) - SUMMARY_LINES} more failed")
-    blocked = [t["task_key"] for t in store.get_tasks(run_id, states=(TaskState.BLOCKED.value,))]
+    blocked = [t["task_key"] for t in store.get_tasks(run_id, states=(TaskState.BLOCKED.value,))
+               ] if counts.get(TaskState.BLOCKED.value) else []
     if blocked:
         more = f" … and {len(blocked) - SUMMARY_LINES} more" if len(blocked) > SUMMARY_LINES else ""
         print(f"  blocked: {', '.join(blocked[:SUMMARY_LINES])}{more}")
@@ -305,23 +259,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_plan(args: argparse.Namespace, plan_path: str) -> tuple[int, str]:
-    router = _router(args)
-    plan = _load(plan_path, router)
+    router = read_router(args)
+    plan = load(plan_path, router)
     store, state_dir = _open_store(args)
     try:
         runtime = _runtime(args, store, state_dir, router, args.concurrency)
         try:
             reuse = frozenset() if args.new else RESUMABLE_BY_RUN
-            run_id, _ = _create_or_find_run(runtime.directory.get(LEDGER), store, plan, args.concurrency, reuse)
+            run_id, created = _create_or_find_run(runtime.directory.get(LEDGER), store, plan, args.concurrency, reuse)
         except BaseException:
             runtime.stop()
             raise
-        return _execute(runtime, store, run_id, args.quiet, plan), run_id
+        return _execute(runtime, store, run_id, args.quiet, plan, new=created), run_id
     finally:
-        store.close()
+        _close(store)
 
 
 def _run_mission(args: argparse.Namespace) -> int:
+    from cli import missions
+
     workflow = missions.plan_workflow(missions.mission_from_args(args))
     state_dir = Path(args.state_dir).resolve()
     plan_file = missions.write_plan(workflow, state_dir / "missions" / f"{workflow.workflow_hash()[:16]}.json")
@@ -331,7 +287,7 @@ def _run_mission(args: argparse.Namespace) -> int:
     try:
         document = missions.run_receipt(store, workflow, run_id)
     finally:
-        store.close()
+        _close(store)
     path = state_dir / "receipts" / f"{run_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -339,38 +295,9 @@ def _run_mission(args: argparse.Namespace) -> int:
     return code
 
 
-def cmd_route(args: argparse.Namespace) -> int:
-    """Where each task would go, by the router configuration, without running anything."""
-    router = _router(args)
-    plan = _load(args.plan, router)
-    table_ = RoutingTable(router)
-    decisions = [table_.route(task) for task in plan.tasks]
-    if args.json:
-        print(json.dumps([{"task": d.task_key, "candidates": list(d.candidates), "chosen": d.chosen,
-                           "reason": d.reason} for d in decisions], indent=2))
-        return EXIT_OK
-    print(table(("TASK", "ADAPTER", "CANDIDATES", "WHY"),
-                [(d.task_key, d.chosen or "-", ", ".join(d.candidates), d.reason) for d in decisions]))
-    return EXIT_OK
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    workflow = missions.plan_workflow(missions.mission_from_args(args))
-    if args.output:
-        path = missions.write_plan(workflow, Path(args.output))
-        _load(str(path), _router(args))
-        print(missions.describe(workflow))
-        print(f"wrote {path} (workflow {workflow.workflow_hash()})")
-    else:
-        from planning.missions import workflow_to_plan
-
-        print(json.dumps(workflow_to_plan(workflow, base_dir=os.getcwd()), indent=2))
-    return EXIT_OK
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    router = _router(args)
-    _require_schemas()
+    router = read_router(args)
+    require_schemas()
     store, state_dir = _open_store(args)
     try:
         runtime = _runtime(args, store, state_dir, router, args.concurrency)
@@ -390,36 +317,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("orchestrate: shut down", flush=True)
         return EXIT_OK
     finally:
-        store.close()
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    router = _router(args)
-    if args.json:
-        # Scripts get a document whatever the verdict: the problems as data, not as prose.
-        _require_schemas()
-        try:
-            plan = load_plan(args.plan, router.served_tools())
-        except PlanError as error:
-            problems = [{"file": i.file, "path": i.json_path, "message": i.message} for i in error.issues]
-            print(json.dumps({"valid": False, "problems": problems}, indent=2))
-            return EXIT_USAGE
-    else:
-        plan = _load(args.plan, router)
-    tools = sorted({t.tool for t in plan.tasks})
-    if args.json:
-        print(json.dumps({"valid": True, "workstreams": len(plan.workstreams), "tasks": len(plan.tasks),
-                          "tools": tools, "hash": plan.content_hash()}))
-    else:
-        print(f"plan is valid: {len(plan.workstreams)} workstreams, {len(plan.tasks)} tasks "
-              f"(tools: {', '.join(tools)})")
-    return EXIT_OK
+        _close(store)
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    plan = _plan_for_request(args.workstream, args.plan, _router(args))
+    plan = _plan_for_request(args.workstream, args.plan, read_router(args))
     store, state_dir = _open_store(args)
     try:
+        # A ledger without the rest of a runtime; only this command uses it.
+        from actors.ledger_session import LedgerSession
+
         try:
             with LedgerSession(store, state_dir) as ledger:
                 reuse = frozenset() if args.new else ANY_RUN_STATUS
@@ -428,7 +335,7 @@ def cmd_request(args: argparse.Namespace) -> int:
             raise CliError(str(error), EXIT_RUNTIME) from None
         run = store.get_run(run_id)
     finally:
-        store.close()
+        _close(store)
     if args.json:
         print(json.dumps({"run_id": run_id, "created": created, "status": run["status"] if run else None}))
     else:
@@ -445,23 +352,23 @@ def _plan_for_request(selectors: list[str], plan_path: str, router: RouterConfig
     if paths:
         if len(paths) > 1:
             raise CliError("give one plan file or directory per request", EXIT_USAGE)
-        return _load(paths[0], router)
+        return load(paths[0], router)
     if not Path(plan_path).exists():
         raise CliError(
             f"workstream {ids[0]!r} is not a file, and the plan directory {plan_path!r} to look it up in "
             "does not exist (use --plan)",
             EXIT_USAGE,
         )
-    plan = _load(plan_path, router)
+    plan = load(plan_path, router)
     try:
         return select_workstreams(plan, ids)
     except PlanError as error:
-        raise CliError(_format_plan_error(error), EXIT_USAGE) from None
+        raise CliError(format_plan_error(error), EXIT_USAGE) from None
 
 
 def cmd_execute(args: argparse.Namespace) -> int:
-    router = _router(args)
-    _require_schemas()
+    router = read_router(args)
+    require_schemas()
     store, state_dir = _open_store(args)
     try:
         run = store.get_run(args.run_id)
@@ -471,139 +378,4 @@ def cmd_execute(args: argparse.Namespace) -> int:
         runtime = _runtime(args, store, state_dir, router, concurrency)
         return _execute(runtime, store, args.run_id, args.quiet)
     finally:
-        store.close()
-
-
-def cmd_runs(args: argparse.Namespace) -> int:
-    store, _ = _open_store(args)
-    try:
-        if args.runs_command == "show":
-            return _show_run(store, args.run_id, args.json)
-        runs = store.list_runs()
-    finally:
-        store.close()
-    if args.json:
-        print(json.dumps(runs, indent=2, default=str))
-        return EXIT_OK
-    if not runs:
-        print("no runs yet; start one with: orchestrate run PLAN")
-        return EXIT_OK
-    rows = [
-        (r["run_id"], r["status"], r["created_at"], r["plan_source"],
-         " ".join(f"{k.lower()}={v}" for k, v in sorted(r["task_counts"].items())))
-        for r in runs
-    ]
-    print(table(("RUN", "STATUS", "CREATED", "PLAN", "TASKS"), rows))
-    return EXIT_OK
-
-
-def _show_run(store: Store, run_id: str, as_json: bool) -> int:
-    run = store.get_run(run_id)
-    if run is None:
-        raise CliError(f"no run {run_id!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
-    tasks = _tasks_with_attempts(store, run_id, _plan_order(run))
-    workstreams = store.get_workstreams(run_id)
-    errors = store.get_errors(run_id)
-    patches = store.get_patches(run_id)
-    if as_json:
-        document: dict[str, Any] = {
-            key: value for key, value in run.items() if key != "metadata"
-        } | {"request": run["metadata"].get("request"), "workstreams": workstreams, "tasks": tasks, "errors": errors,
-             "patches": patches, "notable_events": store.get_events(run_id, types=NOTABLE_EVENTS)}
-        print(json.dumps(document, indent=2, default=str))
-        return EXIT_OK
-    print(f"run {run_id}: {run['status']}  (created {run['created_at']}, updated {run['updated_at']})")
-    if run.get("status_reason"):
-        print(f"  reason: {run['status_reason']}")
-    print(f"  plan: {run['plan_source']}")
-    print()
-    print(table(("WORKSTREAM", "STATUS"), [(w["ws_id"], w["status"]) for w in workstreams]))
-    print()
-    rows = []
-    for task in tasks:
-        rows.append((
-            task["task_key"], task["state"], task["attempts"], task.get("adapter") or "",
-            _duration(task), task.get("exit_code") if task.get("exit_code") is not None else "",
-        ))
-    print(table(("TASK", "STATE", "ATTEMPTS", "ADAPTER", "DURATION", "EXIT"), rows))
-    if errors:
-        print()
-        print(table(("ERROR", "TASK", "COUNT", "SIGNATURE", "MESSAGE"),
-                    [(e["error_code"], e["step_name"], e["count"], e["signature"], e["message"][:60]) for e in errors]))
-    if patches:
-        print()
-        print(table(("PATCH", "ATTEMPT", "FILES", "COMMIT", "FILE"),
-                    [(p["task_key"], p["attempt"], len(p["files"] or ()), (p["head_commit"] or "")[:10],
-                      p["patch_path"] or "") for p in patches]))
-    notable = store.get_events(run_id, types=NOTABLE_EVENTS)
-    if notable:
-        print()
-        print(table(("AT", "EVENT", "TASK", "DETAIL"),
-                    [(e["timestamp"], e["event_type"], e.get("task_key") or e.get("ws_id") or "", _event_detail(e))
-                     for e in notable]))
-    return EXIT_OK
-
-
-def _event_detail(event: dict[str, Any]) -> str:
-    payload = event.get("payload") or {}
-    if not isinstance(payload, dict):
-        return str(payload)[:80]
-    keys = ("adapter", "state", "reason", "who", "comment", "conflicts", "round", "branch", "target")
-    return "; ".join(f"{k}={payload[k]}" for k in keys if payload.get(k) not in (None, "", []))[:100]
-
-
-def _tasks_with_attempts(store: Store, run_id: str, plan_order: list[str]) -> list[dict[str, Any]]:
-    """Tasks in plan order, each with its attempts and the last attempt's timing and message."""
-    attempts: dict[str, list[dict[str, Any]]] = {}
-    for attempt in store.get_attempts(run_id):
-        attempts.setdefault(attempt["step_name"], []).append(attempt)
-    position = {key: index for index, key in enumerate(plan_order)}
-    tasks = sorted(store.get_tasks(run_id), key=lambda t: position.get(t["task_key"], len(position)))
-    for task in tasks:
-        history = attempts.get(task["task_key"], [])
-        last = history[-1] if history else {}
-        task["duration_s"] = last.get("duration_s")
-        task["last_message"] = last.get("message") or ""
-        task["attempt_history"] = history
-    return tasks
-
-
-def _duration(task: dict[str, Any]) -> str:
-    value = task.get("duration_s")
-    return f"{value:.2f}s" if isinstance(value, (int, float)) else ""
-
-
-def cmd_db_init(args: argparse.Namespace) -> int:
-    state_dir = Path(args.state_dir).resolve()
-    url = resolve_db_url(state_dir)
-    try:
-        report = init_db(url)
-    except DatabaseUnavailable as error:
-        raise CliError(f"safe mode: {error}", EXIT_RUNTIME) from None
-    if report.applied:
-        print(f"initialised {report.url}: applied {', '.join(report.applied)}; schema version {report.schema_version}")
-    else:
-        print(f"{report.url} is up to date (schema version {report.schema_version}); nothing to do")
-    return EXIT_OK
-
-
-def cmd_db_inspect(args: argparse.Namespace) -> int:
-    store, _ = _open_store(args)
-    try:
-        summary = store.inspect_summary()
-    finally:
-        store.close()
-    if args.json:
-        print(json.dumps(summary, indent=2, default=str))
-        return EXIT_OK
-    print(f"database: {summary['db_url']} (schema version {summary['schema_version']})")
-    for title in ("runs", "workstreams", "tasks"):
-        counts = summary[title]
-        body = ", ".join(f"{name}={count}" for name, count in sorted(counts.items())) or "none"
-        print(f"  {title}: {body}")
-    print(f"  events: {summary['events']}")
-    circuits = summary.get("circuits", {})
-    print("  circuits: " + (", ".join(f"{a}={state}" for a, state in sorted(circuits.items())) or "no changes recorded"))
-    restarts = summary.get("actor_restarts", {})
-    print("  actor restarts: " + (", ".join(f"{a}={n}" for a, n in sorted(restarts.items())) or "none"))
-    return EXIT_OK
+        _close(store)

@@ -18,6 +18,8 @@ from pathlib import Path
 import structlog
 
 SAY_AGAIN_AFTER_S = 60.0
+# Where structlog writes: None until configured here, "stderr", or the log file's path.
+_destination: str | None = None
 
 
 class SafeLogFile:
@@ -73,11 +75,27 @@ class SafeLogFile:
             pass
 
 
+def log_to_stderr(only_if_unconfigured: bool = False) -> None:
+    """Send structlog's output to stderr (its default is stdout, which carries only a
+    command's own output): what a command logs before it opens its state directory.
+    ``only_if_unconfigured``: leave a log file configured by :func:`configure_logging` alone."""
+    global _destination
+    if only_if_unconfigured and _destination is not None:
+        return
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    _destination = "stderr"
+
+
+def logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    return structlog.get_logger(name)
+
+
 def configure_logging(path: Path) -> None:
     """Send structlog and stdlib logging (pykka's) to ``path`` as JSON lines.
 
     The terminal shows progress, not logs; the log file is for after-the-fact diagnosis.
     """
+    global _destination
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = SafeLogFile(path)
     structlog.configure(
@@ -99,6 +117,7 @@ def configure_logging(path: Path) -> None:
     handler._orchestrate = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    _destination = str(path)
 
 
 class _JsonFormatter(logging.Formatter):

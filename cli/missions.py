@@ -7,10 +7,9 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli.errors import EXIT_USAGE, CliError
-from persistence.store import Store
 from planning.errors import PlanError
 from planning.missions import (
     AntiFailurePlanningError,
@@ -21,6 +20,9 @@ from planning.missions import (
     receipt,
     workflow_to_plan,
 )
+
+if TYPE_CHECKING:
+    from persistence.store import Store
 
 
 def mission_from_args(args: argparse.Namespace) -> MissionSpec:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from domain.states import TaskState
-from messages import RunProgress
+
+if TYPE_CHECKING:
+    from messages import RunProgress
 
 _COLOURS = {"green": "32", "red": "31", "yellow": "33", "cyan": "36", "dim": "2", "bold": "1"}
 

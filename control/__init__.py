@@ -4,3 +4,6 @@
 transport that hands validated commands to a handler, ``client`` the blocking client. The
 runtime behind the handler is wired elsewhere.
 """
+
+# The socket's name in a state directory, where a runtime listens unless told otherwise.
+SOCKET_FILE = "orchestrate.sock"

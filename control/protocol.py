@@ -7,8 +7,10 @@ may be left out and then means ``{}``). Each request gets exactly one reply line
 (``id`` is ``null`` when the request's own id could not be read). After its ``streaming`` reply,
 ``watch`` sends ``{"id", "event"}`` lines until the connection ends.
 
-Everything here is pure (no I/O once imported), so it can be fuzzed on its own. Importing this
-module loads the schema and raises :class:`planning.errors.SchemaMissing` if it is absent.
+Everything here is pure (no I/O once the schema is loaded), so it can be fuzzed on its own. The
+schema is loaded, and the validators built, when the first request is decoded (a client, and a
+runtime nobody talks to, never pay for them); :class:`planning.errors.SchemaMissing` is raised
+there if it is absent.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
-
-import jsonschema_rs
-from jsonschema import Draft202012Validator, ValidationError
-from jsonschema.validators import extend
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from planning.schemas import describe_value, json_path, load_schema
+
+if TYPE_CHECKING:
+    import jsonschema_rs
+    from jsonschema import ValidationError
+    from jsonschema.protocols import Validator
 
 COMMANDS: tuple[str, ...] = (
     "ping",
@@ -51,6 +55,7 @@ BUSY = "busy"
 INTERNAL = "internal"
 
 _MAX_ISSUES = 10
+CONTROL_SCHEMA = "control.v1.json"
 
 RequestId = str | int
 
@@ -91,12 +96,30 @@ def _is_integer(_checker: object, instance: object) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
-_Validator = extend(
-    Draft202012Validator,
-    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
-)
-_VALIDATOR = _Validator(load_schema("control.v1.json"))
-_FAST_VALIDATOR = jsonschema_rs.Draft202012Validator(load_schema("control.v1.json"), offline=True)
+def load_request_schema() -> None:
+    """Load the request schema now (cached): raises :class:`planning.errors.SchemaMissing` if it
+    is absent or unreadable. A server calls it before it listens; the validators (the compiled
+    one and the one that explains) are built by the first request that needs them."""
+    load_schema(CONTROL_SCHEMA)
+
+
+@cache
+def _validator() -> Validator:
+    from jsonschema import Draft202012Validator
+    from jsonschema.validators import extend
+
+    extended = extend(
+        Draft202012Validator,
+        type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+    )
+    return extended(load_schema(CONTROL_SCHEMA))
+
+
+@cache
+def _fast_validator() -> jsonschema_rs.Validator:
+    import jsonschema_rs
+
+    return jsonschema_rs.Draft202012Validator(load_schema(CONTROL_SCHEMA), offline=True)
 
 
 def decode_request(line: bytes) -> Request:
@@ -207,7 +230,7 @@ def _plainly_valid(document: dict[str, Any]) -> bool:
     integers must be real ints, which only the Python validator checks). The Python validator
     costs ~300 µs a request, the compiled one a few µs: status polled by a hundred clients must
     not queue behind validation; a request this says no to gets the full, explained check."""
-    return _FAST_VALIDATOR.is_valid(document) and not _holds_float(document)
+    return _fast_validator().is_valid(document) and not _holds_float(document)
 
 
 def _holds_float(value: object) -> bool:
@@ -222,7 +245,7 @@ def _holds_float(value: object) -> bool:
 
 def _issues(document: dict[str, Any]) -> list[str]:
     """Every schema violation as ``"<json path>: <what was expected>"``, in path order."""
-    errors = sorted(_VALIDATOR.iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
+    errors = sorted(_validator().iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
     issues: list[str] = []
     for error in errors:
         for issue in _describe(error, document.get("command")):

@@ -45,6 +45,7 @@ from control.protocol import (
     encode_error,
     encode_event,
     encode_reply,
+    load_request_schema,
 )
 
 OUTGOING_LIMIT = 8 << 20
@@ -182,6 +183,7 @@ class ControlServer:
         server answers at ``path``, :class:`ControlSocketError` if the path is unusable."""
         if self._thread is not None:
             raise RuntimeError("ControlServer.start() called twice")
+        load_request_schema()  # no socket that could only answer "internal error"
         self._listener, self._identity = _bind(self.path, self._log)
         self._listener.setblocking(False)
         self._wake_r, self._wake_w = os.pipe()

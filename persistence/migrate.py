@@ -3,6 +3,13 @@
 Migrations are Alembic revisions in ``persistence/migrations/versions``; they run in code, on
 one connection and in one transaction, so no ``alembic.ini`` is needed at run time.
 
+Alembic is only imported when there is something to migrate. A database at the head revision is
+recognised with one query; an empty SQLite database (every fresh state directory) is created
+from the models and stamped at the head revision in one transaction — the same schema the
+migrations build (``tests/test_persistence_db.py`` compares the two), in a fraction of the time
+importing and running Alembic takes. An older database, or another backend, goes through
+Alembic's upgrade.
+
 Every command opens the database through :func:`init_db`, so processes started together on a
 fresh directory would all find no schema and race to create it. For a SQLite file they take
 turns on a lock file beside it (``<db>.schema.lock``), held only while the schema is checked
@@ -21,18 +28,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from sqlalchemy import Connection, Engine, insert, inspect, text, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    insert,
+    inspect,
+    text,
+    update,
+)
 
 from persistence.db import PATH_ENV, make_engine, mask_url, sqlite_file
 from persistence.errors import DatabaseUnavailable
-from persistence.models import SchemaMeta
+from persistence.models import Base, SchemaMeta
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-# The newest revision in migrations/versions (a test keeps the two equal). A database already
-# there is recognised with one query, without importing Alembic, which keeps every CLI start fast.
-HEAD_REVISION = "0002"
+# The revisions in migrations/versions, oldest first (a test keeps the two equal). A database
+# already at the newest is recognised with one query, without importing Alembic, which keeps
+# every CLI start fast; an empty one is created at the newest without Alembic too.
+REVISIONS = ("0001", "0002")
+HEAD_REVISION = REVISIONS[-1]
 # The version users see in `db inspect`; raise it with every migration that changes the schema.
 SCHEMA_VERSION = "2"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -42,6 +63,13 @@ SCHEMA_LOCK_TIMEOUT_S = 60.0
 _SQLITE_HEADER = b"SQLite format 3\x00"
 # Tables only an orchestrate database has (0001 creates both).
 _OUR_TABLES = frozenset({"alembic_version", "schema_meta"})
+# Alembic's own version table, as its MigrationContext defines it (the DDL must be the same).
+_ALEMBIC_VERSION = Table(
+    "alembic_version",
+    MetaData(),
+    Column("version_num", String(32), nullable=False),
+    PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,35 +91,57 @@ def init_db(url: str, lock_timeout_s: float = SCHEMA_LOCK_TIMEOUT_S) -> InitRepo
     connect, if the schema lock stays taken for ``lock_timeout_s``, or if a file at a SQLite
     path is not an orchestrate database (it is never overwritten).
     """
+    engine, report = open_db(url, lock_timeout_s)
+    engine.dispose()
+    return report
+
+
+def open_db(url: str, lock_timeout_s: float = SCHEMA_LOCK_TIMEOUT_S) -> tuple[Engine, InitReport]:
+    """:func:`init_db`, and the engine it connected with (:func:`persistence.db.make_engine`'s,
+    tuned and tested), for the caller to keep using: a command opens its database once."""
     path = sqlite_file(url)
     with _schema_lock(path, lock_timeout_s) if path is not None else nullcontext():
         if path is not None:
+            # Before our first connection, which would switch a foreign file to WAL.
             _refuse_foreign_file(path)
-        return _migrate(url)
+        engine = make_engine(url)
+        try:
+            return engine, _migrate(engine, url)
+        except BaseException:
+            engine.dispose()
+            raise
 
 
-def _migrate(url: str) -> InitReport:
-    engine = make_engine(url)
-    try:
-        with engine.begin() as connection:
-            before = _revision(connection)
-            if before == HEAD_REVISION:
-                return InitReport(url=mask_url(url), schema_version=SCHEMA_VERSION, applied=[], created=False)
-            from alembic import command
+def _migrate(engine: Engine, url: str) -> InitReport:
+    with engine.begin() as connection:
+        before = _revision(connection)
+        if before == HEAD_REVISION:
+            return InitReport(url=mask_url(url), schema_version=SCHEMA_VERSION, applied=[], created=False)
+        if before is None and connection.dialect.name == "sqlite" and not inspect(connection).get_table_names():
+            _create_at_head(connection)
+            applied = list(REVISIONS)
+        else:
+            applied = _upgrade(connection, before)
+        _set_schema_version(connection)
+    return InitReport(url=mask_url(url), schema_version=SCHEMA_VERSION, applied=applied, created=before is None)
 
-            config = _alembic_config()
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-            after = _revision(connection)
-            _set_schema_version(connection)
-    finally:
-        engine.dispose()
-    return InitReport(
-        url=mask_url(url),
-        schema_version=SCHEMA_VERSION,
-        applied=_revisions_between(config, before, after),
-        created=before is None,
-    )
+
+def _create_at_head(connection: Connection) -> None:
+    """An empty database straight to the head revision: the models' tables and indexes, and
+    Alembic's version row, as ``alembic upgrade head`` would leave them."""
+    Base.metadata.create_all(connection, checkfirst=False)
+    _ALEMBIC_VERSION.create(connection, checkfirst=False)
+    connection.execute(insert(_ALEMBIC_VERSION).values(version_num=HEAD_REVISION))
+
+
+def _upgrade(connection: Connection, before: str | None) -> list[str]:
+    """Alembic's upgrade to head on ``connection``; the revisions applied, oldest first."""
+    from alembic import command
+
+    config = _alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+    return _revisions_between(config, before, _revision(connection))
 
 
 @contextmanager

@@ -13,14 +13,15 @@ import math
 import os
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from planning.checks import WorkstreamSource, graph_issues, qualify
 from planning.errors import PlanError, PlanIssue
 from domain.plan import with_integration_steps, AcceptanceCheck, Plan, TaskSpec, Workstream
 from planning.schemas import describe_value, json_path, schema_issues
+
+if TYPE_CHECKING:
+    import yaml
 
 WORKSTREAM_SCHEMA = "workstream.v1.json"
 PLAN_SUFFIXES = (".json", ".yaml", ".yml")
@@ -122,15 +123,29 @@ def _read(label: str, file: Path) -> tuple[Any, list[PlanIssue]]:
     if not text.strip():
         return fail("file is empty")
     try:
-        data = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if file.suffix.lower() == ".json" else _load_yaml(text)
         problems = list(_non_json_values(data, (), set()))
     except json.JSONDecodeError as exc:
         return fail(f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")
-    except yaml.YAMLError as exc:
-        return fail(_yaml_message(exc))
+    except _MalformedYaml as exc:
+        return fail(str(exc))
     except RecursionError:
         return fail("nested too deeply")
     return data, [PlanIssue(label, json_path(parts), message) for parts, message in problems]
+
+
+class _MalformedYaml(ValueError):
+    """A YAML plan that does not parse; the message says where and why."""
+
+
+def _load_yaml(text: str) -> Any:
+    # Imported here: every command reads plans, few of them YAML ones.
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _MalformedYaml(_yaml_message(exc)) from None
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:

@@ -12,13 +12,16 @@ import re
 from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
-
-import jsonschema_rs
-from jsonschema import Draft202012Validator, ValidationError
-from referencing import Registry, Resource
+from typing import TYPE_CHECKING, Any
 
 from planning.errors import SchemaMissing
+
+if TYPE_CHECKING:
+    # Validators are imported when first needed (reading schemas and rendering messages need
+    # neither). The Python one (jsonschema, referencing) only to explain a document the
+    # compiled one refused, or for a schema that refers to its siblings.
+    import jsonschema_rs
+    from jsonschema import Draft202012Validator, ValidationError
 
 _SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SHOWN_CHARS = 60
@@ -50,6 +53,9 @@ def load_schema(name: str) -> dict[str, Any]:
 @cache
 def validator(name: str) -> Draft202012Validator:
     """A cached validator for ``name``, with the sibling schemas it ``$ref``s preloaded."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
     schema = load_schema(name)
     resources = [(schema["$id"], Resource.from_contents(schema))] if "$id" in schema else []
     for ref in sorted(_external_refs(schema)):
@@ -67,6 +73,8 @@ def _fast_validator(name: str) -> jsonschema_rs.Validator | None:
     """A compiled validator that only answers "valid or not", fast enough for 100k-task plans
     (the Python one needs about 100 µs a task). ``None`` for a schema that refers to sibling
     files: those are small documents, and the Python validator has them preloaded."""
+    import jsonschema_rs
+
     schema = load_schema(name)
     if _external_refs(schema):
         return None

@@ -297,3 +297,28 @@ def test_watch_streams_a_runs_events_until_it_finishes_and_drain_starts_nothing_
             control.request("shutdown", {"timeout_s": 5})
     finally:
         stop(process)
+
+
+def test_shutdown_lets_the_running_task_finish_then_stops_at_once(tmp_path):
+    """A graceful shutdown waits for running tasks (woken by their progress, not by a polling
+    tick) and then stops; the task finished, not killed."""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    process = start(tmp_path, "serve")
+    try:
+        with client(tmp_path) as control:
+            plan = write_json(tmp_path / "plan.json", {"id": "w", "tasks": [
+                {"id": "held", "tool": "shell", "command": f"cat {gate} > /dev/null"}]})
+            run_id = control.request("submit", {"plan": str(plan)})["run_id"]
+            wait_until(lambda: task_state(control, run_id, "w/held") == "IN_PROGRESS", what="the task to start")
+            control.request("shutdown", {"timeout_s": 120})
+            assert control.request("ping")["pong"] is True  # still waiting for the task
+        with open(gate, "w") as release:  # the task reads to end of file: it finishes now
+            release.write("go\n")
+        out, err = process.communicate(timeout=60)
+    finally:
+        stop(process)
+    assert process.returncode == 0, out + err
+    db = ledger(tmp_path)
+    state = db.execute("select state from tasks where run_id = ? and task_key = 'w/held'", (run_id,)).fetchone()
+    assert state["state"] == "COMPLETED"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -94,12 +95,85 @@ def test_init_db_is_idempotent(tmp_path: Path) -> None:
     assert (again.applied, again.created, again.schema_version) == ([], False, SCHEMA_VERSION)
 
 
-def test_migrations_build_exactly_the_models(tmp_path: Path) -> None:
+def _migrated_by_alembic(url: str) -> None:
+    """``alembic upgrade head`` from an empty database, as every database was made before
+    init_db learnt to create an empty one from the models."""
+    from alembic import command
+
+    from persistence.migrate import _alembic_config, _set_schema_version
+
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        config = _alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        _set_schema_version(connection)
+    engine.dispose()
+
+
+def _schema(path: Path) -> list[tuple[str, str, str]]:
+    """Every table and index of a SQLite file with its DDL; constraint lines in a sorted order
+    (create_all and Alembic list a table's constraints in different orders)."""
+    connection = sqlite3.connect(path)
+    try:
+        rows = connection.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+        meta = connection.execute("SELECT key, value FROM schema_meta ORDER BY key").fetchall()
+        version = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    finally:
+        connection.close()
+    schema = []
+    for kind, name, sql in rows:
+        if sql is not None and kind == "table":
+            head, _, body = sql.partition("(")
+            lines = [line.strip().rstrip(",") for line in body.rstrip(")").strip().splitlines()]
+            columns = [line for line in lines if not line.startswith("CONSTRAINT")]
+            constraints = sorted(line for line in lines if line.startswith("CONSTRAINT"))
+            sql = head + "(" + ", ".join(columns + constraints) + ")"
+        schema.append((kind, name, sql or ""))
+    return schema + [("row", "schema_meta", repr(meta)), ("row", "alembic_version", repr(version))]
+
+
+@pytest.mark.parametrize("made_by", ["init_db", "alembic"])
+def test_migrations_build_exactly_the_models(tmp_path: Path, made_by: str) -> None:
     url = f"sqlite:///{tmp_path}/state.db"
-    init_db(url)
+    init_db(url) if made_by == "init_db" else _migrated_by_alembic(url)
     engine = make_engine(url)
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+        assert MigrationContext.configure(connection).get_current_revision() == HEAD_REVISION
+    engine.dispose()
+
+
+def test_a_fresh_database_is_made_without_alembic_exactly_as_the_migrations_make_it(tmp_path: Path) -> None:
+    """init_db creates an empty SQLite database from the models and stamps it at head (Alembic is
+    slow to import and to run); the tables, indexes, constraints and rows must be the ones the
+    migrations would have made, so that later migrations apply to it as to any other."""
+    import subprocess
+    import sys
+
+    made = tmp_path / "made.db"
+    probe = ("import sys; from persistence.migrate import init_db; init_db(sys.argv[1]); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))")
+    result = subprocess.run([sys.executable, "-c", probe, sqlite_url(made)], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "[]", "creating an empty database imported alembic"
+    _migrated_by_alembic(sqlite_url(tmp_path / "migrated.db"))
+    assert _schema(made) == _schema(tmp_path / "migrated.db")
+
+
+def test_a_database_made_from_the_models_is_at_head_for_alembic_too(tmp_path: Path) -> None:
+    from alembic import command
+
+    from persistence.migrate import _alembic_config
+
+    url = sqlite_url(tmp_path / "state.db")
+    init_db(url)
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        config = _alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")  # nothing to do: no table is created twice
+        assert MigrationContext.configure(connection).get_current_revision() == HEAD_REVISION
     engine.dispose()
 
 
@@ -114,9 +188,12 @@ def test_timestamps_are_iso_utc_and_round_trip() -> None:
 def test_head_revision_constant_matches_the_newest_migration():
     from alembic.script import ScriptDirectory
 
-    from persistence.migrate import HEAD_REVISION, _alembic_config
+    from persistence.migrate import HEAD_REVISION, REVISIONS, _alembic_config
 
-    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == HEAD_REVISION
+    script = ScriptDirectory.from_config(_alembic_config())
+    assert script.get_current_head() == HEAD_REVISION
+    oldest_first = [revision.revision for revision in reversed(list(script.walk_revisions()))]
+    assert list(REVISIONS) == oldest_first
 
 
 def test_a_version_1_database_is_upgraded_in_place_keeping_its_runs(tmp_path: Path) -> None:
