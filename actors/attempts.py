@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pykka
 
+from adapters.pool import CallSpec, WorkerPool
 from adapters.process import ProcessReactor, ProcessSpec
 from adapters.tools import MARKER_ATTEMPT_ID, attempt_id, attempt_markers
 from domain.outcomes import ProcessResult, Verdict
@@ -64,14 +65,15 @@ def attempt_finished(
 
 
 def spawn_for_attempt(
-    reactor: ProcessReactor,
+    reactor: ProcessReactor | WorkerPool,
     executor: pykka.ActorRef,
-    spec: ProcessSpec,
+    spec: ProcessSpec | CallSpec,
     request: ExecuteTask,
     phase: str,
     check_index: int = -1,
 ) -> tuple[int, float]:
     """Start ``spec`` for ``request``; ``executor`` is told a :class:`ProcessExited` when it ends.
+    A :class:`CallSpec` goes to a python worker of ``reactor``, then a :class:`WorkerPool`.
 
     Every process of an attempt carries the attempt's environment markers, so a resumed runtime
     can find (and kill) what a dead one left behind, even processes that escaped the group.
@@ -94,4 +96,4 @@ def spawn_for_attempt(
             )
         )
 
-    return reactor.spawn(spec, on_exit)
+    return reactor.spawn(spec, on_exit)  # type: ignore[arg-type]

@@ -1,10 +1,12 @@
 """Executor: one actor per adapter; runs attempts without ever blocking its mailbox.
 
 Processes are started here and watched by the shared :class:`ProcessReactor`, which tells
-this actor a :class:`ProcessExited` when one ends. The executor then runs the task's
-acceptance checks (state VALIDATING; static-phase checks first, then runtime ones, see
-:mod:`adapters.gates`) one after another and reports the outcome to the Scheduler. Exit codes
-are facts, not verdicts: the outcome is decided here.
+this actor a :class:`ProcessExited` when one ends; a python task's callable runs on the shared
+:class:`WorkerPool` instead (unless the task asks for ``"isolation": "process"``), which reports
+the same way. The executor then runs the task's acceptance checks (state VALIDATING;
+static-phase checks first, then runtime ones, see :mod:`adapters.gates`) one after another and
+reports the outcome to the Scheduler. Exit codes are facts, not verdicts: the outcome is
+decided here.
 """
 
 from __future__ import annotations
@@ -26,9 +28,16 @@ from adapters.gates import (
     failure_reason,
     ordered_checks,
 )
+from adapters.pool import CallSpec, WorkerPool
 from adapters.process import ProcessReactor, ProcessSpec
 from adapters.pycall import NOT_RETURNED, callable_returned
-from adapters.tools import PythonAdapter, ToolAdapter, result_path
+from adapters.tools import (
+    MARKER_ATTEMPT_ID,
+    PythonAdapter,
+    ToolAdapter,
+    attempt_id,
+    result_path,
+)
 from domain.errors import ErrorClass
 from domain.outcomes import (
     COMPLETED,
@@ -63,6 +72,7 @@ class _InFlight:
     position: int = 0
     gate_log: str = ""
     process: tuple[int, float] | None = None  # the process running now (tool or check)
+    pooled: bool = False  # that process is a python worker running the tool's callable
     cancelled: bool = False
 
 
@@ -105,12 +115,14 @@ def _read_result(log_path: str) -> str:
 
 class ExecutorActor(SupervisedActor):
     def __init__(
-        self, name: str, directory: Directory, adapter_name: str, adapter: ToolAdapter, reactor: ProcessReactor
+        self, name: str, directory: Directory, adapter_name: str, adapter: ToolAdapter, reactor: ProcessReactor,
+        pool: WorkerPool | None = None,
     ) -> None:
         super().__init__(name, directory)
         self.adapter_name = adapter_name
         self.adapter = adapter
         self.reactor = reactor
+        self.pool = pool  # python workers; None: every python task gets a fresh interpreter
         self.in_flight: dict[tuple[str, str, int], _InFlight] = {}
 
     def handle(self, message: object) -> None:
@@ -126,15 +138,26 @@ class ExecutorActor(SupervisedActor):
         if flight is None or flight.process is None:
             return
         flight.cancelled = True
-        self.reactor.cancel(*flight.process)
+        if flight.pooled and self.pool is not None:
+            # Only that attempt: the worker may already be running the next task.
+            marker = (MARKER_ATTEMPT_ID, attempt_id(message.run_id, message.task_key, message.attempt))
+            self.pool.cancel(*flight.process, marker=marker)
+        else:
+            self.reactor.cancel(*flight.process)
 
     # -- the tool --------------------------------------------------------------------------
     def _start(self, request: ExecuteTask) -> None:
         key = (request.run_id, request.task.key, request.attempt)
-        self.in_flight[key] = _InFlight(request=request, started=time.monotonic())
-        spec = self.adapter.process_spec(request.task, request.log_path)
-        pid, create_time = self._spawn(spec, request, "tool")
-        self.in_flight[key].process = (pid, create_time) if pid > 0 else None
+        flight = self.in_flight[key] = _InFlight(request=request, started=time.monotonic())
+        spec: ProcessSpec | CallSpec
+        if self.pool is not None and isinstance(self.adapter, PythonAdapter) and self.adapter.uses_worker(request.task):
+            spec = self.adapter.call_spec(request.task, request.log_path)
+            pid, create_time = spawn_for_attempt(self.pool, self.actor_ref, spec, request, "tool")
+            flight.pooled = pid > 0
+        else:
+            spec = self.adapter.process_spec(request.task, request.log_path)
+            pid, create_time = self._spawn(spec, request, "tool")
+        flight.process = (pid, create_time) if pid > 0 else None
         self.directory.tell(
             SCHEDULER,
             attempt_started(request, self.adapter_name, pid, create_time),
@@ -150,6 +173,7 @@ class ExecutorActor(SupervisedActor):
             return
         result = message.result
         flight.process = None
+        flight.pooled = False
         if flight.cancelled and result.outcome is not ProcessOutcome.CANCELLED:
             result = replace(result, outcome=ProcessOutcome.CANCELLED)
         if message.phase == "tool":
