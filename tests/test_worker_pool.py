@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,13 +20,19 @@ from pathlib import Path
 import psutil
 import pytest
 
+from adapters.leftovers import marked_processes
 from adapters.pool import POOL_MARKER, CallSpec, WorkerPool
 from adapters.process import ProcessReactor, environment_for
 from adapters.pycall import NOT_RETURNED, callable_returned
-from adapters.tools import MARKER_ATTEMPT_ID
+from adapters.tools import MARKER_ATTEMPT_ID, PythonAdapter
 from domain.outcomes import ProcessOutcome, ProcessResult
-from tests.conftest import wait_until
+from domain.plan import TaskSpec
+from planning.errors import PlanError
+from planning.loader import load_plan
+from tests.conftest import ledger, wait_until
 from tests.test_process import DEADLINE_S, Collector, alive
+from tests.test_resilience import write_json
+from tests.test_signals import runtime_command, where_it_is
 
 TASKS = '''
 import os, subprocess, sys, threading, time
@@ -190,14 +197,21 @@ def run(pool: WorkerPool, cwd: Path, callable_: str, *args: object, **options: o
     return task
 
 
-def pids_in(path: Path) -> list[psutil.Process]:
+def pids_in(path: Path, timeout: float = DEADLINE_S) -> list[psutil.Process]:
     """The pids a callable wrote to ``path``, as psutil handles (polled for, with a deadline)."""
-    text = wait_until(lambda: path.exists() and path.read_text().strip(), timeout=DEADLINE_S, what=f"{path.name}")
+    text = wait_until(lambda: path.exists() and path.read_text().strip(), timeout=timeout, what=f"{path.name}")
     return [psutil.Process(int(pid)) for pid in text.split()]
 
 
 def gone(proc: psutil.Process) -> bool:
     return not alive(proc)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return alive(psutil.Process(pid))
+    except psutil.Error:
+        return False
 
 
 # -- the common case -----------------------------------------------------------------------------
@@ -343,7 +357,8 @@ def test_a_leak_under_the_limit_returns_and_its_worker_is_recycled(make_pool: Ca
     assert after.pid != task.pid
     if worker is not None:
         wait_until(lambda: gone(worker), timeout=DEADLINE_S, what="the leaking worker to be killed")
-    assert len(pool.workers()) == 1
+    # Once the reactor has reported the old one's end, the pool holds only its replacement.
+    wait_until(lambda: len(pool.workers()) == 1, timeout=DEADLINE_S, what="one worker left")
 
 
 def test_a_worker_left_with_a_thread_running_is_recycled(pool: WorkerPool, project: Path) -> None:
@@ -470,3 +485,222 @@ def test_tasks_from_many_threads_are_each_reported_once(pool: WorkerPool, projec
     assert len(tasks) == 40
     assert all(len(task.collector.results) == 1 and task.result().exit_code == 1 for task in tasks)
     assert len(pool.workers()) <= 4
+
+
+# -- through the real command line -----------------------------------------------------------------
+
+RUNTIME_TASKS = '''
+import os, subprocess, sys, threading
+from pathlib import Path
+
+
+def value():
+    import settings
+    return settings.VALUE
+
+
+def pid():
+    return os.getpid()
+
+
+def hang_with_child(path, first_attempt_only=False):
+    if first_attempt_only and os.environ["ORCHESTRATE_ATTEMPT"] != "1":
+        return "resumed"
+    child = subprocess.Popen(["sleep", "3600"])
+    Path(path).write_text(f"{os.getpid()} {child.pid}")
+    threading.Event().wait()
+
+
+def hog(mb):
+    block = b"x" * (mb * 1024 * 1024)
+    threading.Event().wait()
+
+
+def hard_exit():
+    os._exit(0)
+'''
+
+
+def runtime_project(tmp_path: Path) -> Path:
+    (tmp_path / "jobs.py").write_text(RUNTIME_TASKS)
+    (tmp_path / "settings.py").write_text("VALUE = 1\n")
+    return tmp_path
+
+
+def attempts(tmp_path: Path) -> dict[str, dict]:
+    rows = ledger(tmp_path).execute(
+        "select step_name, status, error_class, message, pid, result_json from step_attempts order by id").fetchall()
+    return {row["step_name"]: dict(row) for row in rows}
+
+
+# A runtime's start (interpreter, imports, plan, ledger) on a loaded machine takes a while.
+RUNTIME_DEADLINE_S = 60.0
+
+
+def start_runtime(tmp_path: Path, plan: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(runtime_command("run", str(plan), *args), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def task_pids(tmp_path: Path, name: str) -> list[psutil.Process]:
+    """What a callable of a runtime's task wrote to ``name``; on a timeout, where the run is."""
+    try:
+        return pids_in(tmp_path / name, timeout=RUNTIME_DEADLINE_S)
+    except AssertionError as timeout:
+        raise AssertionError(f"{timeout}; {where_it_is(tmp_path)}") from None
+
+
+def pool_processes(runtime_pid: int) -> list[int]:
+    """Live processes of the workers of the runtime ``runtime_pid``: the workers and what their
+    tasks started (their marker's value starts with the runtime's pid)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if alive(proc) and proc.environ().get(POOL_MARKER, "").startswith(f"{runtime_pid}-"):
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_default_tasks_share_a_worker_and_isolated_ones_get_a_fresh_interpreter_each(
+    tmp_path: Path, orchestrate
+) -> None:
+    runtime_project(tmp_path)
+    tasks = [{"id": f"warm{i}", "tool": "python", "callable": "jobs:pid"} for i in range(3)]
+    tasks += [{"id": f"fresh{i}", "tool": "python", "callable": "jobs:pid", "isolation": "process"} for i in range(3)]
+    plan = write_json(tmp_path / "plan.json", {"id": "w", "tasks": tasks})
+    result = orchestrate("run", str(plan), "-j", "1")
+    assert result.code == 0, result.out + result.err
+    seen = attempts(tmp_path)
+    warm = {seen[f"w/warm{i}"]["pid"] for i in range(3)}
+    fresh = [seen[f"w/fresh{i}"]["pid"] for i in range(3)]
+    assert len(warm) == 1 and len(set(fresh)) == 3 and not warm & set(fresh)
+    # The pid each callable saw is the pid the ledger recorded for its attempt.
+    assert all(int(row["result_json"]) == row["pid"] for row in seen.values())
+
+
+def test_a_project_module_edited_between_tasks_is_seen_by_the_next(tmp_path: Path, orchestrate) -> None:
+    runtime_project(tmp_path)
+    edit = "printf 'VALUE = 22222\\n' > settings.py"
+    plan = write_json(tmp_path / "plan.json", {"id": "w", "tasks": [
+        {"id": "before", "tool": "python", "callable": "jobs:value"},
+        {"id": "edit", "tool": "shell", "command": edit, "depends_on": ["before"]},
+        {"id": "after", "tool": "python", "callable": "jobs:value", "depends_on": ["edit"]}]})
+    result = orchestrate("run", str(plan), "-j", "1")
+    assert result.code == 0, result.out + result.err
+    seen = attempts(tmp_path)
+    assert (seen["w/before"]["result_json"], seen["w/after"]["result_json"]) == ("1", "22222")
+    assert seen["w/before"]["pid"] == seen["w/after"]["pid"]
+
+
+def test_exits_crashes_timeouts_and_memory_limits_fail_python_tasks(tmp_path: Path) -> None:
+    runtime_project(tmp_path)
+    plan = write_json(tmp_path / "plan.json", {"id": "w", "tasks": [
+        {"id": "crash", "tool": "python", "callable": "jobs:hang_with_child", "args": ["crash.pids"],
+         "priority": 9},
+        {"id": "exit", "tool": "python", "callable": "jobs:hard_exit"},
+        {"id": "sysexit", "tool": "python", "callable": "sys:exit", "args": [0]},
+        {"id": "hang", "tool": "python", "callable": "jobs:hang_with_child", "args": ["hang.pids"],
+         "timeout_s": 1},
+        {"id": "hog", "tool": "python", "callable": "jobs:hog", "args": [200], "memory_limit_mb": 100,
+         "timeout_s": 60},
+        {"id": "fine", "tool": "python", "callable": "jobs:pid"}]})
+    process = start_runtime(tmp_path, plan, "-j", "1")
+    try:
+        worker, child = task_pids(tmp_path, "crash.pids")
+        os.kill(worker.pid, signal.SIGKILL)  # from outside, mid-task
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1, out + err
+    seen = attempts(tmp_path)
+    assert (seen["w/crash"]["status"], seen["w/crash"]["error_class"]) == ("FAILED", "command_failed")
+    assert "killed by signal 9" in seen["w/crash"]["message"]
+    assert seen["w/exit"]["status"] == "FAILED" and NOT_RETURNED in seen["w/exit"]["message"]
+    assert seen["w/sysexit"]["status"] == "FAILED" and NOT_RETURNED in seen["w/sysexit"]["message"]
+    assert (seen["w/hang"]["status"], seen["w/hang"]["error_class"]) == ("TIMEOUT", "timeout")
+    assert (seen["w/hog"]["status"], seen["w/hog"]["error_class"]) == ("FAILED", "resource_limit")
+    assert seen["w/fine"]["status"] == "COMPLETED"
+    hang_pids = [int(pid) for pid in (tmp_path / "hang.pids").read_text().split()]
+    assert gone(child) and not any(pid_alive(pid) for pid in hang_pids)
+    # Each of those took its worker with it: four workers died, so the last task ran on a fifth;
+    # sys.exit is caught in the worker, which served another task after it.
+    pids = [seen[f"w/{t}"]["pid"] for t in ("crash", "exit", "hang", "hog", "fine")]
+    assert len(set(pids)) == 5
+    assert pids.count(seen["w/sysexit"]["pid"]) == 1
+
+
+def test_a_cancelled_python_task_is_killed_with_its_worker(tmp_path: Path, orchestrate) -> None:
+    runtime_project(tmp_path)
+    plan = write_json(tmp_path / "plan.json", {"id": "w", "tasks": [
+        {"id": "hang", "tool": "python", "callable": "jobs:hang_with_child", "args": ["hang.pids"]}]})
+    process = start_runtime(tmp_path, plan)
+    try:
+        worker, child = task_pids(tmp_path, "hang.pids")
+        run_id = ledger(tmp_path).execute("select run_id from runs").fetchone()[0]
+        cancelled = orchestrate("cancel", run_id, "w/hang")
+        assert cancelled.code == 0, cancelled.err
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert ledger(tmp_path).execute("select state from tasks").fetchone()[0] == "CANCELLED"
+    assert gone(worker) and gone(child)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_stopped_or_killed_runtime_leaves_no_worker_and_the_run_resumes(
+    tmp_path: Path, orchestrate, how: str
+) -> None:
+    runtime_project(tmp_path)
+    plan = write_json(tmp_path / "plan.json", {"id": "w", "tasks": [
+        {"id": f"hang{i}", "tool": "python", "callable": "jobs:hang_with_child",
+         "args": [f"hang{i}.pids", True]} for i in range(3)]})
+    process = start_runtime(tmp_path, plan, "-j", "3")
+    try:
+        trees = [task_pids(tmp_path, f"hang{i}.pids") for i in range(3)]
+        workers = [worker for worker, _ in trees]
+        children = [child for _, child in trees]
+        # Every process of the pool carries its marker: the workers and what their tasks started.
+        assert sorted(pool_processes(process.pid)) == sorted(p.pid for p in workers + children)
+        runtime = process.pid
+        process.send_signal(getattr(signal, how))
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    # PR_SET_PDEATHSIG: a worker never outlives its runtime, however it ended.
+    wait_until(lambda: all(gone(w) for w in workers), timeout=RUNTIME_DEADLINE_S, what="the workers to die")
+    run_id = ledger(tmp_path).execute("select run_id from runs").fetchone()[0]
+    if how == "SIGTERM":
+        assert process.returncode == 128 + signal.SIGTERM
+        assert pool_processes(runtime) == [] and marked_processes(run_id) == []
+    # A SIGKILL'd runtime could kill nothing: the callables' children carry the run's markers, and
+    # resuming kills them first.
+    resumed = orchestrate("execute", "--run", run_id)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert pool_processes(runtime) == [] and marked_processes(run_id) == []
+    assert {row["result_json"] for row in attempts(tmp_path).values()} == {'"resumed"'}
+
+
+# -- the plan field ------------------------------------------------------------------------------------
+
+
+def test_isolation_is_for_python_tasks_only_and_kept_out_of_plans_that_do_not_set_it(tmp_path: Path) -> None:
+    plan_path = write_json(tmp_path / "plan.json", {"id": "w", "tasks": [
+        {"id": "a", "tool": "shell", "command": "true", "isolation": "process"},
+        {"id": "b", "tool": "python", "callable": "m:f", "isolation": "thread"}]})
+    with pytest.raises(PlanError) as raised:
+        load_plan(plan_path)
+    text = str(raised.value)
+    assert "$.tasks[0].tool: 'tool' must be python (the only tool 'isolation' applies to), got 'shell'" in text
+    assert "$.tasks[1].isolation: 'isolation' must be one of worker, process, got 'thread'" in text
+
+    write_json(plan_path, {"id": "w", "tasks": [
+        {"id": "a", "tool": "python", "callable": "m:f", "isolation": "process"},
+        {"id": "b", "tool": "python", "callable": "m:f"}]})
+    plan = load_plan(plan_path)
+    fresh, warm = plan.tasks
+    assert (fresh.isolation, warm.isolation) == ("process", None)
+    assert "isolation" not in warm.to_json()
+    assert TaskSpec.from_json(fresh.to_json()) == fresh
+    assert not PythonAdapter.uses_worker(fresh) and PythonAdapter.uses_worker(warm)
