@@ -36,6 +36,7 @@ Imports only the standard library, like :mod:`adapters.pycall`.
 
 from __future__ import annotations
 
+import _signal
 import ctypes
 import gc
 import importlib.machinery
@@ -197,14 +198,17 @@ class Worker:
         self.base_path = [entry for entry in sys.path if entry not in ("", os.getcwd())]
         self.base_argv = list(sys.argv)
         self.base_env = dict(os.environ)
+        self.request_env: dict[str, str] = {}
+        self.task_environ: dict[bytes, bytes] | None = None
         self.base_cwd = os.getcwd()
         self.base_umask = os.umask(0o022)
         os.umask(self.base_umask)
         self.base_recursion = sys.getrecursionlimit()
+        # _signal: the C module, without the enum conversions (62 signals are checked per task).
         self.base_signals = {}
         for signum in signal.valid_signals():
             try:
-                handler = signal.getsignal(signum)
+                handler = _signal.getsignal(signum)
             except (OSError, ValueError):
                 continue
             if handler is not None:
@@ -282,8 +286,9 @@ class Worker:
     # -- per-task state ------------------------------------------------------------------------
 
     def enter(self, request: dict, log_fd: int) -> None:
-        env = request["env"]
-        _set_environ(env)
+        env = self.request_env = request["env"]
+        _set_environ(env, self.base_env)
+        self.task_environ = _environ_state()
         cwd = os.getcwd()
         extra = [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]
         project = [cwd] + [os.path.join(cwd, entry) for entry in extra]
@@ -311,7 +316,10 @@ class Worker:
         sys.stdout, sys.stderr, sys.stdin = self.stdout, self.stderr, self.stdin
         os.dup2(self.own_out, 1)
         os.dup2(self.own_err, 2)
-        _set_environ(self.base_env)
+        if self.task_environ is not None and _environ_state() == self.task_environ:
+            _set_environ(self.base_env, self.request_env)  # untouched by the task: undo ours
+        else:
+            _set_environ(self.base_env, dict(os.environ))
         try:
             os.chdir(self.base_cwd)
         except OSError:
@@ -327,7 +335,7 @@ class Worker:
         sys.setrecursionlimit(self.base_recursion)
         for signum, handler in self.base_signals.items():
             try:
-                if signal.getsignal(signum) is not handler:
+                if _signal.getsignal(signum) is not handler:
                     signal.signal(signum, handler)
             except (OSError, ValueError, TypeError):
                 continue
@@ -388,15 +396,21 @@ class Worker:
                 del sys.modules[name]
 
 
-def _set_environ(env: dict[str, str]) -> None:
-    """Make ``os.environ`` (and the C environment children inherit) exactly ``env``, touching
-    only what differs (most of it is the same from one task to the next)."""
-    for name in [name for name in os.environ if name not in env]:
+def _set_environ(env: dict[str, str], current: dict[str, str]) -> None:
+    """Make ``os.environ`` (and the C environment children inherit) ``env``, given that it is
+    ``current`` now: only what differs is touched (most of it is the same for every task)."""
+    for name in current.keys() - env.keys():
         del os.environ[name]
-    current = os.environ
     for name, value in env.items():
         if current.get(name) != value:
-            current[name] = value
+            os.environ[name] = value
+
+
+def _environ_state() -> dict[bytes, bytes] | None:
+    """A cheap copy of ``os.environ`` to tell later whether anything changed it (its encoded
+    mapping, copied in C); None where that is not available."""
+    data = getattr(os.environ, "_data", None)
+    return dict(data) if isinstance(data, dict) else None
 
 
 def _error_text(error: OSError) -> str:
