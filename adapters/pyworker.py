@@ -15,8 +15,8 @@ What a task gets, and what is put back afterwards:
   interpreter's own entries, orchestrate's home; ``sys.dont_write_bytecode`` from the env;
 - fds 1 and 2 on its own log (``dup2``), ``sys.stdout``/``sys.stderr`` rebound to unbuffered
   streams on them, ``sys.stdin`` on /dev/null;
-- afterwards: environment, cwd, ``sys.path``, ``sys.argv``, std streams, signal handlers and
-  interval timers, umask, recursion limit and the garbage collector's switch restored; every module loaded from outside the standard library and
+- afterwards: environment, cwd, ``sys.path``, ``sys.argv``, std streams, signal handlers, mask
+  and interval timers, umask, recursion limit and the garbage collector's switch restored; every module loaded from outside the standard library and
   site-packages (the project's, orchestrate's) dropped from ``sys.modules``, so an edited module
   is imported afresh by the next task; warm modules the next task's project would shadow (its
   own ``yaml.py``) dropped before it starts;
@@ -204,6 +204,7 @@ class Worker:
         self.base_umask = os.umask(0o022)
         os.umask(self.base_umask)
         self.base_recursion = sys.getrecursionlimit()
+        self.base_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
         # _signal: the C module, without the enum conversions (62 signals are checked per task).
         self.base_signals = {}
         for signum in signal.valid_signals():
@@ -333,6 +334,7 @@ class Worker:
             gc.enable()
         os.umask(self.base_umask)
         sys.setrecursionlimit(self.base_recursion)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.base_mask)
         for signum, handler in self.base_signals.items():
             try:
                 if _signal.getsignal(signum) is not handler:

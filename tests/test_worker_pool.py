@@ -97,6 +97,7 @@ def pollute():
     os.umask(0o077)
     signal_ = __import__("signal")
     signal_.signal(signal_.SIGUSR1, signal_.SIG_IGN)
+    signal_.pthread_sigmask(signal_.SIG_BLOCK, [signal_.SIGUSR2])
     return os.environ.get("TASK_VAR")
 
 
@@ -110,6 +111,7 @@ def look():
         "polluted_path": "/polluted" in sys.path,
         "umask": os.umask(0o022),
         "sigusr1_default": signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL,
+        "sigusr2_blocked": signal.SIGUSR2 in signal.pthread_sigmask(signal.SIG_BLOCK, []),
         "child_env": subprocess.run(["sh", "-c", "echo $TASK_VAR"], capture_output=True, text=True).stdout.strip(),
     }
 
@@ -396,7 +398,7 @@ def test_a_worker_started_before_a_package_was_installed_is_replaced(
 # -- nothing of one task is seen by the next -----------------------------------------------------
 
 
-def test_cwd_environment_path_umask_and_signals_are_the_tasks_own(pool: WorkerPool, project: Path,
+def test_cwd_environment_path_umask_signals_and_mask_are_the_tasks_own(pool: WorkerPool, project: Path,
                                                                    tmp_path: Path) -> None:
     first = run(pool, project, "tasks:pollute", env={"TASK_VAR": "first"})
     assert Path(f"{first.log}.result.json").read_text() == '"first"'
@@ -410,7 +412,7 @@ def test_cwd_environment_path_umask_and_signals_are_the_tasks_own(pool: WorkerPo
     seen = json.loads(Path(f"{second.log}.result.json").read_text())
     assert seen == {
         "polluted": None, "task_var": "second", "cwd": str(other), "path0": str(other), "polluted_path": False,
-        "umask": umask, "sigusr1_default": True, "child_env": "second",
+        "umask": umask, "sigusr1_default": True, "sigusr2_blocked": False, "child_env": "second",
     }
 
 
