@@ -113,6 +113,13 @@ def _reset_peak_rss() -> None:
         pass
 
 
+def _children_peak(before: int) -> int:
+    """The peak RSS of a child this task started and waited for (the largest of all children
+    waited for so far: only news when it grew during the task), in bytes; else 0."""
+    now = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return now * 1024 if now > before else 0
+
+
 def _cpu() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -240,6 +247,7 @@ class Worker:
         _reap()
         cpu = _cpu()
         _reset_peak_rss()
+        children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         reply = {"id": request["id"]}
         try:
             log_fd = os.open(request["log_path"], _LOG_FLAGS, 0o644)
@@ -277,7 +285,7 @@ class Worker:
         return reply | {
             "code": code,
             "cpu_s": max(0.0, _cpu() - cpu),
-            "peak_rss": _peak_rss(),
+            "peak_rss": max(_peak_rss(), _children_peak(children_peak)),
             "rss_growth": _rss() - self.base_rss,
             "fd_growth": _fd_count() - self.base_fds,
             "children": _has_children(),

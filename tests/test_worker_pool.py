@@ -63,6 +63,11 @@ def hog(mb, path):
     threading.Event().wait()
 
 
+def big_child(mb):
+    subprocess.run([sys.executable, "-c", f"b = b'x' * ({mb} * 1024 * 1024)"], check=True)
+    return mb
+
+
 def leak(mb):
     # Held by a module that stays loaded (sys): it survives the task.
     sys.leaked = getattr(sys, "leaked", []) + [b"x" * (mb * 1024 * 1024)]
@@ -361,6 +366,13 @@ def test_a_leak_under_the_limit_returns_and_its_worker_is_recycled(make_pool: Ca
         wait_until(lambda: gone(worker), timeout=DEADLINE_S, what="the leaking worker to be killed")
     # Once the reactor has reported the old one's end, the pool holds only its replacement.
     wait_until(lambda: len(pool.workers()) == 1, timeout=DEADLINE_S, what="one worker left")
+
+
+def test_a_short_lived_big_child_counts_in_the_tasks_peak_rss(make_pool: Callable[..., WorkerPool],
+                                                               project: Path) -> None:
+    pool = make_pool(sample_interval_s=3600)  # no sample sees it: the worker's rusage tells
+    task = run(pool, project, "tasks:big_child", 150)
+    assert task.result().exit_code == 0 and task.result().max_rss_bytes > 150 * 1024 * 1024
 
 
 def test_a_worker_left_with_a_thread_running_is_recycled(pool: WorkerPool, project: Path) -> None:
