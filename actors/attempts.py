@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import TypeVar
 
 import pykka
 
+from adapters.pool import CallSpec, WorkerPool
 from adapters.process import OnExit, OnStarted, ProcessReactor, ProcessSpec
 from adapters.tools import MARKER_ATTEMPT_ID, attempt_id, attempt_markers
 from domain.outcomes import ProcessResult, Verdict
@@ -63,12 +65,15 @@ def attempt_finished(
     )
 
 
+SpecT = TypeVar("SpecT", ProcessSpec, CallSpec)
+
+
 def attempt_marker(request: ExecuteTask) -> tuple[str, str]:
     """The environment entry every process of ``request``'s attempt carries."""
     return MARKER_ATTEMPT_ID, attempt_id(request.run_id, request.task.key, request.attempt)
 
 
-def _marked(spec: ProcessSpec, request: ExecuteTask) -> ProcessSpec:
+def _marked(spec: SpecT, request: ExecuteTask) -> SpecT:
     """``spec`` with the attempt's environment markers, so a resumed runtime can find (and kill)
     what a dead one left behind, even processes that escaped the group."""
     return replace(
@@ -95,16 +100,17 @@ def _exit_reporter(executor: pykka.ActorRef, request: ExecuteTask, phase: str, c
 
 
 def spawn_for_attempt(
-    reactor: ProcessReactor,
+    reactor: ProcessReactor | WorkerPool,
     executor: pykka.ActorRef,
-    spec: ProcessSpec,
+    spec: ProcessSpec | CallSpec,
     request: ExecuteTask,
     phase: str,
     check_index: int = -1,
 ) -> tuple[int, float]:
     """Start ``spec`` for ``request`` now and return its ``(pid, create_time)``; ``executor``
-    is told a :class:`ProcessExited` when it ends."""
-    return reactor.spawn(_marked(spec, request), _exit_reporter(executor, request, phase, check_index))
+    is told a :class:`ProcessExited` when it ends. A :class:`CallSpec` goes to a python worker
+    of ``reactor``, then a :class:`WorkerPool`."""
+    return reactor.spawn(_marked(spec, request), _exit_reporter(executor, request, phase, check_index))  # type: ignore[arg-type]
 
 
 def start_for_attempt(

@@ -1,10 +1,12 @@
 """Executor: one actor per adapter; runs attempts without ever blocking its mailbox.
 
 Processes are started here and watched by the shared :class:`ProcessReactor`, which tells
-this actor a :class:`ProcessExited` when one ends. The executor then runs the task's
-acceptance checks (state VALIDATING; static-phase checks first, then runtime ones, see
-:mod:`adapters.gates`) one after another and reports the outcome to the Scheduler. Exit codes
-are facts, not verdicts: the outcome is decided here.
+this actor a :class:`ProcessExited` when one ends; a python task's callable runs on the shared
+:class:`WorkerPool` instead (unless the task asks for ``"isolation": "process"``), which reports
+the same way. The executor then runs the task's acceptance checks (state VALIDATING;
+static-phase checks first, then runtime ones, see :mod:`adapters.gates`) one after another and
+reports the outcome to the Scheduler. Exit codes are facts, not verdicts: the outcome is
+decided here.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from actors.attempts import (
     attempt_finished,
     attempt_marker,
     attempt_started,
+    spawn_for_attempt,
     start_for_attempt,
 )
 from actors.base import SupervisedActor
@@ -31,6 +34,7 @@ from adapters.gates import (
     failure_reason,
     ordered_checks,
 )
+from adapters.pool import WorkerPool
 from adapters.process import ProcessReactor
 from adapters.pycall import NOT_RETURNED, callable_returned
 from adapters.tools import PythonAdapter, ToolAdapter, result_path
@@ -67,6 +71,8 @@ class _InFlight:
     checks: list[tuple[int, AcceptanceCheck]] = field(default_factory=list)
     position: int = 0
     gate_log: str = ""
+    pooled: bool = False  # a python worker runs the tool's callable
+    process: tuple[int, float] | None = None  # that worker, while it does
     cancelled: bool = False
 
 
@@ -109,12 +115,14 @@ def _read_result(log_path: str) -> str:
 
 class ExecutorActor(SupervisedActor):
     def __init__(
-        self, name: str, directory: Directory, adapter_name: str, adapter: ToolAdapter, reactor: ProcessReactor
+        self, name: str, directory: Directory, adapter_name: str, adapter: ToolAdapter, reactor: ProcessReactor,
+        pool: WorkerPool | None = None,
     ) -> None:
         super().__init__(name, directory)
         self.adapter_name = adapter_name
         self.adapter = adapter
         self.reactor = reactor
+        self.pool = pool  # python workers; None: every python task gets a fresh interpreter
         self.in_flight: dict[tuple[str, str, int], _InFlight] = {}
         # Only a callable has a return value; reading for one after every shell task is waste.
         self._returns_values = isinstance(adapter, PythonAdapter)
@@ -132,14 +140,25 @@ class ExecutorActor(SupervisedActor):
         if flight is None:
             return
         flight.cancelled = True
-        self.reactor.cancel_marked(attempt_marker(flight.request))
+        if flight.pooled and self.pool is not None and flight.process is not None:
+            # Only that attempt: the worker may already be running the next task.
+            self.pool.cancel(*flight.process, marker=attempt_marker(flight.request))
+        else:
+            self.reactor.cancel_marked(attempt_marker(flight.request))
 
     # -- the tool --------------------------------------------------------------------------
     def _start(self, request: ExecuteTask) -> None:
         key = (request.run_id, request.task.key, request.attempt)
-        self.in_flight[key] = _InFlight(request=request, started=time.monotonic())
-        spec = self.adapter.process_spec(request.task, request.log_path)
+        flight = self.in_flight[key] = _InFlight(request=request, started=time.monotonic())
         directory, adapter = self.directory, self.adapter_name
+        if self.pool is not None and isinstance(self.adapter, PythonAdapter) and self.adapter.uses_worker(request.task):
+            call = self.adapter.call_spec(request.task, request.log_path)
+            pid, create_time = spawn_for_attempt(self.pool, self.actor_ref, call, request, "tool")
+            flight.pooled = pid > 0
+            flight.process = (pid, create_time) if pid > 0 else None
+            directory.tell(SCHEDULER, attempt_started(request, adapter, pid, create_time))
+            return
+        spec = self.adapter.process_spec(request.task, request.log_path)
 
         def started(pid: int, create_time: float) -> None:
             # On a spawner thread, before the process can be reported ended: the Scheduler
@@ -154,6 +173,8 @@ class ExecutorActor(SupervisedActor):
         if flight is None:
             return
         result = message.result
+        flight.process = None
+        flight.pooled = False
         if flight.cancelled and result.outcome is not ProcessOutcome.CANCELLED:
             result = replace(result, outcome=ProcessOutcome.CANCELLED)
         if message.phase == "tool":

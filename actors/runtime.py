@@ -44,6 +44,7 @@ from actors.supervisor import SupervisorActor
 from actors.timers import TimerService
 from actors.workspace import WorkspaceActor
 from adapters.leftovers import kill_leftovers
+from adapters.pool import WorkerPool
 from adapters.process import ProcessReactor, kill_descendants
 from adapters.tools import BUILTIN_ADAPTERS, ToolAdapter
 from control import SOCKET_FILE  # noqa: F401 - where callers have always found it
@@ -192,6 +193,8 @@ class Runtime:
         # Subreaper: a task's orphans (setsid escapees too) re-parent to us, so killing a task's
         # leftovers after it exits needs no scan of every process on the machine.
         self.reactor = ProcessReactor(adopt_orphans=True)
+        # Warm interpreters for python tasks, started (through the reactor) by the first ones.
+        self.pool = WorkerPool(self.reactor, log_path=str(self.state_dir / "logs" / "pyworkers.log"))
         self.timers = TimerService()
         self.lock = StateDirLock(self.state_dir)
         self.adapters = {info.name: info for info in options.router.adapters}
@@ -225,6 +228,7 @@ class Runtime:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         try:
             self.reactor.start()
+            self.pool.start()
             self.timers.start()
             self._hub.start()
             self._supervisor = SupervisorActor.start(
@@ -287,7 +291,7 @@ class Runtime:
 
             return lambda: AgentExecutorActor.start(executor_name(name), directory, info, self.reactor)
         adapter = self._tool_adapters[name]
-        return lambda: ExecutorActor.start(executor_name(name), directory, name, adapter, self.reactor)
+        return lambda: ExecutorActor.start(executor_name(name), directory, name, adapter, self.reactor, self.pool)
 
     def _escalate(self, reason: str) -> None:
         self._abort_reason = f"supervision gave up: {reason}"
@@ -350,6 +354,7 @@ class Runtime:
             self.flush()
         except Exception:
             log.exception("final_flush_failed")
+        self.pool.stop()
         self.reactor.stop(kill=True)
         self.timers.stop()
         if self._supervisor is not None:
@@ -367,6 +372,7 @@ class Runtime:
             self.directory.get(SCHEDULER).ask(Drain(), timeout=INTERRUPT_ASK_TIMEOUT_S)
         except (PeerUnavailable, pykka.ActorDeadError, pykka.Timeout):
             log.warning("drain_before_interrupt_failed")
+        self.pool.stop(report=False)
         self.reactor.stop(kill=True, report=False)
         if self._supervisor is not None:
             self._supervisor.stop()  # no restarts of what is stopped next

@@ -70,6 +70,8 @@ class ProcessSpec:
     # takes processes carrying it, which finds grandchildren that called setsid and were
     # orphaned before any sample saw them.
     marker: tuple[str, str] | None = None
+    # Descriptors the process inherits besides 0-2 (e.g. a pool worker's request and reply pipes).
+    pass_fds: tuple[int, ...] = ()
 
 
 OnExit = Callable[[ProcessResult], None]
@@ -247,8 +249,8 @@ def _signal(pinned: Mapping[int, _Stat], group: int, signum: int) -> list[int]:
     order, root first); return the pids signalled."""
     alive = {pidfd: stat for pidfd, stat in pinned.items() if not _exited(pidfd)}
     # killpg also reaches members forked after the snapshot. It is only safe while a live member
-    # of ours holds the group id (see _ProcTable.tree).
-    if any(stat.pgid == group for stat in alive.values()):
+    # of ours holds the group id (see _ProcTable.tree). Group 0 means none (killpg(0) would be ours).
+    if group > 0 and any(stat.pgid == group for stat in alive.values()):
         try:
             os.killpg(group, signum)
         except (ProcessLookupError, PermissionError):
@@ -379,8 +381,71 @@ def kill_tree(pid: int, create_time: float, grace_s: float = 2.0) -> list[int]:
     root itself has already exited. Does nothing if ``pid`` now names a different process. Never
     reaps: a zombie counts as dead and is left to its parent. Blocks for up to ``grace_s`` + 5 s.
     """
-    start = round((create_time - psutil.boot_time()) * _CLOCK_TICKS)
-    return _terminate(_ProcTable().tree(pid, start), pid, grace_s)
+    return _terminate(_ProcTable().tree(pid, _start_ticks(create_time)), pid, grace_s)
+
+
+def _start_ticks(create_time: float) -> int:
+    """The start tick of a process whose psutil ``create_time()`` is ``create_time``."""
+    return round((create_time - psutil.boot_time()) * _CLOCK_TICKS)
+
+
+def _tree_rss(
+    tree: Iterable[_Stat], members: Mapping[tuple[int, int], psutil.Process]
+) -> tuple[int, dict[tuple[int, int], psutil.Process]]:
+    """The summed RSS of ``tree`` and its members by identity, reusing the psutil objects of
+    ``members`` (the last sample's) for the processes still there."""
+    found: dict[tuple[int, int], psutil.Process] = {}
+    rss = 0
+    for stat in tree:
+        key = (stat.pid, stat.start)
+        try:
+            if (proc := members.get(key)) is None:
+                proc = psutil.Process(stat.pid)
+                # Same start after the object was made: it is the process that was scanned.
+                if (now := _read_stat(stat.pid)) is None or now.start != stat.start:
+                    continue
+            with proc.oneshot():
+                rss += proc.memory_info().rss
+        except psutil.Error:
+            continue
+        found[key] = proc
+    return rss, found
+
+
+def tree_rss(
+    pid: int, create_time: float, members: Mapping[tuple[int, int], psutil.Process] | None = None
+) -> tuple[int, dict[tuple[int, int], psutil.Process]]:
+    """The summed RSS of process ``(pid, create_time)`` and all its descendants (0 if it is
+    gone), and the sampled members, to pass back as ``members`` next time (see
+    :meth:`ProcessReactor._sample`)."""
+    table = _ProcTable()
+    root = table.stats.get(pid)
+    if root is None or root.start != _start_ticks(create_time):
+        return 0, {}
+    return _tree_rss(table.descendants([root]), members or {})
+
+
+def kill_below(pid: int, create_time: float, grace_s: float = 2.0) -> list[int]:
+    """Kill every descendant of the live process ``(pid, create_time)``, never the process
+    itself; return the pids signalled.
+
+    For a process that stays (a pool worker after its task): its children share its process
+    group, so no group signal is sent; instead the tree is looked at again after each kill, up
+    to a few rounds, for what forked meanwhile. Zombies are left to their parent to reap.
+    """
+    start = _start_ticks(create_time)
+    killed: list[int] = []
+    for _ in range(_KILL_ROUNDS):
+        table = _ProcTable()
+        root = table.stats.get(pid)
+        if root is None or root.start != start:
+            break
+        targets = [stat for stat in table.descendants(table.children.get(pid, ())) if stat.state != "Z"]
+        if not targets:
+            break
+        # No group (0): the worker is in it. Each process is signalled through its pidfd.
+        killed += [p for p in _terminate(targets, 0, grace_s) if p not in killed]
+    return killed
 
 
 def _group_empty(pgid: int) -> bool:
@@ -436,7 +501,7 @@ def _start(spec: ProcessSpec) -> tuple[int, int]:
         os.makedirs(os.path.dirname(spec.log_path) or ".", exist_ok=True)
         log_fd = os.open(spec.log_path, flags, 0o644)
     try:
-        pid = spawn(spec.argv, spec.cwd, dict(spec.env), log_fd)
+        pid = spawn(spec.argv, spec.cwd, dict(spec.env), log_fd, spec.pass_fds)
     finally:
         os.close(log_fd)
     try:
@@ -890,22 +955,7 @@ class ProcessReactor:
         for task in list(self._live.values()):
             if task.killing:
                 continue
-            members: dict[tuple[int, int], psutil.Process] = {}
-            rss = 0
-            for stat in table.tree(task.pid, task.start, task.members):
-                key = (stat.pid, stat.start)
-                try:
-                    if (proc := task.members.get(key)) is None:
-                        proc = psutil.Process(stat.pid)
-                        # Same start after the object was made: it is the process that was scanned.
-                        if (now := _read_stat(stat.pid)) is None or now.start != stat.start:
-                            continue
-                    with proc.oneshot():
-                        rss += proc.memory_info().rss
-                except psutil.Error:
-                    continue
-                members[key] = proc
-            task.members = members
+            rss, task.members = _tree_rss(table.tree(task.pid, task.start, task.members), task.members)
             task.max_rss = max(task.max_rss, rss)
             limit = task.spec.memory_limit_mb
             if limit is not None and rss > limit * 1024 * 1024:

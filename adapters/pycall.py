@@ -42,20 +42,38 @@ def callable_returned(log_path: str) -> bool:
 def main(argv: list[str]) -> int:
     request = json.loads(argv[-1])
     result_file = os.environ.get(RESULT_PATH_ENV)
-    if result_file:
-        # Left by an earlier run of this log path, it would vouch for a callable that never returns.
-        try:
-            os.unlink(result_file)
-        except FileNotFoundError:
-            pass
-    module_name, _, function_name = request["callable"].partition(":")
+    forget_result(result_file)
     if sys.path[0] not in ("", os.getcwd()):
         sys.path.insert(0, os.getcwd())
     # orchestrate's own helpers (e.g. planning.mission_report) stay importable, after the
     # project's modules, even when orchestrate runs from a checkout rather than installed.
-    home = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    home = orchestrate_home()
     if home not in sys.path:
         sys.path.append(home)
+    return call(request, result_file)
+
+
+def orchestrate_home() -> str:
+    """The directory holding orchestrate's packages (appended to a callable's ``sys.path``)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def forget_result(result_file: str | None) -> None:
+    """Remove a result file left by an earlier run of the same log path: it would vouch for a
+    callable that never returns."""
+    if result_file:
+        try:
+            os.unlink(result_file)
+        except FileNotFoundError:
+            pass
+
+
+def call(request: dict, result_file: str | None) -> int:
+    """Import and call ``request["callable"]`` in this interpreter; its exit status (see the
+    module docstring). The result is printed and, only when the function returns, written to
+    ``result_file``. Also the python worker's way to run a task (:mod:`adapters.pyworker`), so
+    both judge a callable alike."""
+    module_name, _, function_name = request["callable"].partition(":")
     try:
         function = getattr(importlib.import_module(module_name), function_name)
         result = function(*request.get("args", []), **request.get("kwargs", {}))

@@ -89,18 +89,24 @@ def resolve_executable(name: str, env: dict[str, str]) -> str:
     return found
 
 
-def spawn(argv: Sequence[str], cwd: str, env: dict[str, str], log_fd: int) -> int:
+def spawn(argv: Sequence[str], cwd: str, env: dict[str, str], log_fd: int, pass_fds: Sequence[int] = ()) -> int:
     """Start ``argv`` (its first item searched on ``env``'s PATH unless it holds a ``/``) in
-    ``cwd`` with exactly ``env``, in a new session, output to ``log_fd``; return its pid. The
-    caller keeps and closes ``log_fd``. Raises OSError (naming the cwd or the executable) when
-    it cannot start."""
+    ``cwd`` with exactly ``env``, in a new session, output to ``log_fd``, and ``pass_fds`` open
+    under their own numbers; return its pid. The caller keeps and closes its descriptors.
+    Raises OSError (naming the cwd or the executable) when it cannot start."""
     path = os.fsencode(resolve_executable(argv[0], env))
     actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
     _fa_init(actions)
     try:
-        if (_fa_addopen(actions, 0, _DEV_NULL, os.O_RDONLY, 0) or _fa_adddup2(actions, log_fd, 1)
-                or _fa_adddup2(actions, log_fd, 2) or _fa_addchdir(actions, os.fsencode(cwd))
-                or _fa_addclosefrom(actions, 3)):
+        failed = (_fa_addopen(actions, 0, _DEV_NULL, os.O_RDONLY, 0) or _fa_adddup2(actions, log_fd, 1)
+                  or _fa_adddup2(actions, log_fd, 2) or _fa_addchdir(actions, os.fsencode(cwd)))
+        # dup2 of a descriptor onto itself clears its close-on-exec flag (POSIX 2017, glibc 2.29).
+        for fd in pass_fds:
+            failed = failed or _fa_adddup2(actions, fd, fd)
+        # Above the passed ones nothing survives; below them, every descriptor this process
+        # opens is close-on-exec (Python's default, and SQLite's and pidfd_open's).
+        failed = failed or _fa_addclosefrom(actions, max((3, *(fd + 1 for fd in pass_fds))))
+        if failed:
             raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
         pid = ctypes.c_int()
         failed = _posix_spawn(

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
+from adapters.pool import CallSpec
 from adapters.process import ProcessSpec, environment_for
 from adapters.pycall import RESULT_PATH_ENV, result_path
 from domain.plan import TaskSpec
@@ -143,13 +144,20 @@ class ShellAdapter:
 
 
 class PythonAdapter:
-    """``module:function`` called in a fresh interpreter (see :mod:`adapters.pycall`).
+    """``module:function`` called in a python worker (see :mod:`adapters.pool`), or in a fresh
+    interpreter (see :mod:`adapters.pycall`) for a task with ``"isolation": "process"``.
 
-    A child process rather than a thread in the runtime: a callable that hangs or leaks can be
-    timed out and killed like any tool, and cannot corrupt the runtime's own state.
+    A child process rather than a thread in the runtime, either way: a callable that hangs or
+    leaks can be timed out and killed like any tool (a worker dies with its task), and cannot
+    corrupt the runtime's own state.
     """
 
     type = "python"
+
+    @staticmethod
+    def uses_worker(task: TaskSpec) -> bool:
+        """Whether ``task`` runs in a warm worker (the default) rather than a fresh interpreter."""
+        return task.isolation != "process"
 
     def process_spec(self, task: TaskSpec, log_path: str) -> ProcessSpec:
         payload = json.dumps(
@@ -158,6 +166,19 @@ class PythonAdapter:
         argv = (sys.executable, "-c", _PYCALL_BOOTSTRAP, str(_PYCALL), payload)
         spec = _spec(task, argv, log_path, task.timeout_s)
         return replace(spec, env=spec.env + ((RESULT_PATH_ENV, result_path(log_path)),))
+
+    def call_spec(self, task: TaskSpec, log_path: str) -> CallSpec:
+        """The same call for a worker: same cwd, environment, log and limits."""
+        return CallSpec(
+            callable=task.callable or "",
+            args=task.args,
+            kwargs=task.kwargs,
+            cwd=task.cwd or ".",
+            env=task_environment(task) + ((RESULT_PATH_ENV, result_path(log_path)),),
+            log_path=log_path,
+            timeout_s=task.timeout_s,
+            memory_limit_mb=task.memory_limit_mb,
+        )
 
 
 BUILTIN_ADAPTERS: dict[str, ToolAdapter] = {"shell": ShellAdapter(), "python": PythonAdapter()}

@@ -124,6 +124,9 @@ class TaskSpec:
     retry_on: tuple[str, ...] = ()
     approval_timeout_s: float | None = None
     max_fix_rounds: int = 2
+    # python tasks: "worker" (a warm worker, the default when None) or "process" (a fresh
+    # interpreter per attempt).
+    isolation: str | None = None
 
     @property
     def key(self) -> str:
@@ -156,6 +159,8 @@ class TaskSpec:
             "retry_on": list(self.retry_on),
             "approval_timeout_s": self.approval_timeout_s,
             "max_fix_rounds": self.max_fix_rounds,
+            # Only when set: plans written before the field keep their hash (and their runs).
+            **({"isolation": self.isolation} if self.isolation is not None else {}),
         }
 
     @classmethod
@@ -186,6 +191,7 @@ class TaskSpec:
             retry_on=tuple(data.get("retry_on") or ()),
             approval_timeout_s=data.get("approval_timeout_s"),
             max_fix_rounds=int(data.get("max_fix_rounds", 2)),
+            isolation=data.get("isolation"),
         )
 
 

@@ -257,6 +257,7 @@ def _task(
         retry_on=tuple(retry.get("on", ())),
         approval_timeout_s=_float_or_none(data.get("approval_timeout_s")),
         max_fix_rounds=int(data.get("max_fix_rounds", 2)),
+        isolation=data.get("isolation"),
     )
 
 
