@@ -68,8 +68,10 @@ from adapters.process import (
     OnExit,
     ProcessReactor,
     ProcessSpec,
+    drain_wakeups,
     environment_for,
     kill_below,
+    report_exit,
     tree_rss,
 )
 from adapters.pycall import result_path
@@ -284,7 +286,7 @@ class WorkerPool:
         while True:
             for key, events in self._selector.select(self._timeout()):
                 if key.data is None:
-                    self._drain_wakeups()
+                    drain_wakeups(self._wake_r)
                     continue
                 worker = key.data
                 self._safely(functools.partial(self._flush if key.fd == worker.requests else self._read, worker))
@@ -309,13 +311,6 @@ class WorkerPool:
                 continue
             due = min(due, lease.next_sample, lease.deadline if lease.deadline is not None else math.inf)
         return None if due == math.inf else max(0.0, due - time.monotonic())
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
 
     # -- workers -------------------------------------------------------------------------------
 
@@ -616,15 +611,8 @@ class WorkerPool:
             self._retire(worker, "cancelled")
 
     def _report(self, on_exit: OnExit, result: ProcessResult) -> None:
-        if not self._reporting:
-            return
-        try:
-            on_exit(result)
-        except Exception:
-            try:
-                log.exception("python task on_exit callback failed", pid=result.pid, outcome=result.outcome)
-            except Exception:
-                pass
+        if self._reporting:
+            report_exit(on_exit, result)
 
 
 def _site_dirs() -> list[str]:

@@ -519,6 +519,15 @@ def _error_text(exc: Exception) -> str:
     return str(exc)
 
 
+def drain_wakeups(fd: int) -> None:
+    """Empty the non-blocking wakeup pipe ``fd``: a loop woken by it reads what is posted itself."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
 def _call(on_started: OnStarted, pid: int, create_time: float) -> None:
     try:
         on_started(pid, create_time)
@@ -526,7 +535,9 @@ def _call(on_started: OnStarted, pid: int, create_time: float) -> None:
         log.exception("process on_started callback failed", pid=pid)
 
 
-def _report(on_exit: OnExit, result: ProcessResult) -> None:
+def report_exit(on_exit: OnExit, result: ProcessResult) -> None:
+    """Call ``on_exit(result)``; a callback that raises is logged, never lets its exception
+    reach (and stop) the thread that reports."""
     try:
         on_exit(result)
     except Exception:
@@ -651,7 +662,7 @@ class ProcessReactor:
         if on_started is not None:
             _call(on_started, -1, 0.0)
         if self._reporting:
-            _report(on_exit, ProcessResult(-1, 0.0, None, None, "cancelled", 0.0, 0, 0.0))
+            report_exit(on_exit, ProcessResult(-1, 0.0, None, None, "cancelled", 0.0, 0, 0.0))
 
     def _spawn(self, spec: ProcessSpec, on_started: OnStarted | None, on_exit: OnExit) -> tuple[int, float]:
         # The fork happens outside the lock: the reactor thread takes the same lock to report
@@ -663,7 +674,7 @@ class ProcessReactor:
             failed = ProcessResult(-1, 0.0, None, None, "spawn_error", 0.0, 0, 0.0, _error_text(exc))
             if on_started is not None:
                 _call(on_started, -1, 0.0)
-            self._post(lambda: _report(on_exit, failed))
+            self._post(lambda: report_exit(on_exit, failed))
             return -1, 0.0
         # Unreaped, so the stat file is there even if it already exited.
         stat = _read_stat(pid)
@@ -771,7 +782,7 @@ class ProcessReactor:
             exited = []
             for key, _ in self._selector.select(self._poll_timeout()):
                 if key.data is None:
-                    self._drain_wakeups()
+                    drain_wakeups(self._wake_r)
                 else:
                     exited.append(key.data)
             while self._commands:
@@ -804,13 +815,6 @@ class ProcessReactor:
             if not task.killing and (deadline := task.deadline) is not None:
                 due = min(due, deadline)
         return None if due == math.inf else max(0.0, due - time.monotonic())
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def _watch(self, task: _Task) -> None:
         self._live[task.pid] = task
@@ -948,7 +952,7 @@ class ProcessReactor:
             max_rss_bytes=max_rss,
             cpu_s=0.0 if rusage is None else rusage.ru_utime + rusage.ru_stime,
         )
-        _report(task.on_exit, result)
+        report_exit(task.on_exit, result)
 
     def _sample(self, table: _ProcTable) -> None:
         """Measure each running tree's RSS; kill trees over their memory limit."""
