@@ -51,8 +51,9 @@ Settings, each the peer's best fair one for the workload:
   each re-importing the driver, every task pickled) took 1.0 s for the python row against
   0.4 s with threads, and nothing here needs more than one interpreter.
 - orchestrate: ``orchestrate --state-dir STATE run PLAN -j 4 --quiet``, a fresh state
-  directory per run. Its shell tool runs ``/bin/sh -c COMMAND``; its python tool runs each
-  callable in a fresh interpreter (isolation by design), where doit and dask call it in-process.
+  directory per run. Its shell tool runs ``true`` directly (a plain command needs no shell, as
+  with make); its python tool runs each callable in a warm worker process (isolation by
+  design), where doit and dask call it in a thread of their own process.
 
 Every peer runs with the same environment: this one, without ``ORCHESTRATE_DB_URL`` and
 ``PIPELINE_DB_PATH`` (they would move orchestrate's ledger away from its state directory) and
