@@ -205,7 +205,7 @@ class Runtime:
         }
         self._events: queue.SimpleQueue[tuple[RunProgress, ...] | None] = queue.SimpleQueue()
         self.status = StatusView()
-        self._listeners: list[Callable[[RunProgress], None]] = [self.status.apply]
+        self._listeners: list[Callable[[RunProgress], None]] = []
         self._listeners_lock = threading.Lock()
         self._finished: dict[str, str] = {}
         self._submitted: set[str] = set()
@@ -268,7 +268,7 @@ class Runtime:
             ChildSpec(
                 SCHEDULER,
                 lambda: SchedulerActor.start(
-                    SCHEDULER, directory, config, self.timers, self._events.put, self.reactor.cancel
+                    SCHEDULER, directory, config, self.timers, self._progress, self.reactor.cancel
                 ),
                 # Its run state lives only in memory: a crashed scheduler ends the runtime,
                 # and `orchestrate execute --run` resumes the run from the ledger.
@@ -427,6 +427,15 @@ class Runtime:
             raise DatabaseStalled(self._abort_reason or "the database did not take the ledger's records")
 
     # -- progress fan-out ----------------------------------------------------------------------
+    def _progress(self, said: tuple[RunProgress, ...]) -> None:
+        """What the Scheduler says, on its thread: the status read model takes it at once; the
+        event thread is woken only when someone listens or a run ended (a waiter is told), so a
+        quiet run with no watcher pays no thread hand-off for its progress."""
+        for event in said:
+            self.status.apply(event)
+        if self._listeners or any(event.finished_run_state for event in said):
+            self._events.put(said)
+
     def add_listener(self, listener: Callable[[RunProgress], None]) -> Callable[[], None]:
         """Call ``listener`` (on the event thread) with every progress event; returns a remover."""
         with self._listeners_lock:

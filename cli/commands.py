@@ -182,7 +182,8 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Pla
                     printing = False
                     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
-        runtime.add_listener(show)
+        if printing:
+            runtime.add_listener(show)
         runtime.submit(run_id, plan=plan, new=new)
         try:
             runtime.wait(run_id)
