@@ -114,19 +114,23 @@ def spawn_for_attempt(
 
 
 def start_for_attempt(
-    reactor: ProcessReactor,
+    starter: ProcessReactor | WorkerPool,
     executor: pykka.ActorRef,
-    spec: ProcessSpec,
+    spec: ProcessSpec | CallSpec,
     request: ExecuteTask,
     phase: str,
     check_index: int = -1,
     on_started: OnStarted | None = None,
 ) -> None:
-    """Have ``spec`` started for ``request`` on a spawner thread (see
-    :meth:`ProcessReactor.start_process`); ``on_started`` hears its pid, ``executor`` is told a
-    :class:`ProcessExited` when it ends. Cancel it with ``reactor.cancel_marked(attempt_marker(request))``."""
-    reactor.start_process(_marked(spec, request), on_started or _ignore_start,
-                          _exit_reporter(executor, request, phase, check_index))
+    """Have ``spec`` started for ``request`` without waiting: a process on a spawner thread of a
+    :class:`ProcessReactor`, a :class:`CallSpec` on a worker of a :class:`WorkerPool`.
+    ``on_started`` hears the pid, ``executor`` is told a :class:`ProcessExited` when it ends.
+    Cancel it with ``starter.cancel_marked(attempt_marker(request))``."""
+    on_exit = _exit_reporter(executor, request, phase, check_index)
+    if isinstance(starter, WorkerPool):
+        starter.start_call(_marked(spec, request), on_started or _ignore_start, on_exit)  # type: ignore[arg-type]
+    else:
+        starter.start_process(_marked(spec, request), on_started or _ignore_start, on_exit)  # type: ignore[arg-type]
 
 
 def _ignore_start(pid: int, create_time: float) -> None:

@@ -22,7 +22,6 @@ from actors.attempts import (
     attempt_finished,
     attempt_marker,
     attempt_started,
-    spawn_for_attempt,
     start_for_attempt,
 )
 from actors.base import SupervisedActor
@@ -72,7 +71,6 @@ class _InFlight:
     position: int = 0
     gate_log: str = ""
     pooled: bool = False  # a python worker runs the tool's callable
-    process: tuple[int, float] | None = None  # that worker, while it does
     cancelled: bool = False
 
 
@@ -140,9 +138,9 @@ class ExecutorActor(SupervisedActor):
         if flight is None:
             return
         flight.cancelled = True
-        if flight.pooled and self.pool is not None and flight.process is not None:
-            # Only that attempt: the worker may already be running the next task.
-            self.pool.cancel(*flight.process, marker=attempt_marker(flight.request))
+        # By the attempt's marker: a worker may already run the next task, a start be under way.
+        if flight.pooled and self.pool is not None:
+            self.pool.cancel_marked(attempt_marker(flight.request))
         else:
             self.reactor.cancel_marked(attempt_marker(flight.request))
 
@@ -151,20 +149,18 @@ class ExecutorActor(SupervisedActor):
         key = (request.run_id, request.task.key, request.attempt)
         flight = self.in_flight[key] = _InFlight(request=request, started=time.monotonic())
         directory, adapter = self.directory, self.adapter_name
-        if self.pool is not None and isinstance(self.adapter, PythonAdapter) and self.adapter.uses_worker(request.task):
-            call = self.adapter.call_spec(request.task, request.log_path)
-            pid, create_time = spawn_for_attempt(self.pool, self.actor_ref, call, request, "tool")
-            flight.pooled = pid > 0
-            flight.process = (pid, create_time) if pid > 0 else None
-            directory.tell(SCHEDULER, attempt_started(request, adapter, pid, create_time))
-            return
-        spec = self.adapter.process_spec(request.task, request.log_path)
 
         def started(pid: int, create_time: float) -> None:
-            # On a spawner thread, before the process can be reported ended: the Scheduler
-            # always hears AttemptStarted before the attempt's AttemptFinished.
+            # On a spawner or the pool's thread, before the process (or the worker's reply) can
+            # be reported: the Scheduler always hears AttemptStarted before AttemptFinished.
             directory.tell(SCHEDULER, attempt_started(request, adapter, pid, create_time))
 
+        if self.pool is not None and isinstance(self.adapter, PythonAdapter) and self.adapter.uses_worker(request.task):
+            flight.pooled = True
+            call = self.adapter.call_spec(request.task, request.log_path)
+            start_for_attempt(self.pool, self.actor_ref, call, request, "tool", on_started=started)
+            return
+        spec = self.adapter.process_spec(request.task, request.log_path)
         start_for_attempt(self.reactor, self.actor_ref, spec, request, "tool", on_started=started)
 
     def _exited(self, message: ProcessExited) -> None:
@@ -173,7 +169,6 @@ class ExecutorActor(SupervisedActor):
         if flight is None:
             return
         result = message.result
-        flight.process = None
         flight.pooled = False
         if flight.cancelled and result.outcome is not ProcessOutcome.CANCELLED:
             result = replace(result, outcome=ProcessOutcome.CANCELLED)

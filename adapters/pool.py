@@ -66,12 +66,14 @@ import structlog
 
 from adapters.process import (
     OnExit,
+    OnStarted,
     ProcessReactor,
     ProcessSpec,
     drain_wakeups,
     environment_for,
     kill_below,
     report_exit,
+    report_start,
     tree_rss,
 )
 from adapters.pycall import result_path
@@ -205,14 +207,25 @@ class WorkerPool:
     def spawn(self, spec: CallSpec, on_exit: OnExit) -> tuple[int, float]:
         """Run ``spec`` on an idle worker (a new one if none is idle) and return the worker's
         ``(pid, create_time)``. Raises RuntimeError if the pool is not running."""
+        future: Future[tuple[int, float]] = Future()
+        self.start_call(spec, lambda pid, create_time: future.set_result((pid, create_time)), on_exit)
+        return future.result()
+
+    def start_call(self, spec: CallSpec, on_started: OnStarted, on_exit: OnExit) -> None:
+        """Like :meth:`spawn` without waiting: ``on_started`` hears the worker's ``(pid,
+        create_time)`` — ``(-1, 0.0)`` when the task could not be given to one — on the pool's
+        thread, before ``on_exit`` can be called. Raises RuntimeError if the pool is not running."""
         if not os.path.isdir(spec.cwd):
             # As a process would: it cannot start in a missing directory.
             error = _spawn_error(f"No such file or directory: {spec.cwd!r}")
-            self._post_or_raise(lambda: self._report(on_exit, error))
-            return -1, 0.0
-        future: Future[tuple[int, float]] = Future()
-        self._post_or_raise(functools.partial(self._assign, spec, on_exit, future))
-        return future.result()
+
+            def refuse() -> None:
+                report_start(on_started, -1, 0.0)
+                self._report(on_exit, error)
+
+            self._post_or_raise(refuse)
+            return
+        self._post_or_raise(functools.partial(self._assign, spec, on_started, on_exit))
 
     def cancel(self, pid: int, create_time: float | None = None, marker: tuple[str, str] | None = None) -> None:
         """Kill the task running on worker ``pid`` (with its worker and everything it started);
@@ -421,10 +434,12 @@ class WorkerPool:
 
     # -- tasks ---------------------------------------------------------------------------------
 
-    def _assign(self, spec: CallSpec, on_exit: OnExit, future: Future[tuple[int, float]]) -> None:
+    def _assign(self, spec: CallSpec, on_started: OnStarted, on_exit: OnExit) -> None:
         if self._stopping or self._closed:
-            future.set_exception(RuntimeError("WorkerPool is not running"))
+            report_start(on_started, -1, 0.0)
+            self._report(on_exit, ProcessResult(-1, 0.0, None, None, "cancelled", 0.0, 0, 0.0))
             return
+        announced = False
         try:
             try:
                 worker = self._idle_worker() or self._start_worker()
@@ -432,8 +447,9 @@ class WorkerPool:
                 worker = None
                 log.warning("python worker could not start", error=str(error))
             if worker is None:
+                announced = True
+                report_start(on_started, -1, 0.0)
                 self._report(on_exit, _spawn_error("the python worker could not be started (see the log)"))
-                future.set_result((-1, 0.0))
                 return
             now = time.monotonic()
             lease = _Lease(
@@ -456,11 +472,15 @@ class WorkerPool:
                 "result_path": result_path(log_path),
             }
             worker.outbox += (json.dumps(request) + "\n").encode()
+            # Announced before the request can reach the worker, so before any reply can.
+            announced = True
+            report_start(on_started, worker.pid, worker.create_time)
             self._flush(worker)
-        except BaseException as error:
-            future.set_exception(error)
+        except BaseException:
+            if not announced:
+                report_start(on_started, -1, 0.0)
+                self._report(on_exit, _spawn_error("the python task could not be handed to a worker (see the log)"))
             raise
-        future.set_result((worker.pid, worker.create_time))
 
     def _idle_worker(self) -> _Worker | None:
         """The warmest idle worker whose packages are current (others are replaced)."""
@@ -583,6 +603,17 @@ class WorkerPool:
         if marker is not None and lease.spec.marker != marker:
             return
         self._retire(worker, "cancelled")
+
+    def cancel_marked(self, marker: tuple[str, str]) -> None:
+        """Kill the task whose spec carries ``marker`` (with its worker and everything it
+        started); it is reported ``cancelled``. Nothing happens when no running task carries it."""
+
+        def command() -> None:
+            for worker in list(self._workers.values()):
+                if worker.lease is not None and worker.lease.spec.marker == marker:
+                    self._cancel(worker.pid, worker.create_time, marker)
+
+        self._post(command)
 
     def _watch_leases(self) -> None:
         """Deadlines and memory limits of the running tasks."""

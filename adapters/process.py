@@ -528,7 +528,9 @@ def drain_wakeups(fd: int) -> None:
         pass
 
 
-def _call(on_started: OnStarted, pid: int, create_time: float) -> None:
+def report_start(on_started: OnStarted, pid: int, create_time: float) -> None:
+    """Call ``on_started(pid, create_time)``; a callback that raises is logged, never lets its
+    exception reach the thread that starts processes."""
     try:
         on_started(pid, create_time)
     except Exception:
@@ -660,7 +662,7 @@ class ProcessReactor:
 
     def _never_started(self, on_started: OnStarted | None, on_exit: OnExit) -> None:
         if on_started is not None:
-            _call(on_started, -1, 0.0)
+            report_start(on_started, -1, 0.0)
         if self._reporting:
             report_exit(on_exit, ProcessResult(-1, 0.0, None, None, "cancelled", 0.0, 0, 0.0))
 
@@ -673,7 +675,7 @@ class ProcessReactor:
         except Exception as exc:  # whatever stops a start, the caller hears of it once
             failed = ProcessResult(-1, 0.0, None, None, "spawn_error", 0.0, 0, 0.0, _error_text(exc))
             if on_started is not None:
-                _call(on_started, -1, 0.0)
+                report_start(on_started, -1, 0.0)
             self._post(lambda: report_exit(on_exit, failed))
             return -1, 0.0
         # Unreaped, so the stat file is there even if it already exited.
@@ -681,7 +683,7 @@ class ProcessReactor:
         assert stat is not None
         task = _Task(spec, on_exit, pid, pidfd, stat.start, _create_time(stat.start), started)
         if on_started is not None:
-            _call(on_started, task.pid, task.create_time)
+            report_start(on_started, task.pid, task.create_time)
         with self._lock:
             if not self._accepting:
                 # stop() began while this one was starting: it must not outlive the reactor.

@@ -332,6 +332,44 @@ def test_cancel_kills_only_the_attempt_named(pool: WorkerPool, project: Path, tm
     assert gone(worker) and gone(child)
 
 
+def test_cancel_by_marker_alone_finds_the_attempts_worker(pool: WorkerPool, project: Path, tmp_path: Path) -> None:
+    task = Task(pool, project, "tasks:spawn_then_hang", str(tmp_path / "pids"))
+    worker, child = pids_in(tmp_path / "pids")
+    pool.cancel_marked((MARKER_ATTEMPT_ID, "some/other/attempt"))
+    pool.workers()  # a round trip: the cancel above has been handled
+    assert alive(worker) and not task.collector.results
+    pool.cancel_marked(task.marker)
+    assert task.result().outcome is ProcessOutcome.CANCELLED
+    assert gone(worker) and gone(child)
+
+
+def test_a_start_without_waiting_is_announced_before_its_end(pool: WorkerPool, project: Path) -> None:
+    """``start_call`` returns at once; the worker's pid is announced before the reply is reported,
+    for a task that ends at once as for one refused at the door (a missing cwd)."""
+    count = 20
+    done = Collector(count + 1)
+    announced: list[tuple[int, int]] = []  # (pid, reports already made)
+
+    def started(pid: int, create_time: float) -> None:
+        announced.append((pid, len(done.results)))
+
+    marker = (MARKER_ATTEMPT_ID, "test/no-wait")
+    for _ in range(count):
+        spec = CallSpec(callable="tasks:hello", args=("x",), kwargs=(), cwd=str(project),
+                        env=environment_for((), {marker[0]: marker[1]}),
+                        log_path=str(project.parent / "logs" / "nowait.log"), marker=marker)
+        pool.start_call(spec, started, done)
+    missing = CallSpec(callable="tasks:hello", args=("x",), kwargs=(), cwd=str(project / "missing"),
+                       env=environment_for(()), log_path=str(project.parent / "logs" / "missing.log"))
+    pool.start_call(missing, started, done)
+    results = done.wait()
+    assert len(announced) == count + 1
+    assert all(reports_before <= index for index, (_, reports_before) in enumerate(announced))
+    assert sorted(pid for pid, _ in announced if pid > 0) == sorted(r.pid for r in results if r.pid > 0)
+    assert [r.outcome for r in results].count(ProcessOutcome.SPAWN_ERROR) == 1
+    assert sum(pid == -1 for pid, _ in announced) == 1  # the refused one: announced, then reported
+
+
 def test_stopping_the_pool_kills_every_worker_and_reports_nothing_when_asked(
     make_pool: Callable[..., WorkerPool], project: Path, tmp_path: Path
 ) -> None:
