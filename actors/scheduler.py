@@ -115,6 +115,8 @@ from persistence.clock import utc_now_iso
 log = structlog.get_logger("orchestrate.scheduler")
 
 TICK_S = 1.0
+# What executors report; a burst of them is published once (see on_receive).
+_REPORTS = (AttemptStarted, AttemptFinished, TaskValidating)
 
 __all__ = ["ControlRefused", "CoreConfig", "SchedulerActor"]
 
@@ -211,12 +213,19 @@ class SchedulerActor(SupervisedActor):
         self.timers.call_later(TICK_S, tick)
 
     def on_receive(self, message: object) -> object:
-        if isinstance(message, SchedulerTick):
-            self.ticking = False
-            result = super().on_receive(message)
-            self._keep_ticking()
-            return result
-        return super().on_receive(message)
+        try:
+            if isinstance(message, SchedulerTick):
+                self.ticking = False
+                result = super().on_receive(message)
+                self._keep_ticking()
+                return result
+            return super().on_receive(message)
+        finally:
+            # Reports from executors arrive in bursts: what their decisions recorded and said is
+            # sent once the burst is handled (one Ledger message, one progress batch, for many
+            # tasks). Anything else — a command someone waits on — sends at once.
+            if not isinstance(message, _REPORTS) or self.actor_inbox.empty():
+                self._publish()
 
     # -- control -----------------------------------------------------------------------------------
     def _control(self, message: object) -> object:
@@ -248,15 +257,7 @@ class SchedulerActor(SupervisedActor):
     # -- effects ----------------------------------------------------------------------------------
     def _carry_out(self, effects: list[Effect]) -> None:
         at = utc_now_iso()
-        try:
-            self._carry_out_each(effects, at)
-        finally:
-            # What these effects recorded goes to the Ledger, and what they said to watchers, each
-            # as one message: every message is a thread to wake, the costliest part of a short task.
-            self._flush_backlog()
-            if self._said:
-                said, self._said = tuple(self._said), []
-                self.progress(said)
+        self._carry_out_each(effects, at)
 
     def _carry_out_each(self, effects: list[Effect], at: str) -> None:
         for effect in effects:
@@ -334,6 +335,14 @@ class SchedulerActor(SupervisedActor):
         the effects have been carried out; while the Ledger is between incarnations ops wait
         here, in order, and go to the next one (a record is delayed, never dropped)."""
         self._backlog.append(op)
+
+    def _publish(self) -> None:
+        """Send what was recorded to the Ledger and what was said to watchers, each as one
+        message: every message is a thread to wake, the costliest part of a short task."""
+        self._flush_backlog()
+        if self._said:
+            said, self._said = tuple(self._said), []
+            self.progress(said)
 
     def _flush_backlog(self) -> None:
         if not self._backlog:
