@@ -54,7 +54,6 @@ import sys
 import sysconfig
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -69,7 +68,6 @@ from adapters.process import (
     OnStarted,
     ProcessReactor,
     ProcessSpec,
-    drain_wakeups,
     environment_for,
     kill_below,
     report_exit,
@@ -77,6 +75,7 @@ from adapters.process import (
     tree_rss,
 )
 from adapters.pycall import result_path
+from adapters.wakeup import Wakeup
 from domain.outcomes import ProcessResult
 
 log = structlog.get_logger("orchestrate.pool")
@@ -179,7 +178,7 @@ class WorkerPool:
         self._lock = threading.Lock()  # guards _accepting, _closed and the order of commands
         self._accepting = False
         self._closed = True
-        self._commands: deque[Callable[[], None]] = deque()
+        self._wakeup = Wakeup()
         self._thread = threading.Thread(target=self._run, name="orchestrate-pyworkers", daemon=True)
         self._tokens = itertools.count(1)
         self._lease_ids = itertools.count(1)
@@ -191,15 +190,13 @@ class WorkerPool:
         self._stopping = False
         self._stop_deadline = math.inf
         self._selector: selectors.BaseSelector
-        self._wake_r = self._wake_w = -1
 
     # -- any thread ----------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the pool thread; workers start with the first tasks."""
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._selector.register(self._wakeup.open(), selectors.EVENT_READ, None)
         with self._lock:
             self._accepting, self._closed = True, False
         self._thread.start()
@@ -267,11 +264,7 @@ class WorkerPool:
     def _post_locked(self, command: Callable[[], None]) -> None:
         if self._closed:
             return
-        self._commands.append(command)
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass
+        self._wakeup.post(command)
 
     # -- the pool thread -----------------------------------------------------------------------
 
@@ -283,8 +276,8 @@ class WorkerPool:
         finally:
             with self._lock:
                 self._accepting, self._closed = False, True
-            while self._commands:  # spawns that came too late: they fail (not accepting)
-                self._safely(self._commands.popleft())
+            for command in self._wakeup.take():  # spawns that came too late: they fail (not accepting)
+                self._safely(command)
             # Workers still here die with this thread (PR_SET_PDEATHSIG); the reactor reaps them.
             for worker in list(self._workers.values()):
                 lease, worker.lease = worker.lease, None
@@ -292,19 +285,18 @@ class WorkerPool:
                     self._report(lease.on_exit, lease.result or self._lost(worker, lease, "cancelled"))
                 self._close(worker)
             self._selector.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._wakeup.close()
 
     def _loop(self) -> None:
         while True:
             for key, events in self._selector.select(self._timeout()):
                 if key.data is None:
-                    drain_wakeups(self._wake_r)
+                    self._wakeup.drain()
                     continue
                 worker = key.data
                 self._safely(functools.partial(self._flush if key.fd == worker.requests else self._read, worker))
-            while self._commands:
-                self._safely(self._commands.popleft())
+            for command in self._wakeup.take():
+                self._safely(command)
             self._safely(self._watch_leases)
             if self._stopping and (not self._workers or time.monotonic() >= self._stop_deadline):
                 return

@@ -37,6 +37,7 @@ import psutil
 import structlog
 
 from adapters.spawn import spawn
+from adapters.wakeup import Wakeup
 from domain.outcomes import ProcessResult
 
 log = structlog.get_logger("orchestrate.process")
@@ -519,15 +520,6 @@ def _error_text(exc: Exception) -> str:
     return str(exc)
 
 
-def drain_wakeups(fd: int) -> None:
-    """Empty the non-blocking wakeup pipe ``fd``: a loop woken by it reads what is posted itself."""
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
-
-
 def report_start(on_started: OnStarted, pid: int, create_time: float) -> None:
     """Call ``on_started(pid, create_time)``; a callback that raises is logged, never lets its
     exception reach the thread that starts processes."""
@@ -576,7 +568,7 @@ class ProcessReactor:
         self._closed = True  # until start() opens the wakeup pipe
         self._tasks: set[_Task] = set()  # spawned, on_exit not yet called
         self._spawning = 0  # spawn() calls between fork and registration in _tasks
-        self._commands: deque[Callable[[], None]] = deque()
+        self._wakeup = Wakeup()
         self._thread = threading.Thread(target=self._run, name="orchestrate-processes", daemon=True)
         # start() requests wait here for a spawner thread; None tells one to end.
         self._requests: queue.SimpleQueue[tuple[ProcessSpec, OnStarted, OnExit] | None] = queue.SimpleQueue()
@@ -593,17 +585,15 @@ class ProcessReactor:
         self._detached = False
         self._reporting = True
         self._next_sample = 0.0
-        self._selector: selectors.BaseSelector  # these three are opened by start()
-        self._wake_r = self._wake_w = -1
+        self._selector: selectors.BaseSelector  # opened by start(), with the wakeup pipe
 
     def start(self) -> None:
         """Start the reactor thread; ``spawn`` is accepted from now until ``stop``. With
         ``adopt_orphans``, this process is a child subreaper from now until the reactor ends
         (unless the kernel refuses: then escapees are searched among all processes)."""
         self._adopting = self._adopt_orphans and _hold_subreaper()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._selector.register(self._wakeup.open(), selectors.EVENT_READ, None)
         with self._lock:
             self._accepting, self._closed = True, False
         self._thread.start()
@@ -753,11 +743,7 @@ class ProcessReactor:
     def _post_locked(self, command: Callable[[], None]) -> None:
         if self._closed:  # the reactor has finished; the wakeup fd may already be reused
             return
-        self._commands.append(command)
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full, so a wakeup is pending anyway
+        self._wakeup.post(command)
 
     # -- the reactor thread ----------------------------------------------------------------------
 
@@ -776,19 +762,18 @@ class ProcessReactor:
             if self._adopting:
                 _release_subreaper()
             self._selector.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._wakeup.close()
 
     def _loop(self) -> None:
         while True:
             exited = []
             for key, _ in self._selector.select(self._poll_timeout()):
                 if key.data is None:
-                    drain_wakeups(self._wake_r)
+                    self._wakeup.drain()
                 else:
                     exited.append(key.data)
-            while self._commands:
-                self._commands.popleft()()
+            for command in self._wakeup.take():
+                command()
             if self._detached:
                 return
             for task in exited:
