@@ -320,7 +320,7 @@ class Worker:
         for stream in (sys.stdout, sys.stderr, self.stdout, self.stderr):
             try:
                 stream.flush()
-            except Exception:
+            except Exception:  # noqa: BLE001, S110 - a task may leave any object as sys.stdout; the worker must go on
                 pass
         sys.stdout, sys.stderr, sys.stdin = self.stdout, self.stderr, self.stdin
         os.dup2(self.own_out, 1)
