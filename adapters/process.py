@@ -502,7 +502,7 @@ def _start(spec: ProcessSpec) -> tuple[int, int]:
         os.makedirs(os.path.dirname(spec.log_path) or ".", exist_ok=True)
         log_fd = os.open(spec.log_path, flags, 0o644)
     try:
-        pid = spawn(spec.argv, spec.cwd, dict(spec.env), log_fd, spec.pass_fds)
+        pid = spawn(spec.argv, spec.cwd, spec.env, log_fd, spec.pass_fds)
     finally:
         os.close(log_fd)
     try:

@@ -78,23 +78,30 @@ def _c_strings(values: Sequence[bytes]) -> ctypes.Array[ctypes.c_char_p]:
     return array
 
 
-def resolve_executable(name: str, env: dict[str, str]) -> str:
+def env_path(env: Sequence[tuple[str, str]]) -> str:
+    """The ``PATH`` of the environment ``env`` (pairs, as a ProcessSpec holds them)."""
+    return next((value for key, value in env if key == "PATH"), os.defpath)
+
+
+def _resolve(name: str, env: Sequence[tuple[str, str]]) -> str:
     """The file ``name`` names, searched on the *task's* ``PATH`` as :class:`subprocess.Popen`
     does when given an environment. Raises FileNotFoundError naming ``name``."""
     if "/" in name:
         return name
-    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    found = shutil.which(name, path=env_path(env))
     if found is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
     return found
 
 
-def spawn(argv: Sequence[str], cwd: str, env: dict[str, str], log_fd: int, pass_fds: Sequence[int] = ()) -> int:
+def spawn(
+    argv: Sequence[str], cwd: str, env: Sequence[tuple[str, str]], log_fd: int, pass_fds: Sequence[int] = ()
+) -> int:
     """Start ``argv`` (its first item searched on ``env``'s PATH unless it holds a ``/``) in
     ``cwd`` with exactly ``env``, in a new session, output to ``log_fd``, and ``pass_fds`` open
     under their own numbers; return its pid. The caller keeps and closes its descriptors.
     Raises OSError (naming the cwd or the executable) when it cannot start."""
-    path = os.fsencode(resolve_executable(argv[0], env))
+    path = os.fsencode(_resolve(argv[0], env))
     actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
     _fa_init(actions)
     try:
@@ -112,7 +119,7 @@ def spawn(argv: Sequence[str], cwd: str, env: dict[str, str], log_fd: int, pass_
         failed = _posix_spawn(
             ctypes.byref(pid), path, actions, _ATTR,
             _c_strings([os.fsencode(arg) for arg in argv]),
-            _c_strings([os.fsencode(f"{key}={value}") for key, value in env.items()]),
+            _c_strings([os.fsencode(f"{key}={value}") for key, value in env]),
         )
     finally:
         _fa_destroy(actions)

@@ -19,6 +19,7 @@ from typing import Protocol
 from adapters.pool import CallSpec
 from adapters.process import ProcessSpec, environment_for
 from adapters.pycall import RESULT_PATH_ENV, result_path
+from adapters.spawn import env_path
 from domain.plan import TaskSpec
 
 SHELL = "/bin/sh"
@@ -139,7 +140,7 @@ class ShellAdapter:
     def process_spec(self, task: TaskSpec, log_path: str) -> ProcessSpec:
         command = task.command or ""
         spec = _spec(task, (SHELL, "-c", command), log_path, task.timeout_s)
-        argv = direct_argv(command, dict(spec.env).get("PATH", os.defpath))
+        argv = direct_argv(command, env_path(spec.env))
         return spec if argv is None else replace(spec, argv=argv)
 
 
