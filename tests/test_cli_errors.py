@@ -38,6 +38,15 @@ BAD_PLANS = {
             {"id": "c", "tool": "shell", "command": "true", "depends_on": ["b"]}]}),
         ["plan.json", "cycle", "ws/a -> ws/c -> ws/b -> ws/a"],
     ),
+    "NUL in a command": (  # no process can be given it: refused here, not counted against the tool
+        json.dumps({"id": "ws", "tasks": [{"id": "t", "tool": "shell", "command": "echo a\u0000b"}]}),
+        ["plan.json", "$.tasks[0].command", "without NUL"],
+    ),
+    "NUL in a check's command": (
+        json.dumps({"id": "ws", "tasks": [{"id": "t", "tool": "shell", "command": "true",
+                                           "acceptance": [{"kind": "command", "command": "test\u0000x"}]}]}),
+        ["plan.json", "$.tasks[0].acceptance[0].command", "without NUL"],
+    ),
     "unknown tool": (
         json.dumps({"id": "ws", "tasks": [{"id": "t", "tool": "teleport", "command": "true"}]}),
         ["plan.json", "$.tasks[0].tool", "teleport", "shell"],
