@@ -70,11 +70,18 @@ _attr_setsigmask(_ATTR, _NO_SIGNALS_BLOCKED)
 _attr_setsigdefault(_ATTR, _ALL_SIGNALS)
 
 
-def _c_strings(values: Sequence[bytes]) -> ctypes.Array[ctypes.c_char_p]:
-    if any(b"\0" in value for value in values):  # C would silently cut the string there
+def _c_string(value: str) -> bytes:
+    """``value`` encoded for C, which would silently cut it at a NUL: refused instead."""
+    encoded = os.fsencode(value)
+    if b"\0" in encoded:
         raise ValueError("embedded null byte")
+    return encoded
+
+
+def _c_strings(values: Sequence[str]) -> ctypes.Array[ctypes.c_char_p]:
+    encoded = [_c_string(value) for value in values]
     array = (ctypes.c_char_p * (len(values) + 1))()
-    array[: len(values)] = values
+    array[: len(values)] = encoded
     return array
 
 
@@ -101,12 +108,12 @@ def spawn(
     ``cwd`` with exactly ``env``, in a new session, output to ``log_fd``, and ``pass_fds`` open
     under their own numbers; return its pid. The caller keeps and closes its descriptors.
     Raises OSError (naming the cwd or the executable) when it cannot start."""
-    path = os.fsencode(_resolve(argv[0], env))
+    path = _c_string(_resolve(argv[0], env))
     actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
     _fa_init(actions)
     try:
         failed = (_fa_addopen(actions, 0, _DEV_NULL, os.O_RDONLY, 0) or _fa_adddup2(actions, log_fd, 1)
-                  or _fa_adddup2(actions, log_fd, 2) or _fa_addchdir(actions, os.fsencode(cwd)))
+                  or _fa_adddup2(actions, log_fd, 2) or _fa_addchdir(actions, _c_string(cwd)))
         # dup2 of a descriptor onto itself clears its close-on-exec flag (POSIX 2017, glibc 2.29).
         for fd in pass_fds:
             failed = failed or _fa_adddup2(actions, fd, fd)
@@ -118,8 +125,8 @@ def spawn(
         pid = ctypes.c_int()
         failed = _posix_spawn(
             ctypes.byref(pid), path, actions, _ATTR,
-            _c_strings([os.fsencode(arg) for arg in argv]),
-            _c_strings([os.fsencode(f"{key}={value}") for key, value in env]),
+            _c_strings(argv),
+            _c_strings([f"{key}={value}" for key, value in env]),
         )
     finally:
         _fa_destroy(actions)

@@ -47,6 +47,10 @@ BAD_PLANS = {
                                            "acceptance": [{"kind": "command", "command": "test\u0000x"}]}]}),
         ["plan.json", "$.tasks[0].acceptance[0].command", "without NUL"],
     ),
+    "NUL in a cwd": (
+        json.dumps({"id": "ws", "tasks": [{"id": "t", "tool": "shell", "command": "pwd", "cwd": "/tmp\u0000/etc"}]}),
+        ["plan.json", "$.tasks[0].cwd", "without NUL"],
+    ),
     "unknown tool": (
         json.dumps({"id": "ws", "tasks": [{"id": "t", "tool": "teleport", "command": "true"}]}),
         ["plan.json", "$.tasks[0].tool", "teleport", "shell"],

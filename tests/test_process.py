@@ -402,6 +402,7 @@ def test_a_start_is_announced_before_its_exit_can_be(reactor: ProcessReactor, tm
         (("/bin/true",), "/nonexistent/dir", "No such file or directory: '/nonexistent/dir'"),
         (("no-such-tool-xyz",), ".", "No such file or directory: 'no-such-tool-xyz'"),
         (("/bin/echo", "a\0b"), ".", "embedded null byte"),
+        (("/bin/pwd",), "/tmp\0/etc", "embedded null byte"),  # C would have run it in /tmp
         ((5,), ".", "argument of type 'int' is not iterable"),
     ],
 )
