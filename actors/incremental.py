@@ -64,7 +64,8 @@ def plan_reuse(store: Store, plan: Plan, force: Collection[str] = (), force_all:
 
 
 def _hit(row: dict, spec: TaskSpec) -> CacheHit:
-    source = f"{row['run_id']}/{row['step_name']}/{row['attempt']}"
+    # A reused attempt names the attempt that did the work: that is the result's source.
+    source = row["cached_from"] or f"{row['run_id']}/{row['step_name']}/{row['attempt']}"
     problem = ""
     if row["result_file"] and not os.path.isfile(row["result_file"]):
         problem = f"its earlier result file {row['result_file']} is gone"

@@ -102,7 +102,7 @@ class StateReader:
         found: dict[str, dict[str, Any]] = {}
         columns = (StepAttempt.id, StepAttempt.cache_key, StepAttempt.run_id, StepAttempt.step_name,
                    StepAttempt.attempt, StepAttempt.result_json, StepAttempt.result_file,
-                   StepAttempt.outputs_json)
+                   StepAttempt.outputs_json, StepAttempt.cached_from)
         with Session(self._engine) as session:
             for start in range(0, len(keys), 500):  # SQLite's bound-parameter limit
                 rows = session.execute(select(*columns).where(
