@@ -33,22 +33,27 @@ def policies(plan: Plan) -> dict[str, tuple[bool, str]]:
     return {task.key: cache_policy(task, task.workstream_id in in_worktree) for task in plan.tasks}
 
 
-def definitions(plan: Plan) -> dict[str, str]:
-    """The definition digest of every cacheable task of ``plan``."""
-    cacheable = policies(plan)
+def definitions(plan: Plan, cacheable: dict[str, tuple[bool, str]] | None = None) -> dict[str, str]:
+    """The definition digest of every cacheable task of ``plan`` (``cacheable``: its
+    :func:`policies`, when already known)."""
+    cacheable = cacheable or policies(plan)
     return {task.key: definition_digest(task, tool_version(task)) for task in plan.tasks if cacheable[task.key][0]}
 
 
 def plan_reuse(store: Store, plan: Plan, force: Collection[str] = (), force_all: bool = False,
-               done: Collection[str] = ()) -> list[Decision]:
+               done: Collection[str] = (), every_task: bool = False) -> list[Decision]:
     """What each task of ``plan`` does in the run about to start (dependencies first):
     runs, or reuses the result of the latest COMPLETED attempt with its key whose files_out
-    still stand. ``done``: tasks already completed in the run being resumed."""
+    still stand. ``done``: tasks already completed in the run being resumed. Unless
+    ``every_task`` (to explain them all), a plan with nothing cacheable gets no decisions:
+    every task runs, and a plan of 100,000 tasks is not walked for nothing."""
+    cacheable = policies(plan)
+    digests = definitions(plan, cacheable)
+    if not digests and not every_task:
+        return []
     deps = task_dependencies(plan)
     order = topological_order(deps)
     specs = {task.key: task for task in plan.tasks}
-    cacheable = policies(plan)
-    digests = definitions(plan)
     keys: dict[str, str] = {}
     for key in order:
         if key in digests:

@@ -6,6 +6,7 @@ unfinished run, and the control socket's ``retry`` of a finished run all start f
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,8 +58,11 @@ def start_message(
     results, keys = {}, {}
     for key, attempt in latest.items():
         if attempt["status"] == TaskState.COMPLETED.value and states.get(key) is TaskState.COMPLETED:
-            if attempt.get("result_json") or attempt.get("result_file"):
-                results[key] = ResultRef(attempt.get("result_json") or "", attempt.get("result_file") or "")
+            # The reader hands ``result_json`` decoded, as ``result``.
+            if attempt.get("result_file"):
+                results[key] = ResultRef(path=attempt["result_file"])
+            elif attempt.get("result") is not None:
+                results[key] = ResultRef(text=json.dumps(attempt["result"]))
             if attempt.get("cache_key"):
                 keys[key] = attempt["cache_key"]
     interrupted = tuple(

@@ -326,7 +326,7 @@ def _explain(store: Store, plan: Plan, args: argparse.Namespace, force: tuple[st
               f"{len(done)} tasks completed)")
     else:
         print(f"run {plan.source}: would make a new run")
-    decisions = plan_reuse(store, plan, force, force_all, done)
+    decisions = plan_reuse(store, plan, force, force_all, done, every_task=True)
     rows = [(d.task_key, "run" if d.run else ("keep" if d.hit is None else "reuse"), d.why) for d in decisions]
     print(table(("TASK", "WILL", "WHY"), rows))
     runs = sum(1 for d in decisions if d.run)

@@ -133,3 +133,21 @@ def test_a_files_out_pattern_that_matches_nothing_fails_the_task_naming_it(tmp_p
     assert "w/build: task w/build: files_out[1] 'dist/*.whl' matched no file after it succeeded" in result.out
     states = dict(ledger(tmp_path).execute("select task_key, state from tasks").fetchall())
     assert states == {"w/build": "FAILED", "w/after": "BLOCKED"}
+
+
+def test_a_resumed_run_hands_on_the_results_recorded_before(tmp_path, orchestrate, write_plan):
+    plan = write_plan({"id": "w", "tasks": [
+        {"id": "make", "tool": "python", "cwd": str(ROOT), "callable": "tests.sample_callables:big_list",
+         "args": [2, 3]},
+        {"id": "use", "tool": "shell", "depends_on": ["make"], "inputs": {"made": "make"},
+         "command": "test -f go && cp \"$ORCHESTRATE_INPUTS\" got.json"},
+    ]})
+    first = orchestrate("run", str(plan))
+    assert first.code == 1
+    (tmp_path / "go").touch()
+    second = orchestrate("run", str(plan))  # the same run goes on; make is not run again
+    assert second.code == 0, second.out + second.err
+    assert "resuming (1 already completed)" in second.out
+    assert json.loads((tmp_path / "got.json").read_text()) == {"made": ["xxx", "xxx"]}
+    attempts = dict(ledger(tmp_path).execute("select task_key, attempts from tasks").fetchall())
+    assert attempts == {"w/make": 1, "w/use": 2}
