@@ -242,7 +242,7 @@ class LedgerActor(SupervisedActor):
         if isinstance(message, ReplacePlan):
             self._commit()
             self.store.replace_plan(message.run_id, json.loads(message.request_json), message.plan, message.changed,
-                                    at=utc_now_iso())
+                                    message.rerun, at=utc_now_iso())
             return message.run_id
         if isinstance(message, CommitDue):
             self.commit_pending = False

@@ -29,7 +29,7 @@ class RunNotFound(LookupError):
 
 def start_message(
     store: Store, run_id: str, state_dir: Path, reset: tuple[str, ...] | None = None, plan: Plan | None = None,
-    cached: Mapping[str, CacheHit] | None = None, superseded: tuple[str, ...] = (),
+    cached: Mapping[str, CacheHit] | None = None,
 ) -> StartRun:
     """The StartRun that continues ``run_id`` from the ledger.
 
@@ -40,7 +40,6 @@ def start_message(
     reading and decoding the run's snapshot — a big part of starting a very large run.
     ``cached``: tasks to complete with an earlier run's result (see :mod:`actors.incremental`);
     the results and cache keys completed tasks recorded are read back for the tasks after them.
-    ``superseded``: tasks that run again, completed or not (a changed plan applied to the run).
     """
     run = store.get_run(run_id, metadata=plan is None)
     if run is None:
@@ -85,7 +84,6 @@ def start_message(
         keys=tuple(sorted(keys.items())),
         definitions=tuple(sorted(definitions(plan).items())),
         cached=tuple(sorted((cached or {}).items())),
-        superseded=superseded,
     )
 
 

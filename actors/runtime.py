@@ -481,13 +481,12 @@ class Runtime:
     # -- runs ----------------------------------------------------------------------------------
     def submit(
         self, run_id: str, reset: tuple[str, ...] | None = None, plan: Plan | None = None, new: bool = False,
-        cached: Mapping[str, CacheHit] | None = None, superseded: tuple[str, ...] = (),
+        cached: Mapping[str, CacheHit] | None = None,
     ) -> None:
         """Start (or resume) ``run_id`` from the ledger (``plan``: its plan, when the caller
         holds it). Leftover processes of a dead runtime that ran it are killed first, unless
         ``new``: the caller has just created the run under a freshly generated id, so nothing
-        can carry its marker yet. ``cached``: tasks completed from an earlier run's result;
-        ``superseded``: tasks a changed plan sends back to run (``execute --plan``)."""
+        can carry its marker yet. ``cached``: tasks completed from an earlier run's result."""
         # Otherwise always scanned (a few ms of reading every process's environment): a runtime
         # can die after spawning a task but before the ledger learnt anything of it, so "never
         # started" in the ledger proves nothing.
@@ -495,7 +494,7 @@ class Runtime:
             killed = kill_leftovers(run_id, recorded_processes(self.store, run_id))
             if killed:
                 log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
-        start = start_message(self.store, run_id, self.state_dir, reset, plan, cached, superseded)
+        start = start_message(self.store, run_id, self.state_dir, reset, plan, cached)
         self._submitted.add(run_id)
         with self._finished_cond:
             self._finished.pop(run_id, None)

@@ -168,7 +168,6 @@ class SchedulerActor(SupervisedActor):
                     interrupted=message.interrupted, reset=message.reset,
                     results=dict(message.results), keys=dict(message.keys),
                     definitions=dict(message.definitions), cached=dict(message.cached),
-                    superseded=message.superseded,
                 )
             case TasksRouted():
                 return Routed(message.run_id, tuple(Route(r.task_key, r.adapter, r.reason) for r in message.routes))

@@ -148,18 +148,16 @@ def _socket_path(args: argparse.Namespace, state_dir: Path) -> Path:
 
 
 def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Plan | None = None,
-             new: bool = False, cached: Mapping[str, CacheHit] | None = None,
-             superseded: tuple[str, ...] = ()) -> int:
+             new: bool = False, cached: Mapping[str, CacheHit] | None = None) -> int:
     """Run ``run_id`` in ``runtime`` in the foreground (``plan``: its plan, if already loaded;
     ``new``: the run was just created under a generated id; ``cached``: tasks to complete with
-    an earlier result; ``superseded``: tasks to run again, completed or not); stops the
-    runtime when done."""
+    an earlier result); stops the runtime when done."""
     stop: signals.StopRequested | None = None
     try:
         run = store.get_run(run_id, metadata=False)
         if run is None:
             raise CliError(f"no run {run_id!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
-        if run["status"] == RunState.COMPLETED.value and not superseded:
+        if run["status"] == RunState.COMPLETED.value:
             print(f"run {run_id} is already completed; nothing to do")
             return EXIT_OK
         colour = use_colour()
@@ -171,7 +169,7 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Pla
             paint(f"orchestrate: run {run_id}", "bold", colour)
             + f" — {workstreams} workstreams, {sum(counts.values())} tasks, "
             f"concurrency {runtime.options.concurrency}"
-            + (f", resuming ({done_before} already completed)" if done_before and not superseded else "")
+            + (f", resuming ({done_before} already completed)" if done_before else "")
             + (f", {len(cached)} to reuse from earlier runs" if cached else ""),
             flush=True,
         )
@@ -195,7 +193,7 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Pla
 
         if printing:
             runtime.add_listener(show)
-        runtime.submit(run_id, plan=plan, new=new, cached=cached, superseded=superseded)
+        runtime.submit(run_id, plan=plan, new=new, cached=cached)
         try:
             runtime.wait(run_id)
         except RuntimeAborted as error:
@@ -460,9 +458,11 @@ def _apply_plan(args: argparse.Namespace, store: Store, state_dir: Path, router:
     try:
         if change.changed:
             request = build_request(plan, concurrency=concurrency).to_json()
+            ended = {task["task_key"] for task in store.get_tasks(run_id, states=TERMINAL_TASK_STATES)}
+            replace = ReplacePlan(run_id, json.dumps(request), plan, change.changed,
+                                  tuple(key for key in change.rerun if key in ended))
             try:
-                runtime.directory.get(LEDGER).ask(ReplacePlan(run_id, json.dumps(request), plan, change.changed),
-                                                  timeout=CREATE_RUN_TIMEOUT_S)
+                runtime.directory.get(LEDGER).ask(replace, timeout=CREATE_RUN_TIMEOUT_S)
             except WriteStalled as error:
                 raise CliError(f"cannot apply the plan: {error}; try again when the database takes writes",
                                EXIT_RUNTIME) from None
@@ -473,4 +473,4 @@ def _apply_plan(args: argparse.Namespace, store: Store, state_dir: Path, router:
     except BaseException:
         runtime.stop()
         raise
-    return _execute(runtime, store, run_id, args.quiet, plan, superseded=change.rerun)
+    return _execute(runtime, store, run_id, args.quiet, plan)

@@ -267,13 +267,6 @@ class RunCore:
             self._out.append(AttemptClosed(run.run_id, key, attempt, Verdict(
                 TaskState.FAILED, ErrorClass.INTERRUPTED, "interrupted: the runtime running this attempt stopped")))
         states = run.book.states
-        # Dependants first: a task's completion is taken back only once nothing after it counts on it.
-        for key in reversed(event.superseded):
-            if states[key] in TERMINAL_TASK_STATES:
-                run.failures[key] = 0
-                run.keys.pop(key, None)
-                run.results.pop(key, None)
-                self._move(run, key, TaskState.PENDING, "its definition changed: the plan applied with execute --plan")
         unsuccessful = {k for k, s in states.items() if s in UNSUCCESSFUL_TASK_STATES}
         to_reset = unsuccessful if event.reset is None else retry_closure(run.book, event.reset)
         for key, state in list(states.items()):

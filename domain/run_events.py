@@ -53,9 +53,6 @@ class RunOpened:
     keys: Mapping[str, str] = field(default_factory=dict)
     definitions: Mapping[str, str] = field(default_factory=dict)
     cached: Mapping[str, CacheHit] = field(default_factory=dict)
-    # Tasks whose definition changed (``execute --plan``) and everything downstream, in
-    # dependency order: they run again, completed or not.
-    superseded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,13 +79,11 @@ class RunBook:
         counts[state] += 1
         self._terminal += (state in TERMINAL_TASK_STATES) - (previous in TERMINAL_TASK_STATES)
         self.dirty_workstreams.add(self.workstream_of[key])
+        # A run in the core never takes a completion back (only `execute --plan` does, in the
+        # ledger, before the run opens), so counts only ever go down.
         if state is TaskState.COMPLETED and previous is not TaskState.COMPLETED:
             for dependant in self.dependants[key]:
                 self._waiting[dependant] -= 1
-        elif previous is TaskState.COMPLETED and state is not TaskState.COMPLETED:
-            # Only a changed plan applied to the run (``execute --plan``) takes a completion back.
-            for dependant in self.dependants[key]:
-                self._waiting[dependant] += 1
         return previous
 
     def ready_pending(self) -> list[str]:

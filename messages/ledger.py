@@ -189,13 +189,16 @@ class CreateRun(Message):
 @dataclass(frozen=True, slots=True)
 class ReplacePlan(Message):
     """Asked (not told): make ``plan`` the plan of run ``run_id`` (``execute --plan``): its
-    snapshot, request and task definitions, and an event naming the ``changed`` tasks, in one
-    transaction. ``request_json``: the execution request of the new plan, as JSON text."""
+    snapshot, request and task definitions, an event naming the ``changed`` tasks, and the
+    tasks to ``rerun`` (ended ones, completed or not) back to PENDING — in one transaction, so
+    the run never holds the new plan with a changed task still counted done.
+    ``request_json``: the execution request of the new plan, as JSON text."""
 
     run_id: str
     request_json: str
     plan: Plan
     changed: tuple[str, ...] = ()
+    rerun: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,6 @@ class StartRun(Message):
     keys: tuple[tuple[str, str], ...] = ()
     definitions: tuple[tuple[str, str], ...] = ()
     cached: tuple[tuple[str, CacheHit], ...] = ()
-    superseded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

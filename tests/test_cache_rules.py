@@ -139,19 +139,6 @@ def test_a_result_reaches_the_tasks_that_take_it_and_an_empty_one_is_null():
     assert last.task.key == "a/3" and last.inputs == (("x", ResultRef(text="[1, 2]")), ("y", ResultRef()))
 
 
-def test_superseded_tasks_run_again_even_when_completed_and_the_rest_is_kept():
-    h = Harness()
-    h.open(plan(task("a", "1"), task("a", "2", "a/1"), task("b", "1")),
-           task_states={"a/1": TaskState.COMPLETED, "a/2": TaskState.COMPLETED, "b/1": TaskState.COMPLETED},
-           attempts={"a/1": 1, "a/2": 1, "b/1": 1}, superseded=("a/1", "a/2"))
-    assert h.running() == ["a/1"]
-    h.start_and_end("a/1", COMPLETED)
-    assert h.running() == ["a/2"]
-    h.start_and_end("a/2", COMPLETED)
-    assert h.finished().state.value == "completed"
-    assert [d.task.key for d in h.dispatched()] == ["a/1", "a/2"]
-
-
 # -- applying a changed plan -------------------------------------------------------------------------
 def test_a_changed_definition_reruns_it_and_its_dependants():
     old = plan(task("a", "1"), task("a", "2", "a/1"), task("b", "1"), after={"b": ()})
