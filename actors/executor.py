@@ -175,7 +175,6 @@ class ExecutorActor(SupervisedActor):
                 try:
                     write_inputs(inputs_file, request.inputs)
                 except (OSError, ValueError) as error:
-                    del self.in_flight[key]
                     self.directory.tell(SCHEDULER, attempt_started(request, adapter))
                     self._finish(key, flight, Verdict(TaskState.FAILED, ErrorClass.TOOL_ERROR,
                                                       f"could not write its inputs to {inputs_file}: {error}"))

@@ -75,6 +75,8 @@ def test_a_large_result_is_kept_as_a_file_and_reaches_python_and_shell_consumers
         {"id": "sh", "tool": "shell", "depends_on": ["make"], "inputs": {"values": "make"},
          "command": "python3 -c 'import json, os; d = json.load(open(os.environ[\"ORCHESTRATE_INPUTS\"])); "
                     "assert len(d[\"values\"]) == 3000'"},
+        {"id": "fresh", "tool": "python", "isolation": "process", "cwd": str(ROOT),
+         "callable": "tests.sample_callables:measure", "depends_on": ["make"], "inputs": {"values": "make"}},
     ]})
     result = orchestrate("run", str(plan), env={"ORCHESTRATE_RESULT_INLINE_LIMIT": "10000"})
     assert result.code == 0, result.out + result.err
@@ -83,8 +85,9 @@ def test_a_large_result_is_kept_as_a_file_and_reaches_python_and_shell_consumers
     assert made["result_json"] is None
     assert made["result_file"].startswith(str(tmp_path / ".state" / "results"))
     assert len(json.loads(open(made["result_file"]).read())) == 3000
-    measured = db.execute("select result_json from step_attempts where step_name = 'big/py'").fetchone()[0]
-    assert json.loads(measured) == {"count": 3000, "first": 100}
+    for consumer in ("big/py", "big/fresh"):  # a warm worker and a fresh interpreter
+        measured = db.execute("select result_json from step_attempts where step_name = ?", (consumer,)).fetchone()[0]
+        assert json.loads(measured) == {"count": 3000, "first": 100}
 
 
 def test_a_result_json_cannot_hold_fails_the_task_naming_the_type(tmp_path, orchestrate, write_plan):
