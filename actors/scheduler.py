@@ -31,6 +31,7 @@ from actors.timers import TimerService
 from domain.cache import CACHE_ADAPTER
 from domain.results import ResultRef
 from domain.run_core import ControlRefused, CoreConfig, RunCore
+from domain.states import TaskState
 from domain.run_events import (
     Announced,
     ApprovalRelayed,
@@ -113,7 +114,6 @@ from messages.workspace import (
     WorkstreamFinished,
     WorkstreamPrepared,
 )
-from domain.states import TaskState
 from persistence.clock import utc_now_iso
 
 log = structlog.get_logger("orchestrate.scheduler")

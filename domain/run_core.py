@@ -80,6 +80,7 @@ from domain.states import (
     WorkstreamState,
 )
 
+# What a task that took an input from a task that left no result gets: null.
 NO_RESULT = ResultRef()
 # A workstream in one of these is checking its work; a task of it queued again (a retry, an
 # interrupted check) takes it back to editing, not to ready.
