@@ -44,6 +44,9 @@ def attempt_finished(
     cpu_s: float | None = None,
     gate_output: str = "",
     result_json: str = "",
+    result_file: str = "",
+    outputs_json: str = "",
+    cache_key: str = "",
 ) -> AttemptFinished:
     """The AttemptFinished of attempt ``key`` (run, task, attempt) that began at monotonic
     ``started``; ``tool`` is its (last) tool process, whose exit code, peak RSS and CPU time are
@@ -62,6 +65,9 @@ def attempt_finished(
         message=verdict.message,
         gate_output=gate_output,
         result_json=result_json,
+        result_file=result_file,
+        outputs_json=outputs_json,
+        cache_key=cache_key,
     )
 
 

@@ -11,6 +11,7 @@ decided here.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,10 @@ from adapters.gates import (
 from adapters.pool import WorkerPool
 from adapters.process import ProcessReactor
 from adapters.pycall import NOT_RETURNED, callable_returned
-from adapters.tools import PythonAdapter, ToolAdapter, result_path
+from adapters.files import hash_files
+from adapters.results import collect, write_inputs
+from adapters.tools import PythonAdapter, ShellAdapter, ToolAdapter
+from domain.cache import cache_key
 from domain.errors import ErrorClass
 from domain.outcomes import (
     COMPLETED,
@@ -47,6 +51,7 @@ from domain.outcomes import (
     tool_verdict,
 )
 from domain.plan import AcceptanceCheck
+from domain.results import DEFAULT_INLINE_LIMIT, ResultRef
 from domain.run_events import Phase
 from domain.states import TaskState
 from messages import ExecuteTask, TaskValidating
@@ -72,6 +77,7 @@ class _InFlight:
     gate_log: str = ""
     pooled: bool = False  # a python worker runs the tool's callable
     cancelled: bool = False
+    cache_key: str = ""  # its key, with files_in as they were when it started
 
 
 def _tail(path: str, limit: int = GATE_OUTPUT_LIMIT) -> str:
@@ -103,18 +109,10 @@ def _full_filesystem(path: str) -> str:
     return directory if stats.f_bavail * stats.f_frsize < FULL_DISK_BYTES else ""
 
 
-def _read_result(log_path: str) -> str:
-    try:
-        with open(result_path(log_path), encoding="utf-8") as handle:
-            return handle.read(64 * 1024)
-    except OSError:
-        return ""
-
-
 class ExecutorActor(SupervisedActor):
     def __init__(
         self, name: str, directory: Directory, adapter_name: str, adapter: ToolAdapter, reactor: ProcessReactor,
-        pool: WorkerPool | None = None,
+        pool: WorkerPool | None = None, results_dir: str = "", inline_limit: int = DEFAULT_INLINE_LIMIT,
     ) -> None:
         super().__init__(name, directory)
         self.adapter_name = adapter_name
@@ -122,8 +120,12 @@ class ExecutorActor(SupervisedActor):
         self.reactor = reactor
         self.pool = pool  # python workers; None: every python task gets a fresh interpreter
         self.in_flight: dict[tuple[str, str, int], _InFlight] = {}
-        # Only a callable has a return value; reading for one after every shell task is waste.
         self._returns_values = isinstance(adapter, PythonAdapter)
+        # A callable returns its result; a shell command may write one to $ORCHESTRATE_OUTPUT.
+        self._has_results = self._returns_values or isinstance(adapter, ShellAdapter)
+        # Results larger than ``inline_limit`` bytes go to files under ``results_dir/<run>``.
+        self.results_dir = results_dir
+        self.inline_limit = inline_limit
 
     def handle(self, message: object) -> None:
         if isinstance(message, ExecuteTask):
@@ -148,6 +150,10 @@ class ExecutorActor(SupervisedActor):
     def _start(self, request: ExecuteTask) -> None:
         key = (request.run_id, request.task.key, request.attempt)
         flight = self.in_flight[key] = _InFlight(request=request, started=time.monotonic())
+        if request.cache_basis:
+            # What it reads, as it starts: hashed later, the key could vouch for content it never saw.
+            hashes, _ = hash_files(request.task.cwd or ".", request.task.files_in)
+            flight.cache_key = cache_key(request.cache_basis, hashes)
         directory, adapter = self.directory, self.adapter_name
 
         def started(pid: int, create_time: float) -> None:
@@ -155,12 +161,27 @@ class ExecutorActor(SupervisedActor):
             # be reported: the Scheduler always hears AttemptStarted before AttemptFinished.
             directory.tell(SCHEDULER, attempt_started(request, adapter, pid, create_time))
 
-        if self.pool is not None and isinstance(self.adapter, PythonAdapter) and self.adapter.uses_worker(request.task):
-            flight.pooled = True
-            call = self.adapter.call_spec(request.task, request.log_path)
-            start_for_attempt(self.pool, self.actor_ref, call, request, "tool", on_started=started)
-            return
-        spec = self.adapter.process_spec(request.task, request.log_path)
+        if isinstance(self.adapter, PythonAdapter):
+            if self.pool is not None and self.adapter.uses_worker(request.task):
+                flight.pooled = True
+                call = self.adapter.call_spec(request.task, request.log_path, request.inputs)
+                start_for_attempt(self.pool, self.actor_ref, call, request, "tool", on_started=started)
+                return
+            spec = self.adapter.process_spec(request.task, request.log_path, request.inputs)
+        elif isinstance(self.adapter, ShellAdapter):
+            inputs_file = ""
+            if request.inputs:
+                inputs_file = request.log_path + ".inputs.json"
+                try:
+                    write_inputs(inputs_file, request.inputs)
+                except (OSError, ValueError) as error:
+                    self.directory.tell(SCHEDULER, attempt_started(request, adapter))
+                    self._finish(key, flight, Verdict(TaskState.FAILED, ErrorClass.TOOL_ERROR,
+                                                      f"could not write its inputs to {inputs_file}: {error}"))
+                    return
+            spec = self.adapter.process_spec(request.task, request.log_path, inputs_file)
+        else:
+            spec = self.adapter.process_spec(request.task, request.log_path)
         start_for_attempt(self.reactor, self.actor_ref, spec, request, "tool", on_started=started)
 
     def _exited(self, message: ProcessExited) -> None:
@@ -224,9 +245,34 @@ class ExecutorActor(SupervisedActor):
         start_for_attempt(self.reactor, self.actor_ref, spec, request, "check", index)
 
     def _finish(self, key: tuple[str, str, int], flight: _InFlight, verdict: Verdict, gate_output: str = "") -> None:
-        del self.in_flight[key]
+        self.in_flight.pop(key, None)
+        request = flight.request
+        result, outputs = ResultRef(), ""
+        if self._has_results and verdict.state is not TaskState.CANCELLED:
+            collected = collect(request.log_path, os.path.join(self.results_dir, request.run_id), request.task.key,
+                                request.attempt, self.inline_limit, validate=not self._returns_values)
+            result = collected.ref
+            if collected.error and verdict.state is TaskState.COMPLETED:
+                verdict = Verdict(TaskState.FAILED, ErrorClass.COMMAND_FAILED,
+                                  f"task {request.task.key}: {collected.error}")
+        if verdict.state is TaskState.COMPLETED and request.task.files_out:
+            verdict, outputs = self._outputs(request)
         self.directory.tell(
             SCHEDULER,
             attempt_finished(key, verdict, flight.started, tool=flight.tool_result, gate_output=gate_output,
-                             result_json=_read_result(flight.request.log_path) if self._returns_values else ""),
+                             result_json=result.text, result_file=result.path, outputs_json=outputs,
+                             cache_key=flight.cache_key if verdict.state is TaskState.COMPLETED else ""),
         )
+
+    @staticmethod
+    def _outputs(request: ExecuteTask) -> tuple[Verdict, str]:
+        """The verdict on a task that succeeded, now that its ``files_out`` are looked at, and
+        their hashes as JSON: a pattern that matches no file fails it (nothing to cache)."""
+        task = request.task
+        hashes, empty = hash_files(task.cwd or ".", task.files_out)
+        if empty:
+            where = ", ".join(f"files_out[{task.files_out.index(p)}] {p!r}" for p in empty)
+            return Verdict(TaskState.FAILED, ErrorClass.BAD_INPUT,
+                           f"task {task.key}: {where} matched no file after it succeeded "
+                           f"(in {task.cwd}); fix the pattern or make the task write it"), ""
+        return COMPLETED, json.dumps(hashes, sort_keys=True, separators=(",", ":"))

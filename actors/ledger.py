@@ -37,7 +37,7 @@ from actors.directory import SCHEDULER, Directory, PeerUnavailable
 from actors.timers import TimerService
 from messages import Flush
 from messages.health import LedgerRecovered, LedgerStalled
-from messages.ledger import CommitDue, CreateRun, LedgerOp, LedgerOps
+from messages.ledger import CommitDue, CreateRun, LedgerOp, LedgerOps, ReplacePlan
 from persistence.clock import utc_now_iso
 from persistence.spill import read_spill, write_spill
 from persistence.store import Store, WriteStalled
@@ -239,6 +239,11 @@ class LedgerActor(SupervisedActor):
         if isinstance(message, CreateRun):
             self._commit()
             return self._create_run(message)
+        if isinstance(message, ReplacePlan):
+            self._commit()
+            self.store.replace_plan(message.run_id, json.loads(message.request_json), message.plan, message.changed,
+                                    message.rerun, at=utc_now_iso())
+            return message.run_id
         if isinstance(message, CommitDue):
             self.commit_pending = False
             self._commit()

@@ -6,10 +6,15 @@ unfinished run, and the control socket's ``retry`` of a finished run all start f
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
+from actors.incremental import definitions
+from domain.cache import CacheHit
 from domain.errors import ErrorClass
+from domain.results import ResultRef
 from domain.plan import Plan
 from domain.states import TaskState, WorkstreamState
 from messages import StartRun
@@ -23,7 +28,8 @@ class RunNotFound(LookupError):
 
 
 def start_message(
-    store: Store, run_id: str, state_dir: Path, reset: tuple[str, ...] | None = None, plan: Plan | None = None
+    store: Store, run_id: str, state_dir: Path, reset: tuple[str, ...] | None = None, plan: Plan | None = None,
+    cached: Mapping[str, CacheHit] | None = None,
 ) -> StartRun:
     """The StartRun that continues ``run_id`` from the ledger.
 
@@ -32,6 +38,8 @@ def start_message(
     queues the task again without using its retry budget. ``reset`` is passed through.
     ``plan``, when the caller holds it (the run was made from it: same request hash), saves
     reading and decoding the run's snapshot — a big part of starting a very large run.
+    ``cached``: tasks to complete with an earlier run's result (see :mod:`actors.incremental`);
+    the results and cache keys completed tasks recorded are read back for the tasks after them.
     """
     run = store.get_run(run_id, metadata=plan is None)
     if run is None:
@@ -46,6 +54,16 @@ def start_message(
         if attempt["status"] in _FAILED_ATTEMPT and attempt.get("error_class") != ErrorClass.INTERRUPTED.value:
             failures[attempt["step_name"]] += 1
     states = {t["task_key"]: TaskState(t["state"]) for t in tasks}
+    results, keys = {}, {}
+    for key, attempt in latest.items():
+        if attempt["status"] == TaskState.COMPLETED.value and states.get(key) is TaskState.COMPLETED:
+            # The reader hands ``result_json`` decoded, as ``result``.
+            if attempt.get("result_file"):
+                results[key] = ResultRef(path=attempt["result_file"])
+            elif attempt.get("result") is not None:
+                results[key] = ResultRef(text=json.dumps(attempt["result"]))
+            if attempt.get("cache_key"):
+                keys[key] = attempt["cache_key"]
     interrupted = tuple(
         (key, attempt["attempt"])
         for key, attempt in sorted(latest.items())
@@ -62,6 +80,10 @@ def start_message(
         failures=tuple(sorted(failures.items())),
         interrupted=interrupted,
         reset=reset,
+        results=tuple(sorted(results.items())),
+        keys=tuple(sorted(keys.items())),
+        definitions=tuple(sorted(definitions(plan).items())),
+        cached=tuple(sorted((cached or {}).items())),
     )
 
 

@@ -16,7 +16,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +49,9 @@ from adapters.process import ProcessReactor, kill_descendants
 from adapters.tools import BUILTIN_ADAPTERS, ToolAdapter
 from control import SOCKET_FILE  # noqa: F401 - where callers have always found it
 from domain.errors import ErrorClass
+from domain.cache import CacheHit
 from domain.plan import Plan
+from domain.results import DEFAULT_INLINE_LIMIT
 from domain.routing import AdapterInfo, RouterConfig, default_config
 from domain.run_core import CoreConfig
 from domain.states import TaskState
@@ -101,11 +103,17 @@ class DatabaseStalled(RuntimeAborted):
 
 
 SWITCH_INTERVAL_S = 0.001
+RESULT_INLINE_LIMIT_ENV = "ORCHESTRATE_RESULT_INLINE_LIMIT"
 
 
 def stall_limit_from_env() -> float:
     """``ORCHESTRATE_DB_STALL_LIMIT_S`` if set (seconds), else 60."""
     return float(os.environ.get(STALL_LIMIT_ENV) or DEFAULT_STALL_LIMIT_S)
+
+
+def inline_limit_from_env() -> int:
+    """``ORCHESTRATE_RESULT_INLINE_LIMIT`` if set (bytes), else 64 KiB."""
+    return int(os.environ.get(RESULT_INLINE_LIMIT_ENV) or DEFAULT_INLINE_LIMIT)
 
 
 def stalled_message(error: WriteStalled, stalled_s: float) -> str:
@@ -140,6 +148,8 @@ class RuntimeOptions:
     control_socket: Path | None = None
     # How long the ledger keeps retrying a database that refuses writes before the runtime stops.
     db_stall_limit_s: float = field(default_factory=stall_limit_from_env)
+    # Task results larger than this (bytes of JSON) are kept as files under <state dir>/results.
+    result_inline_limit: int = field(default_factory=lambda: inline_limit_from_env())
 
 
 def build_adapter(info: AdapterInfo) -> ToolAdapter:
@@ -291,7 +301,9 @@ class Runtime:
 
             return lambda: AgentExecutorActor.start(executor_name(name), directory, info, self.reactor)
         adapter = self._tool_adapters[name]
-        return lambda: ExecutorActor.start(executor_name(name), directory, name, adapter, self.reactor, self.pool)
+        results_dir, limit = str(self.state_dir.resolve() / "results"), self.options.result_inline_limit
+        return lambda: ExecutorActor.start(executor_name(name), directory, name, adapter, self.reactor, self.pool,
+                                           results_dir, limit)
 
     def _escalate(self, reason: str) -> None:
         self._abort_reason = f"supervision gave up: {reason}"
@@ -468,12 +480,13 @@ class Runtime:
 
     # -- runs ----------------------------------------------------------------------------------
     def submit(
-        self, run_id: str, reset: tuple[str, ...] | None = None, plan: Plan | None = None, new: bool = False
+        self, run_id: str, reset: tuple[str, ...] | None = None, plan: Plan | None = None, new: bool = False,
+        cached: Mapping[str, CacheHit] | None = None,
     ) -> None:
         """Start (or resume) ``run_id`` from the ledger (``plan``: its plan, when the caller
         holds it). Leftover processes of a dead runtime that ran it are killed first, unless
         ``new``: the caller has just created the run under a freshly generated id, so nothing
-        can carry its marker yet."""
+        can carry its marker yet. ``cached``: tasks completed from an earlier run's result."""
         # Otherwise always scanned (a few ms of reading every process's environment): a runtime
         # can die after spawning a task but before the ledger learnt anything of it, so "never
         # started" in the ledger proves nothing.
@@ -481,7 +494,7 @@ class Runtime:
             killed = kill_leftovers(run_id, recorded_processes(self.store, run_id))
             if killed:
                 log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
-        start = start_message(self.store, run_id, self.state_dir, reset, plan)
+        start = start_message(self.store, run_id, self.state_dir, reset, plan, cached)
         self._submitted.add(run_id)
         with self._finished_cond:
             self._finished.pop(run_id, None)

@@ -28,7 +28,10 @@ from actors.directory import (
     executor_name,
 )
 from actors.timers import TimerService
+from domain.cache import CACHE_ADAPTER
+from domain.results import ResultRef
 from domain.run_core import ControlRefused, CoreConfig, RunCore
+from domain.states import TaskState
 from domain.run_events import (
     Announced,
     ApprovalRelayed,
@@ -36,6 +39,7 @@ from domain.run_events import (
     AttemptClosed,
     AttemptEnded,
     AttemptOpened,
+    AttemptReused,
     CancelRequested,
     CaptureWanted,
     ChangesRecorded,
@@ -162,6 +166,8 @@ class SchedulerActor(SupervisedActor):
                     task_states=dict(message.task_states), ws_states=dict(message.workstream_states),
                     attempts=dict(message.attempts), failures=dict(message.failures),
                     interrupted=message.interrupted, reset=message.reset,
+                    results=dict(message.results), keys=dict(message.keys),
+                    definitions=dict(message.definitions), cached=dict(message.cached),
                 )
             case TasksRouted():
                 return Routed(message.run_id, tuple(Route(r.task_key, r.adapter, r.reason) for r in message.routes))
@@ -176,8 +182,11 @@ class SchedulerActor(SupervisedActor):
                 return PhaseBegan(message.run_id, message.task_key, message.attempt, Phase.FIXING, message.reason,
                                   message.round)
             case AttemptFinished():
+                result = (ResultRef(message.result_json, message.result_file)
+                          if message.result_json or message.result_file else None)
                 return AttemptEnded(message.run_id, message.task_key, message.attempt, message.verdict,
-                                    message.duration_s, message.gate_output, report=message)
+                                    message.duration_s, message.gate_output, report=message, result=result,
+                                    cache_key=message.cache_key)
             case ChangesCaptured():
                 return ChangesRecorded(message.run_id, message.task_key, message.attempt, message.error)
             case WorkstreamPrepared():
@@ -312,6 +321,15 @@ class SchedulerActor(SupervisedActor):
                 case CaptureWanted():
                     self.directory.tell(WORKSPACE, CaptureChanges(effect.run_id, effect.ws_id, effect.task_key,
                                                                   effect.attempt, keep=effect.keep))
+                case AttemptReused():
+                    hit = effect.hit
+                    self._ledger(AttemptStarted(effect.run_id, effect.ws_id, effect.task_key, effect.attempt,
+                                                CACHE_ADAPTER, at))
+                    self._ledger(AttemptFinished(effect.run_id, effect.task_key, effect.attempt, TaskState.COMPLETED,
+                                                 at, duration_s=0.0, message=f"cached: result of {hit.source}",
+                                                 result_json=hit.result.text, result_file=hit.result.path,
+                                                 outputs_json=hit.outputs_json, cache_key=hit.cache_key,
+                                                 cached_from=hit.source))
                 case IntegrationWanted():
                     self.directory.tell(WORKSPACE, FinishWorkstream(effect.run_id, effect.ws_id,
                                                                     effect.target_branch, effect.mode))
@@ -319,7 +337,8 @@ class SchedulerActor(SupervisedActor):
     def _dispatch(self, effect: Dispatched) -> None:
         try:
             self.directory.tell(executor_name(effect.adapter),
-                                ExecuteTask(effect.run_id, effect.task, effect.attempt, effect.log_path))
+                                ExecuteTask(effect.run_id, effect.task, effect.attempt, effect.log_path,
+                                            effect.inputs, effect.cache_basis))
         except PeerUnavailable:
             refused = DispatchRefused(effect.run_id, effect.task.key, effect.attempt, effect.adapter)
             self._carry_out(self.core.handle(refused, self.clock(), utc_now_iso()))

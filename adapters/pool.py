@@ -77,6 +77,7 @@ from adapters.process import (
 from adapters.pycall import result_path
 from adapters.wakeup import Wakeup
 from domain.outcomes import ProcessResult
+from domain.results import inputs_wire
 
 log = structlog.get_logger("orchestrate.pool")
 
@@ -112,6 +113,17 @@ class CallSpec:
     timeout_s: float | None = None
     memory_limit_mb: float | None = None
     marker: tuple[str, str] | None = None
+    # Upstream results passed as keyword arguments (see domain.results.inputs_wire).
+    inputs: tuple[tuple[str, Any], ...] = ()
+
+
+def call_request(spec: CallSpec) -> dict[str, Any]:
+    """What :func:`adapters.pycall.call` is handed for ``spec``; ``inputs`` only when it has
+    some, so a task without them costs nothing more."""
+    call = {"callable": spec.callable, "args": list(spec.args), "kwargs": dict(spec.kwargs)}
+    if spec.inputs:
+        call["inputs"] = inputs_wire(spec.inputs)
+    return call
 
 
 @dataclass(eq=False, slots=True)
@@ -457,7 +469,7 @@ class WorkerPool:
             log_path = os.path.abspath(spec.log_path)
             request = {
                 "id": lease.id,
-                "call": {"callable": spec.callable, "args": list(spec.args), "kwargs": dict(spec.kwargs)},
+                "call": call_request(spec),
                 "cwd": spec.cwd,
                 "env": dict(spec.env) | {POOL_MARKER: worker.token},
                 "log_path": log_path,

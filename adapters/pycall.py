@@ -1,7 +1,10 @@
 """Child-process entry point of the python adapter (started by :class:`adapters.tools.PythonAdapter`).
 
-The JSON holds ``callable`` (``module:function``), ``args`` and ``kwargs``. The return value is
-written as JSON (its ``repr`` when it is not JSON-able) to ``$ORCHESTRATE_RESULT_PATH``. The task's cwd is
+The JSON holds ``callable`` (``module:function``), ``args``, ``kwargs`` and, for a task with
+``inputs``, ``inputs`` (``[[name, json text | null, path | null], ...]``: each upstream result,
+inline or in a file), passed as keyword arguments too. The return value is written as JSON to
+``$ORCHESTRATE_RESULT_PATH``; a value JSON cannot hold fails the call (exit 1, the reason
+naming its type on stderr). The task's cwd is
 first on ``sys.path``, so a project's own modules import. Exit status: 0 when the function
 returns anything but ``False``; 1 when it returns ``False``, raises (traceback in the log) or
 calls ``sys.exit``.
@@ -75,8 +78,11 @@ def call(request: dict, result_file: str | None) -> int:
     both judge a callable alike."""
     module_name, _, function_name = request["callable"].partition(":")
     try:
+        kwargs = request.get("kwargs", {})
+        if "inputs" in request:
+            kwargs = {**kwargs, **input_values(request["inputs"])}
         function = getattr(importlib.import_module(module_name), function_name)
-        result = function(*request.get("args", []), **request.get("kwargs", {}))
+        result = function(*request.get("args", []), **kwargs)
     except Exception:
         traceback.print_exc()
         return 1
@@ -86,12 +92,31 @@ def call(request: dict, result_file: str | None) -> int:
     print(f"result: {result!r}", flush=True)
     if result_file:
         try:
-            encoded = json.dumps(result)
-        except (TypeError, ValueError):
-            encoded = json.dumps(repr(result))
+            encoded = json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as error:
+            print(not_json(request["callable"], result, error), file=sys.stderr, flush=True)
+            return 1
         with open(result_file, "w", encoding="utf-8") as handle:
             handle.write(encoded)
     return 1 if result is False else 0
+
+
+def input_values(inputs: list) -> dict:
+    """The keyword arguments ``inputs`` stand for: each JSON text decoded, or file read."""
+    values = {}
+    for name, text, path in inputs:
+        if path is None:
+            values[name] = json.loads(text)
+        else:
+            with open(path, encoding="utf-8") as handle:
+                values[name] = json.load(handle)
+    return values
+
+
+def not_json(callable_name: str, result: object, error: BaseException) -> str:
+    """Why ``result`` cannot be a task's result, for its log (and so the task's message)."""
+    return (f"the result of {callable_name} is not JSON: it returned a {type(result).__name__} ({error}); "
+            "return a dict, list, str, int, float, bool or None")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-from adapters.pool import CallSpec
+from adapters.pool import CallSpec, call_request
 from adapters.process import ProcessSpec, environment_for
 from adapters.pycall import RESULT_PATH_ENV, result_path
 from adapters.spawn import env_path
 from domain.plan import TaskSpec
+from domain.results import ResultRef
 
 SHELL = "/bin/sh"
 _RUNTIME_BIN = os.path.dirname(sys.executable)
@@ -36,6 +37,10 @@ class ToolAdapter(Protocol):
     def process_spec(self, task: TaskSpec, log_path: str) -> ProcessSpec: ...
 
 
+# A shell task's results: it may write its own (JSON) to $ORCHESTRATE_OUTPUT, and reads those
+# of the tasks it names in ``inputs`` from the JSON object in $ORCHESTRATE_INPUTS.
+OUTPUT_ENV = "ORCHESTRATE_OUTPUT"
+INPUTS_ENV = "ORCHESTRATE_INPUTS"
 MARKER_RUN = "ORCHESTRATE_RUN_ID"
 MARKER_TASK = "ORCHESTRATE_TASK"
 MARKER_ATTEMPT = "ORCHESTRATE_ATTEMPT"
@@ -137,11 +142,13 @@ class ShellAdapter:
 
     type = "shell"
 
-    def process_spec(self, task: TaskSpec, log_path: str) -> ProcessSpec:
+    def process_spec(self, task: TaskSpec, log_path: str, inputs_file: str = "") -> ProcessSpec:
+        """``inputs_file``: where the task's inputs were written (``$ORCHESTRATE_INPUTS``)."""
         command = task.command or ""
         spec = _spec(task, (SHELL, "-c", command), log_path, task.timeout_s)
         argv = direct_argv(command, env_path(spec.env))
-        return spec if argv is None else replace(spec, argv=argv)
+        extra = ((OUTPUT_ENV, result_path(log_path)),) + (((INPUTS_ENV, inputs_file),) if inputs_file else ())
+        return replace(spec, env=spec.env + extra, argv=spec.argv if argv is None else argv)
 
 
 class PythonAdapter:
@@ -160,16 +167,16 @@ class PythonAdapter:
         """Whether ``task`` runs in a warm worker (the default) rather than a fresh interpreter."""
         return task.isolation != "process"
 
-    def process_spec(self, task: TaskSpec, log_path: str) -> ProcessSpec:
-        payload = json.dumps(
-            {"callable": task.callable, "args": list(task.args), "kwargs": dict(task.kwargs)}
-        )
+    def process_spec(self, task: TaskSpec, log_path: str,
+                     inputs: tuple[tuple[str, ResultRef], ...] = ()) -> ProcessSpec:
+        payload = json.dumps(call_request(self.call_spec(task, log_path, inputs)))
         argv = (sys.executable, "-c", _PYCALL_BOOTSTRAP, str(_PYCALL), payload)
         spec = _spec(task, argv, log_path, task.timeout_s)
         return replace(spec, env=spec.env + ((RESULT_PATH_ENV, result_path(log_path)),))
 
-    def call_spec(self, task: TaskSpec, log_path: str) -> CallSpec:
-        """The same call for a worker: same cwd, environment, log and limits."""
+    def call_spec(self, task: TaskSpec, log_path: str, inputs: tuple[tuple[str, ResultRef], ...] = ()) -> CallSpec:
+        """The same call for a worker: same cwd, environment, log and limits; ``inputs`` (the
+        upstream results the task names) become keyword arguments."""
         return CallSpec(
             callable=task.callable or "",
             args=task.args,
@@ -179,6 +186,7 @@ class PythonAdapter:
             log_path=log_path,
             timeout_s=task.timeout_s,
             memory_limit_mb=task.memory_limit_mb,
+            inputs=inputs,
         )
 
 

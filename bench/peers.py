@@ -13,6 +13,11 @@ turns, so machine noise spreads over all of them. The rows (``--only`` takes the
                      tasks i, i+1, i+2 (mod 50) of layer k-1.
 - ``python``      -- 1000 python no-op calls in 10 layers of 100, the same 3 dependencies
                      (make: n/a -- it has no python actions).
+- ``values``      -- the ``python`` row passing values: each call returns a small dict, and
+                     each task after the first layer receives the results of its 3
+                     dependencies as keyword arguments and checks them (doit: ``getargs``;
+                     dask: ``delayed`` with the upstream results as arguments; orchestrate:
+                     ``inputs``).
 - ``sleep``       -- 40 x ``sleep 0.25``, no dependencies (ideal 40 x 0.25 / 4 = 2.5 s).
 - ``startup``     -- ``orchestrate --help``, and one ``true`` task from start to exit for
                      every peer; median of ``--startup-repeat`` (5) runs.
@@ -117,7 +122,7 @@ class Task:
 class Workload:
     key: str
     title: str
-    kind: str  # "true", "sleep" or "python"
+    kind: str  # "true", "sleep", "python" or "values"
     tasks: tuple[Task, ...]
     peers: tuple[str, ...] = PEERS
     repeat: int | None = None  # None: --repeat
@@ -156,6 +161,8 @@ def workloads(scale: float, startup_repeat: int) -> dict[str, list[Workload]]:
                              layered(10, n(50, 3)), every)],
         "python": [Workload("python", f"{10 * n(100, 3)} python no-op calls, 10 layers × 3 deps", "python",
                             layered(10, n(100, 3)), ("doit", "dask", "orchestrate"))],
+        "values": [Workload("values", f"{10 * n(100, 3)} python calls passing values, 10 layers × 3 deps", "values",
+                            layered(10, n(100, 3)), ("doit", "dask", "orchestrate"))],
         "sleep": [Workload("sleep", f"{n(40, 1)} × sleep 0.25, independent (ideal "
                            f"{-(-n(40, 1) // CONCURRENCY) * 0.25:.2f} s)", "sleep", independent(n(40, 1)), every)],
         "startup": [
@@ -166,7 +173,23 @@ def workloads(scale: float, startup_repeat: int) -> dict[str, list[Workload]]:
 
 
 COMMANDS = {"true": ["true"], "sleep": ["sleep", "0.25"]}
-NOOP_MODULE = "def noop():\n    return None\n"
+NOOP_MODULE = """\
+def noop():
+    return None
+
+
+def node(name, expect=(), **upstream):
+    \"\"\"A call that passes values: checks it got each dependency's result as ``u0``, ``u1``, ...\"\"\"
+    for index, dep in enumerate(expect):
+        if upstream[f"u{index}"] != {"name": dep}:
+            raise AssertionError(f"{name}: u{index} is {upstream.get(f'u{index}')!r}, expected the result of {dep}")
+    return {"name": name}
+
+
+def node_from_keys(name, expect=(), **upstream):
+    \"\"\"``node`` for doit, whose getargs passes one key of a dependency's saved values.\"\"\"
+    return node(name, expect, **{arg: {"name": value} for arg, value in upstream.items()})
+"""
 
 # --------------------------------------------------------------------------------------------
 # Exactly once
@@ -267,7 +290,7 @@ import pathlib
 
 HERE = pathlib.Path(__file__).parent
 GRAPH = json.loads((HERE / "graph.json").read_text())
-if GRAPH["kind"] == "python":
+if GRAPH["kind"] in ("python", "values"):
     import noop
     ACTIONS = [(noop.noop,)]
 else:
@@ -276,7 +299,15 @@ else:
 
 def task_bench():
     for task in GRAPH["tasks"]:
-        yield {"basename": task["id"], "actions": ACTIONS, "task_dep": task["deps"]}
+        if GRAPH["kind"] == "values":
+            # getargs: a key of the dict each dependency's action returned (doit saves it); the
+            # whole dict would also carry doit's own bookkeeping of the task's received values.
+            yield {"basename": task["id"],
+                   "actions": [(noop.node_from_keys, [], {"name": task["id"], "expect": task["deps"]})],
+                   "task_dep": task["deps"],
+                   "getargs": {f"u{i}": (dep, "name") for i, dep in enumerate(task["deps"])}}
+        else:
+            yield {"basename": task["id"], "actions": ACTIONS, "task_dep": task["deps"]}
 '''
 
 DASK_DRIVER = '''\
@@ -290,7 +321,7 @@ import dask
 HERE = pathlib.Path(__file__).parent
 GRAPH = json.loads((HERE / "graph.json").read_text())
 ran = []  # list.append is atomic: the calls that returned, in order
-if GRAPH["kind"] == "python":
+if GRAPH["kind"] in ("python", "values"):
     import noop
     body = noop.noop
 else:
@@ -306,10 +337,20 @@ def call(name, *deps):
     return name
 
 
+def call_with_values(name, expect, *results):
+    value = noop.node(name, expect, **{f"u{i}": result for i, result in enumerate(results)})
+    ran.append(name)
+    return value
+
+
 nodes = {}
 for task in GRAPH["tasks"]:
-    nodes[task["id"]] = dask.delayed(call, pure=False)(
-        task["id"], *[nodes[dep] for dep in task["deps"]], dask_key_name=task["id"])
+    if GRAPH["kind"] == "values":
+        nodes[task["id"]] = dask.delayed(call_with_values, pure=False)(
+            task["id"], task["deps"], *[nodes[dep] for dep in task["deps"]], dask_key_name=task["id"])
+    else:
+        nodes[task["id"]] = dask.delayed(call, pure=False)(
+            task["id"], *[nodes[dep] for dep in task["deps"]], dask_key_name=task["id"])
 dask.compute(*nodes.values(), scheduler="threads", num_workers=int(sys.argv[1]))
 print("\\n".join("ran " + name for name in ran))
 print("calls", len(ran))
@@ -326,13 +367,16 @@ def write_inputs(directory: Path, workload: Workload) -> None:
         "tasks": [{"id": task.id, "deps": list(task.deps)} for task in workload.tasks]}))
     (directory / "dodo.py").write_text(DODO)
     (directory / "dask_driver.py").write_text(DASK_DRIVER)
-    if workload.kind != "python" and workload.tasks:
+    if workload.kind not in ("python", "values") and workload.tasks:
         write_makefile(directory, workload)
     plan_tasks = []
     for task in workload.tasks:
         spec: dict = {"id": task.id}
         if workload.kind == "python":
             spec.update(tool="python", callable="noop:noop")
+        elif workload.kind == "values":
+            spec.update(tool="python", callable="noop:node", kwargs={"name": task.id, "expect": list(task.deps)},
+                        inputs={f"u{i}": dep for i, dep in enumerate(task.deps)})
         else:
             spec.update(tool="shell", command=command)
         if task.deps:
@@ -480,8 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell; the median is shown (default 3)")
     parser.add_argument("--startup-repeat", type=int, default=5, help="runs per startup cell (default 5)")
     parser.add_argument("--only", nargs="+", metavar="ROW",
-                        choices=["independent", "layered", "python", "sleep", "startup"],
-                        help="run only these rows: independent layered python sleep startup")
+                        choices=["independent", "layered", "python", "values", "sleep", "startup"],
+                        help="run only these rows: independent layered python values sleep startup")
     parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS), help="default: all")
     parser.add_argument("--orchestrate", metavar="CMD",
                         help="the orchestrate command to time (default: this checkout's bin/orchestrate "

@@ -8,14 +8,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import pykka
 import structlog
 
 from actors.directory import LEDGER
-from actors.runs import create_or_find_run
+from actors.incremental import plan_reuse
+from actors.runs import CREATE_RUN_TIMEOUT_S, create_or_find_run
 from actors.runtime import (
     SOCKET_FILE,
     AdapterUnavailable,
@@ -28,26 +29,32 @@ from actors.runtime import (
 from cli import signals
 from cli.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli.logging import configure_logging
-from cli.output import paint, progress_line, use_colour
+from cli.output import paint, progress_line, table, use_colour
 from cli.plans import format_plan_error, load, require_schemas
 from cli.plans import router as read_router
 from cli.reading import open_ledger
 from control.server import ControlSocketError
+from domain.cache import CacheHit
 from domain.plan import Plan
+from domain.plan_change import compare
 from domain.routing import RouterConfig
 from domain.states import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, RunState, TaskState
+from messages.ledger import ReplacePlan
 from persistence.store import DuplicateRun, Store, WriteStalled
 from planning.errors import PlanError
 from planning.request import (
     RequestInvalid,
+    build_request,
     select_workstreams,
 )
 
 log = structlog.get_logger("orchestrate.cli")
 
-# `run PLAN` continues the existing run of the same request only while it is unfinished;
-# a finished one (even unsuccessful) gets a fresh run. `execute --run` resumes anything.
-RESUMABLE_BY_RUN = frozenset({RunState.PENDING.value, RunState.RUNNING.value})
+# `run PLAN` continues the latest run of the same request (same plan, same options) unless it
+# completed (or was abandoned): what did not complete runs again, nothing else. `--new` (or a
+# completed run) makes a fresh run. `execute --run` resumes anything.
+RESUMABLE_BY_RUN = frozenset(state.value for state in RunState) - {RunState.COMPLETED.value,
+                                                                   RunState.ABANDONED.value}
 # `request` names the run of the same request whatever became of it.
 ANY_RUN_STATUS = frozenset(state.value for state in RunState)
 # Failed and blocked tasks named in a run's closing summary (the rest: `runs show`).
@@ -141,9 +148,10 @@ def _socket_path(args: argparse.Namespace, state_dir: Path) -> Path:
 
 
 def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Plan | None = None,
-             new: bool = False) -> int:
+             new: bool = False, cached: Mapping[str, CacheHit] | None = None) -> int:
     """Run ``run_id`` in ``runtime`` in the foreground (``plan``: its plan, if already loaded;
-    ``new``: the run was just created under a generated id); stops the runtime when done."""
+    ``new``: the run was just created under a generated id; ``cached``: tasks to complete with
+    an earlier result); stops the runtime when done."""
     stop: signals.StopRequested | None = None
     try:
         run = store.get_run(run_id, metadata=False)
@@ -161,7 +169,8 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Pla
             paint(f"orchestrate: run {run_id}", "bold", colour)
             + f" — {workstreams} workstreams, {sum(counts.values())} tasks, "
             f"concurrency {runtime.options.concurrency}"
-            + (f", resuming ({done_before} already completed)" if done_before else ""),
+            + (f", resuming ({done_before} already completed)" if done_before else "")
+            + (f", {len(cached)} to reuse from earlier runs" if cached else ""),
             flush=True,
         )
         started = time.monotonic()
@@ -184,7 +193,7 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Pla
 
         if printing:
             runtime.add_listener(show)
-        runtime.submit(run_id, plan=plan, new=new)
+        runtime.submit(run_id, plan=plan, new=new, cached=cached)
         try:
             runtime.wait(run_id)
         except RuntimeAborted as error:
@@ -230,6 +239,8 @@ def _print_summary(store: Store, run_id: str, state: str, counts: dict[str, int]
     has them all."""
     tint = "green" if state == RunState.COMPLETED.value else "red"
     parts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    cached = store.cached_count(run_id) if counts.get(TaskState.COMPLETED.value) else 0
+    parts += f" ({cached} cached)" if cached else ""
     print(f"\nrun {run_id} {paint(state, tint, colour)} in {elapsed:.2f}s: {parts}")
     failing = (TaskState.FAILED.value, TaskState.TIMEOUT.value)
     failed = store.get_tasks(run_id, states=failing) if any(counts.get(s) for s in failing) else []
@@ -262,18 +273,63 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_plan(args: argparse.Namespace, plan_path: str) -> tuple[int, str]:
     router = read_router(args)
     plan = load(plan_path, router)
+    force_all, force = _forced(getattr(args, "force", None), plan)
     store, state_dir = _open_store(args)
     try:
+        if getattr(args, "explain", False):
+            return _explain(store, plan, args, force, force_all), ""
         runtime = _runtime(args, store, state_dir, router, args.concurrency)
         try:
             reuse = frozenset() if args.new else RESUMABLE_BY_RUN
             run_id, created = _create_or_find_run(runtime.directory.get(LEDGER), store, plan, args.concurrency, reuse)
+            decisions = plan_reuse(store, plan, force, force_all, () if created else _completed(store, run_id))
         except BaseException:
             runtime.stop()
             raise
-        return _execute(runtime, store, run_id, args.quiet, plan, new=created), run_id
+        cached = {d.task_key: d.hit for d in decisions if not d.run and d.hit is not None}
+        return _execute(runtime, store, run_id, args.quiet, plan, new=created, cached=cached), run_id
     finally:
         _close(store)
+
+
+def _completed(store: Store, run_id: str) -> list[str]:
+    return [task["task_key"] for task in store.get_tasks(run_id, states=(TaskState.COMPLETED.value,))]
+
+
+def _forced(force: list[str] | None, plan: Plan) -> tuple[bool, tuple[str, ...]]:
+    """``(every task, these tasks)`` from ``--force [TASK ...]``; an unknown task is a usage error."""
+    if force is None:
+        return False, ()
+    if not force:
+        return True, ()
+    known = {task.key for task in plan.tasks}
+    unknown = [name for name in force if name not in known]
+    if unknown:
+        shown = ", ".join(sorted(known)[:10]) + (", ..." if len(known) > 10 else "")
+        raise CliError(f"--force: no task {', '.join(map(repr, unknown))} in {plan.source} "
+                       f"(name tasks as workstream/task: {shown})", EXIT_USAGE)
+    return False, tuple(force)
+
+
+def _explain(store: Store, plan: Plan, args: argparse.Namespace, force: tuple[str, ...], force_all: bool) -> int:
+    """``run --explain``: which run ``run`` would continue, and for each task whether it would
+    run or reuse an earlier result, and why. Creates and runs nothing."""
+    request = build_request(plan, concurrency=args.concurrency)
+    existing = None if args.new else store.find_run_by_request_hash(request.request_hash)
+    run = store.get_run(existing, metadata=False) if existing else None
+    done: list[str] = []
+    if run is not None and run["status"] in RESUMABLE_BY_RUN:
+        done = _completed(store, run["run_id"])
+        print(f"run {plan.source}: would continue run {run['run_id']} ({run['status']}; "
+              f"{len(done)} tasks completed)")
+    else:
+        print(f"run {plan.source}: would make a new run")
+    decisions = plan_reuse(store, plan, force, force_all, done, every_task=True)
+    rows = [(d.task_key, "run" if d.run else ("keep" if d.hit is None else "reuse"), d.why) for d in decisions]
+    print(table(("TASK", "WILL", "WHY"), rows))
+    runs = sum(1 for d in decisions if d.run)
+    print(f"{runs} to run, {len(decisions) - runs} to keep or reuse")
+    return EXIT_OK
 
 
 def _run_mission(args: argparse.Namespace) -> int:
@@ -376,7 +432,45 @@ def cmd_execute(args: argparse.Namespace) -> int:
         if run is None:
             raise CliError(f"no run {args.run_id!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
         concurrency = args.concurrency or int(run["metadata"]["request"]["options"]["concurrency"])
+        if args.plan:
+            return _apply_plan(args, store, state_dir, router, run, concurrency)
         runtime = _runtime(args, store, state_dir, router, concurrency)
         return _execute(runtime, store, args.run_id, args.quiet)
     finally:
         _close(store)
+
+
+def _apply_plan(args: argparse.Namespace, store: Store, state_dir: Path, router: RouterConfig, run: dict,
+                concurrency: int) -> int:
+    """``execute --run ID --plan PLAN``: the run goes on with ``PLAN`` as its plan; tasks whose
+    definition (or dependencies) changed run again with everything downstream, the rest is kept."""
+    plan = load(args.plan, router)
+    change = compare(Plan.from_json(run["metadata"]["plan"]), plan)
+    run_id = run["run_id"]
+    if change.problems:
+        raise CliError(f"cannot apply {args.plan} to run {run_id}: " + "; ".join(change.problems)
+                       + ". A run's tasks are fixed when it is created: start a new run with "
+                       f"`orchestrate run {args.plan}` (results that still hold are reused)", EXIT_USAGE)
+    if change.changed and run["status"] == RunState.COMPLETED.value:
+        raise CliError(f"run {run_id} is completed, so {args.plan} cannot be applied to it; run it with "
+                       f"`orchestrate run {args.plan}` (results that still hold are reused)", EXIT_USAGE)
+    runtime = _runtime(args, store, state_dir, router, concurrency)
+    try:
+        if change.changed:
+            request = build_request(plan, concurrency=concurrency).to_json()
+            ended = {task["task_key"] for task in store.get_tasks(run_id, states=TERMINAL_TASK_STATES)}
+            replace = ReplacePlan(run_id, json.dumps(request), plan, change.changed,
+                                  tuple(key for key in change.rerun if key in ended))
+            try:
+                runtime.directory.get(LEDGER).ask(replace, timeout=CREATE_RUN_TIMEOUT_S)
+            except WriteStalled as error:
+                raise CliError(f"cannot apply the plan: {error}; try again when the database takes writes",
+                               EXIT_RUNTIME) from None
+            print(f"applying {args.plan} to run {run_id}: changed {', '.join(change.changed)}; "
+                  f"{len(change.rerun)} task{'s' if len(change.rerun) != 1 else ''} run again", flush=True)
+        else:
+            print(f"applying {args.plan} to run {run_id}: no task changed", flush=True)
+    except BaseException:
+        runtime.stop()
+        raise
+    return _execute(runtime, store, run_id, args.quiet, plan)

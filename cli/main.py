@@ -53,7 +53,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("plan", nargs="?", help="a workstream file, a {\"workstreams\": [...]} file, or a directory of them")
     _mission_options(run)
     run.add_argument("--concurrency", "-j", type=_positive_int, default=4, help="tasks running at once (default 4)")
-    run.add_argument("--new", action="store_true", help="always make a new run, even if an unfinished one exists")
+    run.add_argument("--new", action="store_true",
+                     help="always make a new run, even if the plan's last run did not complete")
+    run.add_argument("--force", nargs="*", metavar="TASK",
+                     help="run these tasks (ws/task; all tasks when none is named) even if an earlier result "
+                          "could be reused; put PLAN before it")
+    run.add_argument("--explain", action="store_true",
+                     help="say for each task whether it would run or reuse an earlier result, and why; run nothing")
     run.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
     _runtime_options(run)
     run.set_defaults(handler=RUNTIME + ":cmd_run")
@@ -97,6 +103,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     execute.add_argument("--concurrency", "-j", type=_positive_int, default=None,
                          help="default: the concurrency the run was requested with")
     execute.add_argument("--quiet", "-q", action="store_true")
+    execute.add_argument("--plan", metavar="PLAN",
+                         help="apply this (fixed) plan to the run: changed tasks run again with their dependants")
     _runtime_options(execute)
     execute.set_defaults(handler=RUNTIME + ":cmd_execute")
 

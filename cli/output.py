@@ -49,6 +49,8 @@ def progress_line(event: RunProgress, colour: bool, run_id: str = "") -> str | N
     if not event.task_key or event.state in _QUIET_STATES:
         return None
     symbol, tint = _STATE_STYLE.get(event.state, ("·", "dim"))
+    if event.state == TaskState.COMPLETED.value and event.detail.startswith("cached"):
+        symbol = "↺"  # an earlier run's result, reused
     width = len(str(event.total))
     counter = f"[{event.done:>{width}}/{event.total}]"
     text = f"  {counter} {paint(symbol, tint, colour)} {event.task_key}"

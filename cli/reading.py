@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli.output import table
+from domain.cache import CACHE_ADAPTER
 from persistence.db import DatabaseUnavailable, resolve_db_url
 from persistence.migrate import init_db, open_db
 from persistence.reader import StateReader
@@ -102,7 +103,9 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
     rows = []
     for task in tasks:
         rows.append((
-            task["task_key"], task["state"], task["attempts"], task.get("adapter") or "",
+            # A result reused from an earlier run shows as such, not as work done in this one.
+            task["task_key"], "CACHED" if task["state"] == "COMPLETED" and task.get("adapter") == CACHE_ADAPTER
+            else task["state"], task["attempts"], task.get("adapter") or "",
             _duration(task), task.get("exit_code") if task.get("exit_code") is not None else "",
         ))
     print(table(("TASK", "STATE", "ATTEMPTS", "ADAPTER", "DURATION", "EXIT"), rows))

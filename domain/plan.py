@@ -127,6 +127,14 @@ class TaskSpec:
     # python tasks: "worker" (a warm worker, the default when None) or "process" (a fresh
     # interpreter per attempt).
     isolation: str | None = None
+    # Results as inputs: ``(name, task key)`` pairs, sorted by name; each named task is also a
+    # dependency (the graph check sees to it).
+    inputs: tuple[tuple[str, str], ...] = ()
+    # Incremental runs: globs (relative to ``cwd``) the task reads and writes, and whether its
+    # cached result may be reused (None: the default, see :func:`domain.cache.cache_policy`).
+    files_in: tuple[str, ...] = ()
+    files_out: tuple[str, ...] = ()
+    cache: bool | None = None
 
     @property
     def key(self) -> str:
@@ -161,6 +169,10 @@ class TaskSpec:
             "max_fix_rounds": self.max_fix_rounds,
             # Only when set: plans written before the field keep their hash (and their runs).
             **({"isolation": self.isolation} if self.isolation is not None else {}),
+            **({"inputs": dict(self.inputs)} if self.inputs else {}),
+            **({"files_in": list(self.files_in)} if self.files_in else {}),
+            **({"files_out": list(self.files_out)} if self.files_out else {}),
+            **({"cache": self.cache} if self.cache is not None else {}),
         }
 
     @classmethod
@@ -192,6 +204,10 @@ class TaskSpec:
             approval_timeout_s=data.get("approval_timeout_s"),
             max_fix_rounds=int(data.get("max_fix_rounds", 2)),
             isolation=data.get("isolation"),
+            inputs=_pairs(data.get("inputs")),
+            files_in=tuple(data.get("files_in") or ()),
+            files_out=tuple(data.get("files_out") or ()),
+            cache=data.get("cache"),
         )
 
 

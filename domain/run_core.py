@@ -23,10 +23,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from domain.breaker import BreakerChange, CircuitBreaker, CircuitState
+from domain.cache import CACHE_ADAPTER, CacheHit, cache_basis
 from domain.errors import ErrorClass, error_signature
 from domain.graph import task_dependencies, topological_order
 from domain.outcomes import Evidence, Verdict
 from domain.plan import INTEGRATION_TOOL, TaskSpec, Workstream
+from domain.results import ResultRef
 from domain.retry import RetryPolicy
 from domain.routing import INTEGRATOR, AdapterInfo
 from domain.run_events import (
@@ -36,6 +38,7 @@ from domain.run_events import (
     AttemptClosed,
     AttemptEnded,
     AttemptOpened,
+    AttemptReused,
     BreakerDue,
     CancelRequested,
     CaptureWanted,
@@ -77,6 +80,8 @@ from domain.states import (
     WorkstreamState,
 )
 
+# What a task that took an input from a task that left no result gets: null.
+NO_RESULT = ResultRef()
 # A workstream in one of these is checking its work; a task of it queued again (a retry, an
 # interrupted check) takes it back to editing, not to ready.
 _CHECKING = frozenset({WorkstreamState.STATIC_CHECK, WorkstreamState.RUNTIME_CHECK, WorkstreamState.FIXING})
@@ -146,6 +151,13 @@ class _Run:
     integrating: set[str] = field(default_factory=set)
     stalled_since: float | None = None
     stall_said_at: float | None = None
+    # Results of completed tasks some task takes as input; cache keys of completed tasks;
+    # definition digests of cacheable tasks; tasks to complete from an earlier run's result.
+    results: dict[str, ResultRef] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+    definitions: dict[str, str] = field(default_factory=dict)
+    cached: dict[str, CacheHit] = field(default_factory=dict)
+    consumed: frozenset[str] = frozenset()
 
 
 class RunCore:
@@ -243,6 +255,11 @@ class RunCore:
             failures=Counter(event.failures),
             ws_states={ws.id: WorkstreamState.PENDING for ws in plan.workstreams} | dict(event.ws_states),
             lanes={ws.id: _Lane(ws) for ws in plan.workstreams if ws.isolation == "worktree" and ws.repo},
+            results=dict(event.results),
+            keys=dict(event.keys),
+            definitions=dict(event.definitions),
+            cached=dict(event.cached),
+            consumed=frozenset(upstream for task in plan.tasks for _, upstream in task.inputs),
         )
         self.runs[run.run_id] = run
         self._out.append(RunMoved(run.run_id, RunState.RUNNING, "execution started", run.book.done_count(),
@@ -268,8 +285,29 @@ class RunCore:
 
     # -- queueing and routing --------------------------------------------------------------------
     def _queue(self, run: _Run, key: str) -> None:
-        self._move(run, key, TaskState.QUEUED, "dependencies completed")
-        self._route(run, key)
+        # A worklist, not recursion: a long chain of reused results must not exhaust the stack.
+        waiting = [key]
+        while waiting:
+            key = waiting.pop()
+            self._move(run, key, TaskState.QUEUED, "dependencies completed")
+            if key in run.cached:
+                waiting += self._reuse(run, key)
+            else:
+                self._route(run, key)
+
+    def _reuse(self, run: _Run, key: str) -> list[str]:
+        """Complete ``key`` with the result of the earlier attempt that had its cache key; the
+        dependants it made ready."""
+        hit = run.cached.pop(key)
+        run.attempts[key] += 1
+        attempt = run.attempts[key]
+        run.keys[key] = hit.cache_key
+        if key in run.consumed:
+            run.results[key] = hit.result
+        self._out.append(AttemptReused(run.run_id, run.specs[key].workstream_id, key, attempt, hit))
+        self._move(run, key, TaskState.COMPLETED, f"cached (result of {hit.source})", attempt, CACHE_ADAPTER)
+        self._note(run, "TASK_CACHED", key, {"attempt": attempt, "source": hit.source, "cache_key": hit.cache_key})
+        return run.book.ready_dependants(key)
 
     def _route(self, run: _Run, key: str) -> None:
         spec = run.specs[key]
@@ -347,7 +385,10 @@ class RunCore:
         spec = self._in_worktree(run, run.specs[key])
         name = spec.id if attempt == 1 else f"{spec.id}.attempt{attempt}"
         log_path = os.path.join(run.log_dir, spec.workstream_id, f"{name}.log")
-        self._out.append(Dispatched(run.run_id, spec, attempt, adapter, log_path))
+        inputs = tuple((name, run.results.get(up, NO_RESULT)) for name, up in spec.inputs) if spec.inputs else ()
+        definition = run.definitions.get(key)
+        basis = cache_basis(definition, [run.keys.get(dep, "") for dep in run.book.deps[key]]) if definition else ""
+        self._out.append(Dispatched(run.run_id, spec, attempt, adapter, log_path, inputs, basis))
 
     def _dispatch_refused(self, event: DispatchRefused) -> None:
         """The executor is between death and restart: the task waits for it, unharmed."""
@@ -428,6 +469,11 @@ class RunCore:
             return
         self._close_attempt(run, key)
         verdict = event.verdict
+        if verdict.state is TaskState.COMPLETED:
+            if key in run.consumed:
+                run.results[key] = event.result or NO_RESULT
+            if event.cache_key:
+                run.keys[key] = event.cache_key
         self._out.append(ReportAccepted(event.report))
         self._breaker_saw(running.adapter, verdict, run)
         self._conclude(run, key, event.attempt, verdict, event.duration_s, event.gate_output)

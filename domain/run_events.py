@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from domain.cache import CacheHit
 from domain.errors import ErrorClass
 from domain.outcomes import Verdict
 from domain.plan import Plan, TaskSpec
+from domain.results import ResultRef
 from domain.states import RunState, TaskState, WorkstreamState
 
 
@@ -44,6 +46,13 @@ class RunOpened:
     failures: Mapping[str, int] = field(default_factory=dict)
     interrupted: tuple[tuple[str, int], ...] = ()
     reset: tuple[str, ...] | None = None
+    # Results as inputs and incremental runs: the results (``results``) and cache keys
+    # (``keys``) completed tasks recorded; the definition digest of each cacheable task
+    # (``definitions``); the tasks whose earlier result is reused (``cached``).
+    results: Mapping[str, ResultRef] = field(default_factory=dict)
+    keys: Mapping[str, str] = field(default_factory=dict)
+    definitions: Mapping[str, str] = field(default_factory=dict)
+    cached: Mapping[str, CacheHit] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +105,8 @@ class AttemptEnded:
     duration_s: float | None = None
     gate_output: str = ""
     report: Any = field(default=None, compare=False)  # the executor's record, passed back untouched
+    result: ResultRef | None = None  # what it returned or wrote, when anything
+    cache_key: str = ""  # the key it completed under, when it is cacheable
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +309,19 @@ class Dispatched:
     attempt: int
     adapter: str
     log_path: str
+    inputs: tuple[tuple[str, ResultRef], ...] = ()  # the upstream results the task takes
+    cache_basis: str = ""  # the key without files_in (see domain.cache); "" when not cacheable
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptReused:
+    """Record attempt ``attempt`` of ``task_key`` as completed by reusing ``hit``'s result."""
+
+    run_id: str
+    ws_id: str
+    task_key: str
+    attempt: int
+    hit: CacheHit
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,5 +382,5 @@ class IntegrationWanted:
 Effect = (
     TaskMoved | WorkstreamMoved | RunMoved | ErrorCounted | Noted | Announced | ReportAccepted | AttemptOpened
     | AttemptClosed | RouteRequested | Dispatched | CancelRequested | ApprovalRelayed | ProcessKill | TimerSet
-    | WorktreeWanted | CaptureWanted | IntegrationWanted
+    | WorktreeWanted | CaptureWanted | IntegrationWanted | AttemptReused
 )

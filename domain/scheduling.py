@@ -79,7 +79,8 @@ class RunBook:
         counts[state] += 1
         self._terminal += (state in TERMINAL_TASK_STATES) - (previous in TERMINAL_TASK_STATES)
         self.dirty_workstreams.add(self.workstream_of[key])
-        # COMPLETED is final (the state machine has no way out), so counts only ever go down.
+        # A run in the core never takes a completion back (only `execute --plan` does, in the
+        # ledger, before the run opens), so counts only ever go down.
         if state is TaskState.COMPLETED and previous is not TaskState.COMPLETED:
             for dependant in self.dependants[key]:
                 self._waiting[dependant] -= 1

@@ -92,8 +92,10 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     _T.PENDING: frozenset({_T.QUEUED, _T.BLOCKED, _T.CANCELLED}),
     # QUEUED -> FAILED / RETRY_WAIT: the attempt was lost before its tool started (no adapter
     # can take the task, or the executor crashed on it).
+    # QUEUED -> COMPLETED: an incremental run reused the result of an earlier run's attempt.
     _T.QUEUED: frozenset(
-        {_T.IN_PROGRESS, _T.AWAITING_APPROVAL, _T.PENDING, _T.CANCELLED, _T.BLOCKED, _T.FAILED, _T.RETRY_WAIT}
+        {_T.IN_PROGRESS, _T.AWAITING_APPROVAL, _T.PENDING, _T.CANCELLED, _T.BLOCKED, _T.FAILED, _T.RETRY_WAIT,
+         _T.COMPLETED}
     ),
     _T.IN_PROGRESS: frozenset(
         {
@@ -117,7 +119,9 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     _T.TIMEOUT: frozenset(_T_RESTARTABLE),
     _T.BLOCKED: frozenset(_T_RESTARTABLE | {_T.CANCELLED}),
     _T.CANCELLED: frozenset(_T_RESTARTABLE),
-    _T.COMPLETED: frozenset(),
+    # COMPLETED -> PENDING: `execute --plan` applied a changed definition of the task (or of one
+    # it depends on) to the run; nothing else ever runs a completed task again.
+    _T.COMPLETED: frozenset({_T.PENDING}),
 }
 
 TERMINAL_TASK_STATES = frozenset({_T.COMPLETED, _T.FAILED, _T.TIMEOUT, _T.BLOCKED, _T.CANCELLED})

@@ -79,7 +79,11 @@ class AttemptFinished(Message):
     ``error_class``: why it failed (None on success); ``message``: what to tell the user.
     ``exit_code``, ``max_rss_bytes``, ``cpu_s``: of its (last) tool process, when it had one;
     ``duration_s``: wall time of the whole attempt; ``gate_output``: the failing acceptance
-    check's account; ``result_json``: what a python callable returned, as JSON.
+    check's account; ``result_json``: what a python callable returned (or a shell command wrote
+    to ``$ORCHESTRATE_OUTPUT``), as JSON, or ``result_file``: the file holding a result too large
+    to keep inline; ``outputs_json``: the hashes of its ``files_out`` (``{path: sha256}``);
+    ``cache_key``: its cache key; ``cached_from``: ``run/task/attempt`` whose result a cached
+    attempt reused.
 
     Executors tell it to the Scheduler, which decides what follows and forwards it to the
     Ledger."""
@@ -97,6 +101,10 @@ class AttemptFinished(Message):
     message: str = ""
     gate_output: str = ""
     result_json: str = ""
+    result_file: str = ""
+    outputs_json: str = ""
+    cache_key: str = ""
+    cached_from: str = ""
 
     @property
     def verdict(self) -> Verdict:
@@ -176,6 +184,21 @@ class CreateRun(Message):
     request_json: str
     plan: Plan
     run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplacePlan(Message):
+    """Asked (not told): make ``plan`` the plan of run ``run_id`` (``execute --plan``): its
+    snapshot, request and task definitions, an event naming the ``changed`` tasks, and the
+    tasks to ``rerun`` (ended ones, completed or not) back to PENDING — in one transaction, so
+    the run never holds the new plan with a changed task still counted done.
+    ``request_json``: the execution request of the new plan, as JSON text."""
+
+    run_id: str
+    request_json: str
+    plan: Plan
+    changed: tuple[str, ...] = ()
+    rerun: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

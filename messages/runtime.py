@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from domain.cache import CacheHit
 from domain.plan import Plan, TaskSpec
+from domain.results import ResultRef
 from domain.run_events import Phase
 from domain.states import TaskState, WorkstreamState
 from messages.base import Message
@@ -34,6 +36,12 @@ class StartRun(Message):
     failures: tuple[tuple[str, int], ...] = ()
     interrupted: tuple[tuple[str, int], ...] = ()
     reset: tuple[str, ...] | None = None
+    # See domain.run_events.RunOpened: recorded results and keys, definition digests of the
+    # cacheable tasks, and the tasks to complete from an earlier result.
+    results: tuple[tuple[str, ResultRef], ...] = ()
+    keys: tuple[tuple[str, str], ...] = ()
+    definitions: tuple[tuple[str, str], ...] = ()
+    cached: tuple[tuple[str, CacheHit], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +82,11 @@ class ExecuteTask(Message):
     task: TaskSpec
     attempt: int
     log_path: str
+    # ``(name, result)`` of each upstream task named in ``task.inputs``.
+    inputs: tuple[tuple[str, ResultRef], ...] = ()
+    # The task's cache key without its files_in (see domain.cache; "" when it is not
+    # cacheable): the executor hashes files_in as the task starts and records the key.
+    cache_basis: str = ""
 
 
 @dataclass(frozen=True, slots=True)

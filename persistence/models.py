@@ -97,6 +97,8 @@ class StepAttempt(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "step_name", "attempt"),
         Index(None, "run_id", "ws_id", "step_name"),
+        # Incremental runs look a task's cache key up among completed attempts of every run.
+        Index(None, "cache_key", "status"),
         {"sqlite_autoincrement": True},
     )
 
@@ -120,6 +122,13 @@ class StepAttempt(Base):
     message: Mapped[str | None]
     gate_output: Mapped[str | None]
     result_json: Mapped[str | None]
+    # A result too large to keep inline: the file holding its JSON.
+    result_file: Mapped[str | None]
+    # {path: sha256} of the task's files_out when it completed.
+    outputs_json: Mapped[str | None]
+    cache_key: Mapped[str | None]
+    # run/task/attempt whose result this (cached) attempt reused.
+    cached_from: Mapped[str | None]
 
 
 class ErrorRecord(Base):

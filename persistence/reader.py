@@ -95,6 +95,29 @@ class StateReader:
             query = query.where(StepAttempt.step_name == task_key)
         return self._rows(query.order_by(StepAttempt.id))
 
+    def completed_by_cache_key(self, cache_keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """For each of ``cache_keys`` that a COMPLETED attempt of any run recorded, the latest
+        such attempt (its run, task, attempt, result and the hashes of its files_out)."""
+        keys = list(dict.fromkeys(cache_keys))
+        found: dict[str, dict[str, Any]] = {}
+        columns = (StepAttempt.id, StepAttempt.cache_key, StepAttempt.run_id, StepAttempt.step_name,
+                   StepAttempt.attempt, StepAttempt.result_json, StepAttempt.result_file,
+                   StepAttempt.outputs_json, StepAttempt.cached_from)
+        with Session(self._engine) as session:
+            for start in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+                rows = session.execute(select(*columns).where(
+                    StepAttempt.cache_key.in_(keys[start:start + 500]),
+                    StepAttempt.status == "COMPLETED").order_by(StepAttempt.id)).all()
+                for row in rows:
+                    found[row.cache_key] = dict(row._mapping)
+        return found
+
+    def cached_count(self, run_id: str) -> int:
+        """How many of the run's attempts completed by reusing an earlier run's result."""
+        with Session(self._engine) as session:
+            return session.scalar(select(func.count()).select_from(StepAttempt).where(
+                StepAttempt.run_id == run_id, StepAttempt.cached_from.is_not(None))) or 0
+
     def get_errors(self, run_id: str) -> list[dict[str, Any]]:
         return self._rows(select(ErrorRecord).where(ErrorRecord.run_id == run_id)
                           .order_by(ErrorRecord.id))

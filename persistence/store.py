@@ -29,10 +29,10 @@ from types import TracebackType
 from typing import Any, BinaryIO
 
 import structlog
-from sqlalchemy import Connection, Engine, event, insert, select
+from sqlalchemy import Connection, Engine, bindparam, event, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
-from domain.states import EntityKind, IllegalTransition, check_transition, initial_state
+from domain.states import EntityKind, IllegalTransition, TaskState, check_transition, initial_state
 from messages.ledger import (
     AttemptFinished,
     AttemptStarted,
@@ -231,6 +231,50 @@ class Store:
         self._cache.put(run_id, RunStates(states=states, task_ws=task_ws))
         return run_id
 
+    def replace_plan(self, run_id: str, request_json: dict[str, Any], plan: Plan, changed: Sequence[str],
+                     rerun: Sequence[str], *, at: str) -> None:
+        """Make ``plan`` (same tasks, changed definitions) the plan of ``run_id``: the run's
+        snapshot and request hash, each task's definition, a ``PLAN_APPLIED`` event listing
+        ``changed``, and each task of ``rerun`` back to PENDING (checked transitions), in one
+        transaction. Raises :class:`WriteStalled` when the database refuses, and the first
+        refused transition's error if one is refused; either way nothing is written."""
+        metadata = f'{{"request": {json.dumps(request_json)}, "plan": {plan.json_text()}}}'
+        reason = "its definition changed: a plan applied with execute --plan"
+        batch = WriteBatch()
+        with self._lock:
+            try:
+                with self._connection.begin():
+                    for key in rerun:
+                        refused = self._transition_task(TransitionTask(run_id, key, TaskState.PENDING, at,
+                                                                       reason=reason), batch)
+                        if refused is not None:
+                            raise refused.error
+                    batch.execute(self._connection)
+                    self._connection.execute(update(Run.__table__).where(Run.run_id == run_id).values(
+                        metadata_json=metadata, request_hash=request_json["request_hash"],
+                        plan_source=plan.source or None, updated_at=at))
+                    task = Task.__table__
+                    self._connection.execute(
+                        update(task).where(task.c.run_id == bindparam("b_run"), task.c.task_key == bindparam("b_key"))
+                        .values(spec_json=bindparam("b_spec")),
+                        [{"b_run": run_id, "b_key": t.key, "b_spec": canonical_json(t.to_json())} for t in plan.tasks])
+                    self._connection.execute(insert(Event.__table__), [_event_row(
+                        at, run_id, "PLAN_APPLIED", {"plan_source": plan.source, "changed": list(changed),
+                                                     "rerun": list(rerun),
+                                                     "request_hash": request_json["request_hash"]})])
+            except DBAPIError as error:
+                self._cache.rollback()
+                cause = stall_cause(error)
+                if cause is None:
+                    raise
+                raise WriteStalled(cause, self.database, str(error.orig)) from error
+            except BaseException:
+                self._cache.rollback()
+                raise
+            self._cache.commit()
+            if self._log is not None and batch.transitions:
+                self._mirror("".join(batch.log_lines()).encode())
+
     # -- the ledger's entry point -----------------------------------------------------------
 
     def apply(self, ops: Sequence[LedgerOp]) -> list[Rejected]:
@@ -420,6 +464,12 @@ class Store:
 
     def get_attempts(self, run_id: str, task_key: str | None = None) -> list[dict[str, Any]]:
         return self._reader.get_attempts(run_id, task_key)
+
+    def cached_count(self, run_id: str) -> int:
+        return self._reader.cached_count(run_id)
+
+    def completed_by_cache_key(self, cache_keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return self._reader.completed_by_cache_key(cache_keys)
 
     def get_errors(self, run_id: str) -> list[dict[str, Any]]:
         return self._reader.get_errors(run_id)

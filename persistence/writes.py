@@ -96,6 +96,10 @@ _ATTEMPT_FINISH = (
         message=bindparam("b_message"),
         gate_output=bindparam("b_gate_output"),
         result_json=bindparam("b_result_json"),
+        result_file=bindparam("b_result_file"),
+        outputs_json=bindparam("b_outputs_json"),
+        cache_key=bindparam("b_cache_key"),
+        cached_from=bindparam("b_cached_from"),
     )
 )
 _ERROR_NEW = insert(_errors)
@@ -242,6 +246,10 @@ class WriteBatch:
                 "b_message": op.message or None,
                 "b_gate_output": op.gate_output or None,
                 "b_result_json": op.result_json or None,
+                "b_result_file": op.result_file or None,
+                "b_outputs_json": op.outputs_json or None,
+                "b_cache_key": op.cache_key or None,
+                "b_cached_from": op.cached_from or None,
             }
         )
         self._rows[_TASK_EXIT].append(

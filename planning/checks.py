@@ -90,6 +90,7 @@ def graph_issues(sources: Sequence[WorkstreamSource]) -> list[PlanIssue]:
     issues = _duplicate_ids(sources)
     ambiguous = bool(issues)
     issues += _unknown_dependencies(sources)
+    issues += _input_issues(sources)
     if not ambiguous:
         issues += _cycles(sources)
     return issues
@@ -178,6 +179,43 @@ def _unknown_dependencies(sources: Sequence[WorkstreamSource]) -> list[PlanIssue
                             f"(its tasks: {listing(dep_ws)})",
                         )
                     )
+    return issues
+
+
+# The tools a task's ``inputs`` can be given to: a callable's keyword arguments, a shell
+# command's $ORCHESTRATE_INPUTS file.
+INPUT_TOOLS = frozenset({"python", "shell"})
+
+
+def _input_issues(sources: Sequence[WorkstreamSource]) -> list[PlanIssue]:
+    """Each ``inputs`` entry must name a task this one depends on (so its result exists when
+    this one starts), a tool that can take inputs, and no name a ``kwargs`` entry has too."""
+    issues = []
+    for source in sources:
+        ws_deps = {dep for _, dep in source.depends_on()}
+        for t_index, task in source.tasks():
+            inputs = task.get("inputs")
+            if not isinstance(inputs, dict) or not inputs:
+                continue
+            own = task_key(source.id, task["id"])
+            where = f"{source.json_path}.tasks[{t_index}].inputs"
+            if task.get("tool") not in INPUT_TOOLS:
+                issues.append(PlanIssue(source.file, where, f"task {own!r} has tool {task.get('tool')!r}, which "
+                                        "takes no inputs; only python and shell tasks do"))
+                continue
+            deps = {qualify(source.id, ref) for _, ref in task_depends_on(task)}
+            kwargs = task.get("kwargs") if isinstance(task.get("kwargs"), dict) else {}
+            for name, ref in inputs.items():
+                if not isinstance(ref, str):
+                    continue  # the schema's complaint
+                upstream = qualify(source.id, ref)
+                if name in kwargs:
+                    issues.append(PlanIssue(source.file, f"{where}.{name}", f"input {name!r} of task {own!r} is "
+                                            "also one of its kwargs; rename one of them"))
+                elif upstream not in deps and upstream.partition(TASK_KEY_SEPARATOR)[0] not in ws_deps:
+                    issues.append(PlanIssue(source.file, f"{where}.{name}", f"input {name!r} of task {own!r} names "
+                                            f"{upstream!r}, which is not a dependency of it; add {ref!r} to its "
+                                            "depends_on"))
     return issues
 
 

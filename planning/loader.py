@@ -258,6 +258,10 @@ def _task(
         approval_timeout_s=_float_or_none(data.get("approval_timeout_s")),
         max_fix_rounds=int(data.get("max_fix_rounds", 2)),
         isolation=data.get("isolation"),
+        inputs=tuple(sorted((name, qualify(ws_id, ref)) for name, ref in data.get("inputs", {}).items())),
+        files_in=tuple(data.get("files_in", ())),
+        files_out=tuple(data.get("files_out", ())),
+        cache=data.get("cache"),
     )
 
 

@@ -51,11 +51,12 @@ def test_orchestrate_rows_run_and_are_verified(tmp_path):
     result = bench(*TINY, "--peers", *chosen, "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads(out.read_text())
-    assert [row["row"] for row in document["rows"]] == ["independent", "layered", "python", "sleep", "help", "one"]
+    assert [row["row"] for row in document["rows"]] == ["independent", "layered", "python", "values", "sleep", "help",
+                                                        "one"]
     for row in document["rows"]:
         assert row["median_s"]["orchestrate"] > 0, row
     tasks = {row["row"]: row["tasks"] for row in document["rows"]}
-    assert tasks == {"independent": 5, "layered": 30, "python": 30, "sleep": 1, "help": 0, "one": 1}
+    assert tasks == {"independent": 5, "layered": 30, "python": 30, "values": 30, "sleep": 1, "help": 0, "one": 1}
     assert "| 5 × true, independent |" in result.stdout
     if HAVE_MAKE:
         assert "vs make" in result.stdout
@@ -65,10 +66,10 @@ def test_orchestrate_rows_run_and_are_verified(tmp_path):
                     "(the bench extra: pip install -e '.[bench]')")
 def test_doit_and_dask_rows_run_and_are_verified(tmp_path):
     out = tmp_path / "peers.json"
-    result = bench(*TINY, "--only", "layered", "python", "--peers", "doit", "dask", "--json", str(out))
+    result = bench(*TINY, "--only", "layered", "python", "values", "--peers", "doit", "dask", "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     rows = json.loads(out.read_text())["rows"]
-    assert [row["row"] for row in rows] == ["layered", "python"]
+    assert [row["row"] for row in rows] == ["layered", "python", "values"]
     for row in rows:
         assert set(row["median_s"]) == {"doit", "dask"}, row
     assert "doit 0.36" in result.stdout

@@ -8,6 +8,8 @@ import sqlite3
 import pytest
 import structlog
 
+from persistence.migrate import SCHEMA_VERSION
+
 
 def runs_in_ledger(tmp_path) -> int:
     db_path = tmp_path / ".state" / "orchestration.db"
@@ -106,7 +108,7 @@ def test_db_init_is_idempotent_and_says_what_it_did(tmp_path, orchestrate):
     second = orchestrate("db", "init")
     assert second.code == 0 and "up to date" in second.out
     inspected = orchestrate("db", "inspect", "--json").json()
-    assert inspected["schema_version"] == "2" and inspected["runs"] == {}
+    assert inspected["schema_version"] == SCHEMA_VERSION and inspected["runs"] == {}
 
 
 def test_orchestrate_db_url_overrides_the_default_location(tmp_path, orchestrate):

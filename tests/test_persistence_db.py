@@ -14,7 +14,7 @@ from sqlalchemy import inspect, text
 from persistence.clock import parse_iso, utc_now_iso
 from persistence.db import PATH_ENV, URL_ENV, make_engine, resolve_db_url, sqlite_url
 from persistence.errors import DatabaseUnavailable
-from persistence.migrate import HEAD_REVISION, SCHEMA_VERSION, current_revision, init_db
+from persistence.migrate import HEAD_REVISION, REVISIONS, SCHEMA_VERSION, current_revision, init_db
 from persistence.models import Base
 
 TABLES = {
@@ -76,7 +76,7 @@ def test_unreachable_database_is_one_clear_line_with_password_masked(tmp_path: P
 def test_init_db_creates_schema_and_version(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/state.db"
     report = init_db(url)
-    assert (report.schema_version, report.applied, report.created) == (SCHEMA_VERSION, ["0001", "0002"], True)
+    assert (report.schema_version, report.applied, report.created) == (SCHEMA_VERSION, list(REVISIONS), True)
     engine = make_engine(url)
     assert TABLES <= set(inspect(engine).get_table_names())
     with engine.connect() as connection:
@@ -211,7 +211,7 @@ def test_a_version_1_database_is_upgraded_in_place_keeping_its_runs(tmp_path: Pa
             "insert into runs (run_id, status, created_at, updated_at) values ('run-old', 'completed', 'x', 'x')"
         )
     report = init_db(url)
-    assert report.applied == ["0002"] and not report.created
+    assert report.applied == list(REVISIONS[1:]) and not report.created
     with engine.connect() as connection:
         assert connection.exec_driver_sql("select run_id from runs").scalar() == "run-old"
         assert connection.exec_driver_sql("select count(*) from patch_history").scalar() == 0

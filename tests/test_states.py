@@ -48,7 +48,7 @@ def test_task_lifecycles_that_are_allowed(path):
 
 @pytest.mark.parametrize(
     ("source", "target"),
-    [("PENDING", "COMPLETED"), ("PENDING", "IN_PROGRESS"), ("COMPLETED", "PENDING"), ("COMPLETED", "FAILED"), ("BLOCKED", "COMPLETED")],
+    [("PENDING", "COMPLETED"), ("PENDING", "IN_PROGRESS"), ("COMPLETED", "QUEUED"), ("COMPLETED", "FAILED"), ("BLOCKED", "COMPLETED")],
 )
 def test_task_transitions_that_are_refused(source, target):
     with pytest.raises(IllegalTransition) as raised:

@@ -30,7 +30,9 @@ TASK_MOVES = {
     "PENDING": {"QUEUED", "BLOCKED", "CANCELLED"},
     # Queued: an executor starts it (or a human is asked), it goes back (requeue on resume), it
     # is cancelled or blocked, or the attempt is lost before its tool started.
-    "QUEUED": {"IN_PROGRESS", "AWAITING_APPROVAL", "PENDING", "CANCELLED", "BLOCKED", "FAILED", "RETRY_WAIT"},
+    # COMPLETED: an incremental run reused an earlier run's result.
+    "QUEUED": {"IN_PROGRESS", "AWAITING_APPROVAL", "PENDING", "CANCELLED", "BLOCKED", "FAILED", "RETRY_WAIT",
+               "COMPLETED"},
     # Running: its checks start, it waits for a human, it ends (any way), or it is requeued
     # because the runtime stopped under it.
     "IN_PROGRESS": {"VALIDATING", "AWAITING_APPROVAL", "COMPLETED", "FAILED", "TIMEOUT", "RETRY_WAIT",
@@ -45,7 +47,8 @@ TASK_MOVES = {
     "BLOCKED": {"PENDING", "QUEUED", "CANCELLED"},
     "CANCELLED": {"PENDING", "QUEUED"},
     # Completed is final.
-    "COMPLETED": set(),
+    # Only `execute --plan` with a changed definition takes a completion back.
+    "COMPLETED": {"PENDING"},
 }
 
 WORKSTREAM_MOVES = {
@@ -109,7 +112,9 @@ def test_a_task_ends_completed_or_unsuccessful_and_only_completed_is_success():
 def test_every_unsuccessful_end_can_be_retried_and_success_cannot():
     for state in UNSUCCESSFUL_TASK_STATES:
         assert is_allowed("task", state, "PENDING"), state
-    assert not is_allowed("task", "COMPLETED", "PENDING")
+    # Back to PENDING only (a changed plan applied to the run): never straight to running or failed.
+    assert not is_allowed("task", "COMPLETED", "QUEUED")
+    assert not is_allowed("task", "COMPLETED", "FAILED")
 
 
 def test_an_active_task_is_one_whose_tool_is_at_work():
