@@ -10,7 +10,7 @@ PACKAGES := actors adapters cli control domain messages persistence planning
 
 $(BIN)/orchestrate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,ui]'
 	touch $@
 
 .PHONY: install bytecode quickstart test bench mutation
