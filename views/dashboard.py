@@ -15,11 +15,14 @@ runtime refused (or there is none); 503 it did not answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import structlog
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -30,10 +33,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from control.protocol import ControlError
 from persistence.reader import StateReader
 from views.access import TOKEN_HEADER, Listen, allowed_hosts, host_name, same_origin, token_matches
-from views.backends import WEB_COMMANDS, Backend, NoRuntime
+from views.backends import WEB_COMMANDS, Backend, ChangeFeed, NoRuntime
 from views.render import render
 from views.report import RunNotFound, report_html, tail
 from views.report_model import ordered_counts, task_graph
+
+log = structlog.get_logger("orchestrate.web")
 
 MAX_BODY_BYTES = 64 << 10
 KEEPALIVE_S = 15.0
@@ -44,8 +49,38 @@ LOG_TAIL_LINES = 80
 _STATUS_OF_CODE = {"unavailable": 503, "refused": 409, "not_found": 404}
 
 
-def create_app(backend: Backend, token: str, listen: Listen) -> Starlette:
-    """The dashboard of ``backend``; mutating requests need ``token``."""
+class Streams:
+    """The open event streams, so a stopping server can send each its last state first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._open = 0
+        self.closing = False
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[None]:
+        with self._lock:
+            self._open += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
+                self._lock.notify_all()
+
+    def close(self, feed: ChangeFeed, timeout: float) -> bool:
+        """Make every stream send its latest state and end; True if all ended within ``timeout``."""
+        with self._lock:
+            self.closing = True
+        feed.bump()
+        with self._lock:
+            return self._lock.wait_for(lambda: self._open == 0, timeout)
+
+
+def create_app(backend: Backend, token: str, listen: Listen, streams: Streams | None = None) -> Starlette:
+    """The dashboard of ``backend``; mutating requests need ``token``; ``streams`` tracks its
+    event streams (for a server that stops them)."""
+    streams = streams or Streams()
     reader = StateReader(backend.engine)
 
     async def runs_page(request: Request) -> Response:
@@ -72,18 +107,20 @@ def create_app(backend: Backend, token: str, listen: Listen) -> Starlette:
 
         async def stream() -> AsyncIterator[str]:
             sent = ""
-            seen = -1
-            while True:
-                seen = backend.feed.version
-                snapshot = await run_in_threadpool(backend.snapshot, run_id)
-                text = json.dumps(snapshot, separators=(",", ":"))
-                if text != sent:
-                    sent = text
-                    yield f"data: {text}\n\n"
-                if not await backend.feed.changed_since(seen, KEEPALIVE_S):
-                    yield ": keep-alive\n\n"
-                    continue
-                await asyncio.sleep(COALESCE_S)
+            with streams.open():
+                while True:
+                    seen = backend.feed.version
+                    snapshot = await run_in_threadpool(backend.snapshot, run_id)
+                    text = json.dumps(snapshot, separators=(",", ":"))
+                    if text != sent:
+                        sent = text
+                        yield f"data: {text}\n\n"
+                    if streams.closing:
+                        return  # the last state was sent: the server is stopping
+                    # Changes during this pause are sent together, at most a few pushes a second.
+                    await asyncio.sleep(COALESCE_S)
+                    if not await backend.feed.changed_since(seen, KEEPALIVE_S):
+                        yield ": keep-alive\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -139,7 +176,7 @@ def create_app(backend: Backend, token: str, listen: Listen) -> Starlette:
         Route("/api/runs/{run_id}", run_json),
         Route("/api/command", command, methods=["POST"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers={Exception: _internal_error})
     app.add_middleware(HostCheck, allowed=allowed_hosts(listen))
     return app
 
@@ -161,6 +198,12 @@ class HostCheck:
         await self.app(scope, receive, send)
 
 
+async def _internal_error(request: Request, error: Exception) -> Response:
+    # A bug of ours: the traceback goes to the runtime's log, never to the browser.
+    log.error("dashboard_request_failed", path=request.url.path, exc_info=error)
+    return PlainTextResponse("internal error; see the runtime log", status_code=500)
+
+
 def _refusal(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"ok": False, "error": {"code": code, "message": message}}, status_code=status)
 
@@ -178,4 +221,4 @@ def _run_model(reader: StateReader, backend: Backend, run_id: str) -> dict[str, 
         task["state"] = live_states.get(task["task_key"], task["state"])
     task_ids = {task["task_key"]: f"t{index}" for index, task in enumerate(tasks)}
     graph = task_graph(tasks, reader.get_workstreams(run_id), task_ids)
-    return {"run": run, "tasks": tasks, "graph": graph, "snapshot": snapshot}
+    return {"run": run, "tasks": tasks, "dag": graph, "snapshot": snapshot}

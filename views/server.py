@@ -16,6 +16,7 @@ from views.access import Listen, new_token, write_token
 from views.backends import Backend
 
 STOP_TIMEOUT_S = 5.0
+LAST_STATE_TIMEOUT_S = 1.0
 
 
 class DashboardUnavailable(RuntimeError):
@@ -47,7 +48,7 @@ class DashboardServer:
         try:
             import uvicorn
 
-            from views.dashboard import create_app
+            from views.dashboard import Streams, create_app
         except ImportError as error:
             raise DashboardUnavailable(
                 f"the dashboard needs the 'ui' extra ({error.name} is not installed): pip install 'orchestrate[ui]'"
@@ -58,8 +59,9 @@ class DashboardServer:
         self._sock = sock
         port = sock.getsockname()[1]
         self.listen = Listen(listen.host, port)
+        self._streams = Streams()
         config = uvicorn.Config(
-            create_app(backend, self.token, self.listen),
+            create_app(backend, self.token, self.listen, self._streams),
             log_config=None,  # the runtime's logging stays as it is
             access_log=False,
             lifespan="off",
@@ -85,7 +87,10 @@ class DashboardServer:
         self._server.run(sockets=[self._sock])
 
     def stop(self) -> None:
-        """Stop serving now: open streams are cut, not waited for. Idempotent."""
+        """Stop serving: each open page is sent its last state (waiting at most
+        :data:`LAST_STATE_TIMEOUT_S`), then every connection is cut. Idempotent."""
+        if self._thread.is_alive():
+            self._streams.close(self.backend.feed, LAST_STATE_TIMEOUT_S)
         self._server.should_exit = True
         self._server.force_exit = True
         if self._thread.is_alive():
