@@ -73,6 +73,7 @@ def test_the_report_of_a_1000_task_run_loads_in_chromium_within_2s_and_shows_eve
     load_ms = page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd")
     print(f"report of {WORKSTREAMS * TASKS_PER_WORKSTREAM} tasks: {load_ms:.0f} ms from navigation to load")
     assert 0 < load_ms < LOAD_BUDGET_MS, f"the report took {load_ms:.0f} ms from navigation to load"
+    screenshot(page, "report-1000-tasks")
 
     with ledger(directory) as db:
         keys = [row[0] for row in db.execute("SELECT task_key FROM tasks WHERE run_id = ?", (run_id,))]
@@ -97,4 +98,3 @@ def test_the_report_of_a_1000_task_run_loads_in_chromium_within_2s_and_shows_eve
     assert "2 attempts" in text and "AssertionError: 2 != 3" in text
     assert page.locator("#errors").inner_text().count("w3/t005") == 1
     assert "BLOCKED" in page.locator("details.ws#ws-3 > summary").inner_text()
-    screenshot(page, "report")
