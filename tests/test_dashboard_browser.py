@@ -52,7 +52,10 @@ def test_the_dashboard_follows_a_live_run_and_its_approve_button_finishes_it(tmp
     runtime = Runtime(tmp_path, "run", str(_write_plan(tmp_path)))
     try:
         page = browser_context.new_page()
-        page.goto(f"{runtime.base}/runs/{runtime.run_id}#token={runtime.token}")
+        # As a person would: the printed address (the runs, the token in its fragment), then the run.
+        page.goto(f"{runtime.base}/#token={runtime.token}")
+        assert "#token" not in page.url
+        page.click(f'#runs a[href="/runs/{runtime.run_id}"]')
         # The page is pushed each change: the blocked task shows running, then done once released.
         page.wait_for_function("document.querySelector('#tasks tr[data-task=\"build/compile\"]').dataset.state"
                                " === 'IN_PROGRESS'", timeout=WAIT_MS)
