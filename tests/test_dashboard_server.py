@@ -87,6 +87,18 @@ def test_ui_without_a_runtime_shows_the_ledger_and_refuses_every_change(tmp_path
         assert code == 409 and "read-only" in reply["error"]["message"]
         code, reply = _post(base, {"command": "shutdown", "args": {}}, token)
         assert code == 400 and reply["error"]["code"] == "unknown_command"
+        code, reply = _post(base, {"command": "retry", "args": {"run": run_id}}, token)
+        assert code == 400 and "retry requires argument 'task'" in reply["error"]["message"]
+        code, reply = _post(base, {"command": "pause", "args": {"run": "x" * (100 << 10)}}, token)
+        assert code == 413
+        request = urllib.request.Request(f"{base}/api/command", data=b"[1,", headers={
+            "X-Orchestrate-Token": token, "Origin": base})
+        try:
+            urllib.request.urlopen(request, timeout=30)
+        except urllib.error.HTTPError as error:
+            assert error.code == 400
+        else:
+            raise AssertionError("a body that is not JSON was accepted")
         # A page of another site rebinding its name to this address names its own host.
         assert _get(base + "/", {"Host": "attacker.example:80"})[0] == 421
         started = time.monotonic()
