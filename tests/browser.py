@@ -8,6 +8,7 @@ Chromium the browser tests are skipped with the reason, except under CI (``CI`` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -37,15 +38,16 @@ def require_chromium() -> None:
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium chromium-driver); `make test` installs it")
 
 
-@pytest.fixture(scope="module")
-def browser_context(tmp_path_factory) -> Iterator:
-    """One Chromium per test module, with a fresh user-data-dir."""
+@contextlib.contextmanager
+def chromium_context(profile: Path) -> Iterator:
+    """A headless Chromium with the fresh user-data-dir ``profile`` (the ``browser_context``
+    fixture of tests/conftest.py gives one per test module)."""
     require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
+            str(profile),
             executable_path=str(CHROMIUM),
             headless=True,
             args=CHROMIUM_ARGS,

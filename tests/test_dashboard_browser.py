@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.browser import Runtime, browser_context, screenshot  # noqa: F401 - fixture
+from tests.browser import Runtime, screenshot
 from tests.conftest import ledger
 
 LIVE_PLAN = {"workstreams": [

@@ -102,7 +102,7 @@ def test_ui_without_a_runtime_shows_the_ledger_and_refuses_every_change(tmp_path
         # A page of another site rebinding its name to this address names its own host.
         assert _get(base + "/", {"Host": "attacker.example:80"})[0] == 421
         started = time.monotonic()
-        code, out, err = _stop(process)
+        code, _, err = _stop(process)
     finally:
         process.kill()
     assert code == 128 + signal.SIGTERM and "Traceback" not in err
@@ -116,7 +116,7 @@ def test_ui_attached_to_a_live_runtime_steers_it_through_the_socket(tmp_path, wr
     try:
         wait_until(lambda: (tmp_path / ".state" / "orchestrate.sock").exists(), 60, what="the runtime's socket")
         submitted = subprocess.run([sys.executable, str(ORCHESTRATE), "submit", str(plan), "--json"], cwd=tmp_path,
-                                   env=_env(), capture_output=True, text=True, timeout=60)
+                                   env=_env(), capture_output=True, text=True, timeout=60, check=False)
         run_id = json.loads(submitted.stdout)["run_id"]
         ui = _start(tmp_path, "ui", "127.0.0.1:0")
         base, token, lines = _dashboard(ui)
@@ -141,7 +141,7 @@ def test_ui_attached_to_a_live_runtime_steers_it_through_the_socket(tmp_path, wr
         if ui is not None:
             _stop(ui)
         subprocess.run([sys.executable, str(ORCHESTRATE), "shutdown"], cwd=tmp_path, env=_env(), timeout=60,
-                       capture_output=True)
+                       capture_output=True, check=False)
         runtime.communicate(timeout=60)
 
 
@@ -160,7 +160,7 @@ def test_a_runtime_stopped_by_sigterm_ends_its_dashboard_and_open_streams_at_onc
         reader = threading.Thread(target=stream.read, daemon=True)
         reader.start()
         started = time.monotonic()
-        code, out, err = _stop(process)
+        code, _, err = _stop(process)
         elapsed = time.monotonic() - started
         reader.join(30)
     finally:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from domain.graph import CycleError
-from domain.layout import NODE_HEIGHT, NODE_WIDTH, assign_lanes, layered_layout, longest_path_layers
+from domain.layout import (
+    NODE_HEIGHT,
+    NODE_WIDTH,
+    assign_lanes,
+    layered_layout,
+    longest_path_layers,
+)
 
 
 def test_a_node_sits_one_layer_right_of_its_deepest_dependency():

@@ -26,13 +26,26 @@ import structlog
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control.protocol import ControlError
 from persistence.reader import StateReader
-from views.access import TOKEN_HEADER, Listen, allowed_hosts, host_name, same_origin, token_matches
+from views.access import (
+    TOKEN_HEADER,
+    Listen,
+    allowed_hosts,
+    host_name,
+    same_origin,
+    token_matches,
+)
 from views.backends import WEB_COMMANDS, Backend, ChangeFeed, NoRuntime
 from views.render import render
 from views.report import RunNotFound, report_html, tail
