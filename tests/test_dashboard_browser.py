@@ -60,7 +60,7 @@ def test_the_dashboard_follows_a_live_run_and_its_approve_button_finishes_it(tmp
         page.wait_for_function("document.querySelector('#tasks tr[data-task=\"build/compile\"]').dataset.state"
                                " === 'IN_PROGRESS'", timeout=WAIT_MS)
         assert _state_in_page(page, "release/publish") == "PENDING"
-        page.click('a[data-log="build/compile"]')
+        page.click('#task-graph g.node[data-key="build/compile"] rect')
         page.wait_for_function("document.querySelector('#log').textContent.includes('compiling')", timeout=WAIT_MS)
         (tmp_path / "go").touch()
         approve = page.locator('#approvals button[data-command="approve"]')

@@ -207,3 +207,30 @@ def test_report_refuses_an_unknown_run_and_an_unwritable_target_and_writes_nothi
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".state"]
     result = orchestrate("report", run_id, "-o", "-")
     assert result.out.startswith("<!DOCTYPE html>") and "w/ok" in result.out
+
+
+def test_stopping_the_server_ends_its_streams_and_leaves_no_thread(tmp_path, orchestrate, write_plan):
+    from persistence.migrate import open_db
+    from views.access import Listen
+    from views.backends import LedgerBackend
+    from views.server import DashboardServer, bind
+
+    plan = write_plan({"workstreams": [{"id": "w", "tasks": [{"id": "ok", "tool": "shell", "command": "true"}]}]})
+    assert orchestrate("run", str(plan)).code == 0
+    engine, _ = open_db(f"sqlite:///{tmp_path / '.state' / 'orchestration.db'}")
+    before = set(threading.enumerate())
+    listen = Listen("127.0.0.1", 0)
+    server = DashboardServer(LedgerBackend(engine), bind(listen), listen, tmp_path / ".state")
+    server.start()
+    try:
+        with ledger(tmp_path) as db:
+            run_id = db.execute("SELECT run_id FROM runs").fetchone()[0]
+        assert _get(server.base_url + "/")[0] == 200
+        stream = urllib.request.urlopen(f"{server.base_url}/runs/{run_id}/events", timeout=60)
+        assert stream.readline().startswith(b"data: ")
+    finally:
+        server.stop()
+        engine.dispose()
+    assert stream.read().strip() == b""  # ended by the server, not cut mid-event
+    wait_until(lambda: set(threading.enumerate()) <= before, 30, what="the dashboard's threads to end")
+    assert not server.alive
