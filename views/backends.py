@@ -187,7 +187,9 @@ class RuntimeBackend(LedgerBackend):
 
 def dispatch(handle: Callable[[str, dict, Peer], object], name: str, args: dict[str, Any]) -> object:
     """The one place a dashboard command enters the runtime: the control handler's dispatch,
-    with the dashboard's principal (see :func:`web_principal`)."""
+    with the dashboard's principal (see :func:`web_principal`). Where the runtime's command
+    table takes a principal naming the door (an audit trail), this is where the dashboard says
+    ``via="web"``."""
     return handle(name, args, web_principal())
 
 
