@@ -6,14 +6,14 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PACKAGES := actors adapters cli control domain messages persistence planning
+PACKAGES := actors adapters cli control domain messages persistence planning views
 
 $(BIN)/orchestrate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,ui]'
 	touch $@
 
-.PHONY: install bytecode quickstart test bench mutation
+.PHONY: install bytecode quickstart test browser bench mutation
 install: $(BIN)/orchestrate bytecode
 
 # An editable install compiles none of the packages' bytecode, and with PYTHONDONTWRITEBYTECODE
@@ -25,8 +25,16 @@ bytecode: $(BIN)/orchestrate
 quickstart: install
 	cd examples/quickstart && ../../$(BIN)/orchestrate run plan
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The dashboard and report tests drive Debian's Chromium (Playwright never downloads a browser
+# here). Installed only when missing, and only where apt-get can (root); elsewhere those tests
+# skip and say why.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 bench: install
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'

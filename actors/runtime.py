@@ -227,6 +227,8 @@ class Runtime:
         self.control = None
         self.ledger_writer = LedgerWriter(store, options.db_stall_limit_s, self._ledger_warning, self._database_stalled)
         self.spill_path = self.state_dir / SPILL_FILE
+        # What serves this runtime from outside and must end before it does (the web dashboard).
+        self.before_stop: list[Callable[[], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -358,6 +360,11 @@ class Runtime:
         running is recorded FAILED with error class ``interrupted``; the runs stay resumable
         and no retry budget is spent. Returns those attempts as (run, task, attempt).
         """
+        while self.before_stop:
+            try:
+                self.before_stop.pop()()
+            except Exception:
+                log.exception("before_stop_failed")
         if self.control is not None:
             self.control.stop()
             self.control = None

@@ -100,6 +100,8 @@ def _create_or_find_run(
 
 def _runtime(args: argparse.Namespace, store: Store, state_dir: Path, router: RouterConfig, concurrency: int) -> Runtime:
     """A started runtime holding the state directory, serving the control socket."""
+    # Bound before anything starts: a port in use is one line, with nothing to undo.
+    dashboard = _bind_dashboard(args)
     options = RuntimeOptions(
         state_dir=state_dir,
         concurrency=concurrency,
@@ -113,11 +115,35 @@ def _runtime(args: argparse.Namespace, store: Store, state_dir: Path, router: Ro
         runtime = Runtime(store, options)
         runtime.start()
     except AdapterUnavailable as error:
+        _close_socket(dashboard)
         raise CliError(str(error), EXIT_USAGE) from None
     except (RuntimeLocked, ControlSocketError, RuntimeAborted) as error:
+        _close_socket(dashboard)
         raise CliError(str(error), EXIT_RUNTIME) from None
     signals.on_second_signal(lambda signum: _force_stop(runtime, signum))
+    if dashboard is not None:
+        from cli.ui import start_for_runtime
+
+        try:
+            start_for_runtime(runtime, dashboard, state_dir)
+        except BaseException:
+            runtime.stop()
+            raise
     return runtime
+
+
+def _bind_dashboard(args: argparse.Namespace):
+    """``--ui``'s address, bound (the web stack is imported only then); ``None`` without it."""
+    if not getattr(args, "ui", None):
+        return None
+    from cli.ui import bind_address
+
+    return bind_address(args.ui)
+
+
+def _close_socket(dashboard) -> None:
+    if dashboard is not None:
+        dashboard[1].close()
 
 
 def _force_stop(runtime: Runtime, signum: int) -> None:

@@ -116,6 +116,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
     runs.set_defaults(handler=LEDGER + ":cmd_runs")
 
+    report = sub.add_parser("report", help="write a run's report: one self-contained HTML file (DAG, timeline, attempts)")
+    report.add_argument("run_id", metavar="RUN")
+    report.add_argument("-o", "--output", metavar="FILE", help="where to write it (default: ./RUN.report.html; - for stdout)")
+    report.set_defaults(handler="cli.report:cmd_report")
+
+    ui = sub.add_parser("ui", help="serve the web dashboard: the ledger's runs, or the live runtime's when one runs")
+    ui.add_argument("listen", metavar="[HOST:]PORT", help="where to listen (host default 127.0.0.1)")
+    ui.add_argument("--socket", metavar="PATH", help="the runtime's control socket (default: <state dir>/orchestrate.sock)")
+    ui.set_defaults(handler="cli.ui:cmd_ui")
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", metavar="init|inspect")
     db_sub.required = True
@@ -198,6 +208,7 @@ def _runtime_options(parser: argparse.ArgumentParser) -> None:
                         help="stop a run (partial, resumable) whose work has found every adapter it needs "
                              "unavailable for this long (default 120)")
     parser.add_argument("--socket", metavar="PATH", help="control socket (default: <state dir>/orchestrate.sock)")
+    parser.add_argument("--ui", metavar="[HOST:]PORT", help="also serve the web dashboard here (host default 127.0.0.1)")
 
 
 def _client_commands(sub) -> None:

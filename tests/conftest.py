@@ -82,3 +82,12 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.02, what: s
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory):
+    """A headless Debian Chromium for the module's tests (see tests/browser.py)."""
+    from tests.browser import chromium_context
+
+    with chromium_context(tmp_path_factory.mktemp("chromium-profile")) as context:
+        yield context
