@@ -81,6 +81,13 @@ _STALL_TEXT = {
     "disk full": ("has had no room to write (disk full) for {s:.0f}s", "Free space on the disk holding {dir}"),
 }
 _STALL_OTHER = ("has refused writes for {s:.0f}s ({cause})", "Check the disk holding {dir}")
+# The same for a database server (PostgreSQL), named by its URL rather than a file.
+_SERVER_STALL_TEXT = {
+    "database server unreachable": ("has been unreachable for {s:.0f}s",
+                                    "Check that the server is running and reachable"),
+    "read-only": ("is read-only", "Point ORCHESTRATE_DB_URL at a writable primary"),
+}
+_SERVER_STALL_OTHER = ("has refused writes for {s:.0f}s ({cause})", "Check the database server's log")
 
 
 class RuntimeAborted(RuntimeError):
@@ -118,7 +125,10 @@ def inline_limit_from_env() -> int:
 
 def stalled_message(error: WriteStalled, stalled_s: float) -> str:
     """One line: which database, what is wrong with it, for how long, and what to do."""
-    state, advice = _STALL_TEXT.get(error.cause, _STALL_OTHER)
+    if "://" in error.database:
+        state, advice = _SERVER_STALL_TEXT.get(error.cause, _SERVER_STALL_OTHER)
+    else:
+        state, advice = _STALL_TEXT.get(error.cause, _STALL_OTHER)
     fields = {"s": stalled_s, "cause": error.cause, "db": error.database, "dir": Path(error.database).parent}
     return f"the database {error.database} {state.format(**fields)}; stopped. {advice.format(**fields)}"
 

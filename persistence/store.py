@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 import structlog
 from sqlalchemy import Connection, Engine, bindparam, event, insert, select, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from domain.states import EntityKind, IllegalTransition, TaskState, check_transition, initial_state
 from messages.ledger import (
@@ -61,6 +61,7 @@ RUN_ID_PREFIX = "run-"
 WRITE_WAIT_MS = 200
 _WRITER = "orchestrate_writer"
 
+SERVER_UNREACHABLE = "database server unreachable"
 # Primary SQLite result codes (``code & 0xFF``) that may pass, in words for a person.
 _STALL_CAUSES = {
     5: "locked by another process",  # SQLITE_BUSY
@@ -90,11 +91,37 @@ class WriteStalled(RuntimeError):
         self.detail = detail
 
 
+# PostgreSQL SQLSTATEs that may pass: by class (first two characters) or exact code.
+_PG_STALL_CAUSES = {
+    "08": SERVER_UNREACHABLE,  # connection exception
+    "57P01": SERVER_UNREACHABLE,  # admin_shutdown
+    "57P02": SERVER_UNREACHABLE,  # crash_shutdown
+    "57P03": SERVER_UNREACHABLE,  # cannot_connect_now (starting up, recovering)
+    "40001": "locked by another process",  # serialization_failure
+    "40P01": "locked by another process",  # deadlock_detected
+    "55P03": "locked by another process",  # lock_not_available
+    "53100": "disk full",
+    "53200": "out of memory",
+    "53300": "too many connections",
+    "25006": "read-only",  # read_only_sql_transaction (a standby, default_transaction_read_only)
+    "58030": "disk I/O error",
+}
+
+
 def stall_cause(error: BaseException) -> str | None:
     """The cause of a write failure that may pass, or None if retrying cannot help."""
     original = getattr(error, "orig", None)
     code = getattr(original, "sqlite_errorcode", None)
-    return None if code is None else _STALL_CAUSES.get(code & 0xFF)
+    if code is not None:
+        return _STALL_CAUSES.get(code & 0xFF)
+    sqlstate = getattr(original, "sqlstate", None) or ""
+    cause = _PG_STALL_CAUSES.get(sqlstate) or _PG_STALL_CAUSES.get(sqlstate[:2])
+    if cause is None and not sqlstate and (
+            getattr(error, "connection_invalidated", False) or isinstance(error, OperationalError)):
+        # The server went away mid-statement, or refuses new connections: no SQLSTATE, and a
+        # connection to make anew (SQLAlchemy does that on the next begin).
+        return SERVER_UNREACHABLE
+    return cause
 
 
 def _begin_immediate(conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any,

@@ -134,8 +134,8 @@ def _schema(path: Path) -> list[tuple[str, str, str]]:
 
 
 @pytest.mark.parametrize("made_by", ["init_db", "alembic"])
-def test_migrations_build_exactly_the_models(tmp_path: Path, made_by: str) -> None:
-    url = f"sqlite:///{tmp_path}/state.db"
+def test_migrations_build_exactly_the_models(tmp_path: Path, made_by: str, db_url: str | None) -> None:
+    url = db_url or f"sqlite:///{tmp_path}/state.db"
     init_db(url) if made_by == "init_db" else _migrated_by_alembic(url)
     engine = make_engine(url)
     with engine.connect() as connection:
