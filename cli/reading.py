@@ -65,11 +65,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return EXIT_OK
     rows = [
         (r["run_id"], r["status"], r["created_at"], r["plan_source"],
-         " ".join(f"{k.lower()}={v}" for k, v in sorted(r["task_counts"].items())))
+         " ".join(f"{k.lower()}={v}" for k, v in sorted(r["task_counts"].items())), _driver(r["driven_by"]))
         for r in runs
     ]
-    print(table(("RUN", "STATUS", "CREATED", "PLAN", "TASKS"), rows))
+    print(table(("RUN", "STATUS", "CREATED", "PLAN", "TASKS", "DRIVEN BY"), rows))
     return EXIT_OK
+
+
+def _driver(lease: dict[str, Any] | None) -> str:
+    """Who drives a run now (its live lease), in a few words; "" when nobody does."""
+    if not lease:
+        return ""
+    return f"{lease['owner_host']} pid {lease['owner_pid']}"
 
 
 def _plan_order(run: dict[str, Any]) -> list[str]:
@@ -179,7 +186,13 @@ def cmd_db_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
         return EXIT_OK
+    server = summary["server"]
     print(f"database: {summary['db_url']} (schema version {summary['schema_version']})")
+    print(f"  server: {server['dialect']} {server['version']}")
+    live = summary["live_leases"]
+    print("  runs driven now: " + (", ".join(
+        f"{lease['run_id']} by {lease['owner_host']} pid {lease['owner_pid']} (runtime {lease['owner_id']}, "
+        f"lease until {lease['expires_at']})" for lease in live) or "none"))
     for title in ("runs", "workstreams", "tasks"):
         counts = summary[title]
         body = ", ".join(f"{name}={count}" for name, count in sorted(counts.items())) or "none"

@@ -24,6 +24,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -46,7 +47,9 @@ from messages.ledger import (
     TransitionWorkstream,
 )
 from persistence.clock import utc_now_iso
-from persistence.errors import DuplicateAttempt, DuplicateRun, UnknownEntity
+from domain.leases import Lease, LeaseOwner, expiry
+from persistence import leases
+from persistence.errors import DuplicateAttempt, DuplicateRun, LeaseLost, UnknownEntity
 from persistence.models import Event, Run, Task, Workstream
 from persistence.reader import StateReader
 from persistence.state_cache import RunStates, StateCache, StateKey, load_run_states
@@ -151,10 +154,16 @@ class Store:
 
     ``transitions_log``, if given, receives one JSON line per accepted transition after its
     transaction commits (``{"at","run_id","entity","key","from","to","reason"}``).
+
+    ``lease_owner``, when set (a runtime's Store), fences every batch: ops of a run another
+    runtime has taken over are refused (:class:`persistence.errors.LeaseLost`), in the same
+    transaction that writes the rest.
     """
 
-    def __init__(self, engine: Engine, transitions_log: Path | None = None) -> None:
+    def __init__(self, engine: Engine, transitions_log: Path | None = None,
+                 lease_owner: LeaseOwner | None = None) -> None:
         self.engine = engine
+        self.lease_owner = lease_owner
         self._reader = StateReader(engine)
         self._cache = StateCache()
         self._lock = threading.Lock()
@@ -324,7 +333,12 @@ class Store:
         with self._lock:
             try:
                 with self._connection.begin():
+                    lost = self._lost_runs(ops)
                     for op in ops:
+                        if lost and getattr(op, "run_id", None) in lost and not isinstance(op, EventObserved):
+                            rejected.append(Rejected(op, f"run {op.run_id} was taken over by another runtime",
+                                                     LeaseLost(op.run_id)))
+                            continue
                         handler = self._handlers.get(type(op))
                         if handler is None:
                             raise TypeError(f"not a ledger op: {op!r}")
@@ -345,6 +359,58 @@ class Store:
             if self._log is not None and batch.transitions:
                 self._mirror("".join(batch.log_lines()).encode())
         return rejected
+
+    def _lost_runs(self, ops: Sequence[LedgerOp]) -> set[str]:
+        """The runs of ``ops`` another runtime now owns (none when this Store is no runtime's)."""
+        if self.lease_owner is None:
+            return set()
+        run_ids = {run_id for op in ops if (run_id := getattr(op, "run_id", None))}
+        return leases.held_by_others(self._connection, self.lease_owner.runtime_id, run_ids)
+
+    # -- run leases (rules: domain.leases) ---------------------------------------------------
+
+    def acquire_lease(self, run_id: str, owner: LeaseOwner, ttl_s: float) -> tuple[bool, Lease | None]:
+        """Take the run's lease for ``owner`` if it is free, expired or already ``owner``'s, in
+        one transaction; returns (taken, the lease as it was before). Raises UnknownEntity for
+        an unknown run and WriteStalled when the database refuses for a cause that may pass."""
+        with self._lock:
+            try:
+                with self._connection.begin():
+                    if self._connection.execute(select(Run.run_id).where(Run.run_id == run_id)).first() is None:
+                        raise UnknownEntity(f"unknown run {run_id!r}")
+                    before = leases.read(self._connection, run_id)
+                    now = _now()
+                    taken = leases.try_acquire(self._connection, run_id, owner, now, expiry(now, ttl_s))
+            except DBAPIError as error:
+                self._raise_if_stalled(error)
+                raise
+        return taken, before
+
+    def renew_leases(self, owner_id: str, run_ids: Iterable[str], ttl_s: float) -> set[str]:
+        """Extend ``owner_id``'s leases of ``run_ids``; returns the runs it has lost."""
+        with self._lock:
+            try:
+                with self._connection.begin():
+                    now = _now()
+                    return leases.renew(self._connection, owner_id, set(run_ids), now, expiry(now, ttl_s))
+            except DBAPIError as error:
+                self._raise_if_stalled(error)
+                raise
+
+    def release_leases(self, owner_id: str, run_ids: Iterable[str]) -> None:
+        """End ``owner_id``'s leases of ``run_ids`` now (a finished run, a runtime stopping)."""
+        with self._lock:
+            try:
+                with self._connection.begin():
+                    leases.release(self._connection, owner_id, set(run_ids), _now())
+            except DBAPIError as error:
+                self._raise_if_stalled(error)
+                raise
+
+    def _raise_if_stalled(self, error: DBAPIError) -> None:
+        cause = stall_cause(error)
+        if cause is not None:
+            raise WriteStalled(cause, self.database, str(error.orig)) from error
 
     def _mirror(self, lines: bytes) -> None:
         assert self._log is not None
@@ -659,6 +725,10 @@ class Store:
     def get_patches(self, run_id: str) -> list[dict[str, Any]]:
         """Patch history rows of the run in the order they were recorded; ``files`` is a list."""
         return self._reader.get_patches(run_id)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _unknown(op: LedgerOp, reason: str) -> Rejected:

@@ -167,6 +167,6 @@ class PostgresServer:
         return ["setpriv", f"--reuid={SERVER_USER}", f"--regid={SERVER_USER}", "--clear-groups", *argv]
 
     def _as_server_user(self, argv: list[str], check: bool) -> None:
-        completed = subprocess.run(self._wrap(argv), capture_output=True, text=True, cwd=self.root)
+        completed = subprocess.run(self._wrap(argv), capture_output=True, text=True, cwd=self.root, check=False)
         if check and completed.returncode != 0:
             raise RuntimeError(f"{argv[0]} failed ({completed.returncode}): {completed.stderr.strip()}")

@@ -19,7 +19,7 @@ from persistence.models import Base
 
 TABLES = {
     "runs", "workstreams", "tasks", "step_attempts", "errors", "events",
-    "routing_decisions", "schema_meta",
+    "routing_decisions", "schema_meta", "run_leases",
 }
 
 
@@ -196,12 +196,12 @@ def test_head_revision_constant_matches_the_newest_migration():
     assert list(REVISIONS) == oldest_first
 
 
-def test_a_version_1_database_is_upgraded_in_place_keeping_its_runs(tmp_path: Path) -> None:
+def test_a_version_1_database_is_upgraded_in_place_keeping_its_runs(tmp_path: Path, db_url: str | None) -> None:
     from alembic import command
 
     from persistence.migrate import _alembic_config
 
-    url = sqlite_url(tmp_path / "old.db")
+    url = db_url or sqlite_url(tmp_path / "old.db")
     engine = make_engine(url)
     with engine.begin() as connection:
         config = _alembic_config()
@@ -215,3 +215,4 @@ def test_a_version_1_database_is_upgraded_in_place_keeping_its_runs(tmp_path: Pa
     with engine.connect() as connection:
         assert connection.exec_driver_sql("select run_id from runs").scalar() == "run-old"
         assert connection.exec_driver_sql("select count(*) from patch_history").scalar() == 0
+        assert connection.exec_driver_sql("select count(*) from run_leases").scalar() == 0
