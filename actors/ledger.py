@@ -58,7 +58,7 @@ from messages.ledger import (
     ReplacePlan,
 )
 from persistence.clock import utc_now_iso
-from persistence.spill import read_spill, write_spill
+from persistence.spill import SpilledLeases, read_spill, read_spilled_leases, write_spill
 from persistence.errors import LeaseLost
 from persistence.store import Store, WriteStalled
 
@@ -70,6 +70,7 @@ RETRY_MIN_S = 0.05
 RETRY_MAX_S = 0.5
 WARN_EVERY_S = 2.0
 LEDGER_OPS = typing.get_args(LedgerOp)
+T = typing.TypeVar("T")
 # Causes a person must fix: waiting does not help, so the runtime stops at the first refusal.
 STOP_AT_ONCE = frozenset({"read-only"})
 
@@ -114,6 +115,10 @@ class LedgerWriter:
         self.leases: set[str] = set()
         # Set by the runtime as it stops: the last incarnation then ends every lease it holds.
         self.release_on_stop = False
+        # A spill being replayed: whose its ops are (their commit is fenced as that runtime's),
+        # and the leases it could not end, ended once they are in.
+        self._replay_owner: str | None = None
+        self._spilled_leases: SpilledLeases | None = None
         self.stall_limit_s = stall_limit_s
         self.on_warning = on_warning
         self.on_gave_up = on_gave_up
@@ -162,10 +167,10 @@ class LedgerWriter:
                 return 0
             with self._ops_lock:
                 batch = list(self._ops)
-            if not batch:
+            if not batch and self._spilled_leases is None:
                 return 0
             try:
-                rejected = self.store.apply(batch)
+                rejected = self.store.apply(batch, fence_owner=self._replay_owner) if batch else []
             except WriteStalled:
                 raise
             except Exception as error:  # a crash in the commit path must not lose the batch either
@@ -173,7 +178,9 @@ class LedgerWriter:
                 raise WriteStalled(f"error: {type(error).__name__}: {error}", self.store.database, "") from error
             with self._settled:
                 del self._ops[:len(batch)]
+                self._replay_owner = None
                 self._settled.notify_all()
+            self._end_spilled_leases()
         self.commits += 1
         self.ops_written += len(batch)
         lost: set[str] = set()
@@ -185,6 +192,19 @@ class LedgerWriter:
         for run_id in sorted(lost):
             self.lease_lost(run_id)
         return len(batch)
+
+    def _end_spilled_leases(self) -> None:
+        """End the leases a spilling runtime could not (after its ops are in); on failure the
+        next commit tries again, and meanwhile they expire by themselves."""
+        spilled = self._spilled_leases
+        if spilled is None:
+            return
+        try:
+            self.store.release_leases(spilled.owner_id, spilled.runs)
+        except WriteStalled as error:
+            log.warning("spilled_leases_not_ended", cause=error.cause)
+            return
+        self._spilled_leases = None
 
     # -- leases --------------------------------------------------------------------------------------
     def acquire(self, run_id: str) -> LeaseReply:
@@ -222,7 +242,10 @@ class LedgerWriter:
         self.leases -= held
 
     def lease_lost(self, run_id: str) -> None:
-        if run_id in self.leases:
+        if run_id not in self.leases:
+            # Replayed ops of a dead runtime, for a run taken over since: not ours to write.
+            log.warning("ops_of_a_run_taken_over_dropped", run_id=run_id)
+        else:
             self.leases.discard(run_id)
             log.error("lease_lost", run_id=run_id)
             self.on_lease_lost(run_id)
@@ -274,22 +297,30 @@ class LedgerWriter:
 
     # -- across runtimes ---------------------------------------------------------------------------
     def spill(self, path: Path) -> int:
-        """Move every unwritten op to ``path`` (see :mod:`persistence.spill`); returns how many.
-        Raises OSError (the ops stay here) if they cannot be written there either."""
+        """Move every unwritten op to ``path`` (see :mod:`persistence.spill`), with the leases
+        still held (their release failed too); returns how many ops. Raises OSError (the ops
+        stay here) if they cannot be written there either."""
         with self._commit_lock, self._ops_lock:
-            if self._ops:
-                write_spill(path, self._ops)
+            leases = SpilledLeases(self.lease_owner.runtime_id if self.lease_owner else "", tuple(sorted(self.leases)))
+            if self._ops or leases.runs:
+                write_spill(path, self._ops, leases)
             count = len(self._ops)
             self._ops.clear()
         return count
 
     def restore(self, path: Path) -> int:
-        """Take the ops spilled at ``path`` as the first unwritten ones; returns how many.
-        The file stays until :meth:`forget_spill` (call it once they are committed)."""
+        """Take the ops spilled at ``path`` as the first unwritten ones; returns how many (or 1
+        when it holds only leases to end). The ops are committed as the runtime that spilled
+        them, whose leases are then ended. The file stays until :meth:`forget_spill` (call it
+        once they are committed)."""
         ops = read_spill(path)
+        spilled = read_spilled_leases(path)
         with self._ops_lock:
             self._ops[:0] = ops
-        return len(ops)
+            if spilled.owner_id:
+                self._replay_owner = spilled.owner_id if ops else None
+                self._spilled_leases = spilled
+        return len(ops) or len(spilled.runs)
 
     @staticmethod
     def forget_spill(path: Path) -> None:
@@ -315,7 +346,7 @@ class LedgerActor(SupervisedActor):
 
     def handle(self, message: object) -> object:
         if isinstance(message, AcquireLease):
-            reply = self.writer.acquire(message.run_id)
+            reply = self._patiently("taking a run's lease", lambda: self.writer.acquire(message.run_id))
             if reply.taken:
                 self._schedule_renewal()
             return reply
@@ -368,13 +399,19 @@ class LedgerActor(SupervisedActor):
         """Create the run, waiting out a locked or full database like any commit (with
         warnings, within the stall limit); raises :class:`WriteStalled` past it."""
         request, plan = json.loads(message.request_json), message.plan
+        return self._patiently("creating a run", lambda: self.store.create_run(
+            request, plan, run_id=message.run_id, at=utc_now_iso()))
+
+    def _patiently(self, doing: str, write: Callable[[], T]) -> T:
+        """``write()``, retried while the database refuses for a cause that may pass, as a
+        commit is (with warnings, within the stall limit); raises :class:`WriteStalled` past it."""
         failures = 0
         while True:
             try:
-                run_id = self.store.create_run(request, plan, run_id=message.run_id, at=utc_now_iso())
+                result = write()
             except WriteStalled as error:
                 stall = self.writer.refused(error)
-                self.report_progress(f"creating a run: waiting for the database ({error.cause})")
+                self.report_progress(f"{doing}: waiting for the database ({error.cause})")
                 if stall.gave_up:
                     raise
                 failures += 1
@@ -384,7 +421,7 @@ class LedgerActor(SupervisedActor):
                 continue
             if self.writer.stall is not None:
                 self.writer.recovered()
-            return run_id
+            return result
 
     def _renew(self) -> None:
         try:

@@ -535,7 +535,9 @@ class Runtime:
         runtime drives the run, and :class:`RuntimeAborted` when the database cannot say."""
         try:
             reply = self.directory.get(LEDGER).ask(AcquireLease(run_id), timeout=ASK_TIMEOUT_S)
-        except (WriteStalled, DBAPIError) as error:
+        except WriteStalled as error:
+            raise DatabaseStalled(stalled_message(error, 0.0)) from None
+        except DBAPIError as error:
             raise RuntimeAborted(f"cannot take the lease of run {run_id}: {error}") from None
         if not reply.taken:
             raise RunLeaseHeld(reply.note)

@@ -189,8 +189,10 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Pla
             return EXIT_OK
         try:
             note = runtime.claim(run_id)
-        except (RunLeaseHeld, RuntimeAborted) as error:
+        except RunLeaseHeld as error:
             raise CliError(str(error), EXIT_RUNTIME) from None
+        except RuntimeAborted as error:
+            raise _stopped_before(run_id, str(error)) from None
         if note:
             print(f"orchestrate: {note}", flush=True)
         colour = use_colour()

@@ -313,7 +313,7 @@ class Store:
 
     # -- the ledger's entry point -----------------------------------------------------------
 
-    def apply(self, ops: Sequence[LedgerOp]) -> list[Rejected]:
+    def apply(self, ops: Sequence[LedgerOp], fence_owner: str | None = None) -> list[Rejected]:
         """Apply ``ops`` in order in one transaction; return the ops that were skipped.
 
         A refused op does not abort the batch: an illegal transition is skipped and recorded
@@ -322,7 +322,10 @@ class Store:
         (nothing written, not refused), so replaying ops is harmless. If the transaction fails,
         nothing of the batch is written, the state cache is unchanged, and the error propagates:
         :class:`WriteStalled` when the cause may pass (then applying the same ops again later is
-        exactly right). After the commit the transitions are appended to the transitions log,
+        exactly right). Ops of a run another runtime than ``fence_owner`` (default: this
+        Store's ``lease_owner``) has taken over are refused with
+        :class:`persistence.errors.LeaseLost`. After the commit the transitions are appended
+        to the transitions log,
         a mirror for people: if that write fails (a full disk), the batch still counts as
         written and the failure is logged once, until the mirror works again.
         """
@@ -333,7 +336,7 @@ class Store:
         with self._lock:
             try:
                 with self._connection.begin():
-                    lost = self._lost_runs(ops)
+                    lost = self._lost_runs(ops, fence_owner)
                     for op in ops:
                         if lost and getattr(op, "run_id", None) in lost and not isinstance(op, EventObserved):
                             rejected.append(Rejected(op, f"run {op.run_id} was taken over by another runtime",
@@ -360,12 +363,14 @@ class Store:
                 self._mirror("".join(batch.log_lines()).encode())
         return rejected
 
-    def _lost_runs(self, ops: Sequence[LedgerOp]) -> set[str]:
-        """The runs of ``ops`` another runtime now owns (none when this Store is no runtime's)."""
-        if self.lease_owner is None:
+    def _lost_runs(self, ops: Sequence[LedgerOp], fence_owner: str | None) -> set[str]:
+        """The runs of ``ops`` another runtime than ``fence_owner`` now owns (none when this
+        Store is no runtime's)."""
+        owner = fence_owner or (self.lease_owner.runtime_id if self.lease_owner else None)
+        if owner is None:
             return set()
         run_ids = {run_id for op in ops if (run_id := getattr(op, "run_id", None))}
-        return leases.held_by_others(self._connection, self.lease_owner.runtime_id, run_ids)
+        return leases.held_by_others(self._connection, owner, run_ids)
 
     # -- run leases (rules: domain.leases) ---------------------------------------------------
 
