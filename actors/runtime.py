@@ -76,6 +76,7 @@ INTERRUPT_ASK_TIMEOUT_S = 5.0
 # Coding agents: run by the agent executor (fix rounds, "did it do anything" verdicts).
 AGENT_TYPES = frozenset({"aider", "agent"})
 LOCK_FILE = "runtime.lock"
+STATE_ID_FILE = "state.id"
 STALL_LIMIT_ENV = "ORCHESTRATE_DB_STALL_LIMIT_S"
 LEASE_TTL_ENV = "ORCHESTRATE_LEASE_TTL_S"
 DEFAULT_STALL_LIMIT_S = 60.0
@@ -190,6 +191,28 @@ def build_adapter(info: AdapterInfo) -> ToolAdapter:
     return BUILTIN_ADAPTERS[info.type]
 
 
+def state_dir_id(state_dir: Path) -> str:
+    """The state directory's own id (made on first use): a run's lease names the directory its
+    runtime ran from, and a runtime holding that directory's lock knows any other holder is gone."""
+    path = state_dir / STATE_ID_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True)
+    candidate = uuid.uuid4().hex
+    # Written whole, then linked into place: a reader never sees it half-written.
+    temporary = state_dir / f".{STATE_ID_FILE}.{candidate}"
+    temporary.write_text(candidate + "\n")
+    try:
+        os.link(temporary, path)
+    except FileExistsError:  # made at this moment by another process: theirs stands
+        candidate = path.read_text().strip()
+    finally:
+        temporary.unlink()
+    return candidate
+
+
 class StateDirLock:
     """An exclusive ``flock`` on ``<state dir>/runtime.lock`` holding the owner's pid."""
 
@@ -250,7 +273,8 @@ class Runtime:
         self._hub = threading.Thread(target=self._fan_out, name="orchestrate-events", daemon=True)
         self.control = None
         # Who this runtime is to other runtimes sharing the ledger: the owner of its runs' leases.
-        self.lease_owner = LeaseOwner(uuid.uuid4().hex[:12], socket.gethostname(), os.getpid())
+        self.lease_owner = LeaseOwner(uuid.uuid4().hex[:12], socket.gethostname(), os.getpid(),
+                                      state_dir_id(self.state_dir))
         store.lease_owner = self.lease_owner
         self.ledger_writer = LedgerWriter(
             store, options.db_stall_limit_s, self._ledger_warning, self._database_stalled,

@@ -1,9 +1,11 @@
 """Run ownership: a lease per run, so that no two runtimes ever drive one run.
 
-A runtime drives a run only while it holds the run's lease: an owner (the runtime's id, host
-and pid), renewed by a heartbeat, and an expiry ``ttl`` after the last renewal. Another runtime
-may take the lease over only once it has expired — a runtime killed with ``kill -9`` stops
-renewing, so its runs become free after at most one ``ttl``. The taking itself is one
+A runtime drives a run only while it holds the run's lease: an owner (the runtime's id, host,
+pid and state directory), renewed by a heartbeat, and an expiry ``ttl`` after the last renewal.
+Another runtime may take the lease over only once it has expired — a runtime killed with
+``kill -9`` stops renewing, so its runs become free after at most one ``ttl`` — with one
+exception: a runtime on the same state directory takes it at once, because holding that
+directory's lock proves the previous holder is gone. The taking itself is one
 conditional update in the database (see :mod:`persistence.leases`); this module holds the
 rules that update applies and the words a refusal is said in. Pure: no clock, no I/O.
 """
@@ -25,11 +27,13 @@ class RunLeaseHeld(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class LeaseOwner:
-    """Who holds a lease: one runtime process. ``runtime_id`` is unique per runtime start."""
+    """Who holds a lease: one runtime process. ``runtime_id`` is unique per runtime start;
+    ``home`` identifies the state directory it runs from (unique per directory, "" unknown)."""
 
     runtime_id: str
     host: str
     pid: int
+    home: str = ""
 
     def describe(self) -> str:
         return f"runtime {self.runtime_id} (host {self.host}, pid {self.pid})"
@@ -55,9 +59,13 @@ class Lease:
         """Its owner stopped renewing without releasing it: killed, or cut off for too long."""
         return self.owner is not None and not self.released
 
-    def may_be_taken_by(self, runtime_id: str, now: datetime) -> bool:
-        """The rule the database's conditional update applies: free, expired, or already ours."""
-        return not self.is_live(now) or (self.owner is not None and self.owner.runtime_id == runtime_id)
+    def may_be_taken_by(self, taker: LeaseOwner, now: datetime) -> bool:
+        """The rule the database's conditional update applies: free, expired, already the
+        taker's, or held by a runtime of the taker's own state directory (which the taker's
+        lock on that directory proves dead)."""
+        if not self.is_live(now) or self.owner is None:
+            return True
+        return self.owner.runtime_id == taker.runtime_id or (bool(taker.home) and self.owner.home == taker.home)
 
 
 def expiry(now: datetime, ttl_s: float) -> datetime:
@@ -82,5 +90,8 @@ def refusal(lease: Lease, now: datetime) -> str:
 def takeover(lease: Lease, now: datetime) -> str:
     """One line: this runtime takes over a run whose previous owner stopped renewing."""
     assert lease.owner is not None and lease.expires_at is not None
+    if lease.is_live(now):
+        return (f"taking over run {lease.run_id} from {lease.owner.describe()}, which ran from this state "
+                "directory and is gone")
     ago = max(0.0, (now - lease.expires_at).total_seconds())
     return f"taking over run {lease.run_id} from {lease.owner.describe()}, whose lease expired {ago:.0f}s ago"

@@ -42,7 +42,8 @@ def as_lease(row: object) -> Lease:
     values = dict(row)  # type: ignore[call-overload]
     owner = None
     if values["owner_id"]:
-        owner = LeaseOwner(values["owner_id"], values["owner_host"] or "", values["owner_pid"] or 0)
+        owner = LeaseOwner(values["owner_id"], values["owner_host"] or "", values["owner_pid"] or 0,
+                           values["owner_home"] or "")
     return Lease(
         run_id=values["run_id"],
         owner=owner,
@@ -54,19 +55,18 @@ def as_lease(row: object) -> Lease:
 
 def try_acquire(connection: Connection, run_id: str, owner: LeaseOwner, now: datetime,
                 expires: datetime) -> bool:
-    """Take (or keep) the run's lease for ``owner`` until ``expires`` if it is free, expired or
-    already ``owner``'s; True if taken. The run must exist."""
+    """Take (or keep) the run's lease for ``owner`` until ``expires`` when
+    :meth:`domain.leases.Lease.may_be_taken_by` allows; True if taken. The run must exist."""
     _ensure_row(connection, run_id)
     now_text = iso(now)
+    free = [_leases.c.owner_id.is_(None), _leases.c.owner_id == owner.runtime_id,
+            _leases.c.released_at.is_not(None), _leases.c.expires_at.is_(None), _leases.c.expires_at <= now_text]
+    if owner.home:
+        free.append(_leases.c.owner_home == owner.home)
     taken = connection.execute(
         update(_leases)
-        .where(
-            _leases.c.run_id == run_id,
-            or_(_leases.c.owner_id.is_(None), _leases.c.owner_id == owner.runtime_id,
-                _leases.c.released_at.is_not(None), _leases.c.expires_at.is_(None),
-                _leases.c.expires_at <= now_text),
-        )
-        .values(owner_id=owner.runtime_id, owner_host=owner.host, owner_pid=owner.pid,
+        .where(_leases.c.run_id == run_id, or_(*free))
+        .values(owner_id=owner.runtime_id, owner_host=owner.host, owner_pid=owner.pid, owner_home=owner.home,
                 acquired_at=now_text, heartbeat_at=now_text, expires_at=iso(expires), released_at=None)
     )
     return taken.rowcount == 1

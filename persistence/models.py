@@ -235,6 +235,8 @@ class RunLease(Base):
     owner_id: Mapped[str | None]
     owner_host: Mapped[str | None]
     owner_pid: Mapped[int | None]
+    # The owner's state directory (its id, see domain.leases.LeaseOwner.home).
+    owner_home: Mapped[str | None]
     acquired_at: Mapped[str | None]
     heartbeat_at: Mapped[str | None]
     expires_at: Mapped[str | None]

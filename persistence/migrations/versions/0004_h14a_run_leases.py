@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("owner_id", sa.Text(), nullable=True),
         sa.Column("owner_host", sa.Text(), nullable=True),
         sa.Column("owner_pid", sa.Integer(), nullable=True),
+        sa.Column("owner_home", sa.Text(), nullable=True),
         sa.Column("acquired_at", sa.Text(), nullable=True),
         sa.Column("heartbeat_at", sa.Text(), nullable=True),
         sa.Column("expires_at", sa.Text(), nullable=True),
