@@ -78,7 +78,7 @@ def orchestrate(request, tmp_path):
     database = request.getfixturevalue("db_url") if "db_url" in request.fixturenames else None
 
     def run(*args: str, cwd: Path | None = None, timeout: float = 120, env: dict | None = None) -> Result:
-        environment = {k: v for k, v in os.environ.items() if k not in ("ORCHESTRATE_DB_URL", "PIPELINE_DB_PATH")}
+        environment = runtime_env(tmp_path)
         if database:
             environment["ORCHESTRATE_DB_URL"] = database
         environment.update(env or {})
@@ -106,6 +106,17 @@ def write_plan(tmp_path):
         return path
 
     return write
+
+
+def runtime_env(directory: Path) -> dict[str, str]:
+    """The environment to start ``orchestrate`` with in a test's ``directory``: this one, with
+    the test's PostgreSQL database when it runs on one (see ``db_url``), else the default
+    SQLite file of the state directory."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("ORCHESTRATE_DB_URL", "PIPELINE_DB_PATH")}
+    url = _DB_URLS.get(directory)
+    if url is not None:
+        environment["ORCHESTRATE_DB_URL"] = url
+    return environment
 
 
 def ledger(directory: Path):

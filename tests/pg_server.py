@@ -109,11 +109,11 @@ class PostgresServer:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        """Fast shutdown (SIGINT), then SIGKILL of the process group if it lingers; the
-        directory goes too."""
+        """Immediate shutdown (SIGQUIT: nothing of a throwaway cluster is worth a checkpoint),
+        then SIGKILL of the process group if it lingers; the directory goes too."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            process.send_signal(2)
+            process.send_signal(3)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -137,7 +137,8 @@ def test_of_many_runtimes_taking_one_lease_at_the_same_instant_exactly_one_wins(
             won: list[str] = []
             errors: list[BaseException] = []
 
-            def take(taker: LeaseOwner, own: Store, run_id: str = run_id, barrier: threading.Barrier = barrier) -> None:
+            def take(taker: LeaseOwner, own: Store, run_id: str = run_id, barrier: threading.Barrier = barrier,
+                     won: list[str] = won, errors: list[BaseException] = errors) -> None:
                 try:
                     barrier.wait(timeout=60)
                     while True:
