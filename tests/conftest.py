@@ -42,6 +42,16 @@ class Result:
 def postgres_server():
     """One throwaway PostgreSQL server for the whole session (see tests/pg_server.py), stopped
     at the end; skips when this machine cannot start one (fails instead under `.ci/run`)."""
+    server = new_postgres_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def new_postgres_server() -> pg_server.PostgresServer:
+    """A started throwaway server (the caller stops it); skips the test when this machine
+    cannot start one, or fails it where PostgreSQL is required."""
     reason = pg_server.why_unavailable()
     if reason is not None:
         if os.environ.get(REQUIRE_POSTGRES_ENV):
@@ -49,10 +59,7 @@ def postgres_server():
         pytest.skip(f"PostgreSQL tests skipped: {reason}")
     server = pg_server.PostgresServer(pg_server.find_bin_dir())
     server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return server
 
 
 @pytest.fixture(params=DATABASES)
