@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ORCHESTRATE, ledger_errors, new_postgres_server, runtime_env, wait_until
+from tests.conftest import (
+    ORCHESTRATE,
+    ledger_errors,
+    new_postgres_server,
+    runtime_env,
+    wait_until,
+)
 
 
 @pytest.fixture
