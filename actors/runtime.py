@@ -558,7 +558,9 @@ class Runtime:
         whose expired lease was taken over); raises :class:`RunLeaseHeld` when another live
         runtime drives the run, and :class:`RuntimeAborted` when the database cannot say."""
         try:
-            reply = self.directory.get(LEDGER).ask(AcquireLease(run_id), timeout=ASK_TIMEOUT_S)
+            # The Ledger waits out a locked database up to the stall limit before it answers.
+            reply = self.directory.get(LEDGER).ask(AcquireLease(run_id),
+                                                   timeout=self.options.db_stall_limit_s + ASK_TIMEOUT_S)
         except WriteStalled as error:
             raise DatabaseStalled(stalled_message(error, 0.0)) from None
         except DBAPIError as error:

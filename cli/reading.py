@@ -93,10 +93,12 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
     workstreams = reader.get_workstreams(run_id)
     errors = reader.get_errors(run_id)
     patches = reader.get_patches(run_id)
+    driven_by = next((lease for lease in reader.get_leases() if lease["run_id"] == run_id and lease["live"]), None)
     if as_json:
         document: dict[str, Any] = {
             key: value for key, value in run.items() if key != "metadata"
-        } | {"request": run["metadata"].get("request"), "workstreams": workstreams, "tasks": tasks, "errors": errors,
+        } | {"driven_by": driven_by,
+             "request": run["metadata"].get("request"), "workstreams": workstreams, "tasks": tasks, "errors": errors,
              "patches": patches, "notable_events": reader.get_events(run_id, types=NOTABLE_EVENTS)}
         print(json.dumps(document, indent=2, default=str))
         return EXIT_OK
@@ -104,6 +106,8 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
     if run.get("status_reason"):
         print(f"  reason: {run['status_reason']}")
     print(f"  plan: {run['plan_source']}")
+    if driven_by:
+        print(f"  driven by: {_driver(driven_by)} (runtime {driven_by['owner_id']}, lease until {driven_by['expires_at']})")
     print()
     print(table(("WORKSTREAM", "STATUS"), [(w["ws_id"], w["status"]) for w in workstreams]))
     print()

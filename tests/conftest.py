@@ -82,12 +82,11 @@ def db_url(request, tmp_path):
 def orchestrate(request, tmp_path):
     """Run ``orchestrate ARGS`` in ``tmp_path`` (or ``cwd=``) with its own state directory;
     against the test's ``db_url`` when it has one."""
-    database = request.getfixturevalue("db_url") if "db_url" in request.fixturenames else None
+    if "db_url" in request.fixturenames:
+        request.getfixturevalue("db_url")  # set up first: runtime_env follows it
 
     def run(*args: str, cwd: Path | None = None, timeout: float = 120, env: dict | None = None) -> Result:
         environment = runtime_env(tmp_path)
-        if database:
-            environment["ORCHESTRATE_DB_URL"] = database
         environment.update(env or {})
         completed = subprocess.run(
             [sys.executable, str(ORCHESTRATE), *args],

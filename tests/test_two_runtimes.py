@@ -100,6 +100,9 @@ def test_two_runtimes_run_two_plans_at_once_on_one_ledger_and_a_third_shell_sees
         assert {r["status"] for r in both} == {"running"} and len(both) == 2
         listed = run_cli(third, shared_env, "runs")
         assert listed.code == 0 and f"pid {first.pid}" in listed.out and f"pid {second.pid}" in listed.out
+        for run in both:
+            shown = run_cli(third, shared_env, "runs", "show", run["run_id"])
+            assert f"driven by: {run['driven_by']['owner_host']} pid {run['driven_by']['owner_pid']}" in shown.out
         inspected = run_cli(third, shared_env, "db", "inspect")
         assert inspected.code == 0 and "runs driven now: " in inspected.out
         assert inspected.out.count(" by ") == 2, inspected.out
