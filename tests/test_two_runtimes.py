@@ -190,3 +190,35 @@ def _lease(env: dict[str, str], run_id: str) -> dict:
         return next(lease for lease in StateReader(engine).get_leases() if lease["run_id"] == run_id)
     finally:
         engine.dispose()
+
+
+def test_a_runtime_frozen_past_its_lease_finds_its_run_taken_over_and_stops_without_writing(tmp_path, shared_env):
+    """SIGSTOP stands for a runtime cut off (a network partition, a laptop lid): its lease
+    expires, another runtime takes the run over, and when it wakes it must not drive it on."""
+    gate = tmp_path / "go"
+    ana, ben = machine(tmp_path, "ana"), machine(tmp_path, "ben")
+    run_id = request_run(ana, shared_env, gated_plan(ana / "plan.json", "alpha", gate))
+    frozen = start(ana, shared_env, "execute", "--run", run_id)
+    try:
+        wait_until(lambda: driven(runs_json(ben, shared_env), frozen.pid), timeout=120,
+                   what="the first runtime to drive the run")
+        frozen.send_signal(signal.SIGSTOP)
+        expires = _lease(shared_env, run_id)["expires_at"]
+        gate.touch()
+        taken = wait_until(lambda: (r := run_cli(ben, shared_env, "execute", "--run", run_id, "-q")).code != 3 and r,
+                           timeout=120, interval=0.2, what="the run to be taken over")
+        assert taken.code == 0 and "whose lease expired" in taken.out, taken.out + taken.err
+        assert _lease(shared_env, run_id)["acquired_at"] >= expires
+        completed = json.loads(run_cli(ben, shared_env, "runs", "show", run_id, "--json").out)
+        frozen.send_signal(signal.SIGCONT)
+        woken = finish(frozen)
+    finally:
+        gate.touch()
+        frozen.send_signal(signal.SIGCONT)
+        frozen.kill()
+    assert woken.code == 3, woken.out + woken.err
+    assert f"another runtime took over run {run_id}" in woken.err
+    assert "completed in" not in woken.out
+    after = json.loads(run_cli(ben, shared_env, "runs", "show", run_id, "--json").out)
+    assert after["status"] == completed["status"] == "completed"
+    assert after["tasks"] == completed["tasks"], "the woken runtime wrote nothing to the run"
