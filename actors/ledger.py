@@ -58,8 +58,13 @@ from messages.ledger import (
     ReplacePlan,
 )
 from persistence.clock import utc_now_iso
-from persistence.spill import SpilledLeases, read_spill, read_spilled_leases, write_spill
 from persistence.errors import LeaseLost
+from persistence.spill import (
+    SpilledLeases,
+    read_spill,
+    read_spilled_leases,
+    write_spill,
+)
 from persistence.store import Store, WriteStalled
 
 log = structlog.get_logger("orchestrate.ledger")
@@ -213,11 +218,12 @@ class LedgerWriter:
             raise RuntimeError("this ledger drives no runs: it has no lease owner")
         with self._commit_lock:
             taken, before = self.store.acquire_lease(run_id, self.lease_owner, self.lease_ttl_s)
+            if taken:
+                self.leases.add(run_id)
         now = datetime.now(UTC)
         if not taken:
             assert before is not None  # only a recorded, live lease refuses
             return LeaseReply(run_id, False, refusal(before, now))
-        self.leases.add(run_id)
         if before is not None and before.abandoned() and before.owner is not None \
                 and before.owner.runtime_id != self.lease_owner.runtime_id:
             return LeaseReply(run_id, True, takeover(before, now))
@@ -239,14 +245,15 @@ class LedgerWriter:
             return
         with self._commit_lock:
             self.store.release_leases(self.lease_owner.runtime_id, held)
-        self.leases -= held
+            self.leases -= held
 
     def lease_lost(self, run_id: str) -> None:
         if run_id not in self.leases:
             # Replayed ops of a dead runtime, for a run taken over since: not ours to write.
             log.warning("ops_of_a_run_taken_over_dropped", run_id=run_id)
         else:
-            self.leases.discard(run_id)
+            with self._ops_lock:
+                self.leases.discard(run_id)
             log.error("lease_lost", run_id=run_id)
             self.on_lease_lost(run_id)
 
