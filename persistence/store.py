@@ -376,8 +376,9 @@ class Store:
 
     def acquire_lease(self, run_id: str, owner: LeaseOwner, ttl_s: float) -> tuple[bool, Lease | None]:
         """Take the run's lease for ``owner`` if it is free, expired or already ``owner``'s, in
-        one transaction; returns (taken, the lease as it was before). Raises UnknownEntity for
-        an unknown run and WriteStalled when the database refuses for a cause that may pass."""
+        one transaction; returns (taken, the lease as it was before) — when refused, the lease
+        of the runtime that holds it. Raises UnknownEntity for an unknown run and WriteStalled
+        when the database refuses for a cause that may pass."""
         with self._lock:
             try:
                 with self._connection.begin():
@@ -386,6 +387,10 @@ class Store:
                     before = leases.read(self._connection, run_id)
                     now = _now()
                     taken = leases.try_acquire(self._connection, run_id, owner, now, expiry(now, ttl_s))
+                    if not taken:
+                        # Read again: a taker that won while this one waited for the row (on
+                        # PostgreSQL) committed after the first read.
+                        before = leases.read(self._connection, run_id)
             except DBAPIError as error:
                 self._raise_if_stalled(error)
                 raise

@@ -135,20 +135,24 @@ def test_of_many_runtimes_taking_one_lease_at_the_same_instant_exactly_one_wins(
             store.create_run(REQUEST, PLAN, run_id=run_id, at=at(0))
             barrier = threading.Barrier(len(takers))
             won: list[str] = []
+            refused_by: list[str] = []
             errors: list[BaseException] = []
 
             def take(taker: LeaseOwner, own: Store, run_id: str = run_id, barrier: threading.Barrier = barrier,
-                     won: list[str] = won, errors: list[BaseException] = errors) -> None:
+                     won: list[str] = won, refused_by: list[str] = refused_by,
+                     errors: list[BaseException] = errors) -> None:
                 try:
                     barrier.wait(timeout=60)
                     while True:
                         try:
-                            taken = own.acquire_lease(run_id, taker, ttl_s=60)[0]
+                            taken, holder = own.acquire_lease(run_id, taker, ttl_s=60)
                             break
                         except WriteStalled:  # SQLite: another writer held the lock; the Ledger retries too
                             continue
                     if taken:
                         won.append(taker.runtime_id)
+                    else:  # a refusal names who holds it
+                        refused_by.append(holder.owner.runtime_id if holder and holder.owner else "nobody")
                 except BaseException as error:  # noqa: BLE001 - reported below
                     errors.append(error)
 
@@ -158,6 +162,7 @@ def test_of_many_runtimes_taking_one_lease_at_the_same_instant_exactly_one_wins(
             for thread in threads:
                 thread.join(timeout=120)
             assert errors == [] and len(won) == 1, (won, errors)
+            assert refused_by == won * (len(takers) - 1)
     finally:
         for own in stores:
             own.close()
