@@ -216,3 +216,14 @@ def test_a_version_1_database_is_upgraded_in_place_keeping_its_runs(tmp_path: Pa
         assert connection.exec_driver_sql("select run_id from runs").scalar() == "run-old"
         assert connection.exec_driver_sql("select count(*) from patch_history").scalar() == 0
         assert connection.exec_driver_sql("select count(*) from run_leases").scalar() == 0
+
+
+def test_a_postgresql_url_without_the_driver_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the postgres extra were not installed
+    with pytest.raises(DatabaseUnavailable) as caught:
+        make_engine("postgresql://ana:s3cret@127.0.0.1:1/orchestrate")
+    message = str(caught.value)
+    assert "pip install 'orchestrate[postgres]'" in message and "s3cret" not in message and "\n" not in message
+    assert message.startswith("database unavailable at postgresql+psycopg://ana:***@127.0.0.1:1/orchestrate")
