@@ -10,7 +10,7 @@ PACKAGES := actors adapters cli control domain messages persistence planning vie
 
 $(BIN)/orchestrate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,ui]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,ui,postgres]'
 	touch $@
 
 .PHONY: install bytecode quickstart test browser bench mutation

@@ -21,6 +21,7 @@ from actors.runs import create_or_find_run
 from actors.status_view import StatusView
 from control.protocol import ControlError
 from control.server import Peer
+from domain.leases import RunLeaseHeld
 from domain.run_core import ControlRefused, RunNotActive
 from domain.states import UNSUCCESSFUL_TASK_STATES
 from messages import RunProgress
@@ -165,7 +166,7 @@ class RuntimeControl:
             raise ControlError("refused", f"cannot create the run: {error}") from None
         except (PeerUnavailable, pykka.ActorDeadError, pykka.Timeout):
             raise ControlError("unavailable", "the ledger is not answering (see `orchestrate health`)") from None
-        self.runtime.submit(run_id)
+        self._submit(run_id)
         return {"run_id": run_id, "tasks": len(plan.tasks)}
 
     def pause(self, args: dict, peer: Peer) -> object:
@@ -218,8 +219,14 @@ class RuntimeControl:
         if states[task_key] not in _RETRYABLE:
             raise ControlError("refused", f"task {task_key} is {states[task_key]}; only failed, timed-out, "
                                           "blocked or cancelled tasks can be retried")
-        self.runtime.submit(run_id, reset=(task_key,))
+        self._submit(run_id, reset=(task_key,))
         return {"retried": [task_key], "resumed_run": run_id}
+
+    def _submit(self, run_id: str, reset: tuple[str, ...] | None = None) -> None:
+        try:
+            self.runtime.submit(run_id, reset=reset)
+        except RunLeaseHeld as refusal:
+            raise ControlError("refused", str(refusal)) from None
 
     def _recorded_status(self, run_id: str) -> object:
         store = self.runtime.store

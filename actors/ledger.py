@@ -18,6 +18,13 @@ SQLite, so the actor keeps answering heartbeats and reports its stall as progres
 the runtime every ``WARN_EVERY_S``; past the stall limit the runtime is told to stop (at once
 for a read-only database, which does not pass by waiting). What is still unwritten when the
 runtime stops is spilled to a file (:mod:`persistence.spill`) and committed by the next one.
+
+Run leases (:mod:`domain.leases`) are written here too, the one writer: a runtime asks
+:class:`AcquireLease` before it drives a run, the Ledger renews every lease it holds each
+``ttl / 3`` and ends a run's lease when told :class:`ReleaseLease` (or when the runtime stops).
+When a renewal or a commit finds a run taken over by another runtime (this one was stopped or
+cut off for longer than the lease lasts), nothing more is written to that run and
+``on_lease_lost`` tells the runtime to stop.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import time
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -35,11 +43,28 @@ import structlog
 from actors.base import SupervisedActor
 from actors.directory import SCHEDULER, Directory, PeerUnavailable
 from actors.timers import TimerService
+from domain.leases import DEFAULT_TTL_S, LeaseOwner, refusal, renew_interval_s, takeover
 from messages import Flush
 from messages.health import LedgerRecovered, LedgerStalled
-from messages.ledger import CommitDue, CreateRun, LedgerOp, LedgerOps, ReplacePlan
+from messages.ledger import (
+    AcquireLease,
+    CommitDue,
+    CreateRun,
+    LeaseReply,
+    LedgerOp,
+    LedgerOps,
+    ReleaseLease,
+    RenewLeasesDue,
+    ReplacePlan,
+)
 from persistence.clock import utc_now_iso
-from persistence.spill import read_spill, write_spill
+from persistence.errors import LeaseLost
+from persistence.spill import (
+    SpilledLeases,
+    read_spill,
+    read_spilled_leases,
+    write_spill,
+)
 from persistence.store import Store, WriteStalled
 
 log = structlog.get_logger("orchestrate.ledger")
@@ -50,6 +75,7 @@ RETRY_MIN_S = 0.05
 RETRY_MAX_S = 0.5
 WARN_EVERY_S = 2.0
 LEDGER_OPS = typing.get_args(LedgerOp)
+T = typing.TypeVar("T")
 # Causes a person must fix: waiting does not help, so the runtime stops at the first refusal.
 STOP_AT_ONCE = frozenset({"read-only"})
 
@@ -81,8 +107,23 @@ class LedgerWriter:
         on_warning: Callable[[str], None],
         on_gave_up: Callable[[WriteStalled, float], None],
         clock: Callable[[], float] = time.monotonic,
+        lease_owner: LeaseOwner | None = None,
+        lease_ttl_s: float = DEFAULT_TTL_S,
+        on_lease_lost: Callable[[str], None] = lambda run_id: None,
     ) -> None:
         self.store = store
+        # The runtime this writer takes leases for (None: a session that drives no run).
+        self.lease_owner = lease_owner
+        self.lease_ttl_s = lease_ttl_s
+        self.on_lease_lost = on_lease_lost
+        # Runs whose lease this runtime holds; outlives an incarnation, as the ops do.
+        self.leases: set[str] = set()
+        # Set by the runtime as it stops: the last incarnation then ends every lease it holds.
+        self.release_on_stop = False
+        # A spill being replayed: whose its ops are (their commit is fenced as that runtime's),
+        # and the leases it could not end, ended once they are in.
+        self._replay_owner: str | None = None
+        self._spilled_leases: SpilledLeases | None = None
         self.stall_limit_s = stall_limit_s
         self.on_warning = on_warning
         self.on_gave_up = on_gave_up
@@ -131,10 +172,10 @@ class LedgerWriter:
                 return 0
             with self._ops_lock:
                 batch = list(self._ops)
-            if not batch:
+            if not batch and self._spilled_leases is None:
                 return 0
             try:
-                rejected = self.store.apply(batch)
+                rejected = self.store.apply(batch, fence_owner=self._replay_owner) if batch else []
             except WriteStalled:
                 raise
             except Exception as error:  # a crash in the commit path must not lose the batch either
@@ -142,12 +183,79 @@ class LedgerWriter:
                 raise WriteStalled(f"error: {type(error).__name__}: {error}", self.store.database, "") from error
             with self._settled:
                 del self._ops[:len(batch)]
+                self._replay_owner = None
                 self._settled.notify_all()
+            self._end_spilled_leases()
         self.commits += 1
         self.ops_written += len(batch)
+        lost: set[str] = set()
         for rejection in rejected:
-            log.warning("ledger_rejected", op=type(rejection.op).__name__, reason=rejection.reason)
+            if isinstance(rejection.error, LeaseLost):
+                lost.add(rejection.error.run_id)
+            else:
+                log.warning("ledger_rejected", op=type(rejection.op).__name__, reason=rejection.reason)
+        for run_id in sorted(lost):
+            self.lease_lost(run_id)
         return len(batch)
+
+    def _end_spilled_leases(self) -> None:
+        """End the leases a spilling runtime could not (after its ops are in); on failure the
+        next commit tries again, and meanwhile they expire by themselves."""
+        spilled = self._spilled_leases
+        if spilled is None:
+            return
+        try:
+            self.store.release_leases(spilled.owner_id, spilled.runs)
+        except WriteStalled as error:
+            log.warning("spilled_leases_not_ended", cause=error.cause)
+            return
+        self._spilled_leases = None
+
+    # -- leases --------------------------------------------------------------------------------------
+    def acquire(self, run_id: str) -> LeaseReply:
+        """Take ``run_id``'s lease (see :meth:`persistence.store.Store.acquire_lease`)."""
+        if self.lease_owner is None:
+            raise RuntimeError("this ledger drives no runs: it has no lease owner")
+        with self._commit_lock:
+            taken, before = self.store.acquire_lease(run_id, self.lease_owner, self.lease_ttl_s)
+            if taken:
+                self.leases.add(run_id)
+        now = datetime.now(UTC)
+        if not taken:
+            assert before is not None  # only a recorded, live lease refuses
+            return LeaseReply(run_id, False, refusal(before, now))
+        if before is not None and before.abandoned() and before.owner is not None \
+                and before.owner.runtime_id != self.lease_owner.runtime_id:
+            return LeaseReply(run_id, True, takeover(before, now))
+        return LeaseReply(run_id, True)
+
+    def renew(self) -> None:
+        """Renew every lease held; a run found taken over is given up (``lease_lost``)."""
+        if self.lease_owner is None or not self.leases:
+            return
+        with self._commit_lock:
+            lost = self.store.renew_leases(self.lease_owner.runtime_id, set(self.leases), self.lease_ttl_s)
+        for run_id in sorted(lost):
+            self.lease_lost(run_id)
+
+    def release(self, run_ids: Iterable[str]) -> None:
+        """End the leases of ``run_ids`` (held ones only)."""
+        held = set(run_ids) & self.leases
+        if self.lease_owner is None or not held:
+            return
+        with self._commit_lock:
+            self.store.release_leases(self.lease_owner.runtime_id, held)
+            self.leases -= held
+
+    def lease_lost(self, run_id: str) -> None:
+        if run_id not in self.leases:
+            # Replayed ops of a dead runtime, for a run taken over since: not ours to write.
+            log.warning("ops_of_a_run_taken_over_dropped", run_id=run_id)
+        else:
+            with self._ops_lock:
+                self.leases.discard(run_id)
+            log.error("lease_lost", run_id=run_id)
+            self.on_lease_lost(run_id)
 
     def refused(self, error: WriteStalled) -> Stall:
         """Record a refused commit; warn and give up when it is time. Returns the stall."""
@@ -196,22 +304,30 @@ class LedgerWriter:
 
     # -- across runtimes ---------------------------------------------------------------------------
     def spill(self, path: Path) -> int:
-        """Move every unwritten op to ``path`` (see :mod:`persistence.spill`); returns how many.
-        Raises OSError (the ops stay here) if they cannot be written there either."""
+        """Move every unwritten op to ``path`` (see :mod:`persistence.spill`), with the leases
+        still held (their release failed too); returns how many ops. Raises OSError (the ops
+        stay here) if they cannot be written there either."""
         with self._commit_lock, self._ops_lock:
-            if self._ops:
-                write_spill(path, self._ops)
+            leases = SpilledLeases(self.lease_owner.runtime_id if self.lease_owner else "", tuple(sorted(self.leases)))
+            if self._ops or leases.runs:
+                write_spill(path, self._ops, leases)
             count = len(self._ops)
             self._ops.clear()
         return count
 
     def restore(self, path: Path) -> int:
-        """Take the ops spilled at ``path`` as the first unwritten ones; returns how many.
-        The file stays until :meth:`forget_spill` (call it once they are committed)."""
+        """Take the ops spilled at ``path`` as the first unwritten ones; returns how many (or 1
+        when it holds only leases to end). The ops are committed as the runtime that spilled
+        them, whose leases are then ended. The file stays until :meth:`forget_spill` (call it
+        once they are committed)."""
         ops = read_spill(path)
+        spilled = read_spilled_leases(path)
         with self._ops_lock:
             self._ops[:0] = ops
-        return len(ops)
+            if spilled.owner_id:
+                self._replay_owner = spilled.owner_id if ops else None
+                self._spilled_leases = spilled
+        return len(ops) or len(spilled.runs)
 
     @staticmethod
     def forget_spill(path: Path) -> None:
@@ -225,14 +341,30 @@ class LedgerActor(SupervisedActor):
         self.store = writer.store
         self.timers = timers
         self.commit_pending = False
+        self.renewal_pending = False
 
     def on_start(self) -> None:
         self.writer.claim(self.actor_urn)
         if self.writer.pending():
             # Ops a predecessor (or a spill file) left: commit them before anything new.
             self._schedule_commit(COMMIT_INTERVAL_S)
+        if self.writer.leases:
+            self._schedule_renewal()
 
     def handle(self, message: object) -> object:
+        if isinstance(message, AcquireLease):
+            reply = self._patiently("taking a run's lease", lambda: self.writer.acquire(message.run_id))
+            if reply.taken:
+                self._schedule_renewal()
+            return reply
+        if isinstance(message, RenewLeasesDue):
+            self.renewal_pending = False
+            self._renew()
+            return None
+        if isinstance(message, ReleaseLease):
+            self._commit()
+            self._release((message.run_id,))
+            return None
         if isinstance(message, Flush):
             self._commit()
             return {"commits": self.writer.commits, "ops": self.writer.ops_written, "pending": self.writer.pending()}
@@ -274,13 +406,19 @@ class LedgerActor(SupervisedActor):
         """Create the run, waiting out a locked or full database like any commit (with
         warnings, within the stall limit); raises :class:`WriteStalled` past it."""
         request, plan = json.loads(message.request_json), message.plan
+        return self._patiently("creating a run", lambda: self.store.create_run(
+            request, plan, run_id=message.run_id, at=utc_now_iso()))
+
+    def _patiently(self, doing: str, write: Callable[[], T]) -> T:
+        """``write()``, retried while the database refuses for a cause that may pass, as a
+        commit is (with warnings, within the stall limit); raises :class:`WriteStalled` past it."""
         failures = 0
         while True:
             try:
-                run_id = self.store.create_run(request, plan, run_id=message.run_id, at=utc_now_iso())
+                result = write()
             except WriteStalled as error:
                 stall = self.writer.refused(error)
-                self.report_progress(f"creating a run: waiting for the database ({error.cause})")
+                self.report_progress(f"{doing}: waiting for the database ({error.cause})")
                 if stall.gave_up:
                     raise
                 failures += 1
@@ -290,7 +428,32 @@ class LedgerActor(SupervisedActor):
                 continue
             if self.writer.stall is not None:
                 self.writer.recovered()
-            return run_id
+            return result
+
+    def _renew(self) -> None:
+        try:
+            self.writer.renew()
+        except WriteStalled as error:
+            # The commits' stall handling says what is wrong; the next tick tries again, and
+            # a lease that expires meanwhile is fenced off in the database (see Store.apply).
+            log.warning("lease_renewal_failed", cause=error.cause)
+        except Exception:
+            log.exception("lease_renewal_failed")
+        if self.writer.leases:
+            self._schedule_renewal()
+
+    def _release(self, run_ids: Iterable[str]) -> None:
+        try:
+            self.writer.release(run_ids)
+        except Exception as error:  # it expires by itself within one time to live
+            log.warning("lease_release_failed", error=str(error))
+
+    def _schedule_renewal(self) -> None:
+        if self.renewal_pending:
+            return
+        self.renewal_pending = True
+        me = self.actor_ref
+        self.timers.call_later(renew_interval_s(self.writer.lease_ttl_s), lambda: me.tell(RenewLeasesDue()))
 
     def _schedule_commit(self, delay_s: float) -> None:
         if self.commit_pending:
@@ -331,3 +494,5 @@ class LedgerActor(SupervisedActor):
             self.writer.commit(self.actor_urn)
         except WriteStalled:
             pass
+        if self.writer.release_on_stop:
+            self._release(set(self.writer.leases))

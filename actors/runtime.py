@@ -13,15 +13,18 @@ import fcntl
 import importlib
 import os
 import queue
+import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pykka
 import structlog
+from sqlalchemy.exc import DBAPIError
 
 from actors.directory import (
     LEDGER,
@@ -50,6 +53,7 @@ from adapters.tools import BUILTIN_ADAPTERS, ToolAdapter
 from control import SOCKET_FILE  # noqa: F401 - where callers have always found it
 from domain.errors import ErrorClass
 from domain.cache import CacheHit
+from domain.leases import DEFAULT_TTL_S, LeaseOwner, RunLeaseHeld
 from domain.plan import Plan
 from domain.results import DEFAULT_INLINE_LIMIT
 from domain.routing import AdapterInfo, RouterConfig, default_config
@@ -58,6 +62,7 @@ from domain.states import TaskState
 from domain.supervision import ChildSpec, HeartbeatPolicy, Restart, SupervisorSpec
 from messages import AttemptFinished, Flush, RunProgress
 from messages.control import Drain, StopRuns
+from messages.ledger import AcquireLease, ReleaseLease
 from messages.supervisor import StartChildren
 from persistence.clock import utc_now_iso
 from persistence.spill import SPILL_FILE, keep_reserve
@@ -71,7 +76,9 @@ INTERRUPT_ASK_TIMEOUT_S = 5.0
 # Coding agents: run by the agent executor (fix rounds, "did it do anything" verdicts).
 AGENT_TYPES = frozenset({"aider", "agent"})
 LOCK_FILE = "runtime.lock"
+STATE_ID_FILE = "state.id"
 STALL_LIMIT_ENV = "ORCHESTRATE_DB_STALL_LIMIT_S"
+LEASE_TTL_ENV = "ORCHESTRATE_LEASE_TTL_S"
 DEFAULT_STALL_LIMIT_S = 60.0
 # Each cause of a stalled database: what is wrong, and what a person can do about it.
 _STALL_TEXT = {
@@ -81,6 +88,13 @@ _STALL_TEXT = {
     "disk full": ("has had no room to write (disk full) for {s:.0f}s", "Free space on the disk holding {dir}"),
 }
 _STALL_OTHER = ("has refused writes for {s:.0f}s ({cause})", "Check the disk holding {dir}")
+# The same for a database server (PostgreSQL), named by its URL rather than a file.
+_SERVER_STALL_TEXT = {
+    "database server unreachable": ("has been unreachable for {s:.0f}s",
+                                    "Check that the server is running and reachable"),
+    "read-only": ("is read-only", "Point ORCHESTRATE_DB_URL at a writable primary"),
+}
+_SERVER_STALL_OTHER = ("has refused writes for {s:.0f}s ({cause})", "Check the database server's log")
 
 
 class RuntimeAborted(RuntimeError):
@@ -102,6 +116,11 @@ class DatabaseStalled(RuntimeAborted):
     """The database refused the ledger's writes for too long (or is read-only)."""
 
 
+def lease_ttl_from_env() -> float:
+    """``ORCHESTRATE_LEASE_TTL_S`` if set (seconds), else 30."""
+    return float(os.environ.get(LEASE_TTL_ENV) or DEFAULT_TTL_S)
+
+
 SWITCH_INTERVAL_S = 0.001
 RESULT_INLINE_LIMIT_ENV = "ORCHESTRATE_RESULT_INLINE_LIMIT"
 
@@ -118,7 +137,10 @@ def inline_limit_from_env() -> int:
 
 def stalled_message(error: WriteStalled, stalled_s: float) -> str:
     """One line: which database, what is wrong with it, for how long, and what to do."""
-    state, advice = _STALL_TEXT.get(error.cause, _STALL_OTHER)
+    if "://" in error.database:
+        state, advice = _SERVER_STALL_TEXT.get(error.cause, _SERVER_STALL_OTHER)
+    else:
+        state, advice = _STALL_TEXT.get(error.cause, _STALL_OTHER)
     fields = {"s": stalled_s, "cause": error.cause, "db": error.database, "dir": Path(error.database).parent}
     return f"the database {error.database} {state.format(**fields)}; stopped. {advice.format(**fields)}"
 
@@ -150,6 +172,9 @@ class RuntimeOptions:
     db_stall_limit_s: float = field(default_factory=stall_limit_from_env)
     # Task results larger than this (bytes of JSON) are kept as files under <state dir>/results.
     result_inline_limit: int = field(default_factory=lambda: inline_limit_from_env())
+    # How long a run's lease lasts without a renewal: after a runtime dies, how long until
+    # another may take its runs over (see domain.leases).
+    lease_ttl_s: float = field(default_factory=lease_ttl_from_env)
 
 
 def build_adapter(info: AdapterInfo) -> ToolAdapter:
@@ -164,6 +189,28 @@ def build_adapter(info: AdapterInfo) -> ToolAdapter:
     if info.type not in BUILTIN_ADAPTERS:
         raise AdapterUnavailable(f"adapter {info.name!r}: type {info.type!r} is not available in this runtime")
     return BUILTIN_ADAPTERS[info.type]
+
+
+def state_dir_id(state_dir: Path) -> str:
+    """The state directory's own id (made on first use): a run's lease names the directory its
+    runtime ran from, and a runtime holding that directory's lock knows any other holder is gone."""
+    path = state_dir / STATE_ID_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True)
+    candidate = uuid.uuid4().hex
+    # Written whole, then linked into place: a reader never sees it half-written.
+    temporary = state_dir / f".{STATE_ID_FILE}.{candidate}"
+    temporary.write_text(candidate + "\n")
+    try:
+        os.link(temporary, path)
+    except FileExistsError:  # made at this moment by another process: theirs stands
+        candidate = path.read_text().strip()
+    finally:
+        temporary.unlink()
+    return candidate
 
 
 class StateDirLock:
@@ -225,7 +272,14 @@ class Runtime:
         self._supervisor: pykka.ActorRef | None = None
         self._hub = threading.Thread(target=self._fan_out, name="orchestrate-events", daemon=True)
         self.control = None
-        self.ledger_writer = LedgerWriter(store, options.db_stall_limit_s, self._ledger_warning, self._database_stalled)
+        # Who this runtime is to other runtimes sharing the ledger: the owner of its runs' leases.
+        self.lease_owner = LeaseOwner(uuid.uuid4().hex[:12], socket.gethostname(), os.getpid(),
+                                      state_dir_id(self.state_dir))
+        store.lease_owner = self.lease_owner
+        self.ledger_writer = LedgerWriter(
+            store, options.db_stall_limit_s, self._ledger_warning, self._database_stalled,
+            lease_owner=self.lease_owner, lease_ttl_s=options.lease_ttl_s, on_lease_lost=self._lease_lost,
+        )
         self.spill_path = self.state_dir / SPILL_FILE
         # What serves this runtime from outside and must end before it does (the web dashboard).
         self.before_stop: list[Callable[[], None]] = []
@@ -324,6 +378,14 @@ class Runtime:
             self._finished_cond.notify_all()
         self._stopping.set()
 
+    def _lease_lost(self, run_id: str) -> None:
+        self._abort_reason = (f"another runtime took over run {run_id} (this runtime could not renew its lease "
+                              f"within {self.options.lease_ttl_s:g}s); stopped, so that no two runtimes drive one run")
+        log.error("runtime_stopping_lease_lost", run_id=run_id)
+        with self._finished_cond:
+            self._finished_cond.notify_all()
+        self._stopping.set()
+
     def _replay_spill(self) -> None:
         """Commit what the last runtime could not, before anything reads the ledger."""
         if not self.ledger_writer.restore(self.spill_path):
@@ -379,6 +441,9 @@ class Runtime:
         if self._supervisor is not None:
             self._supervisor.stop()
             self._supervisor = None
+        # The Ledger, stopping last, commits what it still holds and then ends this runtime's
+        # leases, so another runtime may take the runs over at once.
+        self.ledger_writer.release_on_stop = True
         for name in self.directory.names():
             self._stop_actor(name)
         self._spill()
@@ -481,11 +546,37 @@ class Runtime:
                     except Exception:
                         log.exception("listener_failed")
                 if event.finished_run_state:
+                    self._release_lease(event.run_id)
                     with self._finished_cond:
                         self._finished[event.run_id] = event.finished_run_state
                         self._finished_cond.notify_all()
 
     # -- runs ----------------------------------------------------------------------------------
+    def claim(self, run_id: str) -> str:
+        """Take ``run_id``'s lease, so that this runtime alone drives it (renewed until the run
+        finishes or the runtime stops). Returns a line to tell the user ("" if none: e.g.
+        whose expired lease was taken over); raises :class:`RunLeaseHeld` when another live
+        runtime drives the run, and :class:`RuntimeAborted` when the database cannot say."""
+        try:
+            # The Ledger waits out a locked database up to the stall limit before it answers.
+            reply = self.directory.get(LEDGER).ask(AcquireLease(run_id),
+                                                   timeout=self.options.db_stall_limit_s + ASK_TIMEOUT_S)
+        except WriteStalled as error:
+            raise DatabaseStalled(stalled_message(error, 0.0)) from None
+        except DBAPIError as error:
+            raise RuntimeAborted(f"cannot take the lease of run {run_id}: {error}") from None
+        if not reply.taken:
+            raise RunLeaseHeld(reply.note)
+        if reply.note:
+            log.warning("run_taken_over", run_id=run_id, note=reply.note)
+        return reply.note
+
+    def _release_lease(self, run_id: str) -> None:
+        try:
+            self.directory.tell(LEDGER, ReleaseLease(run_id))
+        except PeerUnavailable:
+            log.warning("lease_not_released", run_id=run_id)  # it expires by itself
+
     def submit(
         self, run_id: str, reset: tuple[str, ...] | None = None, plan: Plan | None = None, new: bool = False,
         cached: Mapping[str, CacheHit] | None = None,
@@ -493,7 +584,10 @@ class Runtime:
         """Start (or resume) ``run_id`` from the ledger (``plan``: its plan, when the caller
         holds it). Leftover processes of a dead runtime that ran it are killed first, unless
         ``new``: the caller has just created the run under a freshly generated id, so nothing
-        can carry its marker yet. ``cached``: tasks completed from an earlier run's result."""
+        can carry its marker yet. ``cached``: tasks completed from an earlier run's result.
+        Raises :class:`RunLeaseHeld` (see :meth:`claim`)."""
+        # First: while another runtime drives the run, its processes are not leftovers.
+        self.claim(run_id)
         # Otherwise always scanned (a few ms of reading every process's environment): a runtime
         # can die after spawning a task but before the ledger learnt anything of it, so "never
         # started" in the ledger proves nothing.

@@ -21,6 +21,7 @@ from actors.runtime import (
     SOCKET_FILE,
     AdapterUnavailable,
     Runtime,
+    RunLeaseHeld,
     RuntimeAborted,
     RuntimeLocked,
     RuntimeOptions,
@@ -186,6 +187,14 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Pla
         if run["status"] == RunState.COMPLETED.value:
             print(f"run {run_id} is already completed; nothing to do")
             return EXIT_OK
+        try:
+            note = runtime.claim(run_id)
+        except RunLeaseHeld as error:
+            raise CliError(str(error), EXIT_RUNTIME) from None
+        except RuntimeAborted as error:
+            raise _stopped_before(run_id, str(error)) from None
+        if note:
+            print(f"orchestrate: {note}", flush=True)
         colour = use_colour()
         counts = store.task_counts(run_id)
         done_before = counts.get(TaskState.COMPLETED.value, 0)

@@ -65,11 +65,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return EXIT_OK
     rows = [
         (r["run_id"], r["status"], r["created_at"], r["plan_source"],
-         " ".join(f"{k.lower()}={v}" for k, v in sorted(r["task_counts"].items())))
+         " ".join(f"{k.lower()}={v}" for k, v in sorted(r["task_counts"].items())), _driver(r["driven_by"]))
         for r in runs
     ]
-    print(table(("RUN", "STATUS", "CREATED", "PLAN", "TASKS"), rows))
+    print(table(("RUN", "STATUS", "CREATED", "PLAN", "TASKS", "DRIVEN BY"), rows))
     return EXIT_OK
+
+
+def _driver(lease: dict[str, Any] | None) -> str:
+    """Who drives a run now (its live lease), in a few words; "" when nobody does."""
+    if not lease:
+        return ""
+    return f"{lease['owner_host']} pid {lease['owner_pid']}"
 
 
 def _plan_order(run: dict[str, Any]) -> list[str]:
@@ -86,10 +93,12 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
     workstreams = reader.get_workstreams(run_id)
     errors = reader.get_errors(run_id)
     patches = reader.get_patches(run_id)
+    driven_by = next((lease for lease in reader.get_leases() if lease["run_id"] == run_id and lease["live"]), None)
     if as_json:
         document: dict[str, Any] = {
             key: value for key, value in run.items() if key != "metadata"
-        } | {"request": run["metadata"].get("request"), "workstreams": workstreams, "tasks": tasks, "errors": errors,
+        } | {"driven_by": driven_by,
+             "request": run["metadata"].get("request"), "workstreams": workstreams, "tasks": tasks, "errors": errors,
              "patches": patches, "notable_events": reader.get_events(run_id, types=NOTABLE_EVENTS)}
         print(json.dumps(document, indent=2, default=str))
         return EXIT_OK
@@ -97,6 +106,8 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
     if run.get("status_reason"):
         print(f"  reason: {run['status_reason']}")
     print(f"  plan: {run['plan_source']}")
+    if driven_by:
+        print(f"  driven by: {_driver(driven_by)} (runtime {driven_by['owner_id']}, lease until {driven_by['expires_at']})")
     print()
     print(table(("WORKSTREAM", "STATUS"), [(w["ws_id"], w["status"]) for w in workstreams]))
     print()
@@ -179,7 +190,13 @@ def cmd_db_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
         return EXIT_OK
+    server = summary["server"]
     print(f"database: {summary['db_url']} (schema version {summary['schema_version']})")
+    print(f"  server: {server['dialect']} {server['version']}")
+    live = summary["live_leases"]
+    print("  runs driven now: " + (", ".join(
+        f"{lease['run_id']} by {lease['owner_host']} pid {lease['owner_pid']} (runtime {lease['owner_id']}, "
+        f"lease until {lease['expires_at']})" for lease in live) or "none"))
     for title in ("runs", "workstreams", "tasks"):
         counts = summary[title]
         body = ", ".join(f"{name}={count}" for name, count in sorted(counts.items())) or "none"

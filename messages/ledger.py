@@ -208,6 +208,36 @@ class CommitDue(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class AcquireLease(Message):
+    """Asked (not told): take run ``run_id``'s lease for this runtime (see
+    :mod:`domain.leases`) and keep renewing it; the reply is a :class:`LeaseReply`."""
+
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReply(Message):
+    """Whether the lease of ``run_id`` is now this runtime's. ``note`` is one line for the user:
+    who drives the run (refused), whose expired lease was taken over, or ``""``."""
+
+    run_id: str
+    taken: bool
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseLease(Message):
+    """Told: the run finished here; commit what is buffered, then end its lease."""
+
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenewLeasesDue(Message):
+    """Told by the timer to the Ledger: time to renew the leases this runtime holds."""
+
+
+@dataclass(frozen=True, slots=True)
 class Flush(Message):
     """Asked (not told): the reply comes after everything received before it is committed."""
 

@@ -3,7 +3,11 @@
 Resolution order (first set wins): ``ORCHESTRATE_DB_URL`` (any SQLAlchemy URL, e.g. PostgreSQL
 for a team), ``PIPELINE_DB_PATH`` (a SQLite file path), then ``<state dir>/orchestration.db``.
 SQLite connections are tuned for one writer with group commit (WAL, ``synchronous=NORMAL``) and
-enforce foreign keys.
+enforce foreign keys; nothing of that applies to another database.
+
+PostgreSQL goes through psycopg 3 (the ``postgres`` extra): a bare ``postgresql://`` URL, whose
+SQLAlchemy default would be psycopg2, means ``postgresql+psycopg://``. The driver is imported
+only when a URL names PostgreSQL, so SQLite commands start as fast as ever.
 """
 
 from __future__ import annotations
@@ -34,15 +38,36 @@ _SQLITE_PRAGMAS = (
 )
 
 
+# psycopg 3 (the `postgres` extra) is the one PostgreSQL driver orchestrate ships with.
+POSTGRES_DRIVER = "psycopg"
+POSTGRES_EXTRA_HINT = "install it with: pip install 'orchestrate[postgres]'"
+
+
 def resolve_db_url(state_dir: Path | None = None) -> str:
     """The database URL to use; ``state_dir`` (default ``./.state``) only sets the fallback."""
     url = os.environ.get(URL_ENV, "").strip()
     if url:
-        return url
+        return with_default_driver(url)
     path = os.environ.get(PATH_ENV, "").strip()
     if path:
         return sqlite_url(Path(path))
     return sqlite_url((state_dir or Path.cwd() / ".state") / DB_FILENAME)
+
+
+def with_default_driver(url: str) -> str:
+    """``url``, with psycopg 3 as the driver when it names PostgreSQL without one."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return f"postgresql+{POSTGRES_DRIVER}://" + url[len(scheme):]
+    return url
+
+
+def dialect_of(url: str) -> str:
+    """The database's dialect name (``sqlite``, ``postgresql``, ...); ``""`` for a malformed URL."""
+    try:
+        return make_url(url).get_backend_name()
+    except ArgumentError:
+        return ""
 
 
 def sqlite_url(path: Path) -> str:
@@ -75,18 +100,25 @@ def make_engine(url: str) -> Engine:
     Raises :class:`DatabaseUnavailable` (one line, password masked) for a malformed URL, a
     missing driver, a directory that cannot be created or a server that refuses.
     """
+    url = with_default_driver(url)
     try:
         parsed = make_url(url)
         is_sqlite = parsed.get_backend_name() == "sqlite"
         if is_sqlite and (path := sqlite_file(url)) is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed)
         if is_sqlite:
+            engine = create_engine(parsed)
             _tune_sqlite(engine)
+        else:
+            # A server may restart under a long-lived runtime: check a pooled connection
+            # before handing it out rather than failing the read that gets it.
+            engine = create_engine(parsed, pool_pre_ping=True)
         engine.connect().close()  # connect once now, so "unreachable" is known at start
     except (SQLAlchemyError, ImportError, OSError) as exc:
         # ImportError: the URL names a driver that is not installed (e.g. psycopg2).
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        if isinstance(exc, ImportError) and dialect_of(url) == "postgresql":
+            reason = f"the PostgreSQL driver is missing ({reason}); {POSTGRES_EXTRA_HINT}"
         raise DatabaseUnavailable(f"database unavailable at {mask_url(url)}: {reason}") from exc
     return engine
 

@@ -17,3 +17,12 @@ class UnknownEntity(LookupError):
 
 class DuplicateAttempt(ValueError):
     """An attempt number of a task was started twice; the first record stands."""
+
+
+class LeaseLost(RuntimeError):
+    """Another runtime took over a run this one was writing to (its lease had expired); the
+    writes to that run were refused."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} was taken over by another runtime (this runtime's lease expired)")
+        self.run_id = run_id

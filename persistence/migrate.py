@@ -4,16 +4,17 @@ Migrations are Alembic revisions in ``persistence/migrations/versions``; they ru
 one connection and in one transaction, so no ``alembic.ini`` is needed at run time.
 
 Alembic is only imported when there is something to migrate. A database at the head revision is
-recognised with one query; an empty SQLite database (every fresh state directory) is created
-from the models and stamped at the head revision in one transaction — the same schema the
-migrations build (``tests/test_persistence_db.py`` compares the two), in a fraction of the time
-importing and running Alembic takes. An older database, or another backend, goes through
-Alembic's upgrade.
+recognised with one query; an empty database (every fresh state directory, a new PostgreSQL
+database) is created from the models and stamped at the head revision in one transaction — the
+same schema the migrations build (``tests/test_persistence_db.py`` compares the two on both
+dialects), in a fraction of the time importing and running Alembic takes. An older database
+goes through Alembic's upgrade.
 
 Every command opens the database through :func:`init_db`, so processes started together on a
 fresh directory would all find no schema and race to create it. For a SQLite file they take
-turns on a lock file beside it (``<db>.schema.lock``), held only while the schema is checked
-and migrated: a live runtime never holds it, so ``db init`` can run beside one.
+turns on a lock file beside it (``<db>.schema.lock``); on PostgreSQL (processes on several
+machines) on a transaction-scoped advisory lock. Either is held only while the schema is
+checked and migrated: a live runtime never holds it, so ``db init`` can run beside one.
 """
 
 from __future__ import annotations
@@ -52,15 +53,17 @@ if TYPE_CHECKING:
 # The revisions in migrations/versions, oldest first (a test keeps the two equal). A database
 # already at the newest is recognised with one query, without importing Alembic, which keeps
 # every CLI start fast; an empty one is created at the newest without Alembic too.
-REVISIONS = ("0001", "0002", "0005")
+REVISIONS = ("0001", "0002", "0005", "0004")
 HEAD_REVISION = REVISIONS[-1]
 # The version users see in `db inspect`; raise it with every migration that changes the schema.
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SCHEMA_LOCK_SUFFIX = ".schema.lock"
 # A migration of a big ledger takes seconds; a holder past this is stuck, not busy.
 SCHEMA_LOCK_TIMEOUT_S = 60.0
 _SQLITE_HEADER = b"SQLite format 3\x00"
+# The advisory lock key of schema changes on PostgreSQL (any fixed 64-bit number: "orch" + 1).
+PG_SCHEMA_LOCK_KEY = 0x6F72636801
 # Tables only an orchestrate database has (0001 creates both).
 _OUR_TABLES = frozenset({"alembic_version", "schema_meta"})
 # Alembic's own version table, as its MigrationContext defines it (the DDL must be the same).
@@ -106,18 +109,20 @@ def open_db(url: str, lock_timeout_s: float = SCHEMA_LOCK_TIMEOUT_S) -> tuple[En
             _refuse_foreign_file(path)
         engine = make_engine(url)
         try:
-            return engine, _migrate(engine, url)
+            return engine, _migrate(engine, url, lock_timeout_s)
         except BaseException:
             engine.dispose()
             raise
 
 
-def _migrate(engine: Engine, url: str) -> InitReport:
+def _migrate(engine: Engine, url: str, lock_timeout_s: float) -> InitReport:
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            _advisory_lock(connection, url, lock_timeout_s)
         before = _revision(connection)
         if before == HEAD_REVISION:
             return InitReport(url=mask_url(url), schema_version=SCHEMA_VERSION, applied=[], created=False)
-        if before is None and connection.dialect.name == "sqlite" and not inspect(connection).get_table_names():
+        if before is None and not inspect(connection).get_table_names():
             _create_at_head(connection)
             applied = list(REVISIONS)
         else:
@@ -142,6 +147,18 @@ def _upgrade(connection: Connection, before: str | None) -> list[str]:
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
     return _revisions_between(config, before, _revision(connection))
+
+
+def _advisory_lock(connection: Connection, url: str, timeout_s: float) -> None:
+    """Take the schema's advisory lock for the rest of the transaction (PostgreSQL)."""
+    deadline = time.monotonic() + timeout_s
+    while not connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": PG_SCHEMA_LOCK_KEY}).scalar():
+        if time.monotonic() >= deadline:
+            raise DatabaseUnavailable(
+                f"another orchestrate process has held the schema lock of {mask_url(url)} for "
+                f"{timeout_s:g}s; is a migration stuck?"
+            )
+        time.sleep(0.01)
 
 
 @contextmanager

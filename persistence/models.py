@@ -221,3 +221,25 @@ class SchemaMeta(Base):
 
     key: Mapped[str] = mapped_column(primary_key=True)
     value: Mapped[str]
+
+
+class RunLease(Base):
+    """Who drives a run (see :mod:`domain.leases`): the owning runtime, its last heartbeat and
+    when its lease expires. One row per run that was ever driven; a run is free when its lease
+    has no owner, was released, or has expired."""
+
+    __tablename__ = "run_leases"
+    __table_args__ = (Index(None, "owner_id"),)
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), primary_key=True)
+    owner_id: Mapped[str | None]
+    owner_host: Mapped[str | None]
+    owner_pid: Mapped[int | None]
+    # The owner's state directory (its id, see domain.leases.LeaseOwner.home).
+    owner_home: Mapped[str | None]
+    acquired_at: Mapped[str | None]
+    heartbeat_at: Mapped[str | None]
+    expires_at: Mapped[str | None]
+    # Set when the owner ended the lease itself (its run finished, it stopped); cleared when
+    # the lease is taken again. An owner that stopped renewing without it died.
+    released_at: Mapped[str | None]

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.orm import Session, defer
 
+from persistence.leases import as_lease
 from persistence.models import (
     Base,
     ErrorRecord,
@@ -22,6 +24,7 @@ from persistence.models import (
     PatchRecord,
     RoutingDecision,
     Run,
+    RunLease,
     SchemaMeta,
     StepAttempt,
     Task,
@@ -56,7 +59,9 @@ class StateReader:
             )
 
     def list_runs(self) -> list[dict[str, Any]]:
-        """Runs newest first, without metadata, each with ``task_counts`` by state."""
+        """Runs newest first — every runtime's — without metadata, each with ``task_counts`` by
+        state and ``driven_by``: the runtime holding its lease now (see :meth:`get_leases`),
+        or None."""
         with Session(self._engine) as session:
             counts: dict[str, dict[str, int]] = {}
             for run_id, state, count in session.execute(
@@ -64,10 +69,24 @@ class StateReader:
             ):
                 counts.setdefault(run_id, {})[state] = count
             runs = session.scalars(select(Run).order_by(Run.created_at.desc(), Run.run_id.desc()))
-            return [
+            listed = [
                 _as_dict(run, skip=("metadata_json",)) | {"task_counts": counts.get(run.run_id, {})}
                 for run in runs
             ]
+        live = {lease["run_id"]: lease for lease in self.get_leases() if lease["live"]}
+        for run in listed:
+            run["driven_by"] = live.get(run["run_id"])
+        return listed
+
+    def get_leases(self) -> list[dict[str, Any]]:
+        """Every run's lease by run id: ``owner_id``, ``owner_host``, ``owner_pid``,
+        ``heartbeat_at``, ``expires_at`` and ``live`` (held now, by this machine's clock)."""
+        now = datetime.now(UTC)
+        leases = []
+        for row in self._rows(select(RunLease).order_by(RunLease.run_id)):
+            row["live"] = as_lease(row).is_live(now)
+            leases.append(row)
+        return leases
 
     def get_workstreams(self, run_id: str) -> list[dict[str, Any]]:
         return self._rows(select(Workstream).where(Workstream.run_id == run_id)
@@ -156,6 +175,8 @@ class StateReader:
             version = session.get(SchemaMeta, "schema_version")
             return {
                 "db_url": self._engine.url.render_as_string(hide_password=True),
+                "server": self._server(session),
+                "live_leases": [lease for lease in self.get_leases() if lease["live"]],
                 "schema_version": version.value if version is not None else None,
                 "runs": _counts(session, Run.status),
                 "workstreams": _counts(session, Workstream.status),
@@ -164,6 +185,18 @@ class StateReader:
                 "circuits": self._circuits(session),
                 "actor_restarts": self._restarts(session),
             }
+
+    @staticmethod
+    def _server(session: Session) -> dict[str, str]:
+        """The database engine and its version, as the server reports it."""
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            version = session.execute(text("SHOW server_version")).scalar()
+        elif dialect == "sqlite":
+            version = session.execute(text("SELECT sqlite_version()")).scalar()
+        else:
+            version = ".".join(str(part) for part in session.get_bind().dialect.server_version_info or ())
+        return {"dialect": dialect, "version": str(version or "")}
 
     @staticmethod
     def _restarts(session: Session) -> dict[str, int]:

@@ -24,13 +24,14 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
 import structlog
 from sqlalchemy import Connection, Engine, bindparam, event, insert, select, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from domain.states import EntityKind, IllegalTransition, TaskState, check_transition, initial_state
 from messages.ledger import (
@@ -46,7 +47,9 @@ from messages.ledger import (
     TransitionWorkstream,
 )
 from persistence.clock import utc_now_iso
-from persistence.errors import DuplicateAttempt, DuplicateRun, UnknownEntity
+from domain.leases import Lease, LeaseOwner, expiry
+from persistence import leases
+from persistence.errors import DuplicateAttempt, DuplicateRun, LeaseLost, UnknownEntity
 from persistence.models import Event, Run, Task, Workstream
 from persistence.reader import StateReader
 from persistence.state_cache import RunStates, StateCache, StateKey, load_run_states
@@ -61,6 +64,7 @@ RUN_ID_PREFIX = "run-"
 WRITE_WAIT_MS = 200
 _WRITER = "orchestrate_writer"
 
+SERVER_UNREACHABLE = "database server unreachable"
 # Primary SQLite result codes (``code & 0xFF``) that may pass, in words for a person.
 _STALL_CAUSES = {
     5: "locked by another process",  # SQLITE_BUSY
@@ -90,11 +94,37 @@ class WriteStalled(RuntimeError):
         self.detail = detail
 
 
+# PostgreSQL SQLSTATEs that may pass: by class (first two characters) or exact code.
+_PG_STALL_CAUSES = {
+    "08": SERVER_UNREACHABLE,  # connection exception
+    "57P01": SERVER_UNREACHABLE,  # admin_shutdown
+    "57P02": SERVER_UNREACHABLE,  # crash_shutdown
+    "57P03": SERVER_UNREACHABLE,  # cannot_connect_now (starting up, recovering)
+    "40001": "locked by another process",  # serialization_failure
+    "40P01": "locked by another process",  # deadlock_detected
+    "55P03": "locked by another process",  # lock_not_available
+    "53100": "disk full",
+    "53200": "out of memory",
+    "53300": "too many connections",
+    "25006": "read-only",  # read_only_sql_transaction (a standby, default_transaction_read_only)
+    "58030": "disk I/O error",
+}
+
+
 def stall_cause(error: BaseException) -> str | None:
     """The cause of a write failure that may pass, or None if retrying cannot help."""
     original = getattr(error, "orig", None)
     code = getattr(original, "sqlite_errorcode", None)
-    return None if code is None else _STALL_CAUSES.get(code & 0xFF)
+    if code is not None:
+        return _STALL_CAUSES.get(code & 0xFF)
+    sqlstate = getattr(original, "sqlstate", None) or ""
+    cause = _PG_STALL_CAUSES.get(sqlstate) or _PG_STALL_CAUSES.get(sqlstate[:2])
+    if cause is None and not sqlstate and (
+            getattr(error, "connection_invalidated", False) or isinstance(error, OperationalError)):
+        # The server went away mid-statement, or refuses new connections: no SQLSTATE, and a
+        # connection to make anew (SQLAlchemy does that on the next begin).
+        return SERVER_UNREACHABLE
+    return cause
 
 
 def _begin_immediate(conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any,
@@ -124,10 +154,16 @@ class Store:
 
     ``transitions_log``, if given, receives one JSON line per accepted transition after its
     transaction commits (``{"at","run_id","entity","key","from","to","reason"}``).
+
+    ``lease_owner``, when set (a runtime's Store), fences every batch: ops of a run another
+    runtime has taken over are refused (:class:`persistence.errors.LeaseLost`), in the same
+    transaction that writes the rest.
     """
 
-    def __init__(self, engine: Engine, transitions_log: Path | None = None) -> None:
+    def __init__(self, engine: Engine, transitions_log: Path | None = None,
+                 lease_owner: LeaseOwner | None = None) -> None:
         self.engine = engine
+        self.lease_owner = lease_owner
         self._reader = StateReader(engine)
         self._cache = StateCache()
         self._lock = threading.Lock()
@@ -277,7 +313,7 @@ class Store:
 
     # -- the ledger's entry point -----------------------------------------------------------
 
-    def apply(self, ops: Sequence[LedgerOp]) -> list[Rejected]:
+    def apply(self, ops: Sequence[LedgerOp], fence_owner: str | None = None) -> list[Rejected]:
         """Apply ``ops`` in order in one transaction; return the ops that were skipped.
 
         A refused op does not abort the batch: an illegal transition is skipped and recorded
@@ -286,7 +322,10 @@ class Store:
         (nothing written, not refused), so replaying ops is harmless. If the transaction fails,
         nothing of the batch is written, the state cache is unchanged, and the error propagates:
         :class:`WriteStalled` when the cause may pass (then applying the same ops again later is
-        exactly right). After the commit the transitions are appended to the transitions log,
+        exactly right). Ops of a run another runtime than ``fence_owner`` (default: this
+        Store's ``lease_owner``) has taken over are refused with
+        :class:`persistence.errors.LeaseLost`. After the commit the transitions are appended
+        to the transitions log,
         a mirror for people: if that write fails (a full disk), the batch still counts as
         written and the failure is logged once, until the mirror works again.
         """
@@ -297,7 +336,12 @@ class Store:
         with self._lock:
             try:
                 with self._connection.begin():
+                    lost = self._lost_runs(ops, fence_owner)
                     for op in ops:
+                        if lost and getattr(op, "run_id", None) in lost and not isinstance(op, EventObserved):
+                            rejected.append(Rejected(op, f"run {op.run_id} was taken over by another runtime",
+                                                     LeaseLost(op.run_id)))
+                            continue
                         handler = self._handlers.get(type(op))
                         if handler is None:
                             raise TypeError(f"not a ledger op: {op!r}")
@@ -318,6 +362,65 @@ class Store:
             if self._log is not None and batch.transitions:
                 self._mirror("".join(batch.log_lines()).encode())
         return rejected
+
+    def _lost_runs(self, ops: Sequence[LedgerOp], fence_owner: str | None) -> set[str]:
+        """The runs of ``ops`` another runtime than ``fence_owner`` now owns (none when this
+        Store is no runtime's)."""
+        owner = fence_owner or (self.lease_owner.runtime_id if self.lease_owner else None)
+        if owner is None:
+            return set()
+        run_ids = {run_id for op in ops if (run_id := getattr(op, "run_id", None))}
+        return leases.held_by_others(self._connection, owner, run_ids)
+
+    # -- run leases (rules: domain.leases) ---------------------------------------------------
+
+    def acquire_lease(self, run_id: str, owner: LeaseOwner, ttl_s: float) -> tuple[bool, Lease | None]:
+        """Take the run's lease for ``owner`` if it is free, expired or already ``owner``'s, in
+        one transaction; returns (taken, the lease as it was before) — when refused, the lease
+        of the runtime that holds it. Raises UnknownEntity for an unknown run and WriteStalled
+        when the database refuses for a cause that may pass."""
+        with self._lock:
+            try:
+                with self._connection.begin():
+                    if self._connection.execute(select(Run.run_id).where(Run.run_id == run_id)).first() is None:
+                        raise UnknownEntity(f"unknown run {run_id!r}")
+                    before = leases.read(self._connection, run_id)
+                    now = _now()
+                    taken = leases.try_acquire(self._connection, run_id, owner, now, expiry(now, ttl_s))
+                    if not taken:
+                        # Read again: a taker that won while this one waited for the row (on
+                        # PostgreSQL) committed after the first read.
+                        before = leases.read(self._connection, run_id)
+            except DBAPIError as error:
+                self._raise_if_stalled(error)
+                raise
+        return taken, before
+
+    def renew_leases(self, owner_id: str, run_ids: Iterable[str], ttl_s: float) -> set[str]:
+        """Extend ``owner_id``'s leases of ``run_ids``; returns the runs it has lost."""
+        with self._lock:
+            try:
+                with self._connection.begin():
+                    now = _now()
+                    return leases.renew(self._connection, owner_id, set(run_ids), now, expiry(now, ttl_s))
+            except DBAPIError as error:
+                self._raise_if_stalled(error)
+                raise
+
+    def release_leases(self, owner_id: str, run_ids: Iterable[str]) -> None:
+        """End ``owner_id``'s leases of ``run_ids`` now (a finished run, a runtime stopping)."""
+        with self._lock:
+            try:
+                with self._connection.begin():
+                    leases.release(self._connection, owner_id, set(run_ids), _now())
+            except DBAPIError as error:
+                self._raise_if_stalled(error)
+                raise
+
+    def _raise_if_stalled(self, error: DBAPIError) -> None:
+        cause = stall_cause(error)
+        if cause is not None:
+            raise WriteStalled(cause, self.database, str(error.orig)) from error
 
     def _mirror(self, lines: bytes) -> None:
         assert self._log is not None
@@ -632,6 +735,10 @@ class Store:
     def get_patches(self, run_id: str) -> list[dict[str, Any]]:
         """Patch history rows of the run in the order they were recorded; ``files`` is a list."""
         return self._reader.get_patches(run_id)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _unknown(op: LedgerOp, reason: str) -> Rejected:

@@ -123,11 +123,11 @@ class CrashingOnce(Store):
 
     crashed = False
 
-    def apply(self, ops):
+    def apply(self, ops, fence_owner=None):
         if not self.crashed:
             self.crashed = True
             raise RuntimeError("boom")
-        return super().apply(ops)
+        return super().apply(ops, fence_owner)
 
 
 def test_a_crash_in_the_commit_path_keeps_the_batch_and_a_replaced_owner_cannot_commit(tmp_path):

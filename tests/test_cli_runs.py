@@ -10,7 +10,7 @@ import psutil
 from tests.conftest import ROOT, ledger, parse
 
 
-def test_quickstart_runs_to_completion_and_every_task_is_completed_with_timings(tmp_path, orchestrate):
+def test_quickstart_runs_to_completion_and_every_task_is_completed_with_timings(tmp_path, orchestrate, db_url):
     shutil.copytree(ROOT / "examples" / "quickstart", tmp_path / "quickstart",
                     ignore=shutil.ignore_patterns(".state", "out", "__pycache__"))
     where = tmp_path / "quickstart"

@@ -18,7 +18,10 @@ import pytest
 from control.client import ControlClient
 from control.protocol import ControlError
 from persistence.clock import utc_now_iso
-from tests.conftest import ORCHESTRATE, ledger, parse, wait_until
+from tests.conftest import ORCHESTRATE, ledger, parse, runtime_env, wait_until
+
+# Every control test runs once against SQLite and once against PostgreSQL.
+pytestmark = pytest.mark.usefixtures("db_url")
 
 
 def write_json(path: Path, document: dict) -> Path:
@@ -27,7 +30,7 @@ def write_json(path: Path, document: dict) -> Path:
 
 
 def start(tmp_path: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ORCHESTRATE), *args], cwd=tmp_path,
+    return subprocess.Popen([sys.executable, str(ORCHESTRATE), *args], cwd=tmp_path, env=runtime_env(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -60,8 +60,9 @@ PLAN = plan(("build", ["compile", "test"]), ("docs", ["write"]), depends={"docs"
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path}/.state/orchestration.db"
+def engine(tmp_path: Path, db_url: str | None) -> Iterator[Engine]:
+    """The ledger every test here runs against, once on SQLite and once on PostgreSQL."""
+    url = db_url or f"sqlite:///{tmp_path}/.state/orchestration.db"
     init_db(url)
     engine = make_engine(url)
     yield engine
@@ -352,7 +353,7 @@ def test_list_runs_and_inspect_summary(store: Store) -> None:
     assert summary["workstreams"] == {"pending": 4}
     assert summary["tasks"] == {"PENDING": 5, "QUEUED": 1}
     assert (summary["schema_version"], summary["events"]) == (SCHEMA_VERSION, 5)
-    assert summary["db_url"].endswith("orchestration.db")
+    assert summary["db_url"] == store.engine.url.render_as_string(hide_password=True)
 
 
 def test_group_commit_of_ten_thousand_ops(store: Store, engine: Engine) -> None:

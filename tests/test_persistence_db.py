@@ -19,7 +19,7 @@ from persistence.models import Base
 
 TABLES = {
     "runs", "workstreams", "tasks", "step_attempts", "errors", "events",
-    "routing_decisions", "schema_meta",
+    "routing_decisions", "schema_meta", "run_leases",
 }
 
 
@@ -134,8 +134,8 @@ def _schema(path: Path) -> list[tuple[str, str, str]]:
 
 
 @pytest.mark.parametrize("made_by", ["init_db", "alembic"])
-def test_migrations_build_exactly_the_models(tmp_path: Path, made_by: str) -> None:
-    url = f"sqlite:///{tmp_path}/state.db"
+def test_migrations_build_exactly_the_models(tmp_path: Path, made_by: str, db_url: str | None) -> None:
+    url = db_url or f"sqlite:///{tmp_path}/state.db"
     init_db(url) if made_by == "init_db" else _migrated_by_alembic(url)
     engine = make_engine(url)
     with engine.connect() as connection:
@@ -196,12 +196,12 @@ def test_head_revision_constant_matches_the_newest_migration():
     assert list(REVISIONS) == oldest_first
 
 
-def test_a_version_1_database_is_upgraded_in_place_keeping_its_runs(tmp_path: Path) -> None:
+def test_a_version_1_database_is_upgraded_in_place_keeping_its_runs(tmp_path: Path, db_url: str | None) -> None:
     from alembic import command
 
     from persistence.migrate import _alembic_config
 
-    url = sqlite_url(tmp_path / "old.db")
+    url = db_url or sqlite_url(tmp_path / "old.db")
     engine = make_engine(url)
     with engine.begin() as connection:
         config = _alembic_config()
@@ -215,3 +215,15 @@ def test_a_version_1_database_is_upgraded_in_place_keeping_its_runs(tmp_path: Pa
     with engine.connect() as connection:
         assert connection.exec_driver_sql("select run_id from runs").scalar() == "run-old"
         assert connection.exec_driver_sql("select count(*) from patch_history").scalar() == 0
+        assert connection.exec_driver_sql("select count(*) from run_leases").scalar() == 0
+
+
+def test_a_postgresql_url_without_the_driver_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the postgres extra were not installed
+    with pytest.raises(DatabaseUnavailable) as caught:
+        make_engine("postgresql://ana:s3cret@127.0.0.1:1/orchestrate")
+    message = str(caught.value)
+    assert "pip install 'orchestrate[postgres]'" in message and "s3cret" not in message and "\n" not in message
+    assert message.startswith("database unavailable at postgresql+psycopg://ana:***@127.0.0.1:1/orchestrate")

@@ -16,7 +16,14 @@ import psutil
 import pytest
 
 from adapters.tools import MARKER_RUN
-from tests.conftest import ORCHESTRATE, ledger, parse, wait_until
+from tests.conftest import (
+    ORCHESTRATE,
+    ledger,
+    ledger_errors,
+    parse,
+    runtime_env,
+    wait_until,
+)
 
 
 def events(directory: Path, *types: str) -> list[tuple[str, dict]]:
@@ -33,13 +40,16 @@ def events(directory: Path, *types: str) -> list[tuple[str, dict]]:
     return [(r["event_type"], json.loads(r["payload_json"] or "{}")) for r in rows]
 
 
-def attempt_running(directory: Path) -> bool:
+def attempt_running(directory: Path, db_url: str | None = None) -> bool:
     """The ledger shows an attempt in progress (read without waiting on the writer's lock)."""
+    query = "select 1 from step_attempts where status = 'IN_PROGRESS' limit 1"
     try:
+        if db_url:
+            return ledger(directory).execute(query).fetchone() is not None
         with sqlite3.connect(f"file:{directory / '.state' / 'orchestration.db'}?mode=ro", uri=True,
                              timeout=0.1) as db:
-            return db.execute("select 1 from step_attempts where status = 'IN_PROGRESS' limit 1").fetchone() is not None
-    except sqlite3.Error:
+            return db.execute(query).fetchone() is not None
+    except ledger_errors():
         return False
 
 
@@ -260,7 +270,7 @@ def test_a_run_failing_with_one_signature_too_often_is_quarantined(tmp_path, orc
     assert "quarantined" in shown.out and "disk full" in shown.out
 
 
-def test_sigkill_at_random_moments_loses_nothing_and_leaves_no_process(tmp_path, orchestrate):
+def test_sigkill_at_random_moments_loses_nothing_and_leaves_no_process(tmp_path, orchestrate, db_url):
     effects = tmp_path / "effects.txt"
     effects.touch()
     # The effect is idempotent per task: an attempt re-run after a crash does not add it twice.
@@ -273,11 +283,12 @@ def test_sigkill_at_random_moments_loses_nothing_and_leaves_no_process(tmp_path,
     rng = random.Random(int(os.environ.get("FAULT_SEED", "20261122")))
     for kill in range(20):
         process = subprocess.Popen([sys.executable, str(ORCHESTRATE), "execute", "--run", run_id, "-j", "4", "-q"],
-                                   cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   cwd=tmp_path, env=runtime_env(tmp_path),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Every other kill lands while the ledger shows an attempt of this runtime running, so
         # some attempts are interrupted however slow the machine is; the others at random.
         if kill % 2 == 0:
-            wait_until(lambda: process.poll() is not None or attempt_running(tmp_path), timeout=60,
+            wait_until(lambda: process.poll() is not None or attempt_running(tmp_path, db_url), timeout=60,
                        what="an attempt to start")
         try:
             process.wait(timeout=rng.uniform(0.0, 0.3) if kill % 2 == 0 else rng.uniform(0.3, 1.2))
@@ -287,7 +298,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_leaves_no_process(tmp_path,
     final = orchestrate("execute", "--run", run_id, timeout=300)
     assert final.code == 0, final.out + final.err
     db = ledger(tmp_path)
-    assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
+    if not db_url:
+        assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
     assert db.execute("select status from runs").fetchone()[0] == "completed"
     assert {r[0] for r in db.execute("select state from tasks")} == {"COMPLETED"}
     lines = effects.read_text().split()

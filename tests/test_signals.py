@@ -5,7 +5,6 @@ as interrupted, one line on stderr, exit 128 + N — and the run resumes where i
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from adapters.leftovers import marked_processes
-from tests.conftest import ORCHESTRATE, ledger, wait_until
+from tests.conftest import ORCHESTRATE, ledger, ledger_errors, runtime_env, wait_until
 from tests.test_resilience import write_json
 
 QUICK, SLOW = 5, 20
@@ -45,14 +44,14 @@ def runtime_command(*args: str) -> list[str]:
 
 
 def start_run(tmp_path: Path, plan: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(runtime_command("run", str(plan), "-j", str(QUICK + SLOW)),
+    return subprocess.Popen(runtime_command("run", str(plan), "-j", str(QUICK + SLOW)), env=runtime_env(tmp_path),
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def count(tmp_path: Path, query: str) -> int:
     try:
         return ledger(tmp_path).execute(query).fetchone()[0]
-    except sqlite3.Error:  # the runtime is still creating the database
+    except ledger_errors():  # the runtime is still creating the database
         return -1
 
 
@@ -78,7 +77,7 @@ def where_it_is(tmp_path: Path) -> str:
         db = ledger(tmp_path)
         tasks = db.execute("select state, count(*) from tasks group by 1").fetchall()
         attempts = db.execute("select status, count(*) from step_attempts group by 1").fetchall()
-    except sqlite3.Error as error:
+    except ledger_errors() as error:
         tasks, attempts = str(error), ""
     log = tmp_path / ".state" / "logs" / "runtime.jsonl"
     tail = log.read_text(errors="replace").splitlines()[-8:] if log.exists() else []
@@ -92,7 +91,7 @@ def effects(tmp_path: Path) -> list[str]:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
 def test_a_stop_signal_kills_every_task_records_them_interrupted_and_the_run_resumes(
-    tmp_path: Path, orchestrate, signum: signal.Signals
+    tmp_path: Path, orchestrate, signum: signal.Signals, db_url: str | None
 ) -> None:
     process = start_run(tmp_path, mixed_plan(tmp_path))
     try:
