@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pykka
 import structlog
@@ -47,6 +48,9 @@ from adapters.leftovers import kill_leftovers
 from adapters.pool import WorkerPool
 from adapters.process import ProcessReactor, kill_descendants
 from adapters.tools import BUILTIN_ADAPTERS, ToolAdapter
+
+if TYPE_CHECKING:
+    from adapters.ray_client import RayBridge
 from control import SOCKET_FILE  # noqa: F401 - where callers have always found it
 from domain.errors import ErrorClass
 from domain.cache import CacheHit
@@ -154,7 +158,7 @@ class RuntimeOptions:
     result_inline_limit: int = field(default_factory=lambda: inline_limit_from_env())
 
 
-def _ray_bridge(info: AdapterInfo, state_dir: Path):  # noqa: ANN202 - adapters.ray_client.RayBridge
+def _ray_bridge(info: AdapterInfo, state_dir: Path) -> RayBridge:
     """The Ray bridge of a ``ray`` adapter; refused (:class:`AdapterUnavailable`) without Ray
     installed. Ray itself is never imported here: only the bridge process does."""
     import importlib.util

@@ -80,7 +80,7 @@ def probe(endpoint: tuple[str, int] | None) -> str:
 
 
 class _Attempt:
-    __slots__ = ("id", "generator", "log", "result_path", "started_at", "timeout_s", "why_cancelled", "ended")
+    __slots__ = ("ended", "generator", "id", "log", "result_path", "started_at", "timeout_s", "why_cancelled")
 
     def __init__(self, attempt_id: str, generator: Any, log_path: str, result_path: str,
                  timeout_s: float | None) -> None:
@@ -176,7 +176,7 @@ class Bridge:
             generator = self.remote.options(**command["options"]).remote(command["spec"])
             attempt = _Attempt(attempt_id, generator, command["log_path"], command["result_path"],
                                command["spec"].get("timeout_s"))
-        except Exception as error:  # a bad option, an unwritable log: this attempt only
+        except Exception as error:  # noqa: BLE001 - a bad option, an unwritable log: this attempt only
             emit({"id": attempt_id, "event": "end", "outcome": "lost", "error": f"could not submit: {_first_line(error)}"})
             return
         self.attempts[attempt_id] = attempt
@@ -187,7 +187,7 @@ class Bridge:
         attempt.why_cancelled = why
         try:
             self.ray.cancel(attempt.generator, force=True)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - whatever Ray raises, the attempt ends
             self._end(attempt, {"outcome": "lost", "error": f"could not cancel: {_first_line(error)}"})
 
     def _backstop(self) -> None:
@@ -209,7 +209,7 @@ class Bridge:
             except StopIteration:
                 self._end(attempt, {"outcome": "lost", "error": "the Ray task ended without a report"})
                 return
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - every Ray error ends the attempt, classified below
                 if attempt.why_cancelled:
                     outcome = "timeout" if attempt.why_cancelled == "timeout" else "cancelled"
                     self._end(attempt, {"outcome": outcome, "error": attempt.why_cancelled})
@@ -272,7 +272,7 @@ def main(argv: list[str]) -> int:
     try:
         ray.init(address=address, runtime_env=runtime_env or None, log_to_driver=False,
                  logging_level="ERROR", configure_logging=False)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - any failure to connect is the cluster's
         emit({"event": "down", "error": f"the Ray cluster at {address} is unreachable: {_first_line(error)}"})
         return 3
     remote = ray.remote(max_retries=0, retry_exceptions=False)(remote_module.run_attempt)

@@ -6,16 +6,18 @@ and Ray only inside the task.
 
 One attempt, on the node:
 
-- The Ray worker starts a *session keeper* (``python -c`` :data:`KEEPER_SOURCE`): a child
-  subreaper that asks for SIGTERM when the worker dies (``PR_SET_PDEATHSIG``). The keeper
-  starts the task's command in a session of its own, its stdout and stderr on a pipe the worker
-  reads. Every orphan of the command's tree (a grandchild that called ``setsid`` and whose
+- The Ray worker starts a *session keeper* (``python -c`` :data:`KEEPER_SOURCE`), which
+  detaches from it at once (fork, parent exits, ``setsid``): Ray SIGKILLs the children of a
+  worker it kills, and the keeper must outlive the worker to clean up after it. The keeper is
+  a child subreaper holding one end of a *lifeline* pipe whose other end only the worker
+  holds: end of file on it means the worker is gone. The keeper starts the task's command in a
+  session of its own, its stdout and stderr on a pipe the worker reads. Every orphan of the command's tree (a grandchild that called ``setsid`` and whose
   parent exited included) re-parents to the keeper, so the keeper's descendants *are* the
   task's processes.
 - The keeper kills its whole tree (SIGTERM, a grace period, SIGKILL) when the command exits
-  (what it left running in the background), when it gets SIGTERM — from the worker on a
-  timeout or memory limit, or from the kernel when ``ray.cancel(force=True)`` killed the
-  worker — and then reports how the command ended (exit status, peak RSS, CPU time) on a
+  (what it left running in the background), when it gets SIGTERM (from the worker, on a
+  timeout or memory limit), or when the lifeline ends (``ray.cancel(force=True)`` killed the
+  worker, or the node is going down) — and then reports how the command ended (exit status, peak RSS, CPU time) on a
   status pipe.
 - The worker yields events to the driver as they happen: ``started`` (node id and address),
   ``output`` (chunks of what the command printed, at most :data:`CHUNK_BYTES` each), and one
@@ -42,9 +44,11 @@ CHUNK_BYTES = 256 * 1024
 SAMPLE_INTERVAL_S = 0.5
 RESULT_LIMIT_BYTES = 1024 * 1024
 
-# The keeper: argv[1] is its JSON spec, argv[2] the pid of the worker it must die with.
+# The keeper: argv[1] is its JSON spec. It forks at once and the parent exits, so the keeper is
+# not a child of the Ray worker: Ray SIGKILLs a dying worker's children (its
+# kill_child_processes_on_worker_exit), which would kill the keeper before it could clean up.
 KEEPER_SOURCE = r"""
-import ctypes, json, os, signal, subprocess, sys, time
+import ctypes, json, os, select, signal, subprocess, sys, time
 
 class Stop(Exception):
     pass
@@ -106,16 +110,17 @@ def kill_tree(grace):
             time.sleep(0.02)
 
 spec = json.loads(sys.argv[1])
-status_fd = spec["status_fd"]
+status_fd, lifeline = spec["status_fd"], spec["lifeline_fd"]
+if os.fork():
+    os._exit(0)
+os.setsid()  # out of the worker's group and session: nothing aimed at the worker hits us
 signal.signal(signal.SIGTERM, stop)
 prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: the task's orphans come to us
-prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the worker's death (ray.cancel force) stops us
 main_pid = -1
 ended = []
 report = {"killed": False}
 try:
-    if os.getppid() != int(sys.argv[2]):
-        raise Stop()
+    os.write(status_fd, (json.dumps({"pid": os.getpid()}) + "\n").encode())
     try:
         child = subprocess.Popen(spec["argv"], cwd=spec["cwd"], env=dict(spec["env"]), stdin=subprocess.DEVNULL,
                                  start_new_session=True, close_fds=True)
@@ -124,17 +129,18 @@ try:
         report["cwd_exists"] = os.path.isdir(spec["cwd"])
         raise Stop()
     main_pid = child.pid
+    exited = os.pidfd_open(main_pid)
     while not ended:
-        try:
-            pid, status, usage = os.wait4(-1, 0)
-        except ChildProcessError:
-            break
-        if pid == main_pid:
-            ended.append((status, usage))
+        # The lifeline's other end is the worker's: end of file means the worker died
+        # (ray.cancel(force=True), a crash, its node going away).
+        ready, _, _ = select.select([exited, lifeline], [], [])
+        if lifeline in ready and not os.read(lifeline, 1):
+            raise Stop()
+        reap()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the tree is killed below anyway
 except Stop:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     report["killed"] = True
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
 kill_tree(spec["grace_s"])
 reap()
 if ended:
@@ -142,7 +148,10 @@ if ended:
     report["exit_code"] = os.waitstatus_to_exitcode(status)
     report["max_rss_bytes"] = usage.ru_maxrss * 1024
     report["cpu_s"] = usage.ru_utime + usage.ru_stime
-os.write(status_fd, json.dumps(report).encode())
+try:
+    os.write(status_fd, json.dumps(report).encode())
+except OSError:
+    pass  # the worker is gone: nobody to tell
 """
 
 # A python task: pycall.py's source written to a file on the node, run like the local adapter
@@ -170,6 +179,38 @@ def _tree_rss(root: int) -> int:
         except (OSError, IndexError, ValueError):
             pass
     return total
+
+
+class _StatusPipe:
+    """The keeper's status pipe: a first line with its pid, then (at its exit) its report."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+
+    def first(self) -> dict:
+        while b"\n" not in self.buffer:
+            data = os.read(self.fd, 4096)
+            if not data:
+                raise RuntimeError("the session keeper ended before it started the task")
+            self.buffer += data
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return json.loads(line)
+
+    def rest(self) -> dict:
+        while data := os.read(self.fd, 65536):
+            self.buffer += data
+        return json.loads(self.buffer or b"{}")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except OSError:
+        pass
 
 
 def _node() -> tuple[str, str]:
@@ -212,18 +253,23 @@ def run_attempt(spec: dict):
         argv = ["/bin/sh", "-c", spec["command"]]
     out_read, out_write = os.pipe()
     status_read, status_write = os.pipe()
+    lifeline_read, lifeline_write = os.pipe()  # we keep the write end, and never write
     keeper_spec = {"argv": argv, "cwd": spec["cwd"], "env": env, "status_fd": status_write,
-                   "grace_s": spec.get("grace_s", 2.0)}
+                   "lifeline_fd": lifeline_read, "grace_s": spec.get("grace_s", 2.0)}
     started = time.monotonic()
     try:
-        keeper = subprocess.Popen(
-            [sys.executable, "-c", KEEPER_SOURCE, json.dumps(keeper_spec), str(os.getpid())],
-            stdin=subprocess.DEVNULL, stdout=out_write, stderr=out_write, pass_fds=(status_write,),
+        subprocess.run(
+            [sys.executable, "-c", KEEPER_SOURCE, json.dumps(keeper_spec)],
+            stdin=subprocess.DEVNULL, stdout=out_write, stderr=out_write, pass_fds=(status_write, lifeline_read),
+            check=True,
         )
     finally:
         os.close(out_write)
         os.close(status_write)
-    yield {"event": "started", "node": node, "ip": ip, "pid": keeper.pid}
+        os.close(lifeline_read)
+    status = _StatusPipe(status_read)
+    keeper = int(status.first()["pid"])
+    yield {"event": "started", "node": node, "ip": ip, "pid": keeper}
     outcome = "exited"
     limit = spec.get("memory_limit_mb")
     deadline = None if spec.get("timeout_s") is None else started + float(spec["timeout_s"])
@@ -234,13 +280,13 @@ def run_attempt(spec: dict):
             now = time.monotonic()
             if outcome == "exited" and deadline is not None and now >= deadline:
                 outcome = "timeout"
-                keeper.send_signal(signal.SIGTERM)
+                _signal(keeper, signal.SIGTERM)
             if outcome == "exited" and limit is not None and now >= next_sample:
                 next_sample = now + SAMPLE_INTERVAL_S
-                peak = max(peak, _tree_rss(keeper.pid))
+                peak = max(peak, _tree_rss(keeper))
                 if peak > limit * 1024 * 1024:
                     outcome = "resource_limit"
-                    keeper.send_signal(signal.SIGTERM)
+                    _signal(keeper, signal.SIGTERM)
             waits = [SAMPLE_INTERVAL_S]
             if outcome == "exited" and deadline is not None:
                 waits.append(max(0.0, deadline - now))
@@ -251,13 +297,13 @@ def run_attempt(spec: dict):
             if not data:
                 break
             yield {"event": "output", "data": data}
-        keeper.wait()
-        report = json.loads(os.read(status_read, 64 * 1024) or b"{}")
+        report = status.rest()
     finally:
+        # Reached early only when this generator is closed (a cancel): the keeper sees the
+        # lifeline end with us and kills the tree.
         os.close(out_read)
-        os.close(status_read)
-        if keeper.poll() is None:
-            keeper.kill()
+        status.close()
+        os.close(lifeline_write)
     result = None
     if result_file and os.path.exists(result_file):
         with open(result_file, encoding="utf-8") as handle:
