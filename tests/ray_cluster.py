@@ -96,6 +96,8 @@ class RayCluster:
             ["--address", self.address, "--num-cpus", "2", "--resources", json.dumps({"nodeB": 100})],
             "node-b.log",
         )
+        # `ray start` says so once the node has registered with the head.
+        self._wait_for(lambda: "Ray runtime started" in self.log("node-b.log"), "the second node to join")
 
     def _wait_for(self, condition: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
