@@ -143,3 +143,27 @@ def test_task_resources_load_into_the_plan_and_bad_ones_are_named(tmp_path):
 def test_a_task_without_resources_keeps_the_plan_hash_it_had_before_resources_existed(tmp_path):
     plain = TaskSpec("w", "t", "shell", command="true")
     assert "resources" not in plain.to_json()
+
+
+def test_a_ray_adapter_without_ray_installed_is_refused_with_the_install_command(tmp_path, monkeypatch):
+    import importlib.util
+
+    from actors.runtime import AdapterUnavailable, _ray_bridge
+    from domain.routing import AdapterInfo
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    info = AdapterInfo("cluster", "ray", settings=(("address", "127.0.0.1:6379"),))
+    with pytest.raises(AdapterUnavailable, match=r"adapter 'cluster': type 'ray' needs Ray: pip install 'orchestrate\[ray\]'"):
+        _ray_bridge(info, tmp_path)
+
+
+def test_a_bad_ray_setting_stops_the_run_before_anything_starts(orchestrate, write_plan, tmp_path):
+    write(tmp_path, "router_config.json", {"adapters": [
+        {"name": "cluster", "type": "ray", "settings": {"address": "127.0.0.1:6379", "resources": {"num_gpus": "two"}}}]})
+    plan = write_plan({"id": "w", "tasks": [{"id": "t", "tool": "shell", "command": "true"}]})
+    result = orchestrate("run", str(plan))
+    assert result.code == 2, result.out + result.err
+    assert "router_config.json: $.adapters[0].settings.resources.num_gpus" in result.err
+    assert "Traceback" not in result.err
+    assert not (tmp_path / ".state" / "logs").exists() or not list((tmp_path / ".state" / "logs").glob("run-*"))
