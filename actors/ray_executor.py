@@ -116,6 +116,20 @@ class RayExecutorActor(ExecutorActor):
         flight.cancelled = True
         self.bridge.cancel(attempt_marker(flight.request)[1])
 
+    def on_stop(self) -> None:
+        self._abandon()
+
+    def on_failure(self, exception_type, exception_value, tb) -> None:  # noqa: ANN001 - pykka's signature
+        self._abandon()
+        super().on_failure(exception_type, exception_value, tb)
+
+    def _abandon(self) -> None:
+        """This incarnation ends: what it still runs on the cluster is cancelled there (its
+        attempts count as lost with it, and would otherwise run on unseen, next to a retry)."""
+        for flight in self.in_flight.values():
+            if flight.tool_result is None:
+                self.bridge.cancel(attempt_marker(flight.request)[1], "the executor stopped")
+
     def _returns_value(self, request: ExecuteTask) -> bool:
         return request.task.tool == "python"
 
