@@ -116,6 +116,9 @@ def test_a_mixed_plan_runs_on_both_nodes_with_output_results_and_nodes_in_the_le
         {"id": "loud", "tool": "shell", "command": "seq 1 2500000", "resources": on_b},
         {"id": "missing", "tool": "python", "callable": "no_such_module_h14b:run", "resources": on_a},
         {"id": "fails", "tool": "shell", "command": "echo broken >&2; exit 3", "resources": on_b},
+        # Past its memory limit on the node, its tree is killed there.
+        {"id": "hog", "tool": "shell", "memory_limit_mb": 100, "resources": on_a,
+         "command": "python -c \"x = b'a' * (300 * 1024 * 1024); import time; time.sleep(120)\""},
     ]}]})
 
     result = run(tmp_path, "run", str(plan))
@@ -124,10 +127,11 @@ def test_a_mixed_plan_runs_on_both_nodes_with_output_results_and_nodes_in_the_le
     tasks = shown(tmp_path, run_id_of(result.stdout))
     states = {key: task["state"] for key, task in tasks.items()}
     assert states == {"w/shell-a": "COMPLETED", "w/shell-b": "COMPLETED", "w/py-a": "COMPLETED",
-                      "w/py-b": "COMPLETED", "w/loud": "COMPLETED", "w/missing": "FAILED", "w/fails": "FAILED"}
+                      "w/py-b": "COMPLETED", "w/loud": "COMPLETED", "w/missing": "FAILED", "w/fails": "FAILED",
+                      "w/hog": "FAILED"}
     attempts = {key: task["attempt_history"][-1] for key, task in tasks.items()}
     nodes = {key: NODE.search(attempt["message"]).group(1) for key, attempt in attempts.items()}
-    assert nodes["w/shell-a"] == nodes["w/py-a"] == nodes["w/missing"]
+    assert nodes["w/shell-a"] == nodes["w/py-a"] == nodes["w/missing"] == nodes["w/hog"]
     assert nodes["w/shell-b"] == nodes["w/py-b"] == nodes["w/loud"] == nodes["w/fails"]
     assert nodes["w/shell-a"] != nodes["w/shell-b"], "tasks pinned to two nodes ran on one"
     assert all(attempt["adapter"] == "cluster" for attempt in attempts.values())
@@ -143,6 +147,8 @@ def test_a_mixed_plan_runs_on_both_nodes_with_output_results_and_nodes_in_the_le
     assert "ModuleNotFoundError: No module named 'no_such_module_h14b'" in attempts["w/missing"]["message"]
     assert attempts["w/fails"]["exit_code"] == 3
     assert attempts["w/fails"]["message"].startswith("exit code 3: broken")
+    assert attempts["w/hog"]["error_class"] == "resource_limit"
+    assert attempts["w/hog"]["message"].startswith("memory limit exceeded")
 
 
 def test_a_timed_out_and_a_cancelled_task_leave_no_process_on_their_node(cluster, tmp_path):
