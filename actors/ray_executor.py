@@ -48,8 +48,9 @@ class _RemoteTool:
 
 class RayExecutorActor(ExecutorActor):
     def __init__(self, name: str, directory: Directory, adapter_name: str, settings: RaySettings,
-                 bridge: RayBridge, reactor: ProcessReactor) -> None:
-        super().__init__(name, directory, adapter_name, _RemoteTool(), reactor)  # type: ignore[arg-type]
+                 bridge: RayBridge, reactor: ProcessReactor, results_dir: str, inline_limit: int) -> None:
+        super().__init__(name, directory, adapter_name, _RemoteTool(), reactor,  # type: ignore[arg-type]
+                         results_dir=results_dir, inline_limit=inline_limit)
         self.settings = settings
         self.bridge = bridge
         # Where each running attempt runs ("" until a node took it), and which were announced.
@@ -67,6 +68,9 @@ class RayExecutorActor(ExecutorActor):
     def _start(self, request: ExecuteTask) -> None:
         key = (request.run_id, request.task.key, request.attempt)
         try:
+            if request.inputs:
+                raise ValueError(f"task {request.task.key} takes results as inputs, which a ray adapter does not "
+                                 "pass to its node yet: route it to a local adapter")
             spec = remote_spec(request.task, attempt_markers(*key))
         except ValueError as error:
             self.directory.tell(SCHEDULER, attempt_started(request, self.adapter_name))
@@ -131,6 +135,10 @@ class RayExecutorActor(ExecutorActor):
                 self.bridge.cancel(attempt_marker(flight.request)[1], "the executor stopped")
 
     def _returns_value(self, request: ExecuteTask) -> bool:
+        return request.task.tool == "python"
+
+    def _has_result(self, request: ExecuteTask) -> bool:
+        # A shell task on a node gets no $ORCHESTRATE_OUTPUT: only a callable's return comes back.
         return request.task.tool == "python"
 
     def _finish(self, key: Key, flight: _InFlight, verdict: Verdict, gate_output: str = "") -> None:

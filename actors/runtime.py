@@ -331,7 +331,9 @@ class Runtime:
             from adapters.ray_tasks import RaySettings
 
             bridge, settings = self._ray_bridges[name], RaySettings.of(info)
-            return lambda: RayExecutorActor.start(executor_name(name), directory, name, settings, bridge, self.reactor)
+            results_dir, limit = str(self.state_dir.resolve() / "results"), self.options.result_inline_limit
+            return lambda: RayExecutorActor.start(executor_name(name), directory, name, settings, bridge, self.reactor,
+                                                  results_dir, limit)
         adapter = self._tool_adapters[name]
         results_dir, limit = str(self.state_dir.resolve() / "results"), self.options.result_inline_limit
         return lambda: ExecutorActor.start(executor_name(name), directory, name, adapter, self.reactor, self.pool,
