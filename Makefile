@@ -25,7 +25,9 @@ bytecode: $(BIN)/orchestrate
 quickstart: install
 	cd examples/quickstart && ../../$(BIN)/orchestrate run plan
 
+# The ray extra too: the Ray adapter's tests start a real two-node cluster.
 test: install browser
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,ui,ray]'
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The dashboard and report tests drive Debian's Chromium (Playwright never downloads a browser

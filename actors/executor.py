@@ -78,6 +78,7 @@ class _InFlight:
     pooled: bool = False  # a python worker runs the tool's callable
     cancelled: bool = False
     cache_key: str = ""  # its key, with files_in as they were when it started
+    announced: bool = False  # the Scheduler heard AttemptStarted (executors that announce late)
 
 
 def _tail(path: str, limit: int = GATE_OUTPUT_LIMIT) -> str:
@@ -147,13 +148,19 @@ class ExecutorActor(SupervisedActor):
             self.reactor.cancel_marked(attempt_marker(flight.request))
 
     # -- the tool --------------------------------------------------------------------------
-    def _start(self, request: ExecuteTask) -> None:
-        key = (request.run_id, request.task.key, request.attempt)
-        flight = self.in_flight[key] = _InFlight(request=request, started=time.monotonic())
+    def _track(self, request: ExecuteTask) -> _InFlight:
+        """Start keeping ``request``'s attempt in flight (its clock starts now)."""
+        flight = self.in_flight[(request.run_id, request.task.key, request.attempt)] = _InFlight(
+            request=request, started=time.monotonic())
         if request.cache_basis:
             # What it reads, as it starts: hashed later, the key could vouch for content it never saw.
             hashes, _ = hash_files(request.task.cwd or ".", request.task.files_in)
             flight.cache_key = cache_key(request.cache_basis, hashes)
+        return flight
+
+    def _start(self, request: ExecuteTask) -> None:
+        key = (request.run_id, request.task.key, request.attempt)
+        flight = self._track(request)
         directory, adapter = self.directory, self.adapter_name
 
         def started(pid: int, create_time: float) -> None:
@@ -217,7 +224,7 @@ class ExecutorActor(SupervisedActor):
         cwd = flight.request.task.cwd or "."
         log_path = flight.request.log_path
         if result.succeeded:
-            if self._returns_values and not callable_returned(log_path):
+            if self._returns_value(flight.request) and not callable_returned(log_path):
                 return Verdict(TaskState.FAILED, ErrorClass.COMMAND_FAILED, NOT_RETURNED)
             return None
         return tool_verdict(result, cwd_exists=os.path.isdir(cwd), last_line=_last_line(log_path),
@@ -248,9 +255,9 @@ class ExecutorActor(SupervisedActor):
         self.in_flight.pop(key, None)
         request = flight.request
         result, outputs = ResultRef(), ""
-        if self._has_results and verdict.state is not TaskState.CANCELLED:
+        if self._has_result(request) and verdict.state is not TaskState.CANCELLED:
             collected = collect(request.log_path, os.path.join(self.results_dir, request.run_id), request.task.key,
-                                request.attempt, self.inline_limit, validate=not self._returns_values)
+                                request.attempt, self.inline_limit, validate=not self._returns_value(request))
             result = collected.ref
             if collected.error and verdict.state is TaskState.COMPLETED:
                 verdict = Verdict(TaskState.FAILED, ErrorClass.COMMAND_FAILED,
@@ -263,6 +270,14 @@ class ExecutorActor(SupervisedActor):
                              result_json=result.text, result_file=result.path, outputs_json=outputs,
                              cache_key=flight.cache_key if verdict.state is TaskState.COMPLETED else ""),
         )
+
+    def _returns_value(self, request: ExecuteTask) -> bool:
+        """Whether ``request``'s tool is a callable, whose return value (or its absence) counts."""
+        return self._returns_values
+
+    def _has_result(self, request: ExecuteTask) -> bool:
+        """Whether ``request``'s tool may leave a result beside its log (see adapters.results)."""
+        return self._has_results
 
     @staticmethod
     def _outputs(request: ExecuteTask) -> tuple[Verdict, str]:

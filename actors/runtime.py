@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pykka
 import structlog
@@ -50,6 +51,9 @@ from adapters.leftovers import kill_leftovers
 from adapters.pool import WorkerPool
 from adapters.process import ProcessReactor, kill_descendants
 from adapters.tools import BUILTIN_ADAPTERS, ToolAdapter
+
+if TYPE_CHECKING:
+    from adapters.ray_client import RayBridge
 from control import SOCKET_FILE  # noqa: F401 - where callers have always found it
 from domain.errors import ErrorClass
 from domain.cache import CacheHit
@@ -75,6 +79,8 @@ ASK_TIMEOUT_S = 30.0
 INTERRUPT_ASK_TIMEOUT_S = 5.0
 # Coding agents: run by the agent executor (fix rounds, "did it do anything" verdicts).
 AGENT_TYPES = frozenset({"aider", "agent"})
+# Executors with no local tool adapter: a person, or a Ray cluster.
+_NO_TOOL_ADAPTER = frozenset({"human", "ray"}) | AGENT_TYPES
 LOCK_FILE = "runtime.lock"
 STATE_ID_FILE = "state.id"
 STALL_LIMIT_ENV = "ORCHESTRATE_DB_STALL_LIMIT_S"
@@ -177,6 +183,21 @@ class RuntimeOptions:
     lease_ttl_s: float = field(default_factory=lease_ttl_from_env)
 
 
+def _ray_bridge(info: AdapterInfo, state_dir: Path) -> RayBridge:
+    """The Ray bridge of a ``ray`` adapter; refused (:class:`AdapterUnavailable`) without Ray
+    installed. Ray itself is never imported here: only the bridge process does."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise AdapterUnavailable(f"adapter {info.name!r}: type 'ray' needs Ray: pip install 'orchestrate[ray]'")
+    from adapters.ray_client import RayBridge
+    from adapters.ray_tasks import RaySettings
+
+    settings = RaySettings.of(info)
+    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    return RayBridge(settings.address, dict(settings.runtime_env), str(state_dir / "logs" / f"ray-{info.name}.log"))
+
+
 def build_adapter(info: AdapterInfo) -> ToolAdapter:
     """The process adapter for a configured adapter (``human`` is an actor of its own)."""
     if info.type == "custom":
@@ -258,8 +279,11 @@ class Runtime:
         self._tool_adapters = {
             name: build_adapter(info)
             for name, info in self.adapters.items()
-            if info.type != "human" and info.type not in AGENT_TYPES
+            if info.type not in _NO_TOOL_ADAPTER
         }
+        # One Ray driver process per ray adapter, started with its first task (see adapters/ray_client.py).
+        self._ray_bridges = {name: _ray_bridge(info, self.state_dir)
+                             for name, info in self.adapters.items() if info.type == "ray"}
         self._events: queue.SimpleQueue[tuple[RunProgress, ...] | None] = queue.SimpleQueue()
         self.status = StatusView()
         self._listeners: list[Callable[[RunProgress], None]] = []
@@ -356,6 +380,14 @@ class Runtime:
             from actors.agent_executor import AgentExecutorActor
 
             return lambda: AgentExecutorActor.start(executor_name(name), directory, info, self.reactor)
+        if info.type == "ray":
+            from actors.ray_executor import RayExecutorActor
+            from adapters.ray_tasks import RaySettings
+
+            bridge, settings = self._ray_bridges[name], RaySettings.of(info)
+            results_dir, limit = str(self.state_dir.resolve() / "results"), self.options.result_inline_limit
+            return lambda: RayExecutorActor.start(executor_name(name), directory, name, settings, bridge, self.reactor,
+                                                  results_dir, limit)
         adapter = self._tool_adapters[name]
         results_dir, limit = str(self.state_dir.resolve() / "results"), self.options.result_inline_limit
         return lambda: ExecutorActor.start(executor_name(name), directory, name, adapter, self.reactor, self.pool,
@@ -436,6 +468,7 @@ class Runtime:
         except Exception:
             log.exception("final_flush_failed")
         self.pool.stop()
+        self._stop_ray_bridges()
         self.reactor.stop(kill=True)
         self.timers.stop()
         if self._supervisor is not None:
@@ -457,6 +490,7 @@ class Runtime:
         except (PeerUnavailable, pykka.ActorDeadError, pykka.Timeout):
             log.warning("drain_before_interrupt_failed")
         self.pool.stop(report=False)
+        self._stop_ray_bridges()
         self.reactor.stop(kill=True, report=False)
         if self._supervisor is not None:
             self._supervisor.stop()  # no restarts of what is stopped next
@@ -485,6 +519,11 @@ class Runtime:
             log.exception("recording_interrupted_attempts_failed")
             return []
         return running
+
+    def _stop_ray_bridges(self) -> None:
+        """Each bridge cancels what it runs on its cluster (the nodes kill the process trees)."""
+        for bridge in self._ray_bridges.values():
+            bridge.stop()
 
     def _stop_actor(self, name: str) -> None:
         try:

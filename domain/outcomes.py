@@ -26,6 +26,9 @@ class ProcessOutcome(StrEnum):
     RESOURCE_LIMIT = "resource_limit"
     CANCELLED = "cancelled"
     SPAWN_ERROR = "spawn_error"
+    # Where it ran was lost: a Ray cluster that could not be reached, a node or worker that died
+    # under it. Nothing is known of the command's own fate; the tool (the cluster) failed.
+    LOST = "lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +36,9 @@ class ProcessResult:
     """How a process ended.
 
     ``outcome``: ``EXITED`` (on its own; see ``exit_code``/``signal``), ``TIMEOUT``,
-    ``RESOURCE_LIMIT``, ``CANCELLED`` (all three: the tree was killed by us) or ``SPAWN_ERROR``
-    (never started: ``pid`` is -1 and ``error`` says why). Otherwise exactly one of
+    ``RESOURCE_LIMIT``, ``CANCELLED`` (all three: the tree was killed by us), ``SPAWN_ERROR``
+    (never started: ``pid`` is -1 and ``error`` says why) or ``LOST`` (the cluster or node running
+    it went away; ``error`` says how). Otherwise exactly one of
     ``exit_code`` and ``signal`` is set (both None only if something else reaped the child).
     """
 
@@ -67,6 +71,8 @@ def describe_outcome(result: ProcessResult) -> str:
         return f"memory limit exceeded (peak RSS {result.max_rss_bytes // (1024 * 1024)} MiB; process tree killed)"
     if result.outcome is ProcessOutcome.CANCELLED:
         return "cancelled (process tree killed)"
+    if result.outcome is ProcessOutcome.LOST:
+        return f"lost: {result.error}"
     if result.signal is not None:
         return f"killed by signal {result.signal}"
     return f"exit code {result.exit_code}"
@@ -120,7 +126,8 @@ def tool_verdict(result: ProcessResult, cwd_exists: bool = True, last_line: str 
     A process that could not start is bad input when its working directory is missing (the
     plan's fault, never retried) and a tool failure otherwise (executable missing, no memory,
     too many processes). A non-zero exit or a signal the process did not get from us is the
-    command's own failure. ``last_line`` (what the tool printed last) is added to the message.
+    command's own failure. A process whose cluster or node was lost (``LOST``) is a tool
+    failure. ``last_line`` (what the tool printed last) is added to the message.
     ``full_disk`` names the full filesystem the tool's output went to, when it is full: then
     that is why it failed (a resource limit, retried like one).
     """
@@ -135,6 +142,10 @@ def tool_verdict(result: ProcessResult, cwd_exists: bool = True, last_line: str 
         return Verdict(TaskState.FAILED, ErrorClass.RESOURCE_LIMIT, said)
     if outcome is ProcessOutcome.CANCELLED:
         return Verdict(TaskState.CANCELLED, ErrorClass.CANCELLED, detail)
+    if outcome is ProcessOutcome.LOST:
+        # The cluster, not the command: evidence against the adapter, so its circuit can open
+        # and work falls back; retried like any tool failure.
+        return Verdict(TaskState.FAILED, ErrorClass.TOOL_ERROR, detail)
     if full_disk:
         return Verdict(TaskState.FAILED, ErrorClass.RESOURCE_LIMIT,
                        f"{detail}: its output could not be written: no space left on {full_disk}")

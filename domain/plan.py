@@ -92,6 +92,31 @@ class AcceptanceCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class Resources:
+    """What a task asks of the machine that runs it (honoured by the ``ray`` adapter, which maps
+    it onto Ray's ``num_cpus``, ``memory``, ``num_gpus`` and custom ``resources``; local
+    adapters run a task where they are). None: not asked, the adapter's default applies."""
+
+    num_cpus: float | None = None
+    memory_mb: float | None = None
+    num_gpus: float | None = None
+    custom: tuple[tuple[str, float], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        fields = {"num_cpus": self.num_cpus, "memory_mb": self.memory_mb, "num_gpus": self.num_gpus}
+        return {**{k: v for k, v in fields.items() if v is not None},
+                **({"custom": dict(self.custom)} if self.custom else {})}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Resources:
+        def number(key: str) -> float | None:
+            return None if data.get(key) is None else float(data[key])
+
+        return cls(number("num_cpus"), number("memory_mb"), number("num_gpus"),
+                   tuple(sorted((str(k), float(v)) for k, v in (data.get("custom") or {}).items())))
+
+
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
     """One step of a workstream, as written by the user, with dependencies made run-wide.
 
@@ -135,6 +160,7 @@ class TaskSpec:
     files_in: tuple[str, ...] = ()
     files_out: tuple[str, ...] = ()
     cache: bool | None = None
+    resources: Resources | None = None
 
     @property
     def key(self) -> str:
@@ -173,6 +199,7 @@ class TaskSpec:
             **({"files_in": list(self.files_in)} if self.files_in else {}),
             **({"files_out": list(self.files_out)} if self.files_out else {}),
             **({"cache": self.cache} if self.cache is not None else {}),
+            **({"resources": self.resources.to_json()} if self.resources is not None else {}),
         }
 
     @classmethod
@@ -208,6 +235,7 @@ class TaskSpec:
             files_in=tuple(data.get("files_in") or ()),
             files_out=tuple(data.get("files_out") or ()),
             cache=data.get("cache"),
+            resources=None if data.get("resources") is None else Resources.from_json(data["resources"]),
         )
 
 

@@ -24,6 +24,11 @@ from domain.plan import INTEGRATION_TOOL, TaskSpec
 INTEGRATOR = "workspace"
 
 
+# Adapter types that serve other tools than their own name by default: a Ray cluster runs
+# shell and python tasks (there are no "ray" tasks).
+_DEFAULT_TOOLS = {"ray": ("shell", "python")}
+
+
 class Strategy(StrEnum):
     FIXED = "fixed"
     ROUND_ROBIN = "round_robin"
@@ -46,7 +51,9 @@ class AdapterInfo:
 
     @property
     def serves(self) -> tuple[str, ...]:
-        return self.tools if self.tools is not None else (self.type,)
+        if self.tools is not None:
+            return self.tools
+        return _DEFAULT_TOOLS.get(self.type, (self.type,))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,3 +19,14 @@ class ProcessExited(Message):
     phase: str
     result: ProcessResult
     check_index: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStarted(Message):
+    """A Ray node began running the attempt: ``node`` is Ray's node id, ``ip`` its address."""
+
+    run_id: str
+    task_key: str
+    attempt: int
+    node: str
+    ip: str

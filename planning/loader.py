@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from planning.checks import WorkstreamSource, graph_issues, qualify
 from planning.errors import PlanError, PlanIssue
-from domain.plan import with_integration_steps, AcceptanceCheck, Plan, TaskSpec, Workstream
+from domain.plan import with_integration_steps, AcceptanceCheck, Plan, Resources, TaskSpec, Workstream
 from planning.schemas import describe_value, json_path, schema_issues
 
 if TYPE_CHECKING:
@@ -262,6 +262,7 @@ def _task(
         files_in=tuple(data.get("files_in", ())),
         files_out=tuple(data.get("files_out", ())),
         cache=data.get("cache"),
+        resources=Resources.from_json(data["resources"]) if "resources" in data else None,
     )
 
 
