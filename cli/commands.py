@@ -130,6 +130,8 @@ def _runtime(args: argparse.Namespace, store: Store, state_dir: Path, router: Ro
         except BaseException:
             runtime.stop()
             raise
+    if getattr(args, "metrics", None):
+        _serve_metrics(runtime, args.metrics)
     return runtime
 
 
@@ -145,6 +147,23 @@ def _bind_dashboard(args: argparse.Namespace):
 def _close_socket(dashboard) -> None:
     if dashboard is not None:
         dashboard[1].close()
+
+
+def _serve_metrics(runtime: Runtime, address: str) -> None:
+    """Serve the runtime's metrics until it stops; a bad or busy address stops it (exit 2)."""
+    from monitoring.exposition import MetricsAddressInvalid, parse_address
+    from monitoring.live import serve_metrics
+
+    try:
+        host, port = parse_address(address)
+        server = serve_metrics(runtime, host, port)
+    except (MetricsAddressInvalid, OSError) as error:
+        runtime.stop()
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise CliError(f"cannot serve metrics on {address}: {reason}; choose another --metrics [HOST:]PORT",
+                       EXIT_USAGE) from None
+    runtime.close_with(server.stop)
+    print(f"orchestrate: metrics at {server.url}", flush=True)
 
 
 def _force_stop(runtime: Runtime, signum: int) -> None:
