@@ -56,7 +56,8 @@ class CappedLog:
             return
         grew, self._seen = max(0, size - self._seen), size
         if size > self.cap:
-            self._trim(RUNNING_TAIL_BYTES)
+            # Room to grow before the next trim: a short tail only.
+            self._trim(min(RUNNING_TAIL_BYTES, (self.cap - self.head - _MARKER_ROOM) // 4))
         # Look again before it can grow by another half cap at the rate it just grew.
         interval = SLOWEST_CHECK_S if not grew else SLOWEST_CHECK_S * (self.cap / 2) / grew
         self.next_check = now + min(SLOWEST_CHECK_S, max(FASTEST_CHECK_S, interval))

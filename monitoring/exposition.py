@@ -132,18 +132,22 @@ def parse_address(text: str) -> tuple[str, int]:
     """``"9100"`` -> (127.0.0.1, 9100); ``"0.0.0.0:9100"``, ``"[::1]:9100"`` as given."""
     host, sep, port_text = text.rpartition(":")
     host = host.strip("[]") if sep else DEFAULT_HOST
+
+    def refuse(why: str) -> MetricsAddressInvalid:
+        return MetricsAddressInvalid(f"--metrics {text!r}: {why}; expected PORT or HOST:PORT with HOST an IP "
+                                     "address, e.g. 9464 or 127.0.0.1:9464")
+
     try:
         port = int(port_text)
     except ValueError:
-        raise MetricsAddressInvalid(f"--metrics {text!r}: expected PORT or HOST:PORT, e.g. 9464 or "
-                                    "127.0.0.1:9464") from None
+        raise refuse("no port number") from None
     if not 0 <= port <= 65535:
-        raise MetricsAddressInvalid(f"--metrics {text!r}: port {port} is not between 0 and 65535")
+        raise refuse(f"port {port} is not between 0 and 65535")
     if host != "localhost":
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            raise MetricsAddressInvalid(f"--metrics {text!r}: {host!r} is not an IP address") from None
+            raise refuse(f"{host!r} is not an IP address") from None
     return host, port
 
 

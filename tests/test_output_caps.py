@@ -1,0 +1,111 @@
+"""Task output logs are capped: a task printing hundreds of megabytes leaves a log of at most the
+cap, holding its first and last bytes and a line saying how much was dropped; the task's result
+is what it would have been (the child never blocks on us: it writes straight to the file)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from adapters.logcap import CappedLog
+from tests.conftest import ledger
+
+MIB = 1024 * 1024
+MARKER = re.compile(rb"\n\[orchestrate: output over the (\d+)-byte log cap; (\d+) bytes dropped here")
+
+
+def dropped_and_kept(log: bytes) -> tuple[int, int]:
+    """What the marker says was dropped, and how many bytes of output the log still holds."""
+    found = MARKER.search(log)
+    assert found, "no truncation marker in the log"
+    marker_end = log.index(b"\n", found.end()) + 1
+    return int(found.group(2)), len(log) - (marker_end - found.start())
+
+
+def test_a_task_printing_200_mb_leaves_a_capped_log_that_says_so_and_its_result_stands(tmp_path, orchestrate):
+    total = 200_000_000
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"id": "w", "tasks": [
+        {"id": "flood", "tool": "shell", "command": f"echo FIRST; yes | head -c {total}; echo; echo LAST; exit 3"},
+        {"id": "quiet", "tool": "shell", "command": "echo small"}]}))
+    result = orchestrate("run", str(plan), timeout=300)
+    assert result.code == 1, result.out + result.err
+    assert "✗ w/flood: exit code 3: LAST" in result.out  # the failure summary still reads the tail
+    states = dict(ledger(tmp_path).execute("select task_key, state from tasks").fetchall())
+    assert states == {"w/flood": "FAILED", "w/quiet": "COMPLETED"}
+    log_path = ledger(tmp_path).execute("select log_path from step_attempts where step_name = 'w/flood'").fetchone()[0]
+    log = open(log_path, "rb").read()
+    assert len(log) <= 10 * MIB  # the default cap
+    assert log.startswith(b"FIRST\ny\ny\n") and log.endswith(b"y\n\nLAST\n")
+    dropped, kept = dropped_and_kept(log)
+    written = len(b"FIRST\n") + total + len(b"\nLAST\n")
+    # Bytes the task wrote while a trim was under way may be cut too; never more than it wrote.
+    assert written - MIB <= dropped + kept <= written
+    assert open(log_path.replace("flood.log", "quiet.log"), "rb").read() == b"small\n"
+
+
+def test_a_python_task_in_a_warm_worker_is_capped_too(tmp_path, orchestrate):
+    (tmp_path / "noisy.py").write_text(
+        "import sys\n"
+        "def shout():\n"
+        "    print('FIRST')\n"
+        "    for _ in range(24):\n"
+        "        sys.stdout.write('z' * 999_999 + '\\n')\n"
+        "    print('LAST')\n"
+        "    return 42\n")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"id": "p", "tasks": [{"id": "shout", "tool": "python", "callable": "noisy:shout"}]}))
+    result = orchestrate("run", str(plan), env={"ORCHESTRATE_TASK_LOG_MAX_MB": "2"}, timeout=300)
+    assert result.code == 0, result.out + result.err
+    log_path, returned = ledger(tmp_path).execute("select log_path, result_json from step_attempts").fetchone()
+    assert json.loads(returned) == 42
+    log = open(log_path, "rb").read()
+    # The worker notes the return value last.
+    assert len(log) <= 2 * MIB and log.startswith(b"FIRST\n") and log.endswith(b"LAST\nresult: 42\n")
+    dropped, kept = dropped_and_kept(log)
+    written = len("FIRST\n") + 24 * 1_000_000 + len("LAST\nresult: 42\n")
+    assert written - MIB <= dropped + kept <= written
+
+
+def test_a_log_under_the_cap_is_left_alone(tmp_path):
+    path = tmp_path / "task.log"
+    path.write_bytes(b"x" * 1000)
+    cap = CappedLog(str(path), 4096, now=time.monotonic())
+    cap.check(time.monotonic())
+    cap.finish()
+    assert path.read_bytes() == b"x" * 1000
+
+
+def test_trims_keep_the_head_count_every_dropped_byte_and_end_with_the_tail(tmp_path):
+    path = tmp_path / "task.log"
+    cap = CappedLog(str(path), 4096, now=0.0)
+    written = b""
+    with open(path, "ab") as child:  # the task's own descriptor, as posix_spawn gives it
+        for n in range(50):
+            chunk = (f"line {n} " + "." * 300 + "\n").encode()
+            child.write(chunk)
+            child.flush()
+            written += chunk
+            cap.check(float(n))
+            assert path.stat().st_size <= 4096 + len(chunk)
+    cap.finish()
+    log = path.read_bytes()
+    assert len(log) <= 4096
+    assert log.startswith(written[:2048])
+    dropped, kept = dropped_and_kept(log)
+    assert dropped + kept == len(written)  # no concurrent writer: exact
+    assert log.endswith(written[-(kept - 2048):])
+
+
+def test_a_fast_growing_log_is_looked_at_sooner(tmp_path):
+    path = tmp_path / "task.log"
+    cap = CappedLog(str(path), 1 * MIB, now=0.0)
+    path.write_bytes(b"a" * 10)
+    cap.check(0.0)
+    slow = cap.next_check
+    with open(path, "ab") as child:
+        child.write(b"b" * (4 * MIB))
+    cap.check(1.0)
+    assert cap.next_check - 1.0 < slow - 0.0
+    assert path.stat().st_size <= 1 * MIB
