@@ -26,6 +26,7 @@ from domain.leases import RunLeaseHeld
 from domain.run_core import ControlRefused, RunNotActive
 from domain.states import UNSUCCESSFUL_TASK_STATES
 from messages import RunProgress
+from monitoring.observer import LedgerObserver
 from messages.control import (
     Approval,
     CancelWork,
@@ -50,6 +51,7 @@ class ControlledRuntime(Protocol):
     store: Store
     status: StatusView
     directory: Directory
+    observer: LedgerObserver  # told of plans refused (metrics, request_builder.jsonl)
     options: Any  # RuntimeOptions: its router and concurrency
 
     def add_listener(self, listener: Callable[[RunProgress], None]) -> Callable[[], None]: ...
@@ -162,6 +164,7 @@ class RuntimeControl:
         try:
             plan = load_plan(args["plan"], self.runtime.options.router.served_tools())
         except PlanError as error:
+            self.runtime.observer.plan_refused(args["plan"], str(error))
             raise ControlError("bad_plan", str(error)) from None
         concurrency = args.get("concurrency", self.runtime.options.concurrency)
         try:

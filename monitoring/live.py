@@ -6,11 +6,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
-from actors.status_view import StatusView
 from domain.states import TaskState
 from monitoring.exposition import MetricsServer, MetricsView, registry_of
 from monitoring.observer import LedgerObserver
@@ -18,9 +18,15 @@ from monitoring.observer import LedgerObserver
 _RUNNING = (TaskState.IN_PROGRESS.value, TaskState.VALIDATING.value, TaskState.AWAITING_APPROVAL.value)
 
 
+class StateTotals(Protocol):
+    def state_totals(self) -> Counter[str]: ...
+
+
 class ObservedRuntime(Protocol):
+    """What the metrics read of a runtime (``actors.runtime.Runtime`` is one)."""
+
     observer: LedgerObserver
-    status: StatusView
+    status: StateTotals  # actors.status_view.StatusView
 
 
 def live_view(runtime: ObservedRuntime) -> MetricsView:

@@ -258,3 +258,32 @@ def test_a_busy_metrics_port_is_refused_with_exit_2_and_nothing_runs(tmp_path, o
     bad = orchestrate("run", str(plan), "--metrics", "nine")
     assert bad.code == 2 and "expected PORT or HOST:PORT" in bad.err
     assert not Path(tmp_path / "ran").exists()
+
+
+def test_serve_counts_plans_it_refuses_and_runs_it_creates(tmp_path, orchestrate):
+    process = subprocess.Popen([sys.executable, str(ORCHESTRATE), "serve", "--metrics", "0"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("orchestrate: metrics at http://127.0.0.1:"), line + process.stderr.read()
+        url = line.split(" at ", 1)[1].strip()
+        wait_until(lambda: (tmp_path / ".state" / "orchestrate.sock").exists(), what="the socket")
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"id": "w", "tasks": [{"id": "t", "tool": "shell"}]}))  # no command
+        refused = wait_until(lambda: (r := orchestrate("submit", str(bad))).code != 3 and r, what="an answer")
+        assert refused.code == 2
+        good = tmp_path / "good.json"
+        good.write_text(json.dumps({"id": "w", "tasks": [{"id": "t", "tool": "shell", "command": "true"}]}))
+        assert orchestrate("submit", str(good)).code == 0
+        metrics = wait_until(lambda: (m := scrape(url)) and value(m["tasks_executed"]) == 1 and m, what="the run")
+        assert value(metrics["validation_errors"]) == 1
+        assert value(metrics["requests_created"]) == 1 and value(metrics["requests_validated"]) == 1
+        assert orchestrate("shutdown").code == 0
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    refusals = [json.loads(line) for line in (tmp_path / ".state" / "logs" / "request_builder.jsonl").read_text()
+                .splitlines()]
+    assert [r["plan"] for r in refusals if r["event"] == "plan_refused"] == [str(bad)]
