@@ -26,7 +26,6 @@ from domain.leases import RunLeaseHeld
 from domain.run_core import ControlRefused, RunNotActive
 from domain.states import UNSUCCESSFUL_TASK_STATES
 from messages import RunProgress
-from monitoring.observer import LedgerObserver
 from messages.control import (
     Approval,
     CancelWork,
@@ -37,6 +36,7 @@ from messages.control import (
     RetryTask,
     StatusQuery,
 )
+from monitoring.observer import LedgerObserver
 from persistence.store import Store, WriteStalled
 from planning.errors import PlanError
 from planning.loader import load_plan

@@ -14,6 +14,7 @@ failure summary, which reads a log's last lines, still finds them.
 
 from __future__ import annotations
 
+import math
 import os
 
 CAP_ENV = "ORCHESTRATE_TASK_LOG_MAX_MB"
@@ -26,10 +27,20 @@ RUNNING_TAIL_BYTES = 64 * 1024
 _MARKER_ROOM = 256
 
 
+class LogCapInvalid(ValueError):
+    """``ORCHESTRATE_TASK_LOG_MAX_MB`` is not a number."""
+
+
 def cap_from_env() -> int | None:
-    """``ORCHESTRATE_TASK_LOG_MAX_MB`` in MiB (0: no cap), else 10 MiB."""
-    text = os.environ.get(CAP_ENV)
-    megabytes = DEFAULT_CAP_MB if not text else float(text)
+    """``ORCHESTRATE_TASK_LOG_MAX_MB`` in MiB (0: no cap), else 10 MiB. Raises
+    :class:`LogCapInvalid` for a value that is not a finite number."""
+    text = os.environ.get(CAP_ENV, "").strip()
+    try:
+        megabytes = DEFAULT_CAP_MB if not text else float(text)
+    except ValueError:
+        megabytes = math.nan
+    if not math.isfinite(megabytes):
+        raise LogCapInvalid(f"{CAP_ENV}={text!r}: expected a number of MiB, e.g. 10 (0: no cap)")
     return None if megabytes <= 0 else max(int(megabytes * 1024 * 1024), 4 * _MARKER_ROOM)
 
 

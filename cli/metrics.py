@@ -14,13 +14,13 @@ from pathlib import Path
 
 from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli.reading import open_ledger
-from domain.metrics import CIRCUIT_VALUES, tally_from_records
+from domain.metrics import AGENT_USAGE, CIRCUIT_VALUES, tally_from_records
 from monitoring.exposition import MetricsView, exposition_text, registry_of
 from persistence.reader import StateReader
 
 # Events of no run that still describe a run's time: circuits and restarts are the runtime's.
 _RUNTIME_EVENTS = (*CIRCUIT_VALUES, "ACTOR_RESTARTED")
-_RUN_EVENTS = (*_RUNTIME_EVENTS, "RUN_CREATED", "EXECUTION_REQUEST_VALIDATED")
+_RUN_EVENTS = (*_RUNTIME_EVENTS, "RUN_CREATED", "EXECUTION_REQUEST_VALIDATED", AGENT_USAGE)
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:

@@ -33,6 +33,11 @@ FINISHED_STATUSES = frozenset({"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED"})
 CIRCUIT_VALUES = {"CIRCUIT_CLOSED": 0, "CIRCUIT_HALF_OPEN": 1, "CIRCUIT_OPEN": 2}
 # Recorded by the runtime when a live plan submission is refused (no run is made of it).
 VALIDATION_FAILED = "VALIDATION_FAILED"
+# The hook for coding agents' usage: an event of this type with payload {"adapter",
+# "tokens_in", "tokens_out", "cost_usd"} (each optional but the adapter), recorded by whoever
+# learns it from an agent's result, feeds agent_tokens_total and agent_cost_usd_total, live and
+# from the ledger alike.
+AGENT_USAGE = "AGENT_USAGE"
 
 FAMILIES: Mapping[str, str] = {
     "requests_created_total": "Execution requests that created a run (RUN_CREATED).",
@@ -160,12 +165,15 @@ class MetricsTally:
             self.circuits[str(payload["adapter"])] = CIRCUIT_VALUES[event_type]
         elif event_type == "ACTOR_RESTARTED" and payload.get("actor"):
             self.actor_restarts[str(payload["actor"])] += 1
+        elif event_type == AGENT_USAGE and payload.get("adapter"):
+            self.agent_usage(str(payload["adapter"]), int(payload.get("tokens_in") or 0),
+                             int(payload.get("tokens_out") or 0), float(payload.get("cost_usd") or 0.0))
 
     def commit_took(self, seconds: float) -> None:
         self.db_writes.observe(seconds)
 
     def agent_usage(self, adapter: str, tokens_in: int = 0, tokens_out: int = 0, cost_usd: float = 0.0) -> None:
-        """What a coding agent says a turn cost (issue 16 reports it; nothing calls this yet)."""
+        """What a coding agent says a turn cost (see :data:`AGENT_USAGE`)."""
         self.agent_tokens[(adapter, "in")] += tokens_in
         self.agent_tokens[(adapter, "out")] += tokens_out
         self.agent_cost_usd[adapter] += cost_usd

@@ -10,6 +10,7 @@ Every stream of the state directory's ``logs/`` (``runtime.jsonl``, ``executor.j
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -22,9 +23,21 @@ DEFAULT_STREAM_MAX_MB = 20.0
 STREAM_BACKUPS = 2
 
 
+class StreamCapInvalid(ValueError):
+    """``ORCHESTRATE_LOG_STREAM_MAX_MB`` is not a positive number."""
+
+
 def stream_max_bytes() -> int:
-    """``ORCHESTRATE_LOG_STREAM_MAX_MB`` (MiB) if set, else 20 MiB."""
-    return int(float(os.environ.get(STREAM_MAX_MB_ENV) or DEFAULT_STREAM_MAX_MB) * 1024 * 1024)
+    """``ORCHESTRATE_LOG_STREAM_MAX_MB`` (MiB) if set, else 20 MiB. Raises
+    :class:`StreamCapInvalid` for a value that is not a positive number."""
+    text = os.environ.get(STREAM_MAX_MB_ENV, "").strip()
+    try:
+        megabytes = float(text) if text else DEFAULT_STREAM_MAX_MB
+    except ValueError:
+        megabytes = math.nan
+    if not math.isfinite(megabytes) or megabytes <= 0:
+        raise StreamCapInvalid(f"{STREAM_MAX_MB_ENV}={text!r}: expected a number of MiB above 0, e.g. 20")
+    return max(int(megabytes * 1024 * 1024), 4096)
 
 
 class SafeLogFile:

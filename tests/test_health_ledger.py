@@ -159,3 +159,8 @@ def test_a_live_runtime_whose_every_needed_circuit_is_open_is_unhealthy(tmp_path
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+    # The outage is in the resilience stream: the failures' signature, the retries, the circuit.
+    seen = [json.loads(line) for line in (tmp_path / ".state" / "logs" / "resilience.jsonl").read_text().splitlines()]
+    events = {line["event"] for line in seen}
+    assert {"error_counted", "retry_scheduled", "circuit_open"} <= events, events
+    assert any(line["event"] == "circuit_open" and line["adapter"] == "flaky" for line in seen)

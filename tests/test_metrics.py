@@ -64,6 +64,15 @@ def test_the_fold_counts_attempts_by_tool_and_outcome_retries_gates_and_circuits
     assert (cumulative[0.1], cumulative[0.25], cumulative[5.0], cumulative[60.0]) == (0, 1, 2, 3)
 
 
+def test_agent_usage_events_feed_the_token_and_cost_families():
+    tally = MetricsTally()
+    tally.event("AGENT_USAGE", {"adapter": "aider", "tokens_in": 1200, "tokens_out": 300, "cost_usd": 0.02})
+    tally.event("AGENT_USAGE", {"adapter": "aider", "tokens_in": 800})
+    tally.event("AGENT_USAGE", {"tokens_in": 5})  # no adapter: not counted
+    assert tally.agent_tokens == {("aider", "in"): 2000, ("aider", "out"): 300}
+    assert tally.agent_cost_usd == {"aider": pytest.approx(0.02)}
+
+
 def test_rates_are_nan_before_anything_finished_not_a_made_up_number():
     tally = MetricsTally()
     assert math.isnan(tally.task_success_rate) and math.isnan(tally.acceptance_test_pass_rate)

@@ -8,6 +8,8 @@ import json
 import re
 import time
 
+import pytest
+
 from adapters.logcap import CappedLog
 from tests.conftest import ledger
 
@@ -109,3 +111,14 @@ def test_a_fast_growing_log_is_looked_at_sooner(tmp_path):
     cap.check(1.0)
     assert cap.next_check - 1.0 < slow - 0.0
     assert path.stat().st_size <= 1 * MIB
+
+
+@pytest.mark.parametrize(("variable", "value"), [("ORCHESTRATE_TASK_LOG_MAX_MB", "ten"),
+                                                 ("ORCHESTRATE_TASK_LOG_MAX_MB", "nan"),
+                                                 ("ORCHESTRATE_LOG_STREAM_MAX_MB", "-1")])
+def test_a_bad_cap_setting_is_refused_with_exit_2_and_runs_nothing(tmp_path, orchestrate, variable, value):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"id": "w", "tasks": [{"id": "t", "tool": "shell", "command": "touch ran"}]}))
+    result = orchestrate("run", str(plan), env={variable: value})
+    assert result.code == 2 and f"{variable}={value!r}: expected a number of MiB" in result.err
+    assert "Traceback" not in result.err and not (tmp_path / "ran").exists()
