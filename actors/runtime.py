@@ -41,7 +41,7 @@ from actors.directory import (
 from actors.executor import ExecutorActor
 from actors.human import HumanExecutorActor
 from actors.ledger import LedgerActor, LedgerWriter
-from actors.recovery import recorded_processes, start_message
+from actors.recovery import open_attempt_logs, recorded_processes, start_message
 from actors.router import RouterActor
 from actors.scheduler import SchedulerActor
 from actors.status_view import StatusView
@@ -49,7 +49,7 @@ from actors.supervisor import SupervisorActor
 from actors.timers import TimerService
 from actors.workspace import WorkspaceActor
 from adapters.leftovers import kill_leftovers
-from adapters.logcap import cap_from_env
+from adapters.logcap import CappedLog, cap_from_env
 from adapters.pool import WorkerPool
 from adapters.process import ProcessReactor, kill_descendants
 from adapters.tools import BUILTIN_ADAPTERS, ToolAdapter
@@ -681,6 +681,10 @@ class Runtime:
             killed = kill_leftovers(run_id, recorded_processes(self.store, run_id))
             if killed:
                 log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
+            if self.options.task_log_cap_bytes is not None:
+                # A dead runtime never made the last cut of what its tasks wrote.
+                for path in open_attempt_logs(self.store, run_id):
+                    CappedLog(path, self.options.task_log_cap_bytes, 0.0).finish()
         start = start_message(self.store, run_id, self.state_dir, reset, plan, cached)
         self._submitted.add(run_id)
         with self._finished_cond:

@@ -125,7 +125,9 @@ class CappedLog:
             block = os.fstat(fd).st_blksize or 4096
             # Whole blocks only: a partly punched block stays on the disk.
             end = (size - self._tail_room()) // block * block
-            if self._punch and end > self._released:
+            if self._punch:
+                if end <= self._released:
+                    return  # less than a block more to release
                 if _fallocate(fd, _PUNCH_HOLE_KEEP_SIZE, self._released, end - self._released) == 0:
                     self._released = end
                     return

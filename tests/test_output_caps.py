@@ -126,3 +126,40 @@ def test_a_bad_cap_setting_is_refused_with_exit_2_and_runs_nothing(tmp_path, orc
     result = orchestrate("run", str(plan), env={variable: value})
     assert result.code == 2 and f"{variable}={value!r}: expected a number of MiB" in result.err
     assert "Traceback" not in result.err and not (tmp_path / "ran").exists()
+
+
+def test_a_flood_cut_short_by_kill_9_is_capped_when_the_run_resumes(tmp_path, orchestrate):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ORCHESTRATE, wait_until
+
+    hold = tmp_path / "hold"
+    plan = tmp_path / "plan.json"
+    # Floods past the cap, then waits: the runtime dies with the log's last cut not made.
+    plan.write_text(json.dumps({"id": "w", "tasks": [{"id": "flood", "tool": "shell", "command":
+        f"yes | head -c 30000000; echo; echo LAST; while [ ! -e {hold} ]; do sleep 0.05; done"}]}))
+    env = {**os.environ, "ORCHESTRATE_TASK_LOG_MAX_MB": "1"}
+    process = subprocess.Popen([sys.executable, str(ORCHESTRATE), "run", str(plan)], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / ".state" / "logs"
+    try:
+        def flooded_and_released() -> bool:
+            found = list(log.glob("run-*/w/flood.log"))
+            return bool(found) and found[0].read_bytes()[-6:] == b"\nLAST\n" and on_disk(found[0]) <= 2 * MIB
+        # While the task runs, what is past the cap leaves the disk.
+        wait_until(flooded_and_released, timeout=120, what="the flood to be written and released")
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    hold.touch()
+    path = next(log.glob("run-*/w/flood.log"))
+    assert path.stat().st_size > 30_000_000  # sparse: the last cut was never made
+    run_id = path.parent.parent.name
+    resumed = orchestrate("execute", "--run", run_id, env={"ORCHESTRATE_TASK_LOG_MAX_MB": "1"}, timeout=300)
+    assert resumed.code == 0, resumed.out + resumed.err
+    first = path.read_bytes()
+    assert len(first) <= MIB and first.endswith(b"\nLAST\n")
+    assert_accounted(first, 30_000_000 + len(b"\nLAST\n"))
