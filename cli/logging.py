@@ -27,7 +27,6 @@ STREAMS: dict[str, str] = {
     "orchestrate.pool": "executor.jsonl",
     "orchestrate.supervisor": "resilience.jsonl",
     "orchestrate.ledger": "db_operations.jsonl",
-    "orchestrate.request": "request_builder.jsonl",
 }
 
 
