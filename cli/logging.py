@@ -36,10 +36,15 @@ class _StreamLoggers:
     def __init__(self, directory: Path, default: SafeLogFile) -> None:
         self.directory = directory
         self.default = default
+        self._streams: dict[str, SafeLogFile] = {}  # opened on first use, held for the process
 
     def __call__(self, name: object = None, *args: object) -> structlog.WriteLogger:
         stream = next((file for prefix, file in STREAMS.items() if str(name).startswith(prefix)), None)
-        handle = self.default if stream is None else shared_log_file(self.directory / stream)
+        if stream is None:
+            return structlog.WriteLogger(file=self.default)  # type: ignore[arg-type]
+        handle = self._streams.get(stream)
+        if handle is None:
+            handle = self._streams.setdefault(stream, shared_log_file(self.directory / stream))
         return structlog.WriteLogger(file=handle)  # type: ignore[arg-type]
 
 

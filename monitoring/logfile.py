@@ -87,6 +87,13 @@ class SafeLogFile:
     def flush(self) -> None:
         """Nothing is buffered."""
 
+    def close(self) -> None:
+        """Close the file; later writes are dropped (said once, like a failing disk)."""
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
     def _rotate(self) -> None:
         for n in range(self.backups, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{n}")
@@ -115,17 +122,29 @@ class SafeLogFile:
             pass
 
 
-_files: dict[Path, SafeLogFile] = {}
+_files: dict[Path, tuple[SafeLogFile, int]] = {}  # by path: the file, how many users hold it
 _files_lock = threading.Lock()
 
 
 def shared_log_file(path: Path, max_bytes: int | None = None) -> SafeLogFile:
     """The process's one :class:`SafeLogFile` for ``path`` (created with its directory on first
-    use; ``max_bytes`` default: :func:`stream_max_bytes`)."""
+    use; ``max_bytes`` default: :func:`stream_max_bytes`). A user that goes away hands it back
+    with :func:`release_log_file`; the file is closed when nobody holds it."""
     key = path.absolute()
     with _files_lock:
-        handle = _files.get(key)
+        handle, users = _files.get(key) or (None, 0)
         if handle is None:
             key.parent.mkdir(parents=True, exist_ok=True)
-            handle = _files[key] = SafeLogFile(key, stream_max_bytes() if max_bytes is None else max_bytes)
+            handle = SafeLogFile(key, stream_max_bytes() if max_bytes is None else max_bytes)
+        _files[key] = (handle, users + 1)
         return handle
+
+
+def release_log_file(handle: SafeLogFile) -> None:
+    with _files_lock:
+        _, users = _files.get(handle.path, (handle, 1))
+        if users > 1:
+            _files[handle.path] = (handle, users - 1)
+            return
+        _files.pop(handle.path, None)
+    handle.close()

@@ -42,7 +42,7 @@ from messages.ledger import (
     RoutingDecided,
     TransitionTask,
 )
-from monitoring.logfile import shared_log_file
+from monitoring.logfile import release_log_file, shared_log_file
 
 EXECUTOR, RESILIENCE, REQUESTS, DB = "executor.jsonl", "resilience.jsonl", "request_builder.jsonl", "db_operations.jsonl"
 STREAM_FILES = (EXECUTOR, RESILIENCE, REQUESTS, DB)
@@ -108,6 +108,8 @@ class LedgerObserver:
         self._queue.put(_STOP)
         self._thread.join(timeout=10)
         self._task_logs.close()
+        for handle in self.files.values():
+            release_log_file(handle)
 
     # -- the observer's thread ---------------------------------------------------------------------
     def _run(self) -> None:

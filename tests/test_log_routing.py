@@ -44,3 +44,15 @@ def test_a_stream_past_its_cap_is_rotated_keeping_two_older_files(tmp_path):
             for line in (tmp_path / name).read_text().splitlines()]
     assert kept == list(range(12))[-len(kept):] and len(kept) < 12  # the oldest were dropped, in order
     assert all(p.stat().st_size <= 100 + 60 for p in tmp_path.iterdir())
+
+
+def test_a_shared_stream_is_closed_when_its_last_user_lets_go(tmp_path):
+    from monitoring.logfile import release_log_file, shared_log_file
+
+    first = shared_log_file(tmp_path / "s.jsonl")
+    second = shared_log_file(tmp_path / "s.jsonl")
+    assert first is second
+    release_log_file(first)
+    assert second.write("{}\n") == 3  # still held by the other user
+    release_log_file(second)
+    assert shared_log_file(tmp_path / "s.jsonl") is not first  # a fresh one: the old one is closed
