@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from domain.cache import CACHE_ADAPTER
 from domain.routing import INTEGRATOR
 
 # Seconds. Tasks run from milliseconds (`true`) to an hour (an agent, a test suite).
@@ -43,7 +44,9 @@ FAMILIES: Mapping[str, str] = {
     "requests_created_total": "Execution requests that created a run (RUN_CREATED).",
     "requests_validated_total": "Execution requests validated against schema/execution_request.v1.json.",
     "validation_errors_total": "Plans or requests refused as invalid by a live runtime (no run is made of them).",
-    "tasks_executed_total": "Finished task attempts, by adapter (tool) and the state the attempt ended in (outcome).",
+    "tasks_executed_total": "Finished task attempts, by adapter (tool) and the state the attempt ended in (outcome); "
+                            "results reused from the cache are not executions (see tasks_cached_total).",
+    "tasks_cached_total": "Tasks completed by reusing an earlier attempt's result (incremental runs).",
     "task_success_rate": "Share of finished attempts that completed (NaN before the first one finishes).",
     "task_duration_seconds": "Wall time of finished task attempts.",
     "retry_attempts_total": "Attempts beyond a task's first: automatic retries, `retry` commands, reruns of "
@@ -107,6 +110,7 @@ class MetricsTally:
     """Every counter of :data:`FAMILIES` except the live gauges (queue depth, running tasks),
     which a runtime reads from its own state when scraped."""
 
+    cached: int = 0
     requests_created: int = 0
     requests_validated: int = 0
     validation_errors: int = 0
@@ -139,10 +143,15 @@ class MetricsTally:
         self._validating.add(attempt)
 
     def attempt_finished(self, attempt: AttemptId, status: str, duration_s: float | None,
-                         error_class: str | None, adapter: str | None = None) -> None:
-        """An attempt ended in ``status``; ``adapter`` if known here, else the one it started on."""
+                         error_class: str | None, adapter: str | None = None, cached: bool = False) -> None:
+        """An attempt ended in ``status``; ``adapter`` if known here, else the one it started on;
+        ``cached``: it reused an earlier attempt's result (counted apart: nothing ran)."""
         tool = adapter or self._adapter_of.pop(attempt, "unknown")
         self._adapter_of.pop(attempt, None)
+        if cached:
+            self._validating.discard(attempt)
+            self.cached += 1
+            return
         self.executed[(tool, status.lower())] += 1
         if duration_s is not None:
             self.task_duration.observe(duration_s)
@@ -208,7 +217,7 @@ def tally_from_records(tasks: Iterable[Mapping[str, Any]], attempts: Iterable[Ma
     tally = MetricsTally()
     gated: set[str] = set()
     for task in tasks:
-        if task.get("adapter") and task["adapter"] != INTEGRATOR:  # merges have no circuit
+        if task.get("adapter") and task["adapter"] not in (INTEGRATOR, CACHE_ADAPTER):  # no circuit of their own
             tally.adapter_known(task["adapter"])
         spec = task.get("spec")
         if isinstance(spec, Mapping) and spec.get("acceptance"):
@@ -220,7 +229,8 @@ def tally_from_records(tasks: Iterable[Mapping[str, Any]], attempts: Iterable[Ma
             continue
         if row["status"] == "COMPLETED" and row["step_name"] in gated:
             tally.attempt_validating(attempt)
-        tally.attempt_finished(attempt, row["status"], row.get("duration_s"), row.get("error_class"))
+        tally.attempt_finished(attempt, row["status"], row.get("duration_s"), row.get("error_class"),
+                               cached=bool(row.get("cached_from")))
     for event in events:
         payload = event.get("payload")
         if isinstance(payload, str):

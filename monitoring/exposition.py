@@ -60,7 +60,8 @@ class TallyCollector(Collector):
         for name, value in (("requests_created_total", tally.requests_created),
                             ("requests_validated_total", tally.requests_validated),
                             ("validation_errors_total", tally.validation_errors),
-                            ("retry_attempts_total", tally.retries)):
+                            ("retry_attempts_total", tally.retries),
+                            ("tasks_cached_total", tally.cached)):
             family = counter(name)
             family.add_metric(values, value)
             yield family

@@ -179,11 +179,13 @@ def _fold(tally: MetricsTally, op: object) -> tuple[dict[str, Any], str | None, 
             return line, EXECUTOR, (op.run_id, op.task_key)
         case AttemptFinished():
             tally.attempt_finished((op.run_id, op.task_key, op.attempt), op.status.value, op.duration_s,
-                                   op.error_class.value if op.error_class else None)
+                                   op.error_class.value if op.error_class else None, cached=bool(op.cached_from))
             line = {"event": "attempt_finished", "at": op.completed_at, "run_id": op.run_id, "task": op.task_key,
                     "attempt": op.attempt, "status": op.status.value, "exit_code": op.exit_code,
                     "duration_s": op.duration_s, "error_class": op.error_class.value if op.error_class else None,
                     "message": op.message, "max_rss_bytes": op.max_rss_bytes, "cpu_s": op.cpu_s}
+            if op.cached_from:
+                line["cached_from"] = op.cached_from
             return line, EXECUTOR, (op.run_id, op.task_key)
         case TransitionTask():
             line = {"event": "task_state", "at": op.at, "run_id": op.run_id, "task": op.task_key,

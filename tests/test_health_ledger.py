@@ -16,6 +16,7 @@ import pytest
 
 from domain.health import Liveness, adapters_needed, all_circuits_open, check_run_record, liveness
 from domain.routing import AdapterInfo, RouterConfig, Rule
+from persistence.migrate import SCHEMA_VERSION
 from tests.conftest import ORCHESTRATE, ledger, wait_until
 
 TASK = {"task_key": "w/a", "state": "COMPLETED", "attempts": 1}
@@ -84,7 +85,7 @@ def test_health_without_a_runtime_answers_from_the_ledger(tmp_path, orchestrate)
     result = orchestrate("health")
     assert result.code == 0, result.out + result.err
     assert result.out.startswith("healthy (from the ledger: no orchestrate runtime is listening")
-    assert "database: reachable" in result.out and "schema version 3" in result.out
+    assert "database: reachable" in result.out and f"schema version {SCHEMA_VERSION}" in result.out
     assert f"last runtime: pid " in result.out and "stopped at" in result.out
     assert "record consistent" in result.out
     report = orchestrate("health", "--json").json()

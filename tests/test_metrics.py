@@ -296,3 +296,20 @@ def test_serve_counts_plans_it_refuses_and_runs_it_creates(tmp_path, orchestrate
     refusals = [json.loads(line) for line in (tmp_path / ".state" / "logs" / "request_builder.jsonl").read_text()
                 .splitlines()]
     assert [r["plan"] for r in refusals if r["event"] == "plan_refused"] == [str(bad)]
+
+
+def test_a_reused_result_counts_as_cached_not_executed():
+    live = MetricsTally()
+    live.attempt_started(("r", "w/a", 1), "cache")
+    live.attempt_finished(("r", "w/a", 1), "COMPLETED", 0.0, None, cached=True)
+    live.attempt_started(("r", "w/b", 1), "shell")
+    live.attempt_finished(("r", "w/b", 1), "COMPLETED", 0.3, None)
+    recorded = tally_from_records(
+        [{"task_key": "w/a", "adapter": "cache"}, {"task_key": "w/b", "adapter": "shell"}],
+        [{"run_id": "r", "step_name": "w/a", "attempt": 1, "adapter": "cache", "status": "COMPLETED",
+          "duration_s": 0.0, "error_class": None, "cached_from": "r0/w/a/1"},
+         {"run_id": "r", "step_name": "w/b", "attempt": 1, "adapter": "shell", "status": "COMPLETED",
+          "duration_s": 0.3, "error_class": None, "cached_from": None}], [])
+    for tally in (live, recorded):
+        assert tally.cached == 1 and tally.executed == {("shell", "completed"): 1}
+        assert tally.task_duration.count == 1
