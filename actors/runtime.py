@@ -302,7 +302,6 @@ class Runtime:
         self._finished_cond = threading.Condition()
         self._abort_reason = ""
         self._stopping = threading.Event()
-        self._closers: list[Callable[[], None]] = []
         self._supervisor: pykka.ActorRef | None = None
         self._hub = threading.Thread(target=self._fan_out, name="orchestrate-events", daemon=True)
         self.control = None
@@ -318,7 +317,8 @@ class Runtime:
             observer=self.observer,
         )
         self.spill_path = self.state_dir / SPILL_FILE
-        # What serves this runtime from outside and must end before it does (the web dashboard).
+        # What serves this runtime from outside and must end before it does (the web dashboard,
+        # the metrics endpoint).
         self.before_stop: list[Callable[[], None]] = []
         self.runtime_id = self.lease_owner.runtime_id  # the same id in runtime_heartbeats and run_leases
         self.started_at = ""
@@ -412,10 +412,6 @@ class Runtime:
         return lambda: ExecutorActor.start(executor_name(name), directory, name, adapter, self.reactor, self.pool,
                                            results_dir, limit)
 
-    def close_with(self, closer: Callable[[], None]) -> None:
-        """Call ``closer()`` when the runtime stops, first thing (e.g. stop serving metrics)."""
-        self._closers.append(closer)
-
     def _escalate(self, reason: str) -> None:
         self._abort_reason = f"supervision gave up: {reason}"
         log.error("runtime_escalated", reason=reason)
@@ -504,8 +500,6 @@ class Runtime:
         if self.control is not None:
             self.control.stop()
             self.control = None
-        while self._closers:
-            self._closers.pop()()
         interrupted = self._interrupt(interrupted_by) if interrupted_by else []
         if self.started_at:
             self._beat(stopped=interrupted_by or self._abort_reason or "stopped")

@@ -173,7 +173,7 @@ def _serve_metrics(runtime: Runtime, address: str) -> None:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise CliError(f"cannot serve metrics on {address}: {reason}; choose another --metrics [HOST:]PORT",
                        EXIT_USAGE) from None
-    runtime.close_with(server.stop)
+    runtime.before_stop.append(server.stop)
     print(f"orchestrate: metrics at {server.url}", flush=True)
 
 
