@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PACKAGES := actors adapters cli control domain messages persistence planning views
+PACKAGES := actors adapters cli control domain messages monitoring persistence planning views
 
 $(BIN)/orchestrate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -285,11 +285,12 @@ def _append_header(path: str, header: str) -> int:
 
 
 def _read_from(path: str, offset: int, limit: int) -> str:
-    """At most the last ``limit`` bytes of ``path`` after ``offset``."""
+    """At most the last ``limit`` bytes of ``path`` after ``offset`` (its last bytes, when the
+    log was cut below ``offset`` by its size cap: see adapters.logcap)."""
     try:
         with open(path, "rb") as handle:
             size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(offset, size - limit))
+            handle.seek(max(offset if offset <= size else 0, size - limit))
             return handle.read().decode("utf-8", "replace")
     except OSError:
         return ""

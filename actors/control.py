@@ -21,6 +21,7 @@ from actors.runs import create_or_find_run
 from actors.status_view import StatusView
 from control.protocol import ControlError
 from control.server import Peer
+from domain.health import adapters_needed, all_circuits_open
 from domain.leases import RunLeaseHeld
 from domain.run_core import ControlRefused, RunNotActive
 from domain.states import UNSUCCESSFUL_TASK_STATES
@@ -35,6 +36,7 @@ from messages.control import (
     RetryTask,
     StatusQuery,
 )
+from monitoring.observer import LedgerObserver
 from persistence.store import Store, WriteStalled
 from planning.errors import PlanError
 from planning.loader import load_plan
@@ -49,6 +51,7 @@ class ControlledRuntime(Protocol):
     store: Store
     status: StatusView
     directory: Directory
+    observer: LedgerObserver  # told of plans refused (metrics, request_builder.jsonl)
     options: Any  # RuntimeOptions: its router and concurrency
 
     def add_listener(self, listener: Callable[[RunProgress], None]) -> Callable[[], None]: ...
@@ -134,12 +137,15 @@ class RuntimeControl:
             scheduler = self._ask(SCHEDULER, StatusQuery())
         except ControlError as error:
             scheduler = {"circuits": {}, "queued": {}, "running": None, "error": error.message}
+        database, schemas = self._database(), self._schemas()
+        blocked = self._runs_with_every_adapter_open(scheduler)
         return {
-            "healthy": _healthy(actors, scheduler),
+            "healthy": _healthy(actors, scheduler) and database["reachable"] and schemas["loaded"] and not blocked,
             "actors": actors["actors"],
             "heartbeat_interval_s": actors.get("heartbeat_interval_s"),
-            "database": self._database(),
-            "schemas": self._schemas(),
+            "database": database,
+            "all_adapters_open": blocked,
+            "schemas": schemas,
             "circuits": scheduler.get("circuits", {}),
             "waiting": {run["run_id"]: run["waiting"] for run in scheduler.get("runs", ()) if run.get("waiting")},
             "queues": {"queued": scheduler.get("queued", {}), "running": scheduler.get("running")},
@@ -158,6 +164,7 @@ class RuntimeControl:
         try:
             plan = load_plan(args["plan"], self.runtime.options.router.served_tools())
         except PlanError as error:
+            self.runtime.observer.plan_refused(args["plan"], str(error))
             raise ControlError("bad_plan", str(error)) from None
         concurrency = args.get("concurrency", self.runtime.options.concurrency)
         try:
@@ -253,6 +260,24 @@ class RuntimeControl:
             raise ControlError("unavailable", f"the {name} stopped (see `orchestrate health`)") from None
         except pykka.Timeout:
             raise ControlError("unavailable", f"the {name} did not answer within {timeout:g}s") from None
+
+    def _runs_with_every_adapter_open(self, scheduler: dict[str, Any]) -> dict[str, list[str]]:
+        """Active runs none of whose adapters can take work (every one's circuit is open): run ->
+        those adapters."""
+        circuits = scheduler.get("circuits", {})
+        if "open" not in circuits.values():
+            return {}
+        blocked = {}
+        for run in scheduler.get("runs", ()):
+            try:
+                recorded = self.runtime.store.get_run(run["run_id"]) or {}
+                tools = recorded["metadata"]["request"]["tools"]
+            except Exception:  # an unreadable record: the database check says why
+                continue
+            needed = adapters_needed(tools, self.runtime.options.router)
+            if all_circuits_open(needed, circuits):
+                blocked[run["run_id"]] = sorted(needed)
+        return blocked
 
     def _database(self) -> dict[str, Any]:
         try:

@@ -33,10 +33,11 @@ import json
 import threading
 import time
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 import structlog
 
@@ -91,6 +92,15 @@ class Stall:
     gave_up: bool = False
 
 
+class CommitObserver(Protocol):
+    """Told what the ledger committed (see :class:`monitoring.observer.LedgerObserver`); both
+    calls are made on the Ledger's thread and must return at once."""
+
+    def committed(self, ops: Sequence[object], seconds: float) -> None: ...
+
+    def run_created(self, run_id: str, request: Mapping[str, Any], tasks: int) -> None: ...
+
+
 class LedgerWriter:
     """The Ledger's unwritten ops and its stall, outliving any one incarnation of the actor.
 
@@ -110,8 +120,10 @@ class LedgerWriter:
         lease_owner: LeaseOwner | None = None,
         lease_ttl_s: float = DEFAULT_TTL_S,
         on_lease_lost: Callable[[str], None] = lambda run_id: None,
+        observer: CommitObserver | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer
         # The runtime this writer takes leases for (None: a session that drives no run).
         self.lease_owner = lease_owner
         self.lease_ttl_s = lease_ttl_s
@@ -174,6 +186,7 @@ class LedgerWriter:
                 batch = list(self._ops)
             if not batch and self._spilled_leases is None:
                 return 0
+            began = time.perf_counter()
             try:
                 rejected = self.store.apply(batch, fence_owner=self._replay_owner) if batch else []
             except WriteStalled:
@@ -181,11 +194,15 @@ class LedgerWriter:
             except Exception as error:  # a crash in the commit path must not lose the batch either
                 log.exception("ledger_commit_failed", ops=len(batch))
                 raise WriteStalled(f"error: {type(error).__name__}: {error}", self.store.database, "") from error
+            took = time.perf_counter() - began
             with self._settled:
                 del self._ops[:len(batch)]
                 self._replay_owner = None
                 self._settled.notify_all()
             self._end_spilled_leases()
+        if self.observer is not None:
+            refused = {id(rejection.op) for rejection in rejected}
+            self.observer.committed([op for op in batch if id(op) not in refused] if refused else batch, took)
         self.commits += 1
         self.ops_written += len(batch)
         lost: set[str] = set()
@@ -406,8 +423,11 @@ class LedgerActor(SupervisedActor):
         """Create the run, waiting out a locked or full database like any commit (with
         warnings, within the stall limit); raises :class:`WriteStalled` past it."""
         request, plan = json.loads(message.request_json), message.plan
-        return self._patiently("creating a run", lambda: self.store.create_run(
+        run_id = self._patiently("creating a run", lambda: self.store.create_run(
             request, plan, run_id=message.run_id, at=utc_now_iso()))
+        if self.writer.observer is not None:
+            self.writer.observer.run_created(run_id, request, len(plan.tasks))
+        return run_id
 
     def _patiently(self, doing: str, write: Callable[[], T]) -> T:
         """``write()``, retried while the database refuses for a cause that may pass, as a

@@ -21,6 +21,7 @@ from actors.directory import LEDGER, Directory
 from actors.ledger import LedgerActor, LedgerWriter
 from actors.runtime import StateDirLock, stall_limit_from_env
 from actors.timers import TimerService
+from monitoring.observer import LedgerObserver
 from persistence.store import Store, WriteStalled
 
 STOP_TIMEOUT_S = 30.0
@@ -34,7 +35,9 @@ class LedgerSession:
         self.timers = TimerService()
         # A locked database is waited out as in a runtime; past the limit the ask fails with
         # WriteStalled, which the command reports.
-        self.writer = LedgerWriter(store, stall_limit_from_env(), _say, _gave_up)
+        # The run it creates is logged in request_builder.jsonl, as a runtime's are.
+        self.observer = LedgerObserver(state_dir, ())
+        self.writer = LedgerWriter(store, stall_limit_from_env(), _say, _gave_up, observer=self.observer)
         self._ledger: pykka.ActorRef | None = None
 
     def __enter__(self) -> pykka.ActorRef:
@@ -66,6 +69,7 @@ class LedgerSession:
                 self._ledger = None
         finally:
             self.timers.stop()
+            self.observer.stop()
             self.lock.release()
 
 

@@ -87,6 +87,12 @@ def start_message(
     )
 
 
+def open_attempt_logs(store: Store, run_id: str) -> list[str]:
+    """The output logs of attempts the ledger shows as still running (a dead runtime's)."""
+    return [a["log_path"] for a in store.get_attempts(run_id)
+            if a["status"] == TaskState.IN_PROGRESS.value and a.get("log_path")]
+
+
 def recorded_processes(store: Store, run_id: str) -> list[tuple[int, float]]:
     """``(pid, create_time)`` of attempts the ledger shows as still running."""
     return [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import json
 import os
 import queue
 import socket
@@ -40,7 +41,7 @@ from actors.directory import (
 from actors.executor import ExecutorActor
 from actors.human import HumanExecutorActor
 from actors.ledger import LedgerActor, LedgerWriter
-from actors.recovery import recorded_processes, start_message
+from actors.recovery import open_attempt_logs, recorded_processes, start_message
 from actors.router import RouterActor
 from actors.scheduler import SchedulerActor
 from actors.status_view import StatusView
@@ -48,6 +49,7 @@ from actors.supervisor import SupervisorActor
 from actors.timers import TimerService
 from actors.workspace import WorkspaceActor
 from adapters.leftovers import kill_leftovers
+from adapters.logcap import CappedLog, cap_from_env
 from adapters.pool import WorkerPool
 from adapters.process import ProcessReactor, kill_descendants
 from adapters.tools import BUILTIN_ADAPTERS, ToolAdapter
@@ -66,8 +68,9 @@ from domain.states import TaskState
 from domain.supervision import ChildSpec, HeartbeatPolicy, Restart, SupervisorSpec
 from messages import AttemptFinished, Flush, RunProgress
 from messages.control import Drain, StopRuns
-from messages.ledger import AcquireLease, ReleaseLease
+from messages.ledger import AcquireLease, ReleaseLease, RuntimeBeat
 from messages.supervisor import StartChildren
+from monitoring.observer import LedgerObserver
 from persistence.clock import utc_now_iso
 from persistence.spill import SPILL_FILE, keep_reserve
 from persistence.store import Store, WriteStalled
@@ -83,6 +86,8 @@ AGENT_TYPES = frozenset({"aider", "agent"})
 _NO_TOOL_ADAPTER = frozenset({"human", "ray"}) | AGENT_TYPES
 LOCK_FILE = "runtime.lock"
 STATE_ID_FILE = "state.id"
+# How often the runtime's heartbeat is written to the ledger (`health` reads it afterwards).
+LEDGER_HEARTBEAT_S = 5.0
 STALL_LIMIT_ENV = "ORCHESTRATE_DB_STALL_LIMIT_S"
 LEASE_TTL_ENV = "ORCHESTRATE_LEASE_TTL_S"
 DEFAULT_STALL_LIMIT_S = 60.0
@@ -182,6 +187,9 @@ class RuntimeOptions:
     # another may take its runs over (see domain.leases).
     lease_ttl_s: float = field(default_factory=lease_ttl_from_env)
 
+    # A task's output log is cut to its head and tail past this size (None: never).
+    task_log_cap_bytes: int | None = field(default_factory=cap_from_env)
+
 
 def _ray_bridge(info: AdapterInfo, state_dir: Path) -> RayBridge:
     """The Ray bridge of a ``ray`` adapter; refused (:class:`AdapterUnavailable`) without Ray
@@ -270,9 +278,10 @@ class Runtime:
         self.directory = Directory()
         # Subreaper: a task's orphans (setsid escapees too) re-parent to us, so killing a task's
         # leftovers after it exits needs no scan of every process on the machine.
-        self.reactor = ProcessReactor(adopt_orphans=True)
+        self.reactor = ProcessReactor(adopt_orphans=True, log_cap_bytes=options.task_log_cap_bytes)
         # Warm interpreters for python tasks, started (through the reactor) by the first ones.
-        self.pool = WorkerPool(self.reactor, log_path=str(self.state_dir / "logs" / "pyworkers.log"))
+        self.pool = WorkerPool(self.reactor, log_path=str(self.state_dir / "logs" / "pyworkers.log"),
+                               log_cap_bytes=options.task_log_cap_bytes)
         self.timers = TimerService()
         self.lock = StateDirLock(self.state_dir)
         self.adapters = {info.name: info for info in options.router.adapters}
@@ -300,13 +309,21 @@ class Runtime:
         self.lease_owner = LeaseOwner(uuid.uuid4().hex[:12], socket.gethostname(), os.getpid(),
                                       state_dir_id(self.state_dir))
         store.lease_owner = self.lease_owner
+        # Metrics and log streams of what the ledger commits (monitoring/): no database writes.
+        self.observer = LedgerObserver(self.state_dir, tuple(self.adapters))
         self.ledger_writer = LedgerWriter(
             store, options.db_stall_limit_s, self._ledger_warning, self._database_stalled,
             lease_owner=self.lease_owner, lease_ttl_s=options.lease_ttl_s, on_lease_lost=self._lease_lost,
+            observer=self.observer,
         )
         self.spill_path = self.state_dir / SPILL_FILE
-        # What serves this runtime from outside and must end before it does (the web dashboard).
+        # What serves this runtime from outside and must end before it does (the web dashboard,
+        # the metrics endpoint).
         self.before_stop: list[Callable[[], None]] = []
+        self.runtime_id = self.lease_owner.runtime_id  # the same id in runtime_heartbeats and run_leases
+        self.started_at = ""
+        self._beats_sent = 0
+        self._beat_stopped = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -329,6 +346,8 @@ class Runtime:
             self._supervisor.ask(StartChildren(), timeout=ASK_TIMEOUT_S)
             self._replay_spill()
             keep_reserve(self.state_dir)
+            self.started_at = utc_now_iso()
+            self._beat()
             if self.options.control_socket is not None:
                 from actors.control import RuntimeControl
                 from control.server import ControlServer
@@ -437,6 +456,25 @@ class Runtime:
         if count:
             log.warning("ledger_ops_spilled", count=count, path=str(self.spill_path))
 
+    def _beat(self, stopped: str = "") -> None:
+        """Write the runtime's heartbeat (or, ``stopped``, how it stopped) to the ledger, and
+        schedule the next one."""
+        if self._beat_stopped:
+            return
+        self._beat_stopped = bool(stopped)
+        at = self.started_at if not stopped and not self._beats_sent else utc_now_iso()
+        with self.observer.lock:
+            db_writes = json.dumps(self.observer.tally.db_writes.as_json())
+        beat = RuntimeBeat(self.runtime_id, os.getpid(), socket.gethostname(), str(self.state_dir),
+                           self.started_at, at, stopped=bool(stopped), reason=stopped, db_write_json=db_writes)
+        try:
+            self.directory.tell(LEDGER, beat)
+        except PeerUnavailable:
+            log.warning("heartbeat_not_recorded", runtime_id=self.runtime_id)
+        self._beats_sent += 1
+        if not stopped and not self._stopping.is_set():
+            self.timers.call_later(LEDGER_HEARTBEAT_S, self._beat)
+
     def _hung(self, name: str, silent_s: float) -> None:
         log.warning("actor_missed_heartbeats", actor=name, silent_s=round(silent_s, 2))
         for listener in self._listeners_snapshot():
@@ -463,6 +501,8 @@ class Runtime:
             self.control.stop()
             self.control = None
         interrupted = self._interrupt(interrupted_by) if interrupted_by else []
+        if self.started_at:
+            self._beat(stopped=interrupted_by or self._abort_reason or "stopped")
         try:
             self.flush()
         except Exception:
@@ -480,6 +520,7 @@ class Runtime:
         for name in self.directory.names():
             self._stop_actor(name)
         self._spill()
+        self.observer.stop()
         self._events.put(None)
         self.lock.release()
         return interrupted
@@ -634,6 +675,10 @@ class Runtime:
             killed = kill_leftovers(run_id, recorded_processes(self.store, run_id))
             if killed:
                 log.warning("killed_leftover_processes", run_id=run_id, pids=killed)
+            if self.options.task_log_cap_bytes is not None:
+                # A dead runtime never made the last cut of what its tasks wrote.
+                for path in open_attempt_logs(self.store, run_id):
+                    CappedLog(path, self.options.task_log_cap_bytes, 0.0).finish()
         start = start_message(self.store, run_id, self.state_dir, reset, plan, cached)
         self._submitted.add(run_id)
         with self._finished_cond:

@@ -78,6 +78,15 @@ class StatusView:
             view = self._runs.get(run_id)
             return view is not None and not view.finished
 
+    def state_totals(self) -> Counter[str]:
+        """Tasks of the active runs counted by state (for metrics: queue depth, running)."""
+        with self._lock:
+            totals: Counter[str] = Counter()
+            for view in self._runs.values():
+                if not view.finished:
+                    totals.update(view.tasks.values())
+            return totals
+
     def snapshot(self, run_id: str | None = None) -> dict[str, Any]:
         """Active runs (or the one asked for, finished or not) in the shape of ``status``."""
         with self._lock:

@@ -63,6 +63,7 @@ from typing import Any
 import psutil
 import structlog
 
+from adapters.logcap import CappedLog
 from adapters.process import (
     OnExit,
     OnStarted,
@@ -140,6 +141,7 @@ class _Lease:
     result: ProcessResult | None = None  # set by the reply, while leftovers are being killed
     max_rss: int = 0
     members: dict[tuple[int, int], psutil.Process] = field(default_factory=dict)
+    log_cap: CappedLog | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -177,8 +179,10 @@ class WorkerPool:
         sample_interval_s: float = SAMPLE_INTERVAL_S,
         grace_s: float = 2.0,
         site_dirs: Sequence[str] | None = None,
+        log_cap_bytes: int | None = None,
     ) -> None:
         self.reactor = reactor
+        self.log_cap_bytes = log_cap_bytes  # tasks' output logs are cut past this (adapters.logcap)
         self.log_path = log_path  # the workers' own output, between tasks
         self.rss_growth_limit = rss_growth_limit_mb * 1024 * 1024
         self.fd_growth_limit = fd_growth_limit
@@ -294,7 +298,7 @@ class WorkerPool:
             for worker in list(self._workers.values()):
                 lease, worker.lease = worker.lease, None
                 if lease is not None:
-                    self._report(lease.on_exit, lease.result or self._lost(worker, lease, "cancelled"))
+                    self._report_lease(lease, lease.result or self._lost(worker, lease, "cancelled"))
                 self._close(worker)
             self._selector.close()
             self._wakeup.close()
@@ -327,6 +331,8 @@ class WorkerPool:
             if lease is None or lease.outcome is not None or lease.result is not None:
                 continue
             due = min(due, lease.next_sample, lease.deadline if lease.deadline is not None else math.inf)
+            if lease.log_cap is not None:
+                due = min(due, lease.log_cap.next_check)
         return None if due == math.inf else max(0.0, due - time.monotonic())
 
     # -- workers -------------------------------------------------------------------------------
@@ -402,7 +408,7 @@ class WorkerPool:
                 final = lease.result
             else:
                 final = self._lost(worker, lease, lease.outcome or result.outcome, result)
-            self._report(lease.on_exit, final)
+            self._report_lease(lease, final)
         if not worker.retiring:
             log.warning("python worker died", pid=worker.pid, exit_code=result.exit_code, signal=result.signal,
                         busy=lease is not None)
@@ -463,6 +469,7 @@ class WorkerPool:
                 started=now,
                 deadline=None if spec.timeout_s is None else now + spec.timeout_s,
                 next_sample=now + self.sample_interval_s,
+                log_cap=None if self.log_cap_bytes is None else CappedLog(spec.log_path, self.log_cap_bytes, now),
             )
             worker.lease = lease
             self._wanted = max(self._wanted, sum(w.lease is not None and not w.retiring for w in self._workers.values()))
@@ -553,7 +560,7 @@ class WorkerPool:
             return  # the pool already decided this task's end (a kill is under way)
         if "error" in reply:
             worker.lease = None
-            self._report(lease.on_exit, _spawn_error(reply["error"]))
+            self._report_lease(lease, _spawn_error(reply["error"]))
             if not worker.ended:
                 self._idle.append(worker)
             return
@@ -591,7 +598,7 @@ class WorkerPool:
             return  # the worker died meanwhile; its task was reported then
         worker.lease = None
         assert lease.result is not None
-        self._report(lease.on_exit, lease.result)
+        self._report_lease(lease, lease.result)
         if why or self._stopping:
             self._retire(worker, why=why)
         elif not worker.ended:
@@ -629,6 +636,8 @@ class WorkerPool:
             if lease.deadline is not None and now >= lease.deadline:
                 self._retire(worker, "timeout")
                 continue
+            if lease.log_cap is not None and now >= lease.log_cap.next_check:
+                lease.log_cap.check(now)
             if now < lease.next_sample:
                 continue
             lease.next_sample = now + self.sample_interval_s
@@ -644,6 +653,11 @@ class WorkerPool:
         self._stop_deadline = time.monotonic() + _STOP_WAIT_S
         for worker in list(self._workers.values()):
             self._retire(worker, "cancelled")
+
+    def _report_lease(self, lease: _Lease, result: ProcessResult) -> None:
+        if lease.log_cap is not None:
+            lease.log_cap.finish()
+        self._report(lease.on_exit, result)
 
     def _report(self, on_exit: OnExit, result: ProcessResult) -> None:
         if self._reporting:

@@ -36,6 +36,7 @@ from typing import NamedTuple
 import psutil
 import structlog
 
+from adapters.logcap import CappedLog
 from adapters.spawn import spawn
 from adapters.wakeup import Wakeup
 from domain.outcomes import ProcessResult
@@ -487,6 +488,7 @@ class _Task:
     # Every tree member seen by a sample, kept so later samples reuse the psutil objects and so a
     # kill still finds members that have since been orphaned outside the group and session.
     members: dict[tuple[int, int], psutil.Process] = field(default_factory=dict)
+    log_cap: CappedLog | None = None
 
     @property
     def deadline(self) -> float | None:
@@ -558,8 +560,12 @@ class ProcessReactor:
     children of its own with ``start_new_session=True`` (``subprocess.run`` as is, is fine).
     """
 
-    def __init__(self, sample_interval_s: float = 0.5, adopt_orphans: bool = False, spawners: int = 2) -> None:
+    def __init__(self, sample_interval_s: float = 0.5, adopt_orphans: bool = False, spawners: int = 2,
+                 log_cap_bytes: int | None = None) -> None:
         self._sample_interval_s = sample_interval_s
+        # Output logs are cut down past this many bytes (see adapters.logcap); None: never.
+        self._log_cap_bytes = log_cap_bytes
+        self._caps: dict[str, tuple[CappedLog, int]] = {}  # by log path: the cap, how many tasks write it
         self._adopt_orphans = adopt_orphans
         self._adopting = False  # set by start(): we are subreaper
         # _lock guards _accepting, _closed, _tasks and the order of commands posted by spawn/stop.
@@ -786,6 +792,8 @@ class ProcessReactor:
             for task in list(self._live.values()):
                 if not task.killing and task.deadline is not None and now >= task.deadline:
                     self._kill(task, "timeout")
+                if task.log_cap is not None and now >= task.log_cap.next_check:
+                    task.log_cap.check(now)
             if self._live and now >= self._next_sample:
                 self._next_sample = now + self._sample_interval_s
                 self._sample(table())
@@ -801,10 +809,18 @@ class ProcessReactor:
         for task in self._live.values():
             if not task.killing and (deadline := task.deadline) is not None:
                 due = min(due, deadline)
+            if task.log_cap is not None:
+                due = min(due, task.log_cap.next_check)
         return None if due == math.inf else max(0.0, due - time.monotonic())
 
     def _watch(self, task: _Task) -> None:
         self._live[task.pid] = task
+        if self._log_cap_bytes is not None and task.spec.log_path:
+            # Tasks writing one log (python workers share theirs) share its cap.
+            cap, writers = self._caps.get(task.spec.log_path) or (
+                CappedLog(task.spec.log_path, self._log_cap_bytes, time.monotonic()), 0)
+            self._caps[task.spec.log_path] = (cap, writers + 1)
+            task.log_cap = cap
         self._selector.register(task.pidfd, selectors.EVENT_READ, task)
         if task.spec.marker is not None and task.spec.marker in self._cancelled_markers:
             self._kill(task, "cancelled")
@@ -924,6 +940,8 @@ class ProcessReactor:
     def _finish(self, task: _Task) -> None:
         with self._lock:
             self._tasks.discard(task)
+        if task.log_cap is not None:
+            self._release_cap(task.log_cap)
         if not self._reporting:
             return
         status, rusage = task.status, task.rusage
@@ -940,6 +958,15 @@ class ProcessReactor:
             cpu_s=0.0 if rusage is None else rusage.ru_utime + rusage.ru_stime,
         )
         report_exit(task.on_exit, result)
+
+    def _release_cap(self, cap: CappedLog) -> None:
+        """A task writing ``cap``'s log is done: trim the log to the cap once nobody writes it."""
+        _, writers = self._caps.get(cap.path, (cap, 1))
+        if writers > 1:
+            self._caps[cap.path] = (cap, writers - 1)
+            return
+        self._caps.pop(cap.path, None)
+        cap.finish()
 
     def _sample(self, table: _ProcTable) -> None:
         """Measure each running tree's RSS; kill trees over their memory limit."""

@@ -50,7 +50,20 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    result = _request(args, "health", {})
+    try:
+        with _client(args) as client:
+            result = client.request("health", {})
+    except RuntimeNotListening as error:
+        # No runtime: answer from the ledger (imported only now: a live health needs no database).
+        from cli.health import exit_code, ledger_health, print_report
+
+        report = ledger_health(Path(args.state_dir).resolve(), str(error))
+        print_report(report, args.json)
+        return exit_code(report)
+    except ControlError as error:
+        raise CliError(error.message, EXIT_RUNTIME) from None
+    except (TimeoutError, ConnectionError) as error:
+        raise CliError(str(error), EXIT_RUNTIME) from None
     if args.json:
         print(json.dumps(result, indent=2))
         return EXIT_OK if result["healthy"] else 1
@@ -63,6 +76,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     schemas = result["schemas"]
     print(f"schemas: {'loaded' if schemas['loaded'] else 'MISSING ' + ', '.join(schemas['missing'])}")
     print("circuits: " + (", ".join(f"{k}={v}" for k, v in sorted(result["circuits"].items())) or "none"))
+    for run_id, adapters in sorted(result.get("all_adapters_open", {}).items()):
+        print(f"run {run_id}: every adapter it needs has an open circuit ({', '.join(adapters)}); nothing of it can run")
+    for run_id, why in sorted(result.get("waiting", {}).items()):
+        print(f"run {run_id}: {why}")
     queues = result["queues"]
     print(f"queues: {queues['running']} running; waiting: "
           + (", ".join(f"{k}={v}" for k, v in sorted(queues["queued"].items())) or "none"))

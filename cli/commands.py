@@ -27,6 +27,7 @@ from actors.runtime import (
     RuntimeOptions,
     stall_limit_from_env,
 )
+from adapters.logcap import LogCapInvalid, cap_from_env
 from cli import signals
 from cli.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli.logging import configure_logging
@@ -41,6 +42,7 @@ from domain.plan_change import compare
 from domain.routing import RouterConfig
 from domain.states import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, RunState, TaskState
 from messages.ledger import ReplacePlan
+from monitoring.logfile import StreamCapInvalid
 from persistence.store import DuplicateRun, Store, WriteStalled
 from planning.errors import PlanError
 from planning.request import (
@@ -68,7 +70,11 @@ def _open_store(args: argparse.Namespace) -> tuple[Store, Path]:
     the runtime's logs now go to."""
     engine, state_dir = open_ledger(args)
     store = Store(engine, state_dir / "transitions.jsonl")
-    configure_logging(state_dir / "logs" / "runtime.jsonl")
+    try:
+        configure_logging(state_dir / "logs" / "runtime.jsonl")
+    except StreamCapInvalid as error:
+        _close(store)
+        raise CliError(str(error), EXIT_USAGE) from None
     return store, state_dir
 
 
@@ -101,6 +107,10 @@ def _create_or_find_run(
 
 def _runtime(args: argparse.Namespace, store: Store, state_dir: Path, router: RouterConfig, concurrency: int) -> Runtime:
     """A started runtime holding the state directory, serving the control socket."""
+    try:
+        task_log_cap = cap_from_env()
+    except LogCapInvalid as error:
+        raise CliError(str(error), EXIT_USAGE) from None
     # Bound before anything starts: a port in use is one line, with nothing to undo.
     dashboard = _bind_dashboard(args)
     options = RuntimeOptions(
@@ -111,6 +121,7 @@ def _runtime(args: argparse.Namespace, store: Store, state_dir: Path, router: Ro
         safe_mode_after_s=args.safe_mode_after,
         db_stall_limit_s=stall_limit_from_env() if args.db_stall_limit is None else args.db_stall_limit,
         control_socket=_socket_path(args, state_dir),
+        task_log_cap_bytes=task_log_cap,
     )
     try:
         runtime = Runtime(store, options)
@@ -130,6 +141,8 @@ def _runtime(args: argparse.Namespace, store: Store, state_dir: Path, router: Ro
         except BaseException:
             runtime.stop()
             raise
+    if getattr(args, "metrics", None):
+        _serve_metrics(runtime, args.metrics)
     return runtime
 
 
@@ -145,6 +158,23 @@ def _bind_dashboard(args: argparse.Namespace):
 def _close_socket(dashboard) -> None:
     if dashboard is not None:
         dashboard[1].close()
+
+
+def _serve_metrics(runtime: Runtime, address: str) -> None:
+    """Serve the runtime's metrics until it stops; a bad or busy address stops it (exit 2)."""
+    from monitoring.exposition import MetricsAddressInvalid, parse_address
+    from monitoring.live import serve_metrics
+
+    try:
+        host, port = parse_address(address)
+        server = serve_metrics(runtime, host, port)
+    except (MetricsAddressInvalid, OSError) as error:
+        runtime.stop()
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise CliError(f"cannot serve metrics on {address}: {reason}; choose another --metrics [HOST:]PORT",
+                       EXIT_USAGE) from None
+    runtime.before_stop.append(server.stop)
+    print(f"orchestrate: metrics at {server.url}", flush=True)
 
 
 def _force_stop(runtime: Runtime, signum: int) -> None:

@@ -1,4 +1,4 @@
-"""Structured JSON-lines logs of the runtime, written under the state directory.
+"""Structured JSON-lines logs of the runtime, written under the state directory's ``logs/``.
 
 Logging never raises into its callers (actors, the main thread): a log line that cannot be
 written (a full disk, a removed directory) is dropped, the first such failure is said once on
@@ -9,70 +9,43 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-import threading
-import time
 from pathlib import Path
 
 import structlog
 
-SAY_AGAIN_AFTER_S = 60.0
+from monitoring.logfile import SafeLogFile, shared_log_file
+
 # Where structlog writes: None until configured here, "stderr", or the log file's path.
 _destination: str | None = None
 
+# Which stream a logger's lines go to, by the start of its name; anything else: runtime.jsonl.
+STREAMS: dict[str, str] = {
+    "orchestrate.executor": "executor.jsonl",
+    "orchestrate.agent_executor": "executor.jsonl",
+    "orchestrate.process": "executor.jsonl",
+    "orchestrate.pool": "executor.jsonl",
+    "orchestrate.supervisor": "resilience.jsonl",
+    "orchestrate.ledger": "db_operations.jsonl",
+}
 
-class SafeLogFile:
-    """An append-only log file whose ``write`` never raises.
 
-    Each line is one ``os.write`` (no buffer holding failed data for later retries). A line
-    cut short by a full disk is ended with a newline by the next write that succeeds, so the
-    file stays one JSON object per line apart from that torn one.
-    """
+class _StreamLoggers:
+    """structlog's logger factory: a logger named ``orchestrate.x`` writes to its stream's file."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self._lock = threading.Lock()
-        self._failing = False
-        self._torn = False
-        self._said_at = -SAY_AGAIN_AFTER_S
+    def __init__(self, directory: Path, default: SafeLogFile) -> None:
+        self.directory = directory
+        self.default = default
+        self._streams: dict[str, SafeLogFile] = {}  # opened on first use, held for the process
 
-    def write(self, text: str) -> int:
-        data = text.encode("utf-8", errors="replace")
-        with self._lock:
-            try:
-                if self._torn:
-                    os.write(self._fd, b"\n")
-                    self._torn = False
-                written = os.write(self._fd, data)
-            except OSError as error:
-                self._failed(error)
-                return 0
-            if written < len(data):
-                self._torn = True
-                self._failed(OSError(28, os.strerror(28)))
-                return written
-            self._failing = False
-            return written
-
-    def flush(self) -> None:
-        """Nothing is buffered."""
-
-    def _failed(self, error: OSError) -> None:
-        if self._failing:
-            return
-        self._failing = True
-        now = time.monotonic()
-        # A nearly full disk takes some lines and refuses others: say it once a minute at most.
-        if now - self._said_at < SAY_AGAIN_AFTER_S:
-            return
-        self._said_at = now
-        try:
-            print(f"orchestrate: cannot write the runtime log {self.path}: {error.strerror}; "
-                  "runtime logging is off until it can be written again", file=sys.stderr, flush=True)
-        except (OSError, ValueError):
-            pass
+    def __call__(self, name: object = None, *args: object) -> structlog.WriteLogger:
+        stream = next((file for prefix, file in STREAMS.items() if str(name).startswith(prefix)), None)
+        if stream is None:
+            return structlog.WriteLogger(file=self.default)  # type: ignore[arg-type]
+        handle = self._streams.get(stream)
+        if handle is None:
+            handle = self._streams.setdefault(stream, shared_log_file(self.directory / stream))
+        return structlog.WriteLogger(file=handle)  # type: ignore[arg-type]
 
 
 def log_to_stderr(only_if_unconfigured: bool = False) -> None:
@@ -91,13 +64,13 @@ def logger(name: str) -> structlog.typing.FilteringBoundLogger:
 
 
 def configure_logging(path: Path) -> None:
-    """Send structlog and stdlib logging (pykka's) to ``path`` as JSON lines.
+    """Send structlog and stdlib logging (pykka's) to ``path`` as JSON lines, and the loggers
+    named in :data:`STREAMS` to their streams beside it (each rotated past its size cap).
 
-    The terminal shows progress, not logs; the log file is for after-the-fact diagnosis.
+    The terminal shows progress, not logs; the log files are for after-the-fact diagnosis.
     """
     global _destination
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = SafeLogFile(path)
+    handle = shared_log_file(path)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -105,7 +78,7 @@ def configure_logging(path: Path) -> None:
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
-        logger_factory=structlog.WriteLoggerFactory(file=handle),  # type: ignore[arg-type]
+        logger_factory=_StreamLoggers(path.parent, handle),
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()

@@ -134,6 +134,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     inspect = db_sub.add_parser("inspect", help="summarise runs, workstreams and tasks by state")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(handler=LEDGER + ":cmd_db_inspect")
+
+    metrics = sub.add_parser("metrics", help="a recorded run's metrics in Prometheus' text format (from the ledger)")
+    metrics.add_argument("--run", dest="run_id", metavar="ID", help="default: the latest run")
+    metrics.add_argument("-o", "--output", metavar="FILE", help="write them here atomically (a textfile collector's "
+                                                                 "*.prom file) instead of printing them")
+    metrics.set_defaults(handler="cli.metrics:cmd_metrics")
     _client_commands(sub)
     if only is not None and not sub.built:
         return build_parser()
@@ -209,6 +215,8 @@ def _runtime_options(parser: argparse.ArgumentParser) -> None:
                              "unavailable for this long (default 120)")
     parser.add_argument("--socket", metavar="PATH", help="control socket (default: <state dir>/orchestrate.sock)")
     parser.add_argument("--ui", metavar="[HOST:]PORT", help="also serve the web dashboard here (host default 127.0.0.1)")
+    parser.add_argument("--metrics", metavar="[HOST:]PORT", help="serve Prometheus metrics at "
+                        "http://HOST:PORT/metrics while the runtime lives (HOST default 127.0.0.1)")
 
 
 def _client_commands(sub) -> None:

@@ -176,6 +176,23 @@ class PatchRecorded(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class RuntimeBeat(Message):
+    """A runtime is alive (``at``), or stopped (``stopped``, with ``reason``); the first beat
+    of ``runtime_id`` (``at == started_at``) records who it is. Kept in ``runtime_heartbeats``
+    so ``health`` can answer from the ledger when no runtime is listening."""
+
+    runtime_id: str
+    pid: int
+    hostname: str
+    state_dir: str
+    started_at: str
+    at: str
+    stopped: bool = False
+    reason: str = ""
+    db_write_json: str = ""  # the runtime's commit times so far (domain.metrics.Histogram.as_json)
+
+
+@dataclass(frozen=True, slots=True)
 class CreateRun(Message):
     """Asked (not told): create a run of ``plan`` (immutable, shared, never copied) in one
     transaction; the reply is its id. ``request_json``: the execution request as JSON text.
@@ -252,6 +269,7 @@ LedgerOp = Union[
     EventObserved,
     RoutingDecided,
     PatchRecorded,
+    RuntimeBeat,
 ]
 
 

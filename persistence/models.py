@@ -214,6 +214,26 @@ class PatchRecord(Base):
     recorded_at: Mapped[str]
 
 
+class RuntimeHeartbeat(Base):
+    """One runtime that held the state directory: who (pid, host), since when, its last
+    heartbeat, and when and how it stopped (``stopped_at`` None: it never said — killed, or
+    still running). ``orchestrate health`` reads it when no runtime answers."""
+
+    __tablename__ = "runtime_heartbeats"
+    __table_args__ = (Index(None, "beat_at"),)
+
+    runtime_id: Mapped[str] = mapped_column(primary_key=True)
+    pid: Mapped[int]
+    hostname: Mapped[str]
+    state_dir: Mapped[str]
+    started_at: Mapped[str]
+    beat_at: Mapped[str]
+    stopped_at: Mapped[str | None]
+    stop_reason: Mapped[str | None]
+    # The runtime's ledger commit times so far: a histogram (domain.metrics.Histogram.as_json).
+    db_write_json: Mapped[str | None]
+
+
 class SchemaMeta(Base):
     """Facts about the schema itself, e.g. ``('schema_version', '1')``."""
 

@@ -25,6 +25,7 @@ from persistence.models import (
     RoutingDecision,
     Run,
     RunLease,
+    RuntimeHeartbeat,
     SchemaMeta,
     StepAttempt,
     Task,
@@ -160,6 +161,35 @@ class StateReader:
         if types is not None:
             query = query.where(Event.event_type.in_(list(types)))
         return self._rows(query.order_by(Event.id))
+
+    def get_ledger_events(self, since: str, until: str, types: Iterable[str]) -> list[dict[str, Any]]:
+        """Events of ``types`` concerning no run (circuits, actor restarts) recorded between
+        ``since`` and ``until`` (ISO-8601 UTC, inclusive), in id order."""
+        return self._rows(select(Event).where(Event.run_id.is_(None), Event.event_type.in_(list(types)),
+                                              Event.timestamp >= since, Event.timestamp <= until)
+                          .order_by(Event.id))
+
+    def latest_run_id(self) -> str | None:
+        """The most recently created run, if any."""
+        with Session(self._engine) as session:
+            return session.scalar(select(Run.run_id).order_by(Run.created_at.desc(), Run.run_id.desc()).limit(1))
+
+    def runtime_heartbeats(self, limit: int = 5) -> list[dict[str, Any]]:
+        """The runtimes that held this ledger's state directory, latest started first, each
+        with its last heartbeat (``beat_at``) and how it stopped (``stopped_at`` None: never said)."""
+        return self._rows(select(RuntimeHeartbeat).order_by(RuntimeHeartbeat.started_at.desc()).limit(limit))
+
+    def runtime_of(self, at: str) -> dict[str, Any] | None:
+        """The latest runtime started at or before ``at`` (the one that last worked on a run
+        updated then)."""
+        rows = self._rows(select(RuntimeHeartbeat).where(RuntimeHeartbeat.started_at <= at)
+                          .order_by(RuntimeHeartbeat.started_at.desc()).limit(1))
+        return rows[0] if rows else None
+
+    def schema_version(self) -> str | None:
+        with Session(self._engine) as session:
+            version = session.get(SchemaMeta, "schema_version")
+            return version.value if version is not None else None
 
     def get_patches(self, run_id: str) -> list[dict[str, Any]]:
         return self._rows(select(PatchRecord).where(PatchRecord.run_id == run_id).order_by(PatchRecord.id))

@@ -36,6 +36,7 @@ from messages.ledger import (
     LedgerOp,
     PatchRecorded,
     RoutingDecided,
+    RuntimeBeat,
     TransitionRun,
     TransitionTask,
     TransitionWorkstream,
@@ -48,7 +49,7 @@ RESERVE_BYTES = 256 * 1024
 _OP_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (TransitionRun, TransitionWorkstream, TransitionTask, AttemptStarted, AttemptFinished,
-                ErrorObserved, EventObserved, RoutingDecided, PatchRecorded)
+                ErrorObserved, EventObserved, RoutingDecided, PatchRecorded, RuntimeBeat)
 }
 
 

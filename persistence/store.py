@@ -42,6 +42,7 @@ from messages.ledger import (
     LedgerOp,
     PatchRecorded,
     RoutingDecided,
+    RuntimeBeat,
     TransitionRun,
     TransitionTask,
     TransitionWorkstream,
@@ -185,6 +186,7 @@ class Store:
             EventObserved: self._event_observed,
             RoutingDecided: self._routing_decided,
             PatchRecorded: self._patch_recorded,
+            RuntimeBeat: self._runtime_beat,
         }
 
     @staticmethod
@@ -730,6 +732,10 @@ class Store:
         if self._run(op.run_id) is None:
             return _unknown(op, f"unknown run {op.run_id!r}")
         batch.patch(op)
+        return None
+
+    def _runtime_beat(self, op: RuntimeBeat, batch: WriteBatch) -> Rejected | None:
+        batch.heartbeat(op)
         return None
 
     def get_patches(self, run_id: str) -> list[dict[str, Any]]:

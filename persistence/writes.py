@@ -15,13 +15,21 @@ from typing import Any
 from sqlalchemy import Connection, Executable, bindparam, case, func, insert, update
 
 from domain.states import TERMINAL_TASK_STATES, TaskState
-from messages.ledger import AttemptFinished, AttemptStarted, ErrorObserved, PatchRecorded, RoutingDecided
+from messages.ledger import (
+    AttemptFinished,
+    AttemptStarted,
+    ErrorObserved,
+    PatchRecorded,
+    RoutingDecided,
+    RuntimeBeat,
+)
 from persistence.models import (
     ErrorRecord,
     Event,
     PatchRecord,
     RoutingDecision,
     Run,
+    RuntimeHeartbeat,
     StepAttempt,
     Task,
     Workstream,
@@ -120,6 +128,14 @@ _ERROR_REPEAT = (
 _EVENT = insert(Event.__table__)
 _ROUTING = insert(RoutingDecision.__table__)
 _PATCH = insert(PatchRecord.__table__)
+_heartbeats = RuntimeHeartbeat.__table__
+_HEARTBEAT_NEW = insert(_heartbeats)
+_HEARTBEAT = (
+    update(_heartbeats)
+    .where(_heartbeats.c.runtime_id == bindparam("b_runtime_id"))
+    .values(beat_at=bindparam("b_at"), stopped_at=bindparam("b_stopped_at"), stop_reason=bindparam("b_reason"),
+            db_write_json=bindparam("b_db_write_json"))
+)
 
 # Execution order. A row must exist before its update: attempts start before they finish,
 # an error is inserted before it repeats. Everything else touches disjoint columns, and rows
@@ -137,6 +153,8 @@ _ORDER: tuple[Executable, ...] = (
     _EVENT,
     _ROUTING,
     _PATCH,
+    _HEARTBEAT_NEW,
+    _HEARTBEAT,
 )
 
 
@@ -334,5 +352,29 @@ class WriteBatch:
                 "chosen": op.chosen,
                 "reason": op.reason or None,
                 "decided_at": op.at,
+            }
+        )
+
+    def heartbeat(self, op: RuntimeBeat) -> None:
+        if op.at == op.started_at and not op.stopped:
+            self._rows[_HEARTBEAT_NEW].append(
+                {
+                    "runtime_id": op.runtime_id,
+                    "pid": op.pid,
+                    "hostname": op.hostname,
+                    "state_dir": op.state_dir,
+                    "started_at": op.started_at,
+                    "beat_at": op.at,
+                    "db_write_json": op.db_write_json or None,
+                }
+            )
+            return
+        self._rows[_HEARTBEAT].append(
+            {
+                "b_runtime_id": op.runtime_id,
+                "b_at": op.at,
+                "b_stopped_at": op.at if op.stopped else None,
+                "b_reason": op.reason or None,
+                "b_db_write_json": op.db_write_json or None,
             }
         )

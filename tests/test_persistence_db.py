@@ -19,7 +19,7 @@ from persistence.models import Base
 
 TABLES = {
     "runs", "workstreams", "tasks", "step_attempts", "errors", "events",
-    "routing_decisions", "schema_meta", "run_leases",
+    "routing_decisions", "schema_meta", "run_leases", "runtime_heartbeats",
 }
 
 
