@@ -92,17 +92,33 @@ def _create_or_find_run(
     concurrency: int,
     reuse: Collection[str],
     run_id: str | None = None,
+    command: str = "run",
+    plan_source: str = "",
 ) -> tuple[str, bool]:
-    """:func:`actors.runs.create_or_find_run`, its refusals as one-line errors."""
+    """:func:`actors.runs.create_or_find_run`, its refusals as one-line errors; the outcome is
+    recorded in the audit log as ``command`` applied by this process."""
+    audited = {"plan": plan_source, "concurrency": concurrency, "new": not reuse, "run_id": run_id}
     try:
-        return create_or_find_run(ledger, store, plan, concurrency, reuse, run_id)
+        found, created = create_or_find_run(ledger, store, plan, concurrency, reuse, run_id)
     except RequestInvalid as error:
+        _audit(ledger, command, audited, run_id, False, f"invalid_request: {error}")
         raise CliError(f"the execution request is not valid: {error}", EXIT_USAGE) from None
     except DuplicateRun as error:
+        _audit(ledger, command, audited, run_id, False, f"refused: {error}")
         raise CliError(str(error), EXIT_USAGE) from None
     except WriteStalled as error:
         raise CliError(f"cannot create the run: {error}; try again when the database takes writes",
                        EXIT_RUNTIME) from None
+    _audit(ledger, command, audited, found, True, f"{'created' if created else 'found existing'} run {found}")
+    return found, created
+
+
+def _audit(ledger: pykka.ActorRef, command: str, args: dict, run_id: str | None, accepted: bool,
+           message: str) -> None:
+    """Record a command this process applied itself (``via='cli'``, its own uid)."""
+    from actors.control import audit_record, this_process
+
+    ledger.tell(audit_record(this_process(), command, args, run_id, accepted, message))
 
 
 def _runtime(args: argparse.Namespace, store: Store, state_dir: Path, router: RouterConfig, concurrency: int) -> Runtime:
@@ -346,7 +362,8 @@ def _run_plan(args: argparse.Namespace, plan_path: str) -> tuple[int, str]:
         runtime = _runtime(args, store, state_dir, router, args.concurrency)
         try:
             reuse = frozenset() if args.new else RESUMABLE_BY_RUN
-            run_id, created = _create_or_find_run(runtime.directory.get(LEDGER), store, plan, args.concurrency, reuse)
+            run_id, created = _create_or_find_run(runtime.directory.get(LEDGER), store, plan, args.concurrency, reuse,
+                                                  plan_source=plan_path)
             decisions = plan_reuse(store, plan, force, force_all, () if created else _completed(store, run_id))
         except BaseException:
             runtime.stop()
@@ -452,7 +469,8 @@ def cmd_request(args: argparse.Namespace) -> int:
         try:
             with LedgerSession(store, state_dir) as ledger:
                 reuse = frozenset() if args.new else ANY_RUN_STATUS
-                run_id, created = _create_or_find_run(ledger, store, plan, args.concurrency, reuse, args.run_id)
+                run_id, created = _create_or_find_run(ledger, store, plan, args.concurrency, reuse, args.run_id,
+                                                      command="request", plan_source=",".join(args.workstream))
         except RuntimeLocked as error:
             raise CliError(str(error), EXIT_RUNTIME) from None
         run = store.get_run(run_id)
@@ -500,6 +518,8 @@ def cmd_execute(args: argparse.Namespace) -> int:
         if args.plan:
             return _apply_plan(args, store, state_dir, router, run, concurrency)
         runtime = _runtime(args, store, state_dir, router, concurrency)
+        _audit(runtime.directory.get(LEDGER), "execute", {"run": args.run_id, "concurrency": concurrency},
+               args.run_id, True, f"executing run {args.run_id} ({run['status']})")
         return _execute(runtime, store, args.run_id, args.quiet)
     finally:
         _close(store)

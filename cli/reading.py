@@ -94,12 +94,14 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
     errors = reader.get_errors(run_id)
     patches = reader.get_patches(run_id)
     driven_by = next((lease for lease in reader.get_leases() if lease["run_id"] == run_id and lease["live"]), None)
+    audit = reader.get_audit(run_id)
     if as_json:
         document: dict[str, Any] = {
             key: value for key, value in run.items() if key != "metadata"
         } | {"driven_by": driven_by,
              "request": run["metadata"].get("request"), "workstreams": workstreams, "tasks": tasks, "errors": errors,
-             "patches": patches, "notable_events": reader.get_events(run_id, types=NOTABLE_EVENTS)}
+             "patches": patches, "notable_events": reader.get_events(run_id, types=NOTABLE_EVENTS),
+             "audit": audit}
         print(json.dumps(document, indent=2, default=str))
         return EXIT_OK
     print(f"run {run_id}: {run['status']}  (created {run['created_at']}, updated {run['updated_at']})")
@@ -135,7 +137,20 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
         print(table(("AT", "EVENT", "TASK", "DETAIL"),
                     [(e["timestamp"], e["event_type"], e.get("task_key") or e.get("ws_id") or "", _event_detail(e))
                      for e in notable]))
+    if audit:
+        print()
+        print(table(("AT", "WHO", "VIA", "COMMAND", "RESULT"),
+                    [(a["at"], f"{a['user']} (uid {a['uid']})", a["via"], _audited_command(a),
+                      ("accepted" if a["accepted"] else "REFUSED: " + a["message"])[:100]) for a in audit]))
     return EXIT_OK
+
+
+def _audited_command(entry: dict[str, Any]) -> str:
+    """The command as a person would have typed it: its name and the arguments that matter."""
+    args = entry.get("args") or {}
+    words = [str(args[k]) for k in ("task",) if args.get(k)]
+    words += [f"{k}={args[k]}" for k in ("comment", "timeout_s", "pid") if args.get(k) not in (None, "")]
+    return " ".join([entry["command"], *words])
 
 
 def _event_detail(event: dict[str, Any]) -> str:
