@@ -24,6 +24,7 @@ _STATE_STYLE = {
     TaskState.RETRY_WAIT.value: ("↻", "yellow"),
     TaskState.AWAITING_APPROVAL.value: ("?", "yellow"),
     "FIXING": ("↻", "yellow"),
+    "RETRIED": ("↻", "yellow"),
 }
 
 

@@ -48,6 +48,31 @@ def open_ledger(args: argparse.Namespace) -> tuple[Engine, Path]:
     return engine, state_dir
 
 
+def recorded_status(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    """A run's status as the ledger has it (no runtime needed), in the shape of a live
+    runtime's ``status`` reply; running tasks are those recorded IN_PROGRESS (a dead runtime's
+    leave them so until ``execute --run`` resumes the run)."""
+    engine, _ = open_ledger(args)
+    try:
+        reader = StateReader(engine)
+        run = reader.get_run(run_id)
+        if run is None:
+            raise CliError(f"no run {run_id!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
+        tasks = {t["task_key"]: t for t in reader.get_tasks(run_id)}
+    finally:
+        engine.dispose()
+    states = {key: task["state"] for key, task in tasks.items()}
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    running = sorted(key for key, state in states.items() if state in ("IN_PROGRESS", "VALIDATING"))
+    return {"paused_all": False, "runs": [{
+        "run_id": run_id, "active": False, "status": run["status"], "status_reason": run.get("status_reason") or "",
+        "counts": dict(sorted(counts.items())), "tasks": states, "running": running,
+        "running_since": {key: tasks[key]["started_at"] for key in running if tasks[key].get("started_at")},
+        "awaiting_approval": []}]}
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     engine, _ = open_ledger(args)
     try:
