@@ -31,7 +31,7 @@ from cli import signals
 from cli.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli.foreground import Display, choose_mode
 from cli.logging import configure_logging
-from cli.output import paint, table, use_colour
+from cli.output import existing_logs, paint, table, use_colour
 from cli.plans import format_plan_error, load, require_schemas
 from cli.plans import router as read_router
 from cli.reading import open_ledger
@@ -337,12 +337,7 @@ def _print_summary(store: Store, run_id: str, state: str, counts: dict[str, int]
 
 def _logs_of(attempt: dict) -> list[str]:
     """The logs of an attempt that exist: its tool's, then its acceptance checks' beside it."""
-    path = attempt.get("log_path")
-    if not path:
-        return []
-    stem = Path(path).with_suffix("")
-    checks = sorted(stem.parent.glob(f"{stem.name}.check*.log"))
-    return [str(p) for p in [Path(path), *checks] if p.exists()]
+    return existing_logs(attempt.get("log_path") or "")
 
 
 def _summary_json(store: Store, run_id: str, state: str, counts: dict[str, int], elapsed: float) -> dict:

@@ -4,7 +4,7 @@
 - ``plain``: stdout is a file or a pipe — one line per state change (stable, for scripts
   that read it and for logs), failures followed by their log path;
 - ``json``: ``--json`` — one JSON object per line: ``{"event", "run", "task", "state",
-  "attempt", "time", "done", "total", "detail", "log"}``, then a ``run_finished`` object;
+  "attempt", "time", "done", "total", "detail", "logs"}``, then a ``run_finished`` object;
 - ``quiet``: ``--quiet`` — only the summary.
 
 A :class:`Display` is a progress listener (called on the runtime's event thread) plus what is
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.output import paint, progress_line, use_colour
+from cli.output import existing_logs, paint, progress_line, use_colour
 from domain.run_core import attempt_log_path
 from messages import RunProgress
 
@@ -85,13 +85,13 @@ class Display:
             self._print(event)
 
     def _print(self, event: RunProgress) -> None:
-        log = self._log(event) if event.state in _SHOWS_LOG else ""
+        logs = self._logs(event) if event.state in _SHOWS_LOG else []
         if self.mode == "json":
-            self._emit(event_json(event, log))
+            self._emit(event_json(event, logs))
             return
         line = f"  ! {event.detail}" if event.state == "WARNING" else progress_line(event, self.colour, self.run_id)
-        if line and log:
-            line += "\n        " + paint(f"log: {log}", "dim", self.colour)
+        if line:
+            line += "".join("\n        " + paint(f"log: {log}", "dim", self.colour) for log in logs)
         if line:
             self._write(line)
 
@@ -108,19 +108,21 @@ class Display:
             self.printing = False
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
-    def _log(self, event: RunProgress) -> str:
+    def _logs(self, event: RunProgress) -> list[str]:
+        if not event.attempt:
+            return []
         ws_id, _, task_id = event.task_key.partition("/")
-        path = attempt_log_path(self.log_dir, ws_id, task_id, event.attempt)
-        return path if event.attempt and os.path.exists(path) else ""
+        return existing_logs(attempt_log_path(self.log_dir, ws_id, task_id, event.attempt))
 
     def finished(self, summary: dict[str, Any]) -> None:
         """The run's outcome, in JSON mode (other modes print the text summary)."""
         self._emit({"event": "run_finished", "run": self.run_id, **summary})
 
 
-def event_json(event: RunProgress, log: str = "") -> dict[str, Any]:
-    """One line of ``--json``: what kind of event, about what, when."""
+def event_json(event: RunProgress, logs: list[str] | None = None) -> dict[str, Any]:
+    """One line of ``--json``: what kind of event, about what, when; ``logs``: a failed
+    attempt's logs (its tool's, then its checks')."""
     kind = "run" if event.finished_run_state else "task" if event.task_key else "notice"
     return {"event": kind, "run": event.run_id, "task": event.task_key, "state": event.state,
             "attempt": event.attempt, "time": event.at, "done": event.done, "total": event.total,
-            "detail": event.detail, "log": log}
+            "detail": event.detail, "logs": logs or []}

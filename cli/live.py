@@ -11,7 +11,6 @@ tasks counted by state; the tasks running now with their elapsed time; what wait
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from cli.output import existing_logs
 from domain.run_core import attempt_log_path
 from domain.states import TERMINAL_TASK_STATES, TaskState
 from messages import RunProgress
@@ -50,7 +50,7 @@ class _Failure:
     task: str
     state: str
     detail: str
-    log: str
+    logs: list[str]
 
 
 @dataclass(slots=True)
@@ -134,14 +134,13 @@ class Board:
         elif state == TaskState.RETRY_WAIT.value:
             self.waits[key] = event.detail.rpartition("; ")[2] or "waiting to retry"
         if state in _FAILED or state == TaskState.RETRY_WAIT.value:
-            self.failures.append(_Failure(key, state, event.detail, self.log_of(key, event.attempt)))
+            self.failures.append(_Failure(key, state, event.detail, self.logs_of(key, event.attempt)))
             del self.failures[:-MAX_FAILURES]
 
-    def log_of(self, key: str, attempt: int) -> str:
-        """The log of ``key``'s attempt ``attempt``, if it has one."""
+    def logs_of(self, key: str, attempt: int) -> list[str]:
+        """The logs of ``key``'s attempt ``attempt`` (its tool's, its checks'), those that exist."""
         ws_id, _, task_id = key.partition("/")
-        path = attempt_log_path(self.log_dir, ws_id, task_id, attempt)
-        return path if attempt and os.path.exists(path) else ""
+        return existing_logs(attempt_log_path(self.log_dir, ws_id, task_id, attempt)) if attempt else []
 
     # -- drawn on rich's refresh thread ------------------------------------------------------------
     def render(self) -> RenderableType:
@@ -174,8 +173,8 @@ class Board:
                 lines.append("✗ " if failure.state in _FAILED else "↻ ", style="red")
                 lines.append(f"{failure.task} {failure.state}", style="bold")
                 lines.append(f"  {failure.detail}\n")
-                if failure.log:
-                    lines.append(f"    log: {failure.log}\n", style="dim")
+                for log in failure.logs:
+                    lines.append(f"    log: {log}\n", style="dim")
             lines.rstrip()
             parts.append(Panel(lines, title="failures", title_align="left", border_style="red"))
         if self.notices:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, CliError
-from cli.output import table
+from cli.output import existing_logs, table
 from domain.cache import CACHE_ADAPTER
 from persistence.db import DatabaseUnavailable, resolve_db_url
 from persistence.migrate import init_db, open_db
@@ -145,8 +145,20 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
             task["task_key"], "CACHED" if task["state"] == "COMPLETED" and task.get("adapter") == CACHE_ADAPTER
             else task["state"], task["attempts"], task.get("adapter") or "",
             _duration(task), task.get("exit_code") if task.get("exit_code") is not None else "",
+            _shown_path(next(iter(existing_logs(task["attempt_history"][-1].get("log_path") or "")), "")
+                        if task["attempt_history"] else ""),
         ))
-    print(table(("TASK", "STATE", "ATTEMPTS", "ADAPTER", "DURATION", "EXIT"), rows))
+    print(table(("TASK", "STATE", "ATTEMPTS", "ADAPTER", "DURATION", "EXIT", "LOG"), rows))
+    failed = [t for t in tasks if t["state"] in ("FAILED", "TIMEOUT")]
+    if failed:
+        print()
+        print("FAILURES")
+        for task in failed:
+            last = task["attempt_history"][-1] if task["attempt_history"] else {}
+            print(f"  ✗ {task['task_key']} {task['state']} (attempt {last.get('attempt', 0)}): "
+                  f"{task['last_message'] or 'no message'}")
+            for log in existing_logs(last.get("log_path") or ""):
+                print(f"      log: {_shown_path(log)}")
     if errors:
         print()
         print(table(("ERROR", "TASK", "COUNT", "SIGNATURE", "MESSAGE"),
@@ -200,6 +212,16 @@ def _tasks_with_attempts(reader: StateReader, run_id: str, plan_order: list[str]
         task["last_message"] = last.get("message") or ""
         task["attempt_history"] = history
     return tasks
+
+
+def _shown_path(path: str) -> str:
+    """``path`` relative to the working directory when it lies under it (shorter to read)."""
+    if not path:
+        return ""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def _duration(task: dict[str, Any]) -> str:
