@@ -6,7 +6,8 @@ order of preference:
 
 1. pytest: the short-summary lines ``FAILED path::test - reason`` and ``ERROR path - reason``,
    and ``ERROR: not found: …`` / ``ERROR: file or directory not found: …`` (a bad test id);
-2. ruff (and any linter in its format): ``path:line:col: CODE message`` diagnostics;
+2. ruff (and any linter in its format): ``path:line:col: CODE message`` diagnostics — ruff's
+   default ``full`` format (``CODE message`` then `` --> path:line:col``) is folded into that;
 3. a Python traceback: its last frame (``File "…", line N, in f``) and the exception line;
 4. otherwise the last non-empty lines.
 
@@ -24,6 +25,8 @@ _LINE_WIDTH = 240
 _PYTEST_SUMMARY = re.compile(r"^(FAILED|ERROR) \S")
 _PYTEST_USAGE = re.compile(r"^ERROR: (?:file or directory )?not found: ")
 _LINT = re.compile(r"^[^\s:][^:]*:\d+:\d+: [A-Z]+[0-9]+ ")
+_LINT_HEAD = re.compile(r"^([A-Z]+[0-9]+) (.+)$")
+_LINT_AT = re.compile(r"^\s*--> (\S+:\d+:\d+)$")
 _FRAME = re.compile(r'^\s*File "[^"]*", line \d+')
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Failure)\b(?::|$)")
 _TRACEBACK_START = "Traceback (most recent call last):"
@@ -54,7 +57,13 @@ def _pytest(lines: list[str]) -> list[str]:
 
 
 def _lint(lines: list[str]) -> list[str]:
-    return [line for line in lines if _LINT.match(line)]
+    found = []
+    for index, line in enumerate(lines):
+        if _LINT.match(line):
+            found.append(line)
+        elif (head := _LINT_HEAD.match(line)) and index + 1 < len(lines) and (at := _LINT_AT.match(lines[index + 1])):
+            found.append(f"{at.group(1)}: {head.group(1)} {head.group(2)}")
+    return found
 
 
 def _traceback(lines: list[str]) -> list[str]:

@@ -52,6 +52,9 @@ def test_ruff_failures_are_its_diagnostics_not_the_fixable_hint(broken: Path) ->
     lines = signal_lines(output, "ruff")
     assert "calc.py:1:8: F401 [*] `os` imported but unused" in lines
     assert all(line.startswith("calc.py:") for line in lines)
+    full = _output([str(BIN / "ruff"), "check", "--isolated", "--no-cache", "calc.py"], broken)
+    assert " --> calc.py:1:8" in full  # ruff's default format names the place on the next line
+    assert signal_lines(full, "ruff") == lines
 
 
 def test_a_python_traceback_is_its_last_frame_and_exception(tmp_path: Path) -> None:
