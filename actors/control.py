@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,6 +78,7 @@ _RETRYABLE = frozenset(state.value for state in UNSUCCESSFUL_TASK_STATES)
 AUDITED = frozenset({"submit", "pause", "resume", "cancel", "retry", "approve", "reject", "drain", "shutdown"})
 """Commands that change state: each one asked for, accepted or refused, is an audit_log row."""
 _AUDIT_MESSAGE_LIMIT = 2000
+REFUSAL_AUDIT_EVERY_S = 1.0
 
 
 class _NotActive(ControlError):
@@ -113,6 +115,7 @@ def audit_record(principal: Principal, command: str, args: dict[str, Any], run_i
 class RuntimeControl:
     def __init__(self, runtime: ControlledRuntime) -> None:
         self.runtime = runtime
+        self._refusals_recorded: dict[int, float] = {}  # uid -> when its last refusal was recorded
         self.commands: dict[str, Callable[[dict[str, Any], Principal], object]] = {
             "ping": self.ping,
             "health": self.health,
@@ -160,6 +163,12 @@ class RuntimeControl:
         return self.dispatch(command, args, principal_of(peer))
 
     def peer_refused(self, peer: Peer, message: str) -> None:
+        # At most one row per uid per REFUSAL_AUDIT_EVERY_S: a stranger connecting in a loop
+        # must not fill the ledger (the runtime log still has every refusal).
+        now = time.monotonic()
+        if now - self._refusals_recorded.get(peer.uid, -REFUSAL_AUDIT_EVERY_S) < REFUSAL_AUDIT_EVERY_S:
+            return
+        self._refusals_recorded[peer.uid] = now
         self._audit(principal_of(peer), "connect", {"pid": peer.pid, "gid": peer.gid}, None, False,
                     f"permission_denied: {message}")
 

@@ -90,8 +90,8 @@ class Board:
             if event.finished_run_state:
                 self.finished = event.finished_run_state
                 return
-            if not event.task_key:
-                self._notice(event)
+            if not event.task_key or not event.run_id:
+                self._notice(event)  # run-wide, or about the runtime itself (a hung actor)
                 return
             if event.state not in _TASK_STATES:
                 if event.state == "RETRIED":
@@ -113,6 +113,8 @@ class Board:
             self.waiting = event.detail
         elif event.state == "WARNING":
             self.notices.append(f"! {event.detail}")
+        elif event.state == "HUNG":
+            self.notices.append(f"! actor {event.task_key} missed heartbeats: {event.detail}")
         del self.notices[:-3]
 
     def _move(self, event: RunProgress) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli.output import existing_logs, table
 from domain.cache import CACHE_ADAPTER
-from persistence.db import DatabaseUnavailable, resolve_db_url
+from persistence.db import DatabaseUnavailable, resolve_db_url, sqlite_file
 from persistence.migrate import init_db, open_db
 from persistence.reader import StateReader
 
@@ -51,7 +51,12 @@ def open_ledger(args: argparse.Namespace) -> tuple[Engine, Path]:
 def recorded_status(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
     """A run's status as the ledger has it (no runtime needed), in the shape of a live
     runtime's ``status`` reply; running tasks are those recorded IN_PROGRESS (a dead runtime's
-    leave them so until ``execute --run`` resumes the run)."""
+    leave them so until ``execute --run`` resumes the run). A missing ledger file is not
+    created: there is nothing recorded to show."""
+    database = sqlite_file(resolve_db_url(Path(args.state_dir).resolve()))
+    if database is not None and not database.exists():
+        raise CliError(f"no runtime is listening and there is no ledger at {database}: no run {run_id!r} "
+                       "is recorded here (start one with `orchestrate run PLAN`)", EXIT_RUNTIME)
     engine, _ = open_ledger(args)
     try:
         reader = StateReader(engine)

@@ -189,3 +189,34 @@ def test_progress_never_goes_backwards_a_retry_shows_as_a_retry_and_pause_and_re
     assert "↻ w/flaky  RETRIED  by request, with w/after" in out
     assert "… paused: no new task starts" in out and "… resumed" in out
     assert _COUNTER.findall(out)[-1] == ("5", "5")  # three tasks, two outcomes reopened by the retry
+
+
+def test_the_panel_shows_each_kind_of_wait_and_a_failures_log(tmp_path):
+    from rich.console import Console
+
+    from cli.live import Board
+    from messages import RunProgress
+
+    log = tmp_path / "w" / "b.attempt2.log"
+    log.parent.mkdir()
+    log.write_text("boom\n")
+    board = Board("r", str(tmp_path), {"w/a": "PENDING", "w/b": "PENDING", "v/c": "PENDING"})
+
+    def event(task: str, state: str, detail: str = "", attempt: int = 0, done: int = 0) -> RunProgress:
+        return RunProgress("r", task, state, "2026-01-01T00:00:00Z", done, 3, detail, attempt=attempt)
+
+    board.apply(event("w/a", "AWAITING_APPROVAL", "Ship?", 1))
+    board.apply(event("w/b", "RETRY_WAIT", "exit code 1: boom; retry in 2.00s", 2))
+    board.apply(event("v/c", "COMPLETED", "in 0.1s", 1, done=1))
+    board.apply(event("", "WAITING", "waiting: circuit 'shell' open, next probe in 12s"))
+    board.apply(event("", "PAUSED"))
+    board.apply(RunProgress("other-run", "x/y", "FAILED", "", 0, 1, "not ours"))
+    console = Console(width=140, record=True, file=open(os.devnull, "w"))
+    console.print(board.render())
+    text = console.export_text()
+    assert re.search(r"w\s.*0/2\s+awaiting_approval=1 retry_wait=1", text), text
+    assert re.search(r"v\s.*1/1\s+completed=1", text), text
+    assert "w/a: awaiting approval: Ship?  (orchestrate approve r w/a)" in text
+    assert "w/b: retry in 2.00s" in text and "circuit 'shell' open" in text and "run paused" in text
+    assert f"log: {log}" in text and "not ours" not in text
+    assert "1/3" in text
