@@ -34,8 +34,6 @@ from domain.leases import RunLeaseHeld
 from domain.run_core import ControlRefused, RunNotActive
 from domain.states import UNSUCCESSFUL_TASK_STATES
 from messages import RunProgress
-from messages.ledger import AuditRecorded
-from persistence.clock import utc_now_iso
 from messages.control import (
     Approval,
     CancelWork,
@@ -47,7 +45,9 @@ from messages.control import (
     RetryTask,
     StatusQuery,
 )
+from messages.ledger import AuditRecorded
 from monitoring.observer import LedgerObserver
+from persistence.clock import utc_now_iso
 from persistence.store import Store, WriteStalled
 from planning.errors import PlanError
 from planning.loader import load_plan
@@ -150,7 +150,8 @@ class RuntimeControl:
         try:
             result = method(args, principal)
         except ControlError as refusal:
-            self._audit(principal, command, args, None, False, f"{refusal.code}: {refusal.message}")
+            said = refusal.message if refusal.code == "refused" else f"{refusal.code}: {refusal.message}"
+            self._audit(principal, command, args, None, False, said)
             raise
         except Exception as error:
             self._audit(principal, command, args, None, False, f"internal error: {type(error).__name__}")

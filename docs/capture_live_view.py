@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 from rich.console import Console
@@ -83,7 +84,7 @@ def capture(at_s: float, width: int) -> bytes:
         shutil.rmtree(work, ignore_errors=True)
     # A frame is whole when the next redraw follows it: the first whole one drawn after ``at_s``.
     redraws = list(_REDRAW.finditer(received))
-    for this, following in zip(redraws, redraws[1:]):
+    for this, following in pairwise(redraws):
         if this.start() >= offset:
             return bytes(received[this.end():following.start()])
     raise SystemExit("the run ended before a whole frame was drawn after --at; give a smaller --at")
@@ -96,9 +97,10 @@ def main() -> None:
     parser.add_argument("--png", action="store_true", help="also make docs/live_view.png with Chromium")
     options = parser.parse_args()
     frame = capture(options.at, options.width)
-    console = Console(record=True, width=options.width, file=open(os.devnull, "w"), force_terminal=True)
     text = frame.replace(b"\r\n", b"\n").replace(b"\r", b"").replace(b"\x1b[?25l", b"")
-    console.print(Text.from_ansi(text.decode("utf-8", "replace").rstrip("\n")))
+    with open(os.devnull, "w") as sink:
+        console = Console(record=True, width=options.width, file=sink, force_terminal=True)
+        console.print(Text.from_ansi(text.decode("utf-8", "replace").rstrip("\n")))
     svg = HERE / "live_view.svg"
     console.save_svg(str(svg), title="orchestrate run plan.json")
     print(f"wrote {svg}")

@@ -211,8 +211,9 @@ def test_the_panel_shows_each_kind_of_wait_and_a_failures_log(tmp_path):
     board.apply(event("", "WAITING", "waiting: circuit 'shell' open, next probe in 12s"))
     board.apply(event("", "PAUSED"))
     board.apply(RunProgress("other-run", "x/y", "FAILED", "", 0, 1, "not ours"))
-    console = Console(width=140, record=True, file=open(os.devnull, "w"))
-    console.print(board.render())
+    with open(os.devnull, "w") as sink:
+        console = Console(width=140, record=True, file=sink)
+        console.print(board.render())
     text = console.export_text()
     assert re.search(r"w\s.*0/2\s+awaiting_approval=1 retry_wait=1", text), text
     assert re.search(r"v\s.*1/1\s+completed=1", text), text
