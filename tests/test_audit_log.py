@@ -126,3 +126,26 @@ def test_a_run_the_cli_creates_itself_is_audited_as_the_processes_own_uid(tmp_pa
         ("run", "cli", os.getuid(), 1), ("request", "cli", os.getuid(), 1), ("request", "cli", os.getuid(), 0)]
     assert json.loads(rows[0]["args_json"])["plan"] == str(plan)
     assert "already exists" in rows[2]["message"] or "run-named" in rows[2]["message"]
+
+
+def test_an_audit_record_needs_no_known_run_and_survives_a_spill(tmp_path):
+    from actors.control import audit_record, this_process
+    from persistence.db import make_engine
+    from persistence.migrate import init_db
+    from persistence.reader import StateReader
+    from persistence.spill import read_spill, write_spill
+    from persistence.store import Store
+
+    refused = audit_record(this_process(), "cancel", {"run": "run-nope"}, "run-nope", False, "no run 'run-nope'")
+    spill = tmp_path / "pending.jsonl"
+    write_spill(spill, [refused])
+    assert read_spill(spill) == [refused]
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    init_db(url)
+    engine = make_engine(url)
+    with Store(engine) as store:
+        assert store.apply(read_spill(spill)) == []
+    [row] = StateReader(engine).get_audit("run-nope")
+    engine.dispose()
+    assert (row["uid"], row["via"], row["command"], row["accepted"]) == (os.getuid(), "cli", "cancel", False)
+    assert row["args"] == {"run": "run-nope"} and row["message"] == "no run 'run-nope'"
