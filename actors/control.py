@@ -399,4 +399,5 @@ def _event_json(event: RunProgress) -> dict[str, Any]:
         "total": event.total,
         "detail": event.detail,
         "finished_run_state": event.finished_run_state,
+        "attempt": event.attempt,
     }
