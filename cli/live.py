@@ -78,7 +78,8 @@ class Board:
         for key, state in self.states.items():
             self.ws_counts.setdefault(_workstream(key), Counter())[state] += 1
         self.total = len(self.states)
-        self.done = sum(1 for state in self.states.values() if state in _TERMINAL)
+        # Until the first event: a resumed run keeps only its completed tasks (the rest run again).
+        self.done = sum(1 for state in self.states.values() if state == TaskState.COMPLETED.value)
 
     # -- fed on the event thread -------------------------------------------------------------------
     def apply(self, event: RunProgress) -> None:
@@ -86,7 +87,8 @@ class Board:
             return
         with self._lock:
             if event.task_key or event.finished_run_state:
-                self.done, self.total = max(self.done, event.done), max(self.total, event.total)
+                # The run core's counter only grows (a retry adds to both sides).
+                self.done, self.total = event.done, event.total
             if event.finished_run_state:
                 self.finished = event.finished_run_state
                 return
