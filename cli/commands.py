@@ -380,6 +380,7 @@ def _run_plan(args: argparse.Namespace, plan_path: str) -> tuple[int, str]:
         except BaseException:
             runtime.stop()
             raise
+        cached = {d.task_key: d.hit for d in decisions if not d.run and d.hit is not None}
         return _execute(runtime, store, run_id, choose_mode(args.quiet, args.json), plan, new=created,
                         cached=cached), run_id
     finally:
@@ -552,6 +553,8 @@ def _apply_plan(args: argparse.Namespace, store: Store, state_dir: Path, router:
         raise CliError(f"run {run_id} is completed, so {args.plan} cannot be applied to it; run it with "
                        f"`orchestrate run {args.plan}` (results that still hold are reused)", EXIT_USAGE)
     runtime = _runtime(args, store, state_dir, router, concurrency)
+    _audit(runtime.directory.get(LEDGER), "execute", {"run": run["run_id"], "plan": args.plan, "concurrency": concurrency},
+           run["run_id"], True, f"applying {args.plan}: changed {', '.join(change.changed) or 'nothing'}")
     try:
         if change.changed:
             request = build_request(plan, concurrency=concurrency).to_json()

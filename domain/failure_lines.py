@@ -32,9 +32,10 @@ _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warn
 _TRACEBACK_START = "Traceback (most recent call last):"
 
 
-def signal_lines(text: str, kind: str = "", limit: int = DEFAULT_LIMIT) -> list[str]:
+def signal_lines(text: str, kind: str = "", limit: int = DEFAULT_LIMIT, fallback: int | None = None) -> list[str]:
     """At most ``limit`` lines of ``text`` (a log's tail) that say why the tool failed, each
-    stripped and cut to a readable width; empty only when ``text`` has no visible line."""
+    stripped and cut to a readable width; empty only when ``text`` has no visible line. When no
+    known format is found, the last ``fallback`` (default ``limit``) non-empty lines."""
     lines = [line.rstrip() for line in text.splitlines()]
     detectors = [_pytest, _lint, _traceback]
     if kind == "ruff":
@@ -43,12 +44,15 @@ def signal_lines(text: str, kind: str = "", limit: int = DEFAULT_LIMIT) -> list[
         found = detect(lines)
         if found:
             return _shown(found, limit)
-    return _shown([line for line in lines if line.strip()][-limit:], limit)
+    last = limit if fallback is None else fallback
+    return _shown([line for line in lines if line.strip()][-last:], last)
 
 
 def summary(text: str, kind: str = "", limit: int = 3) -> str:
-    """:func:`signal_lines` as one line (``; ``-joined), for a failure message."""
-    return "; ".join(signal_lines(text, kind, limit))
+    """:func:`signal_lines` as one line (``; ``-joined), for a failure message: up to ``limit``
+    signal lines, or the last line alone when the output has no known format (what a tool
+    says last is usually its reason, and a message stays one short sentence)."""
+    return "; ".join(signal_lines(text, kind, limit, fallback=1))
 
 
 def _pytest(lines: list[str]) -> list[str]:

@@ -68,6 +68,7 @@ def test_anything_else_is_its_last_non_empty_lines() -> None:
     text = "starting\n\nstep 1 ok\nstep 2: disk quota exceeded\n\n\n"
     assert signal_lines(text, limit=2) == ["step 1 ok", "step 2: disk quota exceeded"]
     assert signal_lines("") == [] and summary("  \n") == ""
+    assert summary(text) == "step 2: disk quota exceeded"  # a message: the last line alone
 
 
 def test_many_failures_are_cut_to_the_limit_and_say_how_many_more() -> None:
