@@ -77,6 +77,7 @@ from adapters.gates import (
 from adapters.process import ProcessReactor, ProcessSpec
 from adapters.tools import task_environment
 from domain.errors import ErrorClass
+from domain.failure_lines import summary
 from domain.outcomes import ProcessOutcome, ProcessResult, Verdict, tool_verdict
 from domain.plan import AcceptanceCheck
 from domain.routing import AdapterInfo
@@ -519,7 +520,8 @@ class AgentExecutorActor(SupervisedActor):
             attempt,
             TaskState.FAILED,
             ErrorClass.GATE,
-            f"gate {check.label!r} failed after {_fix_rounds(attempt.round)}: {failure_reason(check, result)}",
+            f"gate {check.label!r} failed after {_fix_rounds(attempt.round)}: {failure_reason(check, result)}"
+            + (f": {said}" if (said := summary(tail, check.kind)) else ""),
             gate_output="\n\n".join(_clip_middle(f, share) for f in attempt.failures),
         )
 

@@ -1,14 +1,21 @@
-"""What each control-socket command does in a live runtime.
+"""What each control command does in a live runtime, and the audit trail of who asked.
 
 :class:`RuntimeControl` is the :class:`control.server.ControlHandler` of a :class:`Runtime`:
 a fixed table from command name to method. Commands that steer work are asked of the
 Scheduler (a quick ask from the socket thread, never from an actor); listings come from the
 ledger's readers. A refusal is a :class:`ControlError` with a code and a sentence.
+
+Every door into the runtime goes through :meth:`RuntimeControl.dispatch` with a
+:class:`Principal`, so every state-changing command is recorded in the ``audit_log`` table
+(through the Ledger, the one writer) whichever door it came in by.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import pwd
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,6 +24,7 @@ import pykka
 from sqlalchemy import text
 
 from actors.directory import LEDGER, SCHEDULER, SUPERVISOR, Directory, PeerUnavailable
+from actors.ledger import LedgerWriter
 from actors.runs import create_or_find_run
 from actors.status_view import StatusView
 from control.protocol import ControlError
@@ -32,11 +40,14 @@ from messages.control import (
     Drain,
     HealthQuery,
     PauseRuns,
+    Principal,
     ResumeRuns,
     RetryTask,
     StatusQuery,
 )
+from messages.ledger import AuditRecorded
 from monitoring.observer import LedgerObserver
+from persistence.clock import utc_now_iso
 from persistence.store import Store, WriteStalled
 from planning.errors import PlanError
 from planning.loader import load_plan
@@ -52,6 +63,7 @@ class ControlledRuntime(Protocol):
     status: StatusView
     directory: Directory
     observer: LedgerObserver  # told of plans refused (metrics, request_builder.jsonl)
+    ledger_writer: LedgerWriter
     options: Any  # RuntimeOptions: its router and concurrency
 
     def add_listener(self, listener: Callable[[RunProgress], None]) -> Callable[[], None]: ...
@@ -63,23 +75,48 @@ class ControlledRuntime(Protocol):
 ASK_TIMEOUT_S = 5.0
 SCHEMAS = ("workstream.v1.json", "execution_request.v1.json", "run_record.v1.json", "control.v1.json")
 _RETRYABLE = frozenset(state.value for state in UNSUCCESSFUL_TASK_STATES)
+AUDITED = frozenset({"submit", "pause", "resume", "cancel", "retry", "approve", "reject", "drain", "shutdown"})
+"""Commands that change state: each one asked for, accepted or refused, is an audit_log row."""
+_AUDIT_MESSAGE_LIMIT = 2000
+REFUSAL_AUDIT_EVERY_S = 1.0
 
 
 class _NotActive(ControlError):
     """The run is not driven by this runtime: a retry resumes it from the ledger instead."""
 
 
-def _user(uid: int) -> str:
+def user_name(uid: int) -> str:
+    """The login name of ``uid``, or ``uid N`` when it has none."""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid {uid}"
 
 
+def principal_of(peer: Peer) -> Principal:
+    """A control-socket client as a principal, from its kernel-reported credentials."""
+    return Principal(peer.uid, user_name(peer.uid), "socket")
+
+
+def this_process() -> Principal:
+    """The CLI's own process as a principal (``via='cli'``)."""
+    uid = os.getuid()
+    return Principal(uid, user_name(uid), "cli")
+
+
+def audit_record(principal: Principal, command: str, args: dict[str, Any], run_id: str | None,
+                 accepted: bool, message: str) -> AuditRecorded:
+    """The ledger op recording one command and its result."""
+    return AuditRecorded(utc_now_iso(), principal.uid, principal.user, principal.via, command,
+                         json.dumps(args, sort_keys=True, default=str), run_id, accepted,
+                         message[:_AUDIT_MESSAGE_LIMIT])
+
+
 class RuntimeControl:
     def __init__(self, runtime: ControlledRuntime) -> None:
         self.runtime = runtime
-        self.commands: dict[str, Callable[[dict[str, Any], Peer], object]] = {
+        self._refusals_recorded: dict[int, float] = {}  # uid -> when its last refusal was recorded
+        self.commands: dict[str, Callable[[dict[str, Any], Principal], object]] = {
             "ping": self.ping,
             "health": self.health,
             "status": self.status,
@@ -95,12 +132,46 @@ class RuntimeControl:
             "shutdown": self.shutdown,
         }
 
-    # -- ControlHandler --------------------------------------------------------------------------
-    def handle(self, command: str, args: dict, peer: Peer) -> object:
+    # -- the entry point ------------------------------------------------------------------------
+    def dispatch(self, command: str, args: dict[str, Any], principal: Principal) -> object:
+        """Carry out ``command`` (a name of :attr:`commands`, with schema-checked ``args``) for
+        ``principal``; return its JSON-able result or raise :class:`ControlError`.
+
+        The one door for every client — the control socket (``via='socket'``), a web dashboard
+        (``via='web'``: call this with the authenticated user) — so each command of
+        :data:`AUDITED` is recorded in the audit log with who, when, the arguments and the
+        outcome (accepted, or refused with its sentence) without the caller doing anything.
+        Quick: steering commands are short asks of the Scheduler; the record is a tell."""
         method = self.commands.get(command)
         if method is None:
             raise ControlError("unknown_command", f"{command!r} is not served by this runtime")
-        return method(args, peer)
+        if command not in AUDITED:
+            return method(args, principal)
+        try:
+            result = method(args, principal)
+        except ControlError as refusal:
+            said = refusal.message if refusal.code == "refused" else f"{refusal.code}: {refusal.message}"
+            self._audit(principal, command, args, None, False, said)
+            raise
+        except Exception as error:
+            self._audit(principal, command, args, None, False, f"internal error: {type(error).__name__}")
+            raise
+        self._audit(principal, command, args, result, True, json.dumps(result, sort_keys=True, default=str))
+        return result
+
+    # -- ControlHandler --------------------------------------------------------------------------
+    def handle(self, command: str, args: dict, peer: Peer) -> object:
+        return self.dispatch(command, args, principal_of(peer))
+
+    def peer_refused(self, peer: Peer, message: str) -> None:
+        # At most one row per uid per REFUSAL_AUDIT_EVERY_S: a stranger connecting in a loop
+        # must not fill the ledger (the runtime log still has every refusal).
+        now = time.monotonic()
+        if now - self._refusals_recorded.get(peer.uid, -REFUSAL_AUDIT_EVERY_S) < REFUSAL_AUDIT_EVERY_S:
+            return
+        self._refusals_recorded[peer.uid] = now
+        self._audit(principal_of(peer), "connect", {"pid": peer.pid, "gid": peer.gid}, None, False,
+                    f"permission_denied: {message}")
 
     def subscribe(self, args: dict, send: Callable[[dict], bool]) -> Callable[[], None]:
         wanted = args.get("run")
@@ -123,12 +194,10 @@ class RuntimeControl:
         return remove
 
     # -- commands ----------------------------------------------------------------------------------
-    def ping(self, args: dict, peer: Peer) -> object:
-        import os
-
+    def ping(self, args: dict, principal: Principal) -> object:
         return {"pong": True, "pid": os.getpid(), "state_dir": str(self.runtime.state_dir)}
 
-    def health(self, args: dict, peer: Peer) -> object:
+    def health(self, args: dict, principal: Principal) -> object:
         try:
             actors = self._ask(SUPERVISOR, HealthQuery())
         except ControlError:
@@ -151,16 +220,16 @@ class RuntimeControl:
             "queues": {"queued": scheduler.get("queued", {}), "running": scheduler.get("running")},
         }
 
-    def status(self, args: dict, peer: Peer) -> object:
+    def status(self, args: dict, principal: Principal) -> object:
         run_id = args.get("run")
         encoded = self.runtime.status.encoded_snapshot(run_id)
         return self._recorded_status(run_id) if encoded is None else encoded
 
-    def runs(self, args: dict, peer: Peer) -> object:
+    def runs(self, args: dict, principal: Principal) -> object:
         active = {run["run_id"] for run in self.runtime.status.snapshot()["runs"]}
         return [run | {"active": run["run_id"] in active} for run in self.runtime.store.list_runs()]
 
-    def submit(self, args: dict, peer: Peer) -> object:
+    def submit(self, args: dict, principal: Principal) -> object:
         try:
             plan = load_plan(args["plan"], self.runtime.options.router.served_tools())
         except PlanError as error:
@@ -176,44 +245,55 @@ class RuntimeControl:
         self._submit(run_id)
         return {"run_id": run_id, "tasks": len(plan.tasks)}
 
-    def pause(self, args: dict, peer: Peer) -> object:
+    def pause(self, args: dict, principal: Principal) -> object:
         result = self._ask(SCHEDULER, PauseRuns(args.get("run")))
         self.runtime.status.set_paused(args.get("run"), True)
         return result
 
-    def resume(self, args: dict, peer: Peer) -> object:
+    def resume(self, args: dict, principal: Principal) -> object:
         result = self._ask(SCHEDULER, ResumeRuns(args.get("run")))
         self.runtime.status.set_paused(args.get("run"), False)
         return result
 
-    def cancel(self, args: dict, peer: Peer) -> object:
+    def cancel(self, args: dict, principal: Principal) -> object:
         return self._ask(SCHEDULER, CancelWork(args["run"], args.get("task")))
 
-    def retry(self, args: dict, peer: Peer) -> object:
+    def retry(self, args: dict, principal: Principal) -> object:
         try:
             return self._ask(SCHEDULER, RetryTask(args["run"], args["task"]))
         except _NotActive:
             return self._retry_finished_run(args["run"], args["task"])
 
-    def approve(self, args: dict, peer: Peer) -> object:
-        return self._decide(args, peer, approved=True)
+    def approve(self, args: dict, principal: Principal) -> object:
+        return self._decide(args, principal, approved=True)
 
-    def reject(self, args: dict, peer: Peer) -> object:
-        return self._decide(args, peer, approved=False)
+    def reject(self, args: dict, principal: Principal) -> object:
+        return self._decide(args, principal, approved=False)
 
-    def drain(self, args: dict, peer: Peer) -> object:
+    def drain(self, args: dict, principal: Principal) -> object:
         result = self._ask(SCHEDULER, Drain())
         self.runtime.status.set_paused(None, True)
         return result
 
-    def shutdown(self, args: dict, peer: Peer) -> object:
+    def shutdown(self, args: dict, principal: Principal) -> object:
         timeout = float(args.get("timeout_s", 30.0))
         self.runtime.request_shutdown(timeout)
         return {"shutting_down": True, "timeout_s": timeout}
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _decide(self, args: dict, peer: Peer, approved: bool) -> object:
-        who = _user(peer.uid)
+    def _audit(self, principal: Principal, command: str, args: dict[str, Any], result: object, accepted: bool,
+               message: str) -> None:
+        named = args.get("run")
+        made = result.get("run_id") or result.get("resumed_run") if isinstance(result, dict) else None
+        op = audit_record(principal, command, args, named or made, accepted, message)
+        try:
+            self.runtime.directory.tell(LEDGER, op)
+        except PeerUnavailable:
+            # Between two incarnations of the Ledger: its writer holds ops for the next one.
+            self.runtime.ledger_writer.append(op)
+
+    def _decide(self, args: dict, principal: Principal, approved: bool) -> object:
+        who = principal.user
         return self._ask(SCHEDULER, Approval(args["run"], args["task"], approved, who, args.get("comment", "")))
 
     def _retry_finished_run(self, run_id: str, task_key: str) -> object:
@@ -319,4 +399,5 @@ def _event_json(event: RunProgress) -> dict[str, Any]:
         "total": event.total,
         "detail": event.detail,
         "finished_run_state": event.finished_run_state,
+        "attempt": event.attempt,
     }

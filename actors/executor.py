@@ -42,6 +42,7 @@ from adapters.results import collect, write_inputs
 from adapters.tools import PythonAdapter, ShellAdapter, ToolAdapter
 from domain.cache import cache_key
 from domain.errors import ErrorClass
+from domain.failure_lines import summary
 from domain.outcomes import (
     COMPLETED,
     ProcessOutcome,
@@ -92,12 +93,10 @@ def _tail(path: str, limit: int = GATE_OUTPUT_LIMIT) -> str:
         return ""
 
 
-def _last_line(path: str) -> str:
-    """The last non-empty line a tool printed: usually the reason it failed."""
-    for line in reversed(_tail(path, 1000).splitlines()):
-        if line.strip():
-            return line.strip()[:200]
-    return ""
+def _signal(path: str, kind: str) -> str:
+    """The lines of a failed tool's or check's log that say why (see
+    :mod:`domain.failure_lines`), as one line."""
+    return summary(_tail(path, 16 * 1024), kind)
 
 
 def _full_filesystem(path: str) -> str:
@@ -210,7 +209,11 @@ class ExecutorActor(SupervisedActor):
             self._next_check(key, flight)
             return
         check = flight.checks[flight.position][1]
-        verdict = check_verdict(check.label, check_passed(check, result), result, failure_reason(check, result))
+        passed = check_passed(check, result)
+        reason = failure_reason(check, result)
+        if not passed and (said := _signal(flight.gate_log, check.kind)):
+            reason = f"{reason}: {said}"
+        verdict = check_verdict(check.label, passed, result, reason)
         if verdict is None:
             flight.position += 1
             self._next_check(key, flight)
@@ -227,7 +230,7 @@ class ExecutorActor(SupervisedActor):
             if self._returns_value(flight.request) and not callable_returned(log_path):
                 return Verdict(TaskState.FAILED, ErrorClass.COMMAND_FAILED, NOT_RETURNED)
             return None
-        return tool_verdict(result, cwd_exists=os.path.isdir(cwd), last_line=_last_line(log_path),
+        return tool_verdict(result, cwd_exists=os.path.isdir(cwd), last_line=_signal(log_path, flight.request.task.tool),
                             full_disk=_full_filesystem(log_path))
 
     def _next_check(self, key: tuple[str, str, int], flight: _InFlight) -> None:

@@ -275,7 +275,7 @@ class SchedulerActor(SupervisedActor):
                     self._ledger(TransitionTask(effect.run_id, effect.task_key, effect.state, at, effect.attempt,
                                                 effect.reason, effect.adapter))
                     self._said.append(RunProgress(effect.run_id, effect.task_key, effect.state.value, at, effect.done,
-                                              effect.total, effect.reason))
+                                              effect.total, effect.reason, attempt=effect.attempt))
                 case WorkstreamMoved():
                     self._ledger(TransitionWorkstream(effect.run_id, effect.ws_id, effect.state, at))
                 case RunMoved():

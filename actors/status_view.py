@@ -19,12 +19,14 @@ from messages import RunProgress
 
 _RUNNING = frozenset({TaskState.IN_PROGRESS.value, TaskState.VALIDATING.value, TaskState.AWAITING_APPROVAL.value})
 _TERMINAL = frozenset(state.value for state in TERMINAL_TASK_STATES)
+_TASK_STATES = frozenset(state.value for state in TaskState)
 
 
 @dataclass(slots=True)
 class _RunView:
     tasks: dict[str, str]
     awaiting: dict[str, str] = field(default_factory=dict)
+    since: dict[str, str] = field(default_factory=dict)  # running task -> when its attempt started
     paused: bool = False
     finished: str = ""
     reason: str = ""
@@ -55,9 +57,13 @@ class StatusView:
             if event.finished_run_state:
                 view.finished, view.reason = event.finished_run_state, event.detail
                 return
-            if event.task_key not in view.tasks:
-                return
+            if event.task_key not in view.tasks or event.state not in _TASK_STATES:
+                return  # a notice about a task (FIXING, RETRIED) is not a state
             view.tasks[event.task_key] = event.state
+            if event.state == TaskState.IN_PROGRESS.value:
+                view.since[event.task_key] = event.at
+            elif event.state not in _RUNNING:
+                view.since.pop(event.task_key, None)
             if event.state == TaskState.AWAITING_APPROVAL.value:
                 view.awaiting[event.task_key] = event.detail
             else:
@@ -124,6 +130,7 @@ class StatusView:
             "done": sum(n for state, n in counts.items() if state in _TERMINAL),
             "total": len(view.tasks),
             "running": sorted(key for key, state in view.tasks.items() if state in _RUNNING),
+            "running_since": dict(view.since),
             "awaiting_approval": [{"task": k, "prompt": p} for k, p in sorted(view.awaiting.items())],
             "tasks": dict(view.tasks),
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,12 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    result = _request(args, "status", {"run": args.run})
+    try:
+        result = _request(args, "status", {"run": args.run})
+    except CliError as error:
+        if not args.run or error.exit_code != EXIT_RUNTIME or not _not_listening(args):
+            raise
+        result = _recorded_status(args)  # no runtime: the ledger still knows the run
     if args.json:
         return _emit(args, result, "")
     runs = result["runs"]
@@ -105,12 +111,44 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = run.get("status", "running")
         counts = " ".join(f"{k.lower()}={v}" for k, v in sorted(run["counts"].items()))
         print(f"run {run['run_id']}: {state}{' (' + '; '.join(flags) + ')' if flags else ''} — {counts}")
+        if not run.get("active", True):
+            print(f"  (recorded; no runtime is running it){' — ' + run['status_reason'] if run.get('status_reason') else ''}")
+        now = time.time()
+        for key in run.get("running", []):
+            since = run.get("running_since", {}).get(key)
+            elapsed = f"  running {_elapsed(now, since)}" if since else ""
+            print(f"  ▶ {key}  {run['tasks'].get(key, '')}{elapsed}")
         for waiting in run.get("awaiting_approval", []):
             print(f"  ? {waiting['task']} awaits approval: {waiting['prompt']}\n"
                   f"    orchestrate approve {run['run_id']} {waiting['task']}  |  orchestrate reject ...")
         if args.run:
             print(table(("TASK", "STATE"), sorted(run["tasks"].items())))
     return EXIT_OK
+
+
+def _not_listening(args: argparse.Namespace) -> bool:
+    try:
+        with _client(args) as client:
+            client.request("ping")
+    except RuntimeNotListening:
+        return True
+    except (ControlError, OSError):
+        return False
+    return False
+
+
+def _recorded_status(args: argparse.Namespace) -> dict[str, Any]:
+    """``status RUN`` from the ledger, in the shape the runtime answers with."""
+    from cli.reading import recorded_status
+
+    return recorded_status(args, args.run)  # `status` and `cancel` both name their run `run`
+
+
+def _elapsed(now: float, since: str) -> str:
+    from datetime import datetime
+
+    started = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
+    return f"{max(0.0, now - started):.1f}s"
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -130,13 +168,52 @@ def _simple(command: str, describe) -> Any:
 
 cmd_pause = _simple("pause", lambda a, r: f"paused {', '.join(r['runs']) or 'all runs'}: no new task will start")
 cmd_resume = _simple("resume", lambda a, r: f"resumed {', '.join(r['runs']) or 'all runs'}")
-cmd_cancel = _simple("cancel", lambda a, r: f"cancelled {', '.join(r['cancelled'])}"
-                     + (f" (killing {', '.join(r['killing'])})" if r["killing"] else ""))
 cmd_retry = _simple("retry", lambda a, r: f"retrying {', '.join(r['retried'])}")
 cmd_approve = _simple("approve", lambda a, r: f"approved {r['task']} as {r['who']}")
 cmd_reject = _simple("reject", lambda a, r: f"rejected {r['task']} as {r['who']}")
 cmd_drain = _simple("drain", lambda a, r: f"draining: nothing new starts; {r['running']} task(s) still running")
 cmd_shutdown = _simple("shutdown", lambda a, r: f"shutting down (running tasks get {r['timeout_s']:g}s to finish)")
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel, then say what each task it touched really ended as: a task whose process was
+    being killed may have finished first."""
+    result = _request(args, "cancel", {"run": args.run, "task": args.task})
+    if args.json:
+        return _emit(args, result, "")
+    cancelled, killing = result["cancelled"], result["killing"]
+    if not cancelled and not killing:
+        print(f"nothing to cancel in run {args.run}: every task had already ended")
+        return EXIT_OK
+    if cancelled:
+        print(f"cancelled {', '.join(cancelled)}")
+    if killing:
+        print(f"stopping {', '.join(killing)} (killing its process tree) …", flush=True)
+        for key, state in _outcomes(args, args.run, killing).items():
+            print(f"  {key}: {state}" + ("" if state == "CANCELLED" else " (it ended before the cancel reached it)"
+                                         if state in _ENDED else " (still ending; see `orchestrate status`)"))
+    return EXIT_OK
+
+
+_ENDED = frozenset({"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "BLOCKED"})
+
+
+def _outcomes(args: argparse.Namespace, run_id: str, keys: list[str]) -> dict[str, str]:
+    """The states of ``keys`` once each has ended, or as they are when ``--timeout`` passes."""
+    deadline = time.monotonic() + args.timeout
+    while True:
+        try:
+            tasks = _request(args, "status", {"run": run_id})["runs"][0]["tasks"]
+        except CliError as error:
+            if error.exit_code != EXIT_RUNTIME:
+                raise
+            # The foreground runtime finished the run and exited: its ledger has the outcome.
+            tasks = _recorded_status(args)["runs"][0]["tasks"]
+        states = {key: tasks.get(key, "?") for key in keys}
+        if all(state in _ENDED for state in states.values()) or time.monotonic() >= deadline:
+            return states
+        # The runtime pushes no reply for this; a short poll of its in-memory view is cheap.
+        time.sleep(0.1)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -30,8 +29,9 @@ from actors.runtime import (
 from adapters.logcap import LogCapInvalid, cap_from_env
 from cli import signals
 from cli.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, EXIT_USAGE, CliError
+from cli.foreground import Display, choose_mode
 from cli.logging import configure_logging
-from cli.output import paint, progress_line, table, use_colour
+from cli.output import existing_logs, paint, table, use_colour
 from cli.plans import format_plan_error, load, require_schemas
 from cli.plans import router as read_router
 from cli.reading import open_ledger
@@ -92,17 +92,33 @@ def _create_or_find_run(
     concurrency: int,
     reuse: Collection[str],
     run_id: str | None = None,
+    command: str = "run",
+    plan_source: str = "",
 ) -> tuple[str, bool]:
-    """:func:`actors.runs.create_or_find_run`, its refusals as one-line errors."""
+    """:func:`actors.runs.create_or_find_run`, its refusals as one-line errors; the outcome is
+    recorded in the audit log as ``command`` applied by this process."""
+    audited = {"plan": plan_source, "concurrency": concurrency, "new": not reuse, "run_id": run_id}
     try:
-        return create_or_find_run(ledger, store, plan, concurrency, reuse, run_id)
+        found, created = create_or_find_run(ledger, store, plan, concurrency, reuse, run_id)
     except RequestInvalid as error:
+        _audit(ledger, command, audited, run_id, False, f"invalid_request: {error}")
         raise CliError(f"the execution request is not valid: {error}", EXIT_USAGE) from None
     except DuplicateRun as error:
+        _audit(ledger, command, audited, run_id, False, f"refused: {error}")
         raise CliError(str(error), EXIT_USAGE) from None
     except WriteStalled as error:
         raise CliError(f"cannot create the run: {error}; try again when the database takes writes",
                        EXIT_RUNTIME) from None
+    _audit(ledger, command, audited, found, True, f"{'created' if created else 'found existing'} run {found}")
+    return found, created
+
+
+def _audit(ledger: pykka.ActorRef, command: str, args: dict, run_id: str | None, accepted: bool,
+           message: str) -> None:
+    """Record a command this process applied itself (``via='cli'``, its own uid)."""
+    from actors.control import audit_record, this_process
+
+    ledger.tell(audit_record(this_process(), command, args, run_id, accepted, message))
 
 
 def _runtime(args: argparse.Namespace, store: Store, state_dir: Path, router: RouterConfig, concurrency: int) -> Runtime:
@@ -204,12 +220,14 @@ def _socket_path(args: argparse.Namespace, state_dir: Path) -> Path:
     return Path(args.socket) if getattr(args, "socket", None) else state_dir / SOCKET_FILE
 
 
-def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Plan | None = None,
+def _execute(runtime: Runtime, store: Store, run_id: str, mode: str, plan: Plan | None = None,
              new: bool = False, cached: Mapping[str, CacheHit] | None = None) -> int:
     """Run ``run_id`` in ``runtime`` in the foreground (``plan``: its plan, if already loaded;
     ``new``: the run was just created under a generated id; ``cached``: tasks to complete with
-    an earlier result); stops the runtime when done."""
+    an earlier result), showing its progress in ``mode`` (see :mod:`cli.foreground`); stops the
+    runtime when done."""
     stop: signals.StopRequested | None = None
+    display: Display | None = None
     try:
         run = store.get_run(run_id, metadata=False)
         if run is None:
@@ -230,34 +248,21 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Pla
         done_before = counts.get(TaskState.COMPLETED.value, 0)
         # The plan, when given, is the run's own (the same request): no need to read its rows.
         workstreams = len(plan.workstreams) if plan is not None else len(store.get_workstreams(run_id))
-        print(
+        states = {t["task_key"]: t["state"] for t in store.get_tasks(run_id)} if mode == "live" else {}
+        display = Display(mode, run_id, runtime.state_dir / "logs" / run_id, states)
+        display.header(
             paint(f"orchestrate: run {run_id}", "bold", colour)
             + f" — {workstreams} workstreams, {sum(counts.values())} tasks, "
             f"concurrency {runtime.options.concurrency}"
             + (f", resuming ({done_before} already completed)" if done_before else "")
             + (f", {len(cached)} to reuse from earlier runs" if cached else ""),
-            flush=True,
+            {"workstreams": workstreams, "tasks": sum(counts.values()), "concurrency": runtime.options.concurrency,
+             "already_completed": done_before, "reused": len(cached or ())},
         )
         started = time.monotonic()
-        printing = not quiet
-
-        def show(event) -> None:
-            nonlocal printing
-            if event.run_id and event.run_id != run_id:
-                return
-            if not printing:
-                return
-            line = f"  ! {event.detail}" if event.state == "WARNING" else progress_line(event, colour, run_id)
-            if line:
-                try:
-                    print(line, flush=True)
-                except BrokenPipeError:
-                    # The reader went away (`| head`): the run goes on, silently.
-                    printing = False
-                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-        if printing:
-            runtime.add_listener(show)
+        if display.listens:
+            runtime.add_listener(display)
+        display.start()
         runtime.submit(run_id, plan=plan, new=new, cached=cached)
         try:
             runtime.wait(run_id)
@@ -266,13 +271,18 @@ def _execute(runtime: Runtime, store: Store, run_id: str, quiet: bool, plan: Pla
     except signals.StopRequested as caught:
         stop = caught
     finally:
+        if display is not None:
+            display.stop()
         interrupted = _stop(runtime, stop)
     if stop is not None:
         raise _stopped(stop, interrupted, [run_id])
     if runtime.abort_reason:  # while its last records were being written
         raise _stopped_before(run_id, runtime.abort_reason)
     state, counts = _committed_state(store, run_id)
-    _print_summary(store, run_id, state, counts, time.monotonic() - started, colour)
+    if mode == "json":
+        display.finished(_summary_json(store, run_id, state, counts, time.monotonic() - started))
+    else:
+        _print_summary(store, run_id, state, counts, time.monotonic() - started, colour)
     return EXIT_OK if state == RunState.COMPLETED.value else EXIT_RUN_FAILED
 
 
@@ -313,6 +323,8 @@ def _print_summary(store: Store, run_id: str, state: str, counts: dict[str, int]
         attempts = store.get_attempts(run_id, task["task_key"])
         why = (attempts[-1].get("message") if attempts else "") or task["state"]
         print(f"  {paint('✗', 'red', colour)} {task['task_key']}: {why}")
+        for log in _logs_of(attempts[-1] if attempts else {}):
+            print(f"      {paint('log: ' + log, 'dim', colour)}")
     if len(failed) > SUMMARY_LINES:
         print(f"  … and {len(failed) - SUMMARY_LINES} more failed")
     blocked = [t["task_key"] for t in store.get_tasks(run_id, states=(TaskState.BLOCKED.value,))
@@ -321,6 +333,22 @@ def _print_summary(store: Store, run_id: str, state: str, counts: dict[str, int]
         more = f" … and {len(blocked) - SUMMARY_LINES} more" if len(blocked) > SUMMARY_LINES else ""
         print(f"  blocked: {', '.join(blocked[:SUMMARY_LINES])}{more}")
     print(f"details: orchestrate runs show {run_id}")
+
+
+def _logs_of(attempt: dict) -> list[str]:
+    """The logs of an attempt that exist: its tool's, then its acceptance checks' beside it."""
+    return existing_logs(attempt.get("log_path") or "")
+
+
+def _summary_json(store: Store, run_id: str, state: str, counts: dict[str, int], elapsed: float) -> dict:
+    failing = (TaskState.FAILED.value, TaskState.TIMEOUT.value)
+    failed = []
+    for task in store.get_tasks(run_id, states=failing) if any(counts.get(s) for s in failing) else []:
+        attempts = store.get_attempts(run_id, task["task_key"])
+        last = attempts[-1] if attempts else {}
+        failed.append({"task": task["task_key"], "state": task["state"], "message": last.get("message") or "",
+                       "logs": _logs_of(last)})
+    return {"state": state, "counts": counts, "elapsed_s": round(elapsed, 3), "failed": failed}
 
 
 # -- commands --------------------------------------------------------------------------------------
@@ -346,13 +374,15 @@ def _run_plan(args: argparse.Namespace, plan_path: str) -> tuple[int, str]:
         runtime = _runtime(args, store, state_dir, router, args.concurrency)
         try:
             reuse = frozenset() if args.new else RESUMABLE_BY_RUN
-            run_id, created = _create_or_find_run(runtime.directory.get(LEDGER), store, plan, args.concurrency, reuse)
+            run_id, created = _create_or_find_run(runtime.directory.get(LEDGER), store, plan, args.concurrency, reuse,
+                                                  plan_source=plan_path)
             decisions = plan_reuse(store, plan, force, force_all, () if created else _completed(store, run_id))
         except BaseException:
             runtime.stop()
             raise
         cached = {d.task_key: d.hit for d in decisions if not d.run and d.hit is not None}
-        return _execute(runtime, store, run_id, args.quiet, plan, new=created, cached=cached), run_id
+        return _execute(runtime, store, run_id, choose_mode(args.quiet, args.json), plan, new=created,
+                        cached=cached), run_id
     finally:
         _close(store)
 
@@ -452,7 +482,8 @@ def cmd_request(args: argparse.Namespace) -> int:
         try:
             with LedgerSession(store, state_dir) as ledger:
                 reuse = frozenset() if args.new else ANY_RUN_STATUS
-                run_id, created = _create_or_find_run(ledger, store, plan, args.concurrency, reuse, args.run_id)
+                run_id, created = _create_or_find_run(ledger, store, plan, args.concurrency, reuse, args.run_id,
+                                                      command="request", plan_source=",".join(args.workstream))
         except RuntimeLocked as error:
             raise CliError(str(error), EXIT_RUNTIME) from None
         run = store.get_run(run_id)
@@ -500,7 +531,9 @@ def cmd_execute(args: argparse.Namespace) -> int:
         if args.plan:
             return _apply_plan(args, store, state_dir, router, run, concurrency)
         runtime = _runtime(args, store, state_dir, router, concurrency)
-        return _execute(runtime, store, args.run_id, args.quiet)
+        _audit(runtime.directory.get(LEDGER), "execute", {"run": args.run_id, "concurrency": concurrency},
+               args.run_id, True, f"executing run {args.run_id} ({run['status']})")
+        return _execute(runtime, store, args.run_id, choose_mode(args.quiet, args.json))
     finally:
         _close(store)
 
@@ -520,6 +553,8 @@ def _apply_plan(args: argparse.Namespace, store: Store, state_dir: Path, router:
         raise CliError(f"run {run_id} is completed, so {args.plan} cannot be applied to it; run it with "
                        f"`orchestrate run {args.plan}` (results that still hold are reused)", EXIT_USAGE)
     runtime = _runtime(args, store, state_dir, router, concurrency)
+    _audit(runtime.directory.get(LEDGER), "execute", {"run": run["run_id"], "plan": args.plan, "concurrency": concurrency},
+           run["run_id"], True, f"applying {args.plan}: changed {', '.join(change.changed) or 'nothing'}")
     try:
         if change.changed:
             request = build_request(plan, concurrency=concurrency).to_json()
@@ -538,4 +573,4 @@ def _apply_plan(args: argparse.Namespace, store: Store, state_dir: Path, router:
     except BaseException:
         runtime.stop()
         raise
-    return _execute(runtime, store, run_id, args.quiet, plan)
+    return _execute(runtime, store, run_id, choose_mode(args.quiet, args.json), plan)

@@ -61,6 +61,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--explain", action="store_true",
                      help="say for each task whether it would run or reuse an earlier result, and why; run nothing")
     run.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
+    run.add_argument("--json", action="store_true", help="progress as JSON lines, one event per line")
     _runtime_options(run)
     run.set_defaults(handler=RUNTIME + ":cmd_run")
 
@@ -105,6 +106,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     execute.add_argument("--quiet", "-q", action="store_true")
     execute.add_argument("--plan", metavar="PLAN",
                          help="apply this (fixed) plan to the run: changed tasks run again with their dependants")
+    execute.add_argument("--json", action="store_true", help="progress as JSON lines, one event per line")
     _runtime_options(execute)
     execute.set_defaults(handler=RUNTIME + ":cmd_execute")
 

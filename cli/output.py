@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from domain.states import TaskState
@@ -24,6 +25,7 @@ _STATE_STYLE = {
     TaskState.RETRY_WAIT.value: ("↻", "yellow"),
     TaskState.AWAITING_APPROVAL.value: ("?", "yellow"),
     "FIXING": ("↻", "yellow"),
+    "RETRIED": ("↻", "yellow"),
 }
 
 
@@ -61,6 +63,16 @@ def progress_line(event: RunProgress, colour: bool, run_id: str = "") -> str | N
     if event.state == TaskState.AWAITING_APPROVAL.value:
         text += f"\n        approve: orchestrate approve {event.run_id} {event.task_key}   reject: orchestrate reject ..."
     return text
+
+
+def existing_logs(log_path: str) -> list[str]:
+    """An attempt's log and the logs of its acceptance checks beside it
+    (``<task>.check<N>.log``), those that exist, in that order."""
+    if not log_path:
+        return []
+    path = Path(log_path)
+    stem = path.with_suffix("")
+    return [str(p) for p in [path, *sorted(stem.parent.glob(f"{stem.name}.check*.log"))] if p.exists()]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

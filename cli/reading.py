@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import Engine
 
 from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, CliError
-from cli.output import table
+from cli.output import existing_logs, table
 from domain.cache import CACHE_ADAPTER
-from persistence.db import DatabaseUnavailable, resolve_db_url
+from persistence.db import DatabaseUnavailable, resolve_db_url, sqlite_file
 from persistence.migrate import init_db, open_db
 from persistence.reader import StateReader
 
@@ -46,6 +46,36 @@ def open_ledger(args: argparse.Namespace) -> tuple[Engine, Path]:
     except OSError as error:
         raise CliError(f"safe mode: cannot use state directory {state_dir}: {error.strerror}", EXIT_RUNTIME) from None
     return engine, state_dir
+
+
+def recorded_status(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    """A run's status as the ledger has it (no runtime needed), in the shape of a live
+    runtime's ``status`` reply; running tasks are those recorded IN_PROGRESS (a dead runtime's
+    leave them so until ``execute --run`` resumes the run). A missing ledger file is not
+    created: there is nothing recorded to show."""
+    database = sqlite_file(resolve_db_url(Path(args.state_dir).resolve()))
+    if database is not None and not database.exists():
+        raise CliError(f"no runtime is listening and there is no ledger at {database}: no run {run_id!r} "
+                       "is recorded here (start one with `orchestrate run PLAN`)", EXIT_RUNTIME)
+    engine, _ = open_ledger(args)
+    try:
+        reader = StateReader(engine)
+        run = reader.get_run(run_id)
+        if run is None:
+            raise CliError(f"no run {run_id!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
+        tasks = {t["task_key"]: t for t in reader.get_tasks(run_id)}
+    finally:
+        engine.dispose()
+    states = {key: task["state"] for key, task in tasks.items()}
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    running = sorted(key for key, state in states.items() if state in ("IN_PROGRESS", "VALIDATING"))
+    return {"paused_all": False, "runs": [{
+        "run_id": run_id, "active": False, "status": run["status"], "status_reason": run.get("status_reason") or "",
+        "counts": dict(sorted(counts.items())), "tasks": states, "running": running,
+        "running_since": {key: tasks[key]["started_at"] for key in running if tasks[key].get("started_at")},
+        "awaiting_approval": []}]}
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -94,12 +124,14 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
     errors = reader.get_errors(run_id)
     patches = reader.get_patches(run_id)
     driven_by = next((lease for lease in reader.get_leases() if lease["run_id"] == run_id and lease["live"]), None)
+    audit = reader.get_audit(run_id)
     if as_json:
         document: dict[str, Any] = {
             key: value for key, value in run.items() if key != "metadata"
         } | {"driven_by": driven_by,
              "request": run["metadata"].get("request"), "workstreams": workstreams, "tasks": tasks, "errors": errors,
-             "patches": patches, "notable_events": reader.get_events(run_id, types=NOTABLE_EVENTS)}
+             "patches": patches, "notable_events": reader.get_events(run_id, types=NOTABLE_EVENTS),
+             "audit": audit}
         print(json.dumps(document, indent=2, default=str))
         return EXIT_OK
     print(f"run {run_id}: {run['status']}  (created {run['created_at']}, updated {run['updated_at']})")
@@ -118,8 +150,20 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
             task["task_key"], "CACHED" if task["state"] == "COMPLETED" and task.get("adapter") == CACHE_ADAPTER
             else task["state"], task["attempts"], task.get("adapter") or "",
             _duration(task), task.get("exit_code") if task.get("exit_code") is not None else "",
+            _shown_path(next(iter(existing_logs(task["attempt_history"][-1].get("log_path") or "")), "")
+                        if task["attempt_history"] else ""),
         ))
-    print(table(("TASK", "STATE", "ATTEMPTS", "ADAPTER", "DURATION", "EXIT"), rows))
+    print(table(("TASK", "STATE", "ATTEMPTS", "ADAPTER", "DURATION", "EXIT", "LOG"), rows))
+    failed = [t for t in tasks if t["state"] in ("FAILED", "TIMEOUT")]
+    if failed:
+        print()
+        print("FAILURES")
+        for task in failed:
+            last = task["attempt_history"][-1] if task["attempt_history"] else {}
+            print(f"  ✗ {task['task_key']} {task['state']} (attempt {last.get('attempt', 0)}): "
+                  f"{task['last_message'] or 'no message'}")
+            for log in existing_logs(last.get("log_path") or ""):
+                print(f"      log: {_shown_path(log)}")
     if errors:
         print()
         print(table(("ERROR", "TASK", "COUNT", "SIGNATURE", "MESSAGE"),
@@ -135,7 +179,20 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
         print(table(("AT", "EVENT", "TASK", "DETAIL"),
                     [(e["timestamp"], e["event_type"], e.get("task_key") or e.get("ws_id") or "", _event_detail(e))
                      for e in notable]))
+    if audit:
+        print()
+        print(table(("AT", "WHO", "VIA", "COMMAND", "RESULT"),
+                    [(a["at"], f"{a['user']} (uid {a['uid']})", a["via"], _audited_command(a),
+                      ("accepted" if a["accepted"] else "REFUSED: " + a["message"])[:100]) for a in audit]))
     return EXIT_OK
+
+
+def _audited_command(entry: dict[str, Any]) -> str:
+    """The command as a person would have typed it: its name and the arguments that matter."""
+    args = entry.get("args") or {}
+    words = [str(args[k]) for k in ("task",) if args.get(k)]
+    words += [f"{k}={args[k]}" for k in ("comment", "timeout_s", "pid") if args.get(k) not in (None, "")]
+    return " ".join([entry["command"], *words])
 
 
 def _event_detail(event: dict[str, Any]) -> str:
@@ -160,6 +217,16 @@ def _tasks_with_attempts(reader: StateReader, run_id: str, plan_order: list[str]
         task["last_message"] = last.get("message") or ""
         task["attempt_history"] = history
     return tasks
+
+
+def _shown_path(path: str) -> str:
+    """``path`` relative to the working directory when it lies under it (shorter to read)."""
+    if not path:
+        return ""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def _duration(task: dict[str, Any]) -> str:

@@ -75,6 +75,11 @@ class ControlHandler(Protocol):
         with a JSON-able result, or raise :class:`ControlError`."""
         ...
 
+    def peer_refused(self, peer: Peer, message: str) -> None:
+        """A peer of another uid connected and was refused with ``message`` (for the audit
+        trail). Must not raise."""
+        ...
+
     def subscribe(self, args: dict, send: Callable[[dict], bool]) -> Callable[[], None]:
         """Start a ``watch``: call ``send(event)`` (from any thread) for each event until it
         returns ``False`` (the client is gone); return the function that stops the feed. May
@@ -267,8 +272,12 @@ class ControlServer:
             return
         if peer.uid != os.getuid():
             self._log.warning("control_peer_refused", pid=peer.pid, uid=peer.uid, gid=peer.gid)
-            _refuse(sock, PERMISSION_DENIED,
-                    f"this runtime serves uid {os.getuid()} only; you are uid {peer.uid}")
+            message = f"this runtime serves uid {os.getuid()} only; you are uid {peer.uid}"
+            _refuse(sock, PERMISSION_DENIED, message)
+            try:
+                self._handler.peer_refused(peer, message)
+            except Exception:  # recording the refusal must never stop the server
+                self._log.exception("control_peer_refused_not_recorded", pid=peer.pid)
             return
         if len(self._clients) >= self._max_clients:
             self._log.warning("control_busy", pid=peer.pid, max_clients=self._max_clients)

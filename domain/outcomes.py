@@ -127,7 +127,8 @@ def tool_verdict(result: ProcessResult, cwd_exists: bool = True, last_line: str 
     plan's fault, never retried) and a tool failure otherwise (executable missing, no memory,
     too many processes). A non-zero exit or a signal the process did not get from us is the
     command's own failure. A process whose cluster or node was lost (``LOST``) is a tool
-    failure. ``last_line`` (what the tool printed last) is added to the message.
+    failure. ``last_line`` (the lines of the tool's output that say why, see
+    :mod:`domain.failure_lines`) is added to the message.
     ``full_disk`` names the full filesystem the tool's output went to, when it is full: then
     that is why it failed (a resource limit, retried like one).
     """

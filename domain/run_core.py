@@ -146,6 +146,13 @@ class _Run:
     stop_reason: str = ""  # quarantine or safe mode: nothing more starts, the run ends
     stop_state: RunState | None = None
     awaiting: dict[str, str] = field(default_factory=dict)
+    # Outcomes a person's retry reopened: counted on both sides of the progress counter, so it
+    # never goes backwards (a retry of a failed task shows as one more outcome to wait for).
+    reopened: int = 0
+
+    def progress(self) -> tuple[int, int]:
+        """(outcomes reached, outcomes expected) for progress displays: only ever grows."""
+        return self.book.done_count() + self.reopened, len(self.book.states) + self.reopened
     phases: dict[str, Phase] = field(default_factory=dict)
     capturing: dict[str, AttemptEnded] = field(default_factory=dict)
     integrating: set[str] = field(default_factory=set)
@@ -383,8 +390,7 @@ class RunCore:
         self.adapter_running[adapter] += 1
         self.breakers[adapter].started()
         spec = self._in_worktree(run, run.specs[key])
-        name = spec.id if attempt == 1 else f"{spec.id}.attempt{attempt}"
-        log_path = os.path.join(run.log_dir, spec.workstream_id, f"{name}.log")
+        log_path = attempt_log_path(run.log_dir, spec.workstream_id, spec.id, attempt)
         inputs = tuple((name, run.results.get(up, NO_RESULT)) for name, up in spec.inputs) if spec.inputs else ()
         definition = run.definitions.get(key)
         basis = cache_basis(definition, [run.keys.get(dep, "") for dep in run.book.deps[key]]) if definition else ""
@@ -875,7 +881,10 @@ class RunCore:
         return {"stopping": stopping}, self._end()
 
     def cancel(self, run_id: str, task_key: str | None, now: float, at: str) -> tuple[dict[str, Any], list[Effect]]:
-        """Cancel a run (``task_key`` None) or one task; only what was not finished is listed."""
+        """Cancel a run (``task_key`` None) or one task. The result lists, apart, what this
+        cancelled now (``cancelled``: moved to CANCELLED) and what was running and is being
+        killed (``killing``: its outcome follows — CANCELLED, or what it ended as if it finished
+        first); a task that had ended is in neither."""
         self._begin(now, at)
         run = self._active(run_id)
         if task_key is None:
@@ -900,7 +909,7 @@ class RunCore:
                 self._fail(run, key, Verdict(TaskState.CANCELLED, ErrorClass.CANCELLED, "cancelled by request"), 0)
                 cancelled.append(key)
         self._after_change(run)
-        return {"cancelled": cancelled + killing, "killing": killing}, self._end()
+        return {"cancelled": cancelled, "killing": killing}, self._end()
 
     def retry(self, run_id: str, task_key: str, now: float, at: str) -> tuple[dict[str, Any], list[Effect]]:
         """Run a failed, timed-out, blocked or cancelled task again, with what it needs and
@@ -920,7 +929,11 @@ class RunCore:
         run.signatures.clear()
         for key in reset:
             run.failures[key] = 0
+            if run.book.states[key] in TERMINAL_TASK_STATES:
+                run.reopened += 1
             self._move(run, key, TaskState.PENDING, "retried by request")
+        others = [key for key in reset if key != task_key]
+        self._announce(run, task_key, "RETRIED", "by request" + (f", with {', '.join(others)}" if others else ""))
         for key in reset:
             if run.book.states[key] is TaskState.PENDING and run.book.is_ready(key):
                 self._queue(run, key)
@@ -986,14 +999,20 @@ class RunCore:
         previous = run.book.set_state(key, state)
         if previous is state:
             return
-        self._out.append(TaskMoved(run.run_id, key, state, reason, attempt, adapter, run.book.done_count(),
-                                   len(run.book.states)))
+        self._out.append(TaskMoved(run.run_id, key, state, reason, attempt, adapter, *run.progress()))
 
     def _note(self, run: _Run, event_type: str, key: str | None, payload: dict[str, Any]) -> None:
         self._out.append(Noted(run.run_id, event_type, key, payload))
 
     def _announce(self, run: _Run, subject: str, label: str, detail: str) -> None:
-        self._out.append(Announced(run.run_id, subject, label, detail, run.book.done_count(), len(run.book.states)))
+        self._out.append(Announced(run.run_id, subject, label, detail, *run.progress()))
+
+
+def attempt_log_path(log_dir: str, ws_id: str, task_id: str, attempt: int) -> str:
+    """Where attempt ``attempt`` of task ``ws_id/task_id`` writes its output, under the run's
+    ``log_dir``: ``<ws>/<task>.log``, then ``<ws>/<task>.attempt<N>.log``."""
+    name = task_id if attempt <= 1 else f"{task_id}.attempt{attempt}"
+    return os.path.join(log_dir, ws_id, f"{name}.log")
 
 
 def retry_closure(book: RunBook, keys: Iterable[str]) -> set[str]:

@@ -36,6 +36,17 @@ class RetryTask(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Principal(Message):
+    """Who asks for a control command: ``uid`` and ``user`` name, and ``via`` which door —
+    ``socket`` (from the peer's ``SO_PEERCRED``), ``cli`` (a command the CLI applies itself:
+    the process's own uid) or ``web`` (the dashboard's authenticated user)."""
+
+    uid: int
+    user: str
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
 class Approval(Message):
     """A person's decision on a task AWAITING_APPROVAL."""
 

@@ -193,6 +193,23 @@ class RuntimeBeat(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class AuditRecorded(Message):
+    """A state-changing command and its result, for the audit log: who (``uid``, ``user``,
+    ``via`` socket/cli/web), ``command`` and its ``args_json``, the run it concerned (if any),
+    whether it was ``accepted`` and the ``message`` (a refusal's sentence)."""
+
+    at: str
+    uid: int
+    user: str
+    via: str
+    command: str
+    args_json: str
+    run_id: str | None
+    accepted: bool
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class CreateRun(Message):
     """Asked (not told): create a run of ``plan`` (immutable, shared, never copied) in one
     transaction; the reply is its id. ``request_json``: the execution request as JSON text.
@@ -270,6 +287,7 @@ LedgerOp = Union[
     RoutingDecided,
     PatchRecorded,
     RuntimeBeat,
+    AuditRecorded,
 ]
 
 

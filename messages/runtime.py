@@ -122,7 +122,8 @@ class RunProgress(Message):
     ``state``: a task state (``IN_PROGRESS``, ``COMPLETED`` …), a run state with
     ``finished_run_state`` set when the run ended, or a notice: ``FIXING``, ``WAITING``
     (nothing can move; ``detail`` says why), ``PAUSED``, ``RESUMED``, ``HUNG``. ``task_key`` is
-    empty for run-wide notices. ``done``/``total``: terminal tasks so far / all tasks."""
+    empty for run-wide notices. ``done``/``total``: terminal tasks so far / all tasks.
+    ``attempt``: the attempt a task's state change concerns (0: none)."""
 
     run_id: str
     task_key: str
@@ -132,6 +133,7 @@ class RunProgress(Message):
     total: int
     detail: str = ""
     finished_run_state: str = ""
+    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)

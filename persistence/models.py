@@ -263,3 +263,30 @@ class RunLease(Base):
     # Set when the owner ended the lease itself (its run finished, it stopped); cleared when
     # the lease is taken again. An owner that stopped renewing without it died.
     released_at: Mapped[str | None]
+
+
+class AuditEntry(Base):
+    """Who asked for a state-changing command, when, with what arguments, and what came of it.
+
+    ``via``: ``socket`` (a control-socket client: ``uid`` from its peer credentials), ``cli``
+    (a command the CLI applied itself: the process's own uid) or ``web``. ``run_id`` is the run
+    the command concerned, when it named or made one. ``accepted`` is 1 or 0; ``message`` the
+    refusal's sentence (or a short account of what was done). Refused connections count too.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index(None, "run_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[str]
+    uid: Mapped[int]
+    user: Mapped[str]
+    via: Mapped[str]
+    command: Mapped[str]
+    args_json: Mapped[str]
+    run_id: Mapped[str | None]
+    accepted: Mapped[int]
+    message: Mapped[str]

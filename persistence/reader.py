@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, defer
 
 from persistence.leases import as_lease
 from persistence.models import (
+    AuditEntry,
     Base,
     ErrorRecord,
     Event,
@@ -190,6 +191,17 @@ class StateReader:
         with Session(self._engine) as session:
             version = session.get(SchemaMeta, "schema_version")
             return version.value if version is not None else None
+
+    def get_audit(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Audit log rows, oldest first: of ``run_id``, or every row when None; ``accepted``
+        is a bool and ``args`` the decoded arguments."""
+        query = select(AuditEntry)
+        if run_id is not None:
+            query = query.where(AuditEntry.run_id == run_id)
+        rows = self._rows(query.order_by(AuditEntry.id))
+        for row in rows:
+            row["accepted"] = bool(row["accepted"])
+        return rows
 
     def get_patches(self, run_id: str) -> list[dict[str, Any]]:
         return self._rows(select(PatchRecord).where(PatchRecord.run_id == run_id).order_by(PatchRecord.id))

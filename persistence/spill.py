@@ -30,6 +30,7 @@ from typing import Any
 
 from messages.ledger import (
     AttemptFinished,
+    AuditRecorded,
     AttemptStarted,
     ErrorObserved,
     EventObserved,
@@ -49,7 +50,8 @@ RESERVE_BYTES = 256 * 1024
 _OP_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (TransitionRun, TransitionWorkstream, TransitionTask, AttemptStarted, AttemptFinished,
-                ErrorObserved, EventObserved, RoutingDecided, PatchRecorded, RuntimeBeat)
+                ErrorObserved, EventObserved, RoutingDecided, PatchRecorded, RuntimeBeat,
+                AuditRecorded)
 }
 
 

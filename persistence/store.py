@@ -37,6 +37,7 @@ from domain.states import EntityKind, IllegalTransition, TaskState, check_transi
 from messages.ledger import (
     AttemptFinished,
     AttemptStarted,
+    AuditRecorded,
     ErrorObserved,
     EventObserved,
     LedgerOp,
@@ -187,6 +188,7 @@ class Store:
             RoutingDecided: self._routing_decided,
             PatchRecorded: self._patch_recorded,
             RuntimeBeat: self._runtime_beat,
+            AuditRecorded: self._audit_recorded,
         }
 
     @staticmethod
@@ -736,6 +738,11 @@ class Store:
 
     def _runtime_beat(self, op: RuntimeBeat, batch: WriteBatch) -> Rejected | None:
         batch.heartbeat(op)
+        return None
+
+    def _audit_recorded(self, op: AuditRecorded, batch: WriteBatch) -> Rejected | None:
+        # No known run needed: a refusal may name a run that does not exist.
+        batch.audit(op)
         return None
 
     def get_patches(self, run_id: str) -> list[dict[str, Any]]:

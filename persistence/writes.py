@@ -18,12 +18,14 @@ from domain.states import TERMINAL_TASK_STATES, TaskState
 from messages.ledger import (
     AttemptFinished,
     AttemptStarted,
+    AuditRecorded,
     ErrorObserved,
     PatchRecorded,
     RoutingDecided,
     RuntimeBeat,
 )
 from persistence.models import (
+    AuditEntry,
     ErrorRecord,
     Event,
     PatchRecord,
@@ -136,6 +138,7 @@ _HEARTBEAT = (
     .values(beat_at=bindparam("b_at"), stopped_at=bindparam("b_stopped_at"), stop_reason=bindparam("b_reason"),
             db_write_json=bindparam("b_db_write_json"))
 )
+_AUDIT = insert(AuditEntry.__table__)
 
 # Execution order. A row must exist before its update: attempts start before they finish,
 # an error is inserted before it repeats. Everything else touches disjoint columns, and rows
@@ -155,6 +158,7 @@ _ORDER: tuple[Executable, ...] = (
     _PATCH,
     _HEARTBEAT_NEW,
     _HEARTBEAT,
+    _AUDIT,
 )
 
 
@@ -340,6 +344,21 @@ class WriteBatch:
                 "patch_sha256": op.patch_sha256,
                 "patch_path": op.patch_path or None,
                 "recorded_at": op.at,
+            }
+        )
+
+    def audit(self, op: AuditRecorded) -> None:
+        self._rows[_AUDIT].append(
+            {
+                "at": op.at,
+                "uid": op.uid,
+                "user": op.user,
+                "via": op.via,
+                "command": op.command,
+                "args_json": op.args_json,
+                "run_id": op.run_id,
+                "accepted": int(op.accepted),
+                "message": op.message,
             }
         )
 

@@ -205,8 +205,9 @@ def test_when_the_fix_rounds_are_used_up_the_task_fails_at_the_gate_with_every_r
 ):
     run = Run(store, tmp_path, repo, agent, "never_fix", acceptance=[PYTEST_GATE], max_fix_rounds=1)
     assert (run.attempt["status"], run.attempt["error_class"]) == ("FAILED", "gate")
-    assert run.attempt["message"] == (
-        "gate 'pytest test_calc.py' failed after 1 fix round: exit code 1: some tests failed"
+    assert run.attempt["message"].startswith(  # then the failing test, from pytest's summary
+        "gate 'pytest test_calc.py' failed after 1 fix round: exit code 1: some tests failed: "
+        "FAILED test_calc.py::test_add - assert"
     )
     gate_output = run.attempt["gate_output"]
     assert gate_output.startswith("== round 0 ==\nAcceptance check `pytest test_calc.py` (pytest, runtime phase)")

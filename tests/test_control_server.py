@@ -48,6 +48,9 @@ class EchoHandler:
             self.on_shutdown()
         return {"command": command, "args": args}
 
+    def peer_refused(self, peer: Peer, message: str) -> None:
+        self.calls.append(("peer_refused", {"message": message}, peer))
+
     def subscribe(self, args: dict, send: Callable[[dict], bool]) -> Callable[[], None]:
         if self.feed is None:
             return lambda: None
@@ -394,7 +397,7 @@ def test_another_user_is_refused_by_peer_credentials(
     reply = json.loads(_run_as_nobody(server.path))
     assert reply["id"] is None and reply["ok"] is False
     assert reply["error"]["code"] == "permission_denied"
-    assert handler.calls == []
+    assert [(name, peer.uid) for name, _, peer in handler.calls] == [("peer_refused", 65534)]
     refused = [fields for _, event, fields, _ in log.records if event == "control_peer_refused"]
     assert refused and refused[0]["uid"] != os.getuid()
     assert ControlClient(server.path).request("ping") == "pong"

@@ -83,6 +83,9 @@ def test_the_dashboard_follows_a_live_run_and_its_approve_button_finishes_it(tmp
         assert db.execute("SELECT status FROM runs WHERE run_id = ?", (runtime.run_id,)).fetchone()[0] == "completed"
         approvals = db.execute("SELECT task_key, payload_json FROM events WHERE run_id = ? "
                                "AND event_type = 'TASK_APPROVED'", (runtime.run_id,)).fetchall()
+        audited = db.execute("SELECT command, via, uid, accepted FROM audit_log WHERE run_id = ? "
+                             "AND command = 'approve'", (runtime.run_id,)).fetchall()
+    assert [tuple(row) for row in audited] == [("approve", "web", os.getuid(), 1)]  # the web door, audited
     assert [(key, json.loads(payload)["who"]) for key, payload in approvals] == [
         ("release/sign-off", pwd.getpwuid(os.getuid()).pw_name)]
     # The web server was a thread of the runtime: nothing listens once it has exited.

@@ -138,15 +138,18 @@ def test_a_log_tail_is_its_last_whole_lines_and_an_unreadable_log_gives_none(tmp
 def test_the_audit_trail_is_read_when_the_ledger_has_the_table(tmp_path: Path):
     engine, _ = open_db(f"sqlite:///{tmp_path / 'ledger.db'}")
     try:
-        assert read_audit(engine, "run-1") is None
+        assert read_audit(engine, "run-1") == []  # the ledger has the table (migration 0006), no row yet
         with engine.begin() as connection:
-            connection.execute(text("CREATE TABLE audit_log (id INTEGER PRIMARY KEY, at TEXT, run_id TEXT, "
-                                    "command TEXT, args_json TEXT)"))
-            connection.execute(text("INSERT INTO audit_log (at, run_id, command, args_json) VALUES "
-                                    "('t2', 'run-1', 'approve', '{\"task\": \"w/t\"}'), "
-                                    "('t1', 'run-2', 'pause', '{}')"))
-        assert read_audit(engine, "run-1") == [{"id": 1, "at": "t2", "run_id": "run-1", "command": "approve",
-                                                "args": {"task": "w/t"}}]
+            connection.execute(text(
+                "INSERT INTO audit_log (at, uid, user, via, command, args_json, run_id, accepted, message) VALUES "
+                "('t2', 0, 'root', 'web', 'approve', '{\"task\": \"w/t\"}', 'run-1', 1, '{}'), "
+                "('t1', 0, 'root', 'socket', 'pause', '{}', 'run-2', 1, '{}')"))
+        assert read_audit(engine, "run-1") == [{
+            "id": 1, "at": "t2", "uid": 0, "user": "root", "via": "web", "command": "approve",
+            "args": {"task": "w/t"}, "run_id": "run-1", "accepted": 1, "message": "{}"}]
         assert len(read_audit(engine)) == 2
+        with engine.begin() as connection:  # a ledger from before the audit trail still reports
+            connection.execute(text("DROP TABLE audit_log"))
+        assert read_audit(engine, "run-1") is None
     finally:
         engine.dispose()

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 
 from control.protocol import ControlError, ProtocolError, decode_request
-from control.server import Peer
+from messages.control import Principal
 from persistence.reader import StateReader
 
 # What a dashboard may do to runs; everything else the socket serves stays with the CLI.
@@ -99,10 +99,13 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def web_principal() -> Peer:
+def web_principal() -> Principal:
     """Who a dashboard command is done as: the user the dashboard runs as (only it can read the
-    token file), like a CLI client of the same user on the socket."""
-    return Peer(pid=os.getpid(), uid=os.getuid(), gid=os.getgid())
+    token file), like a CLI client of the same user on the socket, through the ``web`` door."""
+    from actors.control import user_name
+
+    uid = os.getuid()
+    return Principal(uid, user_name(uid), "web")
 
 
 def validated(name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -179,17 +182,16 @@ class RuntimeBackend(LedgerBackend):
         return live[0] if live else super().snapshot(run_id)
 
     def command(self, name: str, args: dict[str, Any]) -> object:
-        return dispatch(self.control.handle, name, validated(name, args))
+        return dispatch(self.control.dispatch, name, validated(name, args))
 
     def close(self) -> None:
         self._remove()
 
 
-def dispatch(handle: Callable[[str, dict, Peer], object], name: str, args: dict[str, Any]) -> object:
-    """The one place a dashboard command enters the runtime: the control handler's dispatch,
-    with the dashboard's principal (see :func:`web_principal`). Where the runtime's command
-    table takes a principal naming the door (an audit trail), this is where the dashboard says
-    ``via="web"``."""
+def dispatch(handle: Callable[[str, dict, Principal], object], name: str, args: dict[str, Any]) -> object:
+    """The one place a dashboard command enters the runtime: the command table's
+    :meth:`actors.control.RuntimeControl.dispatch`, with the dashboard's principal (see
+    :func:`web_principal`), so each command is in the audit trail as ``via="web"``."""
     return handle(name, args, web_principal())
 
 
