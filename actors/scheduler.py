@@ -190,7 +190,7 @@ class SchedulerActor(SupervisedActor):
             case ChangesCaptured():
                 return ChangesRecorded(message.run_id, message.task_key, message.attempt, message.error)
             case WorkstreamPrepared():
-                return WorktreeReady(message.run_id, message.ws_id, message.path, message.error)
+                return WorktreeReady(message.run_id, message.ws_id, message.path, message.error, message.env)
             case WorkstreamFinished():
                 return IntegrationEnded(message.run_id, message.ws_id, message.merged, message.branch,
                                         message.target_branch, message.merge_commit, message.conflicts, message.error)
@@ -317,7 +317,9 @@ class SchedulerActor(SupervisedActor):
                 case TimerSet():
                     self.timers.call_later(effect.delay_s, partial(self.actor_ref.tell, CoreTimerFired(effect.event)))
                 case WorktreeWanted():
-                    self.directory.tell(WORKSPACE, PrepareWorkstream(effect.run_id, effect.ws_id, effect.repo))
+                    self.directory.tell(WORKSPACE, PrepareWorkstream(effect.run_id, effect.ws_id, effect.repo,
+                                                                     effect.setup, effect.copy, effect.link,
+                                                                     effect.ports))
                 case CaptureWanted():
                     self.directory.tell(WORKSPACE, CaptureChanges(effect.run_id, effect.ws_id, effect.task_key,
                                                                   effect.attempt, keep=effect.keep))

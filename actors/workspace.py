@@ -6,17 +6,30 @@ Worktrees live under ``<state dir>/worktrees/<run>/<workstream>`` on branches
 ``orchestrate/<run>/<workstream>``. What an attempt changed is recorded once, as a
 ``patch_history`` row written by the Ledger; the patch itself is a content file under
 ``<state dir>/patches/`` that the row names.
+
+**Preparing a worktree** (:mod:`adapters.worktree_setup`): every time a runtime takes up a
+worktree, the workstream's ``copy`` files are copied in and its ``link`` directories linked
+(both kept out of patches and commits), and it gets a block of ports no other live worktree of
+this runtime holds (:mod:`domain.ports`; checked free on the machine). The first time — until
+the worktree's set-up marker is written — its ``setup`` commands run, one after another, in
+the worktree, as supervised processes (the reactor's, so a stop kills them); their output goes
+to ``<state dir>/logs/<run>/<ws>/setup.log``. The actor does not wait on them: a command's end
+comes back as a :class:`SetupStepExited`. A failed command fails the workstream, naming its log.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
 
 from actors.base import SupervisedActor
 from actors.directory import LEDGER, SCHEDULER, Directory
+from adapters.process import ProcessReactor, ProcessSpec
+from adapters.tools import SHELL, task_environment
+from adapters.worktree_setup import SetupError, carry_into, mark_setup_done, ports_free, setup_done
 from adapters.worktrees import (
     Worktree,
     WorktreeError,
@@ -26,11 +39,16 @@ from adapters.worktrees import (
     discard_uncommitted,
     ensure_worktree,
     head,
+    ignored_paths,
     merge_check,
     merge_into,
     remove_worktree,
     store_patch,
+    with_trailers,
 )
+from domain.outcomes import ProcessResult, describe_outcome
+from domain.plan import TaskSpec
+from domain.ports import DEFAULT_PORT_COUNT, PortBlock, candidate_blocks
 from messages import EventObserved
 from messages.ledger import PatchRecorded
 from messages.workspace import (
@@ -38,6 +56,7 @@ from messages.workspace import (
     ChangesCaptured,
     FinishWorkstream,
     PrepareWorkstream,
+    SetupStepExited,
     WorkstreamFinished,
     WorkstreamPrepared,
 )
@@ -45,37 +64,152 @@ from persistence.clock import utc_now_iso
 
 log = structlog.get_logger("orchestrate.workspace")
 
+#: How long one set-up command may run before its tree is killed (and the workstream fails).
+SETUP_TIMEOUT_S = 1800.0
+
+
+@dataclass(slots=True)
+class _SettingUp:
+    """A worktree whose set-up commands are running: the next one is ``commands[index]``."""
+
+    message: PrepareWorkstream
+    worktree: Worktree
+    env: tuple[tuple[str, str], ...]
+    log_path: Path
+    index: int = 0
+
 
 class WorkspaceActor(SupervisedActor):
-    def __init__(self, name: str, directory: Directory, state_dir: Path) -> None:
+    def __init__(self, name: str, directory: Directory, state_dir: Path,
+                 reactor: ProcessReactor | None = None) -> None:
         super().__init__(name, directory)
         self.state_dir = state_dir
         self.root = state_dir / "worktrees"
         self.patches_dir = state_dir / "patches"
+        self.reactor = reactor
         self.worktrees: dict[tuple[str, str], Worktree] = {}
+        self.ports: dict[tuple[str, str], PortBlock] = {}  # the blocks of live worktrees
+        self.setting_up: dict[tuple[str, str], _SettingUp] = {}
 
     def handle(self, message: object) -> None:
         if isinstance(message, PrepareWorkstream):
             self._prepare(message)
+        elif isinstance(message, SetupStepExited):
+            self._setup_step_exited(message)
         elif isinstance(message, CaptureChanges):
             self._capture(message)
         elif isinstance(message, FinishWorkstream):
             self._finish(message)
 
+    # -- preparing ----------------------------------------------------------------------------
     def _prepare(self, message: PrepareWorkstream) -> None:
+        key = (message.run_id, message.ws_id)
         try:
             worktree = ensure_worktree(Path(message.repo), self.root, message.run_id, message.ws_id)
+            carried = carry_into(worktree.repo, worktree.path, message.copy, message.link)
+            ignored = ignored_paths(worktree.path, carried.private)
+            worktree = replace(worktree, private=tuple(p for p in carried.private if p not in ignored))
             if discard_uncommitted(worktree):
                 self._event(message.run_id, message.ws_id, "WORKTREE_RESET",
                             {"path": str(worktree.path), "reason": "uncommitted changes of an interrupted attempt"})
-        except (WorktreeError, ValueError, OSError) as error:
+            block = self._reserve_ports(key, message.ports)
+            needs_setup = bool(message.setup) and not setup_done(worktree.path)
+        except (WorktreeError, SetupError, ValueError, OSError) as error:
+            self._release(key)
             self._tell(WorkstreamPrepared(message.run_id, message.ws_id, error=str(error)))
             return
-        self.worktrees[(message.run_id, message.ws_id)] = worktree
-        self._event(message.run_id, message.ws_id, "WORKTREE_READY",
-                    {"path": str(worktree.path), "branch": worktree.branch, "base_commit": worktree.base_commit})
-        self._tell(WorkstreamPrepared(message.run_id, message.ws_id, str(worktree.path), worktree.branch,
-                                      worktree.base_commit))
+        # Paths only, never content: a copied file may hold secrets.
+        if carried.copied or carried.linked or carried.unmatched:
+            self._event(message.run_id, message.ws_id, "WORKTREE_CARRIED",
+                        {"copied": list(carried.copied), "linked": list(carried.linked),
+                         "unmatched": list(carried.unmatched)})
+        env = (block.environment() if block else ()) + (("ORCHESTRATE_WORKTREE", str(worktree.path)),)
+        if needs_setup:
+            log_path = self.state_dir / "logs" / message.run_id / message.ws_id / "setup.log"
+            self.setting_up[key] = _SettingUp(message, worktree, env, log_path)
+            self._next_setup_step(key)
+            return
+        self._ready(key, worktree, env)
+
+    def _reserve_ports(self, key: tuple[str, str], count: int | None) -> PortBlock | None:
+        """This worktree's block: the one it holds already, else the lowest free one that
+        overlaps no other live worktree's and whose ports are free on the machine now."""
+        if key in self.ports:
+            return self.ports[key]
+        count = DEFAULT_PORT_COUNT if count is None else count
+        if count == 0:
+            return None
+        held = [block for other, block in self.ports.items() if other != key]
+        for block in candidate_blocks(held, count):
+            if ports_free(block):
+                self.ports[key] = block
+                return block
+        raise SetupError(f"no block of {count} free ports left for this worktree "
+                         f"({len(held)} held by other worktrees); lower 'ports' or finish other runs")
+
+    def _release(self, key: tuple[str, str]) -> None:
+        self.ports.pop(key, None)
+
+    def _next_setup_step(self, key: tuple[str, str]) -> None:
+        step = self.setting_up[key]
+        message = step.message
+        if step.index >= len(message.setup):
+            del self.setting_up[key]
+            try:
+                mark_setup_done(step.worktree.path, message.setup)
+            except (SetupError, OSError) as error:
+                self._setup_failed(key, step.worktree, f"could not record that its set-up is done: {error}")
+                return
+            self._event(message.run_id, message.ws_id, "WORKTREE_SETUP_DONE",
+                        {"commands": len(message.setup), "log": str(step.log_path)})
+            self._ready(key, step.worktree, step.env)
+            return
+        command = message.setup[step.index]
+        step.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(step.log_path, "a", encoding="utf-8") as log_file:
+            log_file.write(f"$ {command}\n")
+        task = TaskSpec(workstream_id=message.ws_id, id="@setup", tool="shell", env=step.env)
+        spec = ProcessSpec(argv=(SHELL, "-c", command), cwd=str(step.worktree.path), env=task_environment(task),
+                           log_path=str(step.log_path), timeout_s=SETUP_TIMEOUT_S)
+        if self.reactor is None:
+            raise RuntimeError("set-up commands need the runtime's process reactor")
+        me, index = self.actor_ref, step.index
+
+        def exited(result: ProcessResult) -> None:
+            me.tell(SetupStepExited(key[0], key[1], index, result))
+
+        self.reactor.spawn(spec, exited)
+
+    def _setup_step_exited(self, message: SetupStepExited) -> None:
+        key = (message.run_id, message.ws_id)
+        step = self.setting_up.get(key)
+        if step is None or step.index != message.index:
+            return
+        result = message.result
+        command = step.message.setup[step.index]
+        with open(step.log_path, "a", encoding="utf-8") as log_file:
+            log_file.write(f"[{describe_outcome(result)}]\n")
+        if not result.succeeded:
+            del self.setting_up[key]
+            self._setup_failed(key, step.worktree, f"set-up command {command!r} failed ({describe_outcome(result)}); "
+                                                   f"its output is in {step.log_path}")
+            return
+        step.index += 1
+        self._next_setup_step(key)
+
+    def _setup_failed(self, key: tuple[str, str], worktree: Worktree, error: str) -> None:
+        self._release(key)
+        self._event(key[0], key[1], "WORKTREE_SETUP_FAILED", {"path": str(worktree.path), "error": error})
+        self._tell(WorkstreamPrepared(key[0], key[1], error=error))
+
+    def _ready(self, key: tuple[str, str], worktree: Worktree, env: tuple[tuple[str, str], ...]) -> None:
+        self.worktrees[key] = worktree
+        block = self.ports.get(key)
+        self._event(key[0], key[1], "WORKTREE_READY",
+                    {"path": str(worktree.path), "branch": worktree.branch, "base_commit": worktree.base_commit,
+                     "ports": [block.base, block.count] if block else None})
+        self._tell(WorkstreamPrepared(key[0], key[1], str(worktree.path), worktree.branch,
+                                      worktree.base_commit, env=env))
 
     def _capture(self, message: CaptureChanges) -> None:
         worktree = self.worktrees.get((message.run_id, message.ws_id))
@@ -89,7 +223,10 @@ class WorkspaceActor(SupervisedActor):
             files = [change.as_dict() for change in changes.files]
             if not changes.empty:
                 if message.keep:
-                    after = commit_all(worktree, f"orchestrate: {message.task_key} (attempt {message.attempt})") or since
+                    commit_message = with_trailers(
+                        f"orchestrate: {message.task_key} (attempt {message.attempt})",
+                        (("Orchestrate-Run", message.run_id), ("Orchestrate-Task", message.task_key)))
+                    after = commit_all(worktree, commit_message) or since
                 else:
                     discard_uncommitted(worktree)
                     after = since
@@ -109,6 +246,7 @@ class WorkspaceActor(SupervisedActor):
 
     def _finish(self, message: FinishWorkstream) -> None:
         key = (message.run_id, message.ws_id)
+        self._release(key)
         worktree = self.worktrees.pop(key, None)
         if worktree is None:
             self._tell(WorkstreamFinished(message.run_id, message.ws_id, False, "", error="no worktree"))
@@ -125,8 +263,9 @@ class WorkspaceActor(SupervisedActor):
                 self._tell(WorkstreamFinished(message.run_id, message.ws_id, False, worktree.branch, target,
                                               conflicts=check.conflicts))
                 return
-            commit = merge_into(worktree.repo, target, worktree.branch,
-                                f"orchestrate: merge {message.ws_id} of {message.run_id}")
+            commit = merge_into(worktree.repo, target, worktree.branch, with_trailers(
+                f"orchestrate: merge {message.ws_id} of {message.run_id}",
+                (("Orchestrate-Run", message.run_id), ("Orchestrate-Workstream", message.ws_id))))
             remove_worktree(worktree, delete_branch=True)
         except WorktreeError as error:
             self._tell(WorkstreamFinished(message.run_id, message.ws_id, False, worktree.branch, target,

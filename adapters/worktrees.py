@@ -10,8 +10,10 @@ so a conflict check never touches any working tree.
 Pure git plumbing: synchronous, no threads, no database. Every git call runs with an explicit
 argv (never a shell), ``GIT_TERMINAL_PROMPT=0``, ``LC_ALL=C``, stdin closed, and without the
 repository-locating variables (``GIT_DIR``, ``GIT_INDEX_FILE``…) a parent git might have set.
-Commits are made as ``orchestrate <orchestrate@localhost>`` (``-c user.name``/``user.email``),
-never signed and never running hooks, so they work on machines with no git identity.
+Commits are made with the repository's own identity (``user.name``/``user.email`` as git
+config gives them there), or the author named by ``ORCHESTRATE_GIT_AUTHOR`` (``Name <email>``),
+falling back to ``orchestrate <orchestrate@localhost>`` only where no identity is configured;
+never signed and never running hooks, so they work on any machine.
 A failing git command raises :class:`GitError`.
 
 The base commit of a worktree is recorded as the ref ``refs/orchestrate/base/<run_id>/<ws_id>``
@@ -51,20 +53,24 @@ __all__ = [
     "branch_name",
     "capture_changes",
     "commit_all",
+    "commit_identity",
     "ensure_worktree",
     "head",
+    "ignored_paths",
     "list_worktrees",
     "merge_check",
     "merge_into",
     "remove_worktree",
     "store_patch",
+    "with_trailers",
 ]
 
 BRANCH_PREFIX = "orchestrate"
 BASE_REF_PREFIX = "refs/orchestrate/base"
-IDENTITY = ("-c", "user.name=orchestrate", "-c", "user.email=orchestrate@localhost")
+FALLBACK_IDENTITY = ("orchestrate", "orchestrate@localhost")
+AUTHOR_ENV = "ORCHESTRATE_GIT_AUTHOR"
 # Commits are plumbing: never signed (a signing prompt would hang or fail headless).
-_COMMIT_CONFIG = (*IDENTITY, "-c", "commit.gpgSign=false")
+_NO_SIGNING = ("-c", "commit.gpgSign=false")
 # Diff output that `git apply` understands whatever the user's diff.* configuration says.
 _DIFF_OPTIONS = (
     "--no-color",
@@ -161,6 +167,10 @@ class Worktree:
     branch: str
     base_commit: str
     repo: Path
+    # Paths (relative to the worktree) that are never staged, committed, captured or cleaned:
+    # files copied in (secrets such as .env) and links made by the worktree's set-up, that git
+    # does not ignore already (git refuses a pathspec naming an ignored file).
+    private: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +350,56 @@ def _same_path(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def commit_identity(repo: Path, env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """``(name, email)`` commits in ``repo`` are made as: ``ORCHESTRATE_GIT_AUTHOR``
+    (``Name <email>``) when set, else the repository's configured ``user.name`` and
+    ``user.email`` (its own config, the user's global one, the system's: as git reads them),
+    else :data:`FALLBACK_IDENTITY` for whatever is missing. Raises WorktreeError for a malformed
+    ``ORCHESTRATE_GIT_AUTHOR``."""
+    configured = (os.environ if env is None else env).get(AUTHOR_ENV, "").strip()
+    if configured:
+        name, _, rest = configured.partition("<")
+        email = rest.rstrip().removesuffix(">")
+        if not name.strip() or not email.strip() or not rest.rstrip().endswith(">") or "<" in email:
+            raise WorktreeError(f"{AUTHOR_ENV}={configured!r}: expected 'Name <email>'")
+        return name.strip(), email.strip()
+
+    def config(key: str) -> str:
+        return _git(repo, "config", "--get", key, ok=(0, 1)).stdout.decode("utf-8", "replace").strip()
+
+    return config("user.name") or FALLBACK_IDENTITY[0], config("user.email") or FALLBACK_IDENTITY[1]
+
+
+def _commit_config(repo: Path) -> tuple[str, ...]:
+    name, email = commit_identity(repo)
+    return ("-c", f"user.name={name}", "-c", f"user.email={email}", *_NO_SIGNING)
+
+
+def with_trailers(message: str, trailers: Sequence[tuple[str, str]]) -> str:
+    """``message`` with git trailers (``Key: value`` lines after a blank line)."""
+    if not trailers:
+        return message
+    return f"{message.rstrip()}\n\n" + "\n".join(f"{key}: {value}" for key, value in trailers) + "\n"
+
+
+def ignored_paths(path: Path, candidates: Sequence[str]) -> frozenset[str]:
+    """Which of ``candidates`` (relative to the worktree at ``path``) git ignores there."""
+    # One call per path: few paths, and `-z` needs --stdin, which _git keeps closed.
+    return frozenset(c for c in candidates
+                     if _git(Path(path), "check-ignore", "-q", "--no-index", "--", c, ok=(0, 1)).returncode == 0)
+
+
+def _private_pathspec(worktree: Worktree) -> tuple[str, ...]:
+    """Pathspec for "everything but the private paths", from the worktree's top."""
+    return (":(top)", *(f":(top,literal,exclude){path}" for path in worktree.private))
+
+
+def _ignore_pattern(path: str) -> str:
+    """A gitignore pattern matching exactly ``path`` from the top (``git clean -e``)."""
+    escaped = "".join(f"\\{c}" if c in "*?[\\!#" else c for c in path)
+    return "/" + escaped
+
+
 # ----------------------------------------------------------------------------------------------
 # Worktrees
 
@@ -473,10 +533,12 @@ def remove_worktree(worktree: Worktree, *, delete_branch: bool) -> None:
 def discard_uncommitted(worktree: Worktree) -> bool:
     """Throw away what is not committed in the worktree (an interrupted attempt's half-done
     edits), so the next attempt starts from the last recorded commit. True if anything went."""
-    dirty = bool(_git(worktree.path, "status", "--porcelain", "--untracked-files=all").stdout.strip())
+    dirty = bool(_git(worktree.path, "status", "--porcelain", "--untracked-files=all", "--",
+                      *_private_pathspec(worktree)).stdout.strip())
     if dirty:
         _git(worktree.path, "reset", "--hard", "--quiet", "HEAD")
-        _git(worktree.path, "clean", "-fdq")
+        keep = [arg for path in worktree.private for arg in ("-e", _ignore_pattern(path))]
+        _git(worktree.path, "clean", "-fdq", *keep)
     return dirty
 
 
@@ -487,7 +549,7 @@ def current_branch(repo: Path) -> str | None:
 
 
 def _stage_all(worktree: Worktree) -> None:
-    _git(worktree.path, "add", "--all")
+    _git(worktree.path, "add", "--all", "--", *_private_pathspec(worktree))
 
 
 def capture_changes(worktree: Worktree, since: str) -> Changes:
@@ -558,7 +620,7 @@ def commit_all(worktree: Worktree, message: str) -> str | None:
     parent = head(worktree)
     if tree == _out(worktree.path, "rev-parse", f"{parent}^{{tree}}"):
         return None
-    new = _out(worktree.path, "commit-tree", tree, "-p", parent, "-m", message, config=_COMMIT_CONFIG)
+    new = _out(worktree.path, "commit-tree", tree, "-p", parent, "-m", message, config=_commit_config(worktree.repo))
     _git(worktree.path, "update-ref", "-m", f"commit: {message.splitlines()[0] if message else ''}", "HEAD", new, parent)
     return new
 
@@ -657,7 +719,7 @@ def merge_into(repo: Path, target_branch: str, branch: str, message: str) -> str
     check = _merge_tree(repo, old, theirs)
     if not check.clean or check.tree is None:
         raise MergeConflict(target_branch, branch, check.conflicts, check.messages)
-    new = _out(repo, "commit-tree", check.tree, "-p", old, "-p", theirs, "-m", message, config=_COMMIT_CONFIG)
+    new = _out(repo, "commit-tree", check.tree, "-p", old, "-p", theirs, "-m", message, config=_commit_config(repo))
 
     checkout = next(
         (e for e in list_worktrees(repo) if e.branch == target_ref and not e.bare and e.prunable is None),

@@ -124,6 +124,7 @@ class _Lane:
 
     workstream: Workstream
     path: str = ""  # the worktree, once the Workspace made it
+    env: tuple[tuple[str, str], ...] = ()  # what its tasks get besides their own (its ports)
     preparing: bool = False
     parked: list[str] = field(default_factory=list)  # tasks waiting for the worktree or their turn
     holder: str = ""  # the task using the worktree now
@@ -705,7 +706,8 @@ class RunCore:
     def _prepare(self, run: _Run, lane: _Lane) -> None:
         if not lane.preparing:
             lane.preparing = True
-            self._out.append(WorktreeWanted(run.run_id, lane.workstream.id, lane.workstream.repo or ""))
+            ws = lane.workstream
+            self._out.append(WorktreeWanted(run.run_id, ws.id, ws.repo or "", ws.setup, ws.copy, ws.link, ws.ports))
 
     def _worktree_ready(self, event: WorktreeReady) -> None:
         run = self.runs.get(event.run_id)
@@ -720,7 +722,7 @@ class RunCore:
                     self._fail(run, key, Verdict(TaskState.FAILED, ErrorClass.BAD_INPUT,
                                                  f"worktree for {event.ws_id}: {event.error}"), 0)
         else:
-            lane.path = event.path
+            lane.path, lane.env = event.path, event.env
             for key in parked:
                 if run.book.states[key] is TaskState.QUEUED:
                     self._route(run, key)
@@ -747,7 +749,9 @@ class RunCore:
         root = os.path.realpath(repo)
         inside = os.path.commonpath([cwd, root]) == root
         moved = os.path.join(lane.path, os.path.relpath(cwd, root)) if inside else lane.path
-        return replace(spec, cwd=os.path.normpath(moved))
+        # The worktree's variables first: the task's own win.
+        env = tuple(sorted((dict(lane.env) | dict(spec.env)).items())) if lane.env else spec.env
+        return replace(spec, cwd=os.path.normpath(moved), env=env)
 
     def _changes_recorded(self, event: ChangesRecorded) -> None:
         run = self.runs.get(event.run_id)

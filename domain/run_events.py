@@ -121,12 +121,14 @@ class ChangesRecorded:
 
 @dataclass(frozen=True, slots=True)
 class WorktreeReady:
-    """The Workspace made (or found again) a workstream's worktree; ``error`` if it could not."""
+    """The Workspace made (or found again) a workstream's worktree; ``error`` if it could not.
+    ``env``: variables every task of the workstream gets (its port block)."""
 
     run_id: str
     ws_id: str
     path: str = ""
     error: str = ""
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,9 +359,16 @@ class TimerSet:
 
 @dataclass(frozen=True, slots=True)
 class WorktreeWanted:
+    """Make (or find again) the workstream's worktree and prepare it: ``copy``, ``link``,
+    ``setup`` and a block of ``ports`` (None: the default size) as the workstream says."""
+
     run_id: str
     ws_id: str
     repo: str
+    setup: tuple[str, ...] = ()
+    copy: tuple[str, ...] = ()
+    link: tuple[str, ...] = ()
+    ports: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
