@@ -76,6 +76,7 @@ from adapters.gates import (
 )
 from adapters.process import ProcessReactor, ProcessSpec
 from adapters.tools import task_environment
+from domain.agent_usage import NO_USAGE, AgentUsage, usage_of
 from domain.errors import ErrorClass
 from domain.outcomes import ProcessOutcome, ProcessResult, Verdict, tool_verdict
 from domain.plan import AcceptanceCheck
@@ -129,6 +130,11 @@ class AgentCommand:
 
     def environment(self) -> tuple[tuple[str, str], ...]:
         return aider_environment(self.aider) if self.aider is not None else ()
+
+    @property
+    def tool(self) -> str:
+        """The tool's name, which says how to read what it used (:func:`usage_of`)."""
+        return "aider" if self.aider is not None else self.preset.name if self.preset else ""
 
     def report(self, output: str) -> AgentReport | None:
         """The agent's own account of its round; None for aider, which prints none."""
@@ -327,6 +333,7 @@ class _Attempt:
     last_tool: ProcessResult | None = None
     cpu_s: float = 0.0
     max_rss_bytes: int = 0
+    usage: AgentUsage = NO_USAGE  # summed over its rounds
     verdict_reason: str = ""
     # This round's checks, in run order, with the position reached and the phase announced.
     checks: list[tuple[int, AcceptanceCheck]] = field(default_factory=list)
@@ -434,6 +441,9 @@ class AgentExecutorActor(SupervisedActor):
         attempt.cpu_s += result.cpu_s
         attempt.max_rss_bytes = max(attempt.max_rss_bytes, result.max_rss_bytes)
         where = f"round {attempt.round}: " if attempt.round else ""
+        assert self.command is not None
+        output = _read_from(attempt.request.log_path, attempt.output_offset, REPORT_LIMIT)
+        attempt.usage = attempt.usage + usage_of(self.command.tool, output)
         if result.outcome is not ProcessOutcome.EXITED:
             # Stopped by us or never started: the shared rules decide (the exit code of an
             # agent that ran is judged below, by what it did).
@@ -441,8 +451,6 @@ class AgentExecutorActor(SupervisedActor):
             assert verdict is not None
             self._finish(key, attempt, verdict.state, verdict.error_class, f"{where}the agent {verdict.message}")
             return
-        assert self.command is not None
-        output = _read_from(attempt.request.log_path, attempt.output_offset, REPORT_LIMIT)
         changed = changed_between(attempt.before, worktree_snapshot(attempt.request.task.cwd or "."))
         verdict = classify_agent_attempt(
             result.exit_code,
@@ -540,5 +548,6 @@ class AgentExecutorActor(SupervisedActor):
             SCHEDULER,
             attempt_finished(key, verdict, attempt.started, tool=tool,
                              max_rss_bytes=attempt.max_rss_bytes if tool else None,
-                             cpu_s=round(attempt.cpu_s, 6) if tool else None, gate_output=gate_output),
+                             cpu_s=round(attempt.cpu_s, 6) if tool else None, gate_output=gate_output,
+                             usage=attempt.usage),
         )

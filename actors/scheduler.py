@@ -168,6 +168,7 @@ class SchedulerActor(SupervisedActor):
                     interrupted=message.interrupted, reset=message.reset,
                     results=dict(message.results), keys=dict(message.keys),
                     definitions=dict(message.definitions), cached=dict(message.cached),
+                    costs=dict(message.costs),
                 )
             case TasksRouted():
                 return Routed(message.run_id, tuple(Route(r.task_key, r.adapter, r.reason) for r in message.routes))
@@ -186,7 +187,7 @@ class SchedulerActor(SupervisedActor):
                           if message.result_json or message.result_file else None)
                 return AttemptEnded(message.run_id, message.task_key, message.attempt, message.verdict,
                                     message.duration_s, message.gate_output, report=message, result=result,
-                                    cache_key=message.cache_key)
+                                    cache_key=message.cache_key, cost_usd=message.cost_usd)
             case ChangesCaptured():
                 return ChangesRecorded(message.run_id, message.task_key, message.attempt, message.error)
             case WorkstreamPrepared():

@@ -159,6 +159,9 @@ class _Run:
     definitions: dict[str, str] = field(default_factory=dict)
     cached: dict[str, CacheHit] = field(default_factory=dict)
     consumed: frozenset[str] = frozenset()
+    costs: Counter[float] = field(default_factory=Counter)  # what agent attempts cost, per task
+    budget_usd: float | None = None  # the run's
+    ws_budgets: dict[str, float] = field(default_factory=dict)
 
 
 class RunCore:
@@ -261,6 +264,9 @@ class RunCore:
             definitions=dict(event.definitions),
             cached=dict(event.cached),
             consumed=frozenset(upstream for task in plan.tasks for _, upstream in task.inputs),
+            costs=Counter(event.costs),
+            budget_usd=plan.budget_usd,
+            ws_budgets={ws.id: ws.budget_usd for ws in plan.workstreams if ws.budget_usd is not None},
         )
         self.runs[run.run_id] = run
         self._out.append(RunMoved(run.run_id, RunState.RUNNING, "execution started", run.book.done_count(),
@@ -378,6 +384,9 @@ class RunCore:
                 self._start_attempt(run, choice.task_key, choice.adapter)
 
     def _start_attempt(self, run: _Run, key: str, adapter: str) -> None:
+        if self.adapters[adapter].type in AGENT_TYPES and (spent := budget_spent(run, key)):
+            self._stop_for_budget(run, key, spent)
+            return
         run.attempts[key] += 1
         attempt = run.attempts[key]
         run.running[key] = _Running(adapter, attempt, self.now)
@@ -390,6 +399,18 @@ class RunCore:
         definition = run.definitions.get(key)
         basis = cache_basis(definition, [run.keys.get(dep, "") for dep in run.book.deps[key]]) if definition else ""
         self._out.append(Dispatched(run.run_id, spec, attempt, adapter, log_path, inputs, basis))
+
+    def _stop_for_budget(self, run: _Run, key: str, reason: str) -> None:
+        """``key`` may not start an agent attempt: a budget is spent. It and what waits on it
+        end BLOCKED; running attempts finish; other work goes on."""
+        self._free_lane(run, key)
+        self._block(run, key, reason)
+        self._note(run, "BUDGET_EXHAUSTED", key, {"reason": reason, "spent_usd": round(sum(run.costs.values()), 8)})
+        self._announce(run, key, "WARNING", f"{key} not started: {reason}")
+        for dependant in run.book.blocked_by(key):
+            self._block(run, dependant, f"budget: dependency {key} was not started")
+        self._refresh_workstreams(run)
+        self._check_finished(run)
 
     def _dispatch_refused(self, event: DispatchRefused) -> None:
         """The executor is between death and restart: the task waits for it, unharmed."""
@@ -469,6 +490,8 @@ class RunCore:
                                            keep=event.verdict.state is TaskState.COMPLETED))
             return
         self._close_attempt(run, key)
+        if event.cost_usd:
+            run.costs[key] += event.cost_usd
         verdict = event.verdict
         if verdict.state is TaskState.COMPLETED:
             if key in run.consumed:
@@ -998,6 +1021,30 @@ class RunCore:
 
     def _announce(self, run: _Run, subject: str, label: str, detail: str) -> None:
         self._out.append(Announced(run.run_id, subject, label, detail, run.book.done_count(), len(run.book.states)))
+
+
+#: Adapter types whose attempts spend money (and report it): budgets apply to them.
+AGENT_TYPES = frozenset({"aider", "agent"})
+
+
+def budget_spent(run: _Run, key: str) -> str:
+    """Why ``key`` may start no agent attempt — the first budget that is spent: the task's
+    ``max_cost_usd``, its workstream's ``budget_usd``, the run's — or "" when none is."""
+    spec = run.specs[key]
+    task_spent = run.costs[key]
+    if spec.max_cost_usd is not None and task_spent >= spec.max_cost_usd:
+        return f"budget: task {key} has cost ${task_spent:.6g} of its max_cost_usd ${spec.max_cost_usd:g}"
+    ws_budget = run.ws_budgets.get(spec.workstream_id)
+    if ws_budget is not None:
+        ws_spent = sum(cost for other, cost in run.costs.items() if run.specs[other].workstream_id == spec.workstream_id)
+        if ws_spent >= ws_budget:
+            return (f"budget: workstream {spec.workstream_id} has spent ${ws_spent:.6g} of its "
+                    f"budget_usd ${ws_budget:g}")
+    if run.budget_usd is not None:
+        run_spent = sum(run.costs.values())
+        if run_spent >= run.budget_usd:
+            return f"budget: the run has spent ${run_spent:.6g} of its budget_usd ${run.budget_usd:g}"
+    return ""
 
 
 def retry_closure(book: RunBook, keys: Iterable[str]) -> set[str]:

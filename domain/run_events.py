@@ -53,6 +53,7 @@ class RunOpened:
     keys: Mapping[str, str] = field(default_factory=dict)
     definitions: Mapping[str, str] = field(default_factory=dict)
     cached: Mapping[str, CacheHit] = field(default_factory=dict)
+    costs: Mapping[str, float] = field(default_factory=dict)  # agent attempts' cost so far, per task
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,7 @@ class AttemptEnded:
     report: Any = field(default=None, compare=False)  # the executor's record, passed back untouched
     result: ResultRef | None = None  # what it returned or wrote, when anything
     cache_key: str = ""  # the key it completed under, when it is cacheable
+    cost_usd: float | None = None  # what the attempt's agent reported spending
 
 
 @dataclass(frozen=True, slots=True)
