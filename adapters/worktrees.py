@@ -55,11 +55,14 @@ __all__ = [
     "commit_all",
     "commit_identity",
     "ensure_worktree",
+    "has_uncommitted",
     "head",
     "ignored_paths",
+    "is_merged",
     "list_worktrees",
     "merge_check",
     "merge_into",
+    "orchestrate_branches",
     "remove_worktree",
     "store_patch",
     "with_trailers",
@@ -496,6 +499,39 @@ def _recorded_base(repo: Path, run_id: str, ws_id: str, branch_ref: str, base: s
             raise GitError(("git", "-C", str(repo), "update-ref", base_ref, resolved, ""), done.returncode, done.stderr)
         return recorded
     return resolved
+
+
+def orchestrate_branches(repo: Path, run_id: str | None = None) -> list[tuple[str, str, str]]:
+    """``(run_id, ws_id, branch)`` of every ``orchestrate/<run>/<ws>`` branch in ``repo`` (of
+    ``run_id`` only, when given), sorted."""
+    prefix = f"refs/heads/{BRANCH_PREFIX}/" + (f"{run_id}/" if run_id else "")
+    raw = _out(Path(repo), "for-each-ref", "--format=%(refname)", prefix)
+    found = []
+    for ref in raw.splitlines():
+        parts = ref[len("refs/heads/"):].split("/")
+        if len(parts) == 3:
+            found.append((parts[1], parts[2], "/".join(parts)))
+    return sorted(found)
+
+
+def is_merged(repo: Path, branch: str, target: str) -> bool:
+    """Whether ``branch`` has nothing ``target`` lacks: its tip is contained in ``target``, or
+    it has no commit of its own since its recorded base. False if ``target`` does not exist."""
+    repo = Path(repo)
+    tip = _resolve_commit(repo, _branch_ref(branch))
+    target_tip = _try_resolve(repo, _branch_ref(target))
+    if target_tip is not None and _is_ancestor(repo, tip, target_tip):
+        return True
+    parts = branch.split("/")
+    base = _try_resolve(repo, _base_ref(parts[1], parts[2])) if len(parts) == 3 else None
+    return base == tip
+
+
+def has_uncommitted(path: Path, private: Sequence[str] = ()) -> bool:
+    """Whether the checkout at ``path`` has changes git would show, ignored files and the
+    ``private`` globs (what its set-up copied or linked in from the repository) aside."""
+    spec = (":(top)", *(f":(top,glob,exclude){pattern}" for pattern in private))
+    return bool(_git(Path(path), "status", "--porcelain", "--untracked-files=all", "--", *spec).stdout.strip())
 
 
 def head(worktree: Worktree) -> str:

@@ -70,6 +70,7 @@ from domain.run_events import (
     WorktreeReady,
     WorktreeWanted,
 )
+from domain.retry_targets import NothingToRetry, retry_targets
 from domain.scheduling import RunBook, workstream_path
 from domain.states import (
     ACTIVE_TASK_STATES,
@@ -930,17 +931,16 @@ class RunCore:
         return {"cancelled": cancelled + killing, "killing": killing}, self._end()
 
     def retry(self, run_id: str, task_key: str, now: float, at: str) -> tuple[dict[str, Any], list[Effect]]:
-        """Run a failed, timed-out, blocked or cancelled task again, with what it needs and
-        its unsuccessful dependants."""
+        """Run a failed, timed-out, blocked or cancelled task again — or every such task of a
+        workstream, when ``task_key`` is a workstream id — with what it needs and its
+        unsuccessful dependants."""
         self._begin(now, at)
         run = self._active(run_id)
-        state = run.book.states.get(task_key)
-        if state is None:
-            raise ControlRefused(f"run {run_id} has no task {task_key!r}")
-        if state not in UNSUCCESSFUL_TASK_STATES:
-            raise ControlRefused(f"task {task_key} is {state.value}; only failed, timed-out, blocked or "
-                                 "cancelled tasks can be retried")
-        reset = sorted(retry_closure(run.book, (task_key,)))
+        try:
+            targets = retry_targets(run_id, run.book.states, task_key)
+        except NothingToRetry as refusal:
+            raise ControlRefused(str(refusal)) from None
+        reset = sorted(retry_closure(run.book, targets))
         # A person asked to try again: a quarantine or safe mode stops standing in the way (a
         # task retried into a stopped run would wait forever), and failures are counted anew.
         run.stop_reason, run.stop_state = "", None
