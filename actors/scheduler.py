@@ -194,7 +194,8 @@ class SchedulerActor(SupervisedActor):
                 return WorktreeReady(message.run_id, message.ws_id, message.path, message.error, message.env)
             case WorkstreamFinished():
                 return IntegrationEnded(message.run_id, message.ws_id, message.merged, message.branch,
-                                        message.target_branch, message.merge_commit, message.conflicts, message.error)
+                                        message.target_branch, message.merge_commit, message.conflicts, message.error,
+                                        message.resolve_path, message.hunks)
             case CoreTimerFired():
                 return message.event
             case SchedulerTick():
@@ -335,7 +336,9 @@ class SchedulerActor(SupervisedActor):
                                                  cached_from=hit.source))
                 case IntegrationWanted():
                     self.directory.tell(WORKSPACE, FinishWorkstream(effect.run_id, effect.ws_id,
-                                                                    effect.target_branch, effect.mode))
+                                                                    effect.target_branch, effect.mode,
+                                                                    effect.on_conflict, effect.resolution,
+                                                                    effect.resolution_failure))
 
     def _dispatch(self, effect: Dispatched) -> None:
         try:

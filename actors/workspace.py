@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -31,10 +32,14 @@ from adapters.process import ProcessReactor, ProcessSpec
 from adapters.tools import SHELL, task_environment
 from adapters.worktree_setup import SetupError, carry_into, mark_setup_done, ports_free, setup_done
 from adapters.worktrees import (
+    Integration,
     Worktree,
     WorktreeError,
     capture_changes,
     commit_all,
+    conflict_markers,
+    drop_integration,
+    finish_integration,
     current_branch,
     discard_uncommitted,
     ensure_worktree,
@@ -43,6 +48,7 @@ from adapters.worktrees import (
     merge_check,
     merge_into,
     remove_worktree,
+    start_integration,
     store_patch,
     with_trailers,
 )
@@ -90,6 +96,8 @@ class WorkspaceActor(SupervisedActor):
         self.worktrees: dict[tuple[str, str], Worktree] = {}
         self.ports: dict[tuple[str, str], PortBlock] = {}  # the blocks of live worktrees
         self.setting_up: dict[tuple[str, str], _SettingUp] = {}
+        # Conflicting merges waiting for an agent's resolution, with the workstream's worktree.
+        self.integrations: dict[tuple[str, str], tuple[Integration, Worktree]] = {}
 
     def handle(self, message: object) -> None:
         if isinstance(message, PrepareWorkstream):
@@ -246,6 +254,9 @@ class WorkspaceActor(SupervisedActor):
 
     def _finish(self, message: FinishWorkstream) -> None:
         key = (message.run_id, message.ws_id)
+        if message.resolution:
+            self._conclude_resolution(message)
+            return
         self._release(key)
         worktree = self.worktrees.pop(key, None)
         if worktree is None:
@@ -260,12 +271,13 @@ class WorkspaceActor(SupervisedActor):
             check = merge_check(worktree.repo, target, worktree.branch)
             if not check.clean:
                 remove_worktree(worktree, delete_branch=False)
+                if message.on_conflict == "agent":
+                    self._start_resolution(message, worktree, target)
+                    return
                 self._tell(WorkstreamFinished(message.run_id, message.ws_id, False, worktree.branch, target,
                                               conflicts=check.conflicts))
                 return
-            commit = merge_into(worktree.repo, target, worktree.branch, with_trailers(
-                f"orchestrate: merge {message.ws_id} of {message.run_id}",
-                (("Orchestrate-Run", message.run_id), ("Orchestrate-Workstream", message.ws_id))))
+            commit = merge_into(worktree.repo, target, worktree.branch, _merge_message(message))
             remove_worktree(worktree, delete_branch=True)
         except WorktreeError as error:
             self._tell(WorkstreamFinished(message.run_id, message.ws_id, False, worktree.branch, target,
@@ -273,9 +285,63 @@ class WorkspaceActor(SupervisedActor):
             return
         self._tell(WorkstreamFinished(message.run_id, message.ws_id, True, worktree.branch, target, commit))
 
+    # -- a conflicting merge, resolved by an agent ------------------------------------------------
+    def _start_resolution(self, message: FinishWorkstream, worktree: Worktree, target: str) -> None:
+        """Start the merge in an integration worktree (``<state>/integration/<run>/<ws>``), the
+        conflicts left in the files, and tell the Scheduler where, for an agent to resolve."""
+        key = (message.run_id, message.ws_id)
+        path = self.state_dir / "integration" / message.run_id / message.ws_id
+        integration = start_integration(worktree.repo, path, target, worktree.branch)
+        self.integrations[key] = (integration, worktree)
+        self._event(message.run_id, message.ws_id, "MERGE_RESOLUTION_STARTED",
+                    {"path": str(path), "branch": worktree.branch, "target": target,
+                     "conflicts": list(integration.conflicts)})
+        self._tell(WorkstreamFinished(message.run_id, message.ws_id, False, worktree.branch, target,
+                                      conflicts=integration.conflicts, resolve_path=str(path),
+                                      hunks=integration.hunks))
+
+    def _conclude_resolution(self, message: FinishWorkstream) -> None:
+        """Merge the agent's resolution if it left no conflict marker (its gates passed, or
+        ``resolution`` would be "abandon"); otherwise drop it and leave the branch intact."""
+        key = (message.run_id, message.ws_id)
+        found = self.integrations.pop(key, None)
+        if found is None:
+            self._tell(WorkstreamFinished(message.run_id, message.ws_id, False, "",
+                                          error="no merge waiting for a resolution"))
+            return
+        integration, worktree = found
+        reply = partial(WorkstreamFinished, message.run_id, message.ws_id, branch=worktree.branch,
+                        target_branch=integration.target, conflicts=integration.conflicts)
+        try:
+            if message.resolution != "resolved":
+                drop_integration(integration)
+                self._tell(reply(merged=False, error=message.resolution_failure or "the resolution was abandoned"))
+                return
+            marked = conflict_markers(integration)
+            if marked:
+                drop_integration(integration)
+                self._tell(reply(merged=False, conflicts=marked,
+                                 error=f"the agent's resolution left conflict markers in {', '.join(marked)}"))
+                return
+            commit = finish_integration(integration, _merge_message(message, resolved=integration.conflicts))
+            drop_integration(integration)
+            remove_worktree(worktree, delete_branch=True)
+        except WorktreeError as error:
+            drop_integration(integration)
+            self._tell(reply(merged=False, error=str(error)))
+            return
+        self._tell(reply(merged=True, merge_commit=commit))
+
     def _tell(self, message: object) -> None:
         self.directory.tell(SCHEDULER, message)
 
     def _event(self, run_id: str, ws_id: str, event_type: str, payload: dict) -> None:
         self.directory.tell(LEDGER, EventObserved(event_type=event_type, at=utc_now_iso(), run_id=run_id,
                                                   ws_id=ws_id, payload_json=json.dumps(payload, sort_keys=True)))
+
+
+def _merge_message(message: FinishWorkstream, resolved: tuple[str, ...] = ()) -> str:
+    subject = f"orchestrate: merge {message.ws_id} of {message.run_id}"
+    if resolved:
+        subject += f" (conflicts in {', '.join(resolved)} resolved by an agent)"
+    return with_trailers(subject, (("Orchestrate-Run", message.run_id), ("Orchestrate-Workstream", message.ws_id)))

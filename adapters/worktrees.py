@@ -63,6 +63,11 @@ __all__ = [
     "merge_check",
     "merge_into",
     "orchestrate_branches",
+    "start_integration",
+    "finish_integration",
+    "drop_integration",
+    "conflict_markers",
+    "Integration",
     "remove_worktree",
     "store_patch",
     "with_trailers",
@@ -756,7 +761,13 @@ def merge_into(repo: Path, target_branch: str, branch: str, message: str) -> str
     if not check.clean or check.tree is None:
         raise MergeConflict(target_branch, branch, check.conflicts, check.messages)
     new = _out(repo, "commit-tree", check.tree, "-p", old, "-p", theirs, "-m", message, config=_commit_config(repo))
+    return _advance_target(repo, target_branch, branch, old, new)
 
+
+def _advance_target(repo: Path, target_branch: str, branch: str, old: str, new: str) -> str:
+    """Move ``target_branch`` from ``old`` to the merge commit ``new`` (compare-and-swap),
+    bringing along the worktree it is checked out in, if any (see :func:`merge_into`)."""
+    target_ref = _branch_ref(target_branch)
     checkout = next(
         (e for e in list_worktrees(repo) if e.branch == target_ref and not e.bare and e.prunable is None),
         None,
@@ -793,6 +804,110 @@ def merge_into(repo: Path, target_branch: str, branch: str, message: str) -> str
             f"be updated ({exc.stderr}); run `git reset --keep {new}` there",
         ) from None
     return new
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolving a conflicting merge in an integration worktree
+
+#: Lines git writes around conflicting hunks; a resolution must leave none.
+CONFLICT_MARKERS = ("<<<<<<< ", ">>>>>>> ", "||||||| ")
+SEPARATOR_MARKER = "======="
+HUNKS_LIMIT = 6000
+
+
+@dataclass(frozen=True, slots=True)
+class Integration:
+    """A merge of ``branch`` into ``target`` left half-done in its own detached worktree at
+    ``path`` for someone (an agent) to resolve: the conflicting files hold git's markers.
+    ``target_commit``/``branch_commit`` are the exact commits being merged; ``hunks`` the
+    conflicting regions, for a prompt (cut to :data:`HUNKS_LIMIT` characters)."""
+
+    repo: Path
+    path: Path
+    target: str
+    branch: str
+    target_commit: str
+    branch_commit: str
+    conflicts: tuple[str, ...]
+    hunks: str
+
+
+def start_integration(repo: Path, path: Path, target_branch: str, branch: str) -> Integration:
+    """Check out ``target_branch``'s tip detached at ``path`` and start merging ``branch``
+    there (``git merge --no-commit``), leaving the conflicts in the files. Nothing else moves."""
+    repo = Path(repo)
+    target_commit = _resolve_commit(repo, _branch_ref(target_branch))
+    branch_commit = _resolve_commit(repo, _branch_ref(branch))
+    _git(repo, "worktree", "prune")
+    if path.exists():
+        _git(repo, "worktree", "remove", "--force", str(path), ok=(0, 128))
+        if path.exists():
+            raise GitError(("git", "worktree", "add", str(path)), 128, f"{path} exists; move it away first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _git(repo, "worktree", "add", "--quiet", "--detach", str(path), target_commit)
+    _git(path, "merge", "--no-ff", "--no-commit", "--no-edit", branch_commit, ok=(0, 1),
+         config=(*_commit_config(repo), "-c", "merge.conflictStyle=merge"))
+    unmerged = _out(path, "diff", "--name-only", "--diff-filter=U", "-z").split("\0")
+    conflicts = tuple(sorted(p for p in unmerged if p))
+    return Integration(repo, path, target_branch, branch, target_commit, branch_commit, conflicts,
+                       _hunks(path, conflicts))
+
+
+def _hunks(path: Path, conflicts: Sequence[str]) -> str:
+    """The conflicting regions of each file (markers included), with the file's name."""
+    parts: list[str] = []
+    for name in conflicts:
+        try:
+            lines = (path / name).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        region: list[str] = []
+        inside = False
+        for line in lines:
+            if line.startswith("<<<<<<< "):
+                inside = True
+            if inside:
+                region.append(line)
+            if line.startswith(">>>>>>> "):
+                inside = False
+        parts.append(f"--- {name}\n" + "\n".join(region))
+    text = "\n".join(parts)
+    return text if len(text) <= HUNKS_LIMIT else text[: HUNKS_LIMIT - 2] + "\n…"
+
+
+def conflict_markers(integration: Integration) -> tuple[str, ...]:
+    """The files (of those that conflicted, and any other changed one) that still hold a
+    conflict marker line."""
+    changed = _out(integration.path, "diff", "--name-only", "-z", integration.target_commit).split("\0")
+    candidates = sorted({*integration.conflicts, *(p for p in changed if p)})
+    marked = []
+    for name in candidates:
+        try:
+            lines = (integration.path / name).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        if any(line.startswith(CONFLICT_MARKERS) or line == SEPARATOR_MARKER for line in lines):
+            marked.append(name)
+    return tuple(marked)
+
+
+def finish_integration(integration: Integration, message: str) -> str:
+    """Commit what is in the integration worktree as the merge of ``branch`` into ``target``
+    and move ``target`` there (compare-and-swap: a target that moved since the integration
+    started fails with GitError, changing nothing). Returns the new tip."""
+    path, repo = integration.path, integration.repo
+    _git(path, "add", "--all")
+    tree = _out(path, "write-tree")
+    new = _out(path, "commit-tree", tree, "-p", integration.target_commit, "-p", integration.branch_commit,
+               "-m", message, config=_commit_config(repo))
+    return _advance_target(repo, integration.target, integration.branch, integration.target_commit, new)
+
+
+def drop_integration(integration: Integration) -> None:
+    """Remove the integration worktree (its half-done merge with it). Idempotent."""
+    if integration.path.exists():
+        _git(integration.repo, "worktree", "remove", "--force", str(integration.path), ok=(0, 128))
+    _git(integration.repo, "worktree", "prune")
 
 
 # ----------------------------------------------------------------------------------------------

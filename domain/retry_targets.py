@@ -31,7 +31,9 @@ def retry_targets(run_id: str, states: Mapping[str, TaskState | str], name: str)
         return (name,)
     prefix = f"{name}{TASK_KEY_SEPARATOR}"
     of_workstream = {key: TaskState(state) for key, state in states.items() if key.startswith(prefix)}
-    if TASK_KEY_SEPARATOR in name or not of_workstream:
+    if TASK_KEY_SEPARATOR in name:
+        raise NothingToRetry("not_found", f"run {run_id} has no task {name!r}")
+    if not of_workstream:
         raise NothingToRetry("not_found", f"run {run_id} has no task or workstream {name!r}")
     keys = tuple(sorted(key for key, state in of_workstream.items() if state in unsuccessful))
     if not keys:

@@ -27,7 +27,7 @@ from domain.cache import CACHE_ADAPTER, CacheHit, cache_basis
 from domain.errors import ErrorClass, error_signature
 from domain.graph import task_dependencies, topological_order
 from domain.outcomes import Evidence, Verdict
-from domain.plan import INTEGRATION_TOOL, TaskSpec, Workstream
+from domain.plan import INTEGRATION_TOOL, AcceptanceCheck, TaskSpec, Workstream
 from domain.results import ResultRef
 from domain.retry import RetryPolicy
 from domain.routing import INTEGRATOR, AdapterInfo
@@ -151,6 +151,12 @@ class _Run:
     phases: dict[str, Phase] = field(default_factory=dict)
     capturing: dict[str, AttemptEnded] = field(default_factory=dict)
     integrating: set[str] = field(default_factory=set)
+    # Merge steps whose conflicts an agent is resolving (key -> what was conflicting), and the
+    # workstreams whose resolution was tried this run (a second conflict fails, no loop).
+    resolving: dict[str, IntegrationEnded] = field(default_factory=dict)
+    resolution_tried: set[str] = field(default_factory=set)
+    merges_waiting: list[str] = field(default_factory=list)  # merge steps waiting for their turn
+    agent_history: dict[str, list[_Running]] = field(default_factory=dict)  # per workstream, latest first
     stalled_since: float | None = None
     stall_said_at: float | None = None
     # Results of completed tasks some task takes as input; cache keys of completed tasks;
@@ -501,6 +507,11 @@ class RunCore:
                 run.keys[key] = event.cache_key
         self._out.append(ReportAccepted(event.report))
         self._breaker_saw(running.adapter, verdict, run)
+        if self.adapters.get(running.adapter) and self.adapters[running.adapter].type in AGENT_TYPES:
+            run.agent_history.setdefault(run.specs[key].workstream_id, []).insert(0, running)
+        if key in run.resolving:
+            self._resolution_ended(run, key, verdict)
+            return
         self._conclude(run, key, event.attempt, verdict, event.duration_s, event.gate_output)
         self._after_change(run)
 
@@ -786,17 +797,44 @@ class RunCore:
             self._note(run, "PATCH_CAPTURE_FAILED", event.task_key, {"error": event.error})
         self._attempt_ended(ended)
 
-    def _integrate(self, run: _Run, key: str) -> None:
-        """A workstream's merge step: all its tasks completed, its branch goes to its target."""
+    def _integrate(self, run: _Run, key: str, resolution: str = "", failure: str = "") -> None:
+        """A workstream's merge step: all its tasks completed, its branch goes to its target
+        (``resolution``: what to do with an agent's resolution of its conflicts)."""
         lane = run.lanes[run.specs[key].workstream_id]
+        ws = lane.workstream
+        if not resolution and not self._merge_turn(run, key):
+            run.merges_waiting.append(key)
+            return
         run.attempts[key] += 1
         attempt = run.attempts[key]
         run.running[key] = _Running(INTEGRATOR, attempt, self.now, started=True)
-        run.integrating.add(lane.workstream.id)
-        self._out.append(AttemptOpened(run.run_id, lane.workstream.id, key, attempt, INTEGRATOR))
-        self._move(run, key, TaskState.IN_PROGRESS, "", attempt, INTEGRATOR)
-        self._out.append(IntegrationWanted(run.run_id, lane.workstream.id, lane.workstream.target_branch,
-                                           lane.workstream.merge))
+        run.integrating.add(ws.id)
+        self._out.append(AttemptOpened(run.run_id, ws.id, key, attempt, INTEGRATOR))
+        if run.book.states[key] is TaskState.QUEUED:
+            self._move(run, key, TaskState.IN_PROGRESS, "", attempt, INTEGRATOR)
+        self._out.append(IntegrationWanted(run.run_id, ws.id, ws.target_branch, ws.merge, ws.on_conflict,
+                                           resolution, failure))
+
+    def _merge_turn(self, run: _Run, key: str) -> bool:
+        """Whether ``key`` may merge now: merges into one branch of one repository go one at a
+        time, in plan order, so their result never depends on which workstream finished first."""
+        ws = run.lanes[run.specs[key].workstream_id].workstream
+        for lane in run.lanes.values():
+            other = lane.workstream
+            if other.id == ws.id:
+                return True
+            if other.merge == "merge" and other.repo == ws.repo and other.target_branch == ws.target_branch:
+                step = next((t.key for t in other.tasks if t.tool == INTEGRATION_TOOL), None)
+                if step is not None and run.book.states[step] not in TERMINAL_TASK_STATES:
+                    return False
+        return True
+
+    def _next_merges(self, run: _Run) -> None:
+        """Start the waiting merge steps whose turn has come."""
+        waiting, run.merges_waiting = run.merges_waiting, []
+        for key in waiting:
+            if run.book.states[key] is TaskState.QUEUED:
+                self._integrate(run, key)
 
     def _integration_ended(self, event: IntegrationEnded) -> None:
         run = self.runs.get(event.run_id)
@@ -810,10 +848,17 @@ class RunCore:
         assert running is not None
         payload = {"workstream": event.ws_id, "branch": event.branch, "target": event.target,
                    "commit": event.commit, "conflicts": list(event.conflicts), "error": event.error}
+        if event.resolve_path and self._resolve(run, key, running, event):
+            return
         if event.merged:
             verdict = Verdict(TaskState.COMPLETED, None,
                               f"merged {event.branch} into {event.target} ({event.commit[:10]})")
             self._note(run, "WORKSTREAM_MERGED", None, payload)
+        elif event.ws_id in run.resolution_tried and event.conflicts:
+            why = (f"merge into {event.target} conflicts in {', '.join(event.conflicts)}; "
+                   f"{event.error.rstrip('.') or 'not resolved'}; branch {event.branch} left for review")
+            verdict = Verdict(TaskState.FAILED, ErrorClass.MERGE, why)
+            self._note(run, "MERGE_CONFLICT", None, payload)
         elif event.conflicts or event.error:
             why = (f"merge into {event.target} conflicts in {', '.join(event.conflicts)}; branch {event.branch} "
                    "left for review" if event.conflicts else
@@ -826,6 +871,63 @@ class RunCore:
         took = self.now - running.began
         self._out.append(AttemptClosed(run.run_id, key, running.attempt, verdict, took))
         self._conclude(run, key, running.attempt, verdict, took)
+        self._next_merges(run)
+        self._after_change(run)
+
+    def _resolve(self, run: _Run, key: str, running: _Running, event: IntegrationEnded) -> bool:
+        """A conflicting merge waits in an integration worktree: hand it to an agent (an attempt
+        of the merge step, with the workstream's acceptance checks as its gates). False when no
+        agent may take it (then the merge fails as any conflict does)."""
+        ws = run.lanes[event.ws_id].workstream
+        adapter = self._resolver(run, ws)
+        spent = budget_spent(run, key) if adapter else ""
+        if event.ws_id in run.resolution_tried or not adapter or spent:
+            why = spent or ("no agent adapter to resolve it" if not adapter else "already tried")
+            run.resolution_tried.add(event.ws_id)
+            self._out.append(AttemptClosed(run.run_id, key, running.attempt, Verdict(
+                TaskState.FAILED, ErrorClass.MERGE, f"conflicts in {', '.join(event.conflicts)}: {why}"),
+                self.now - running.began))
+            self._integrate(run, key, resolution="abandon", failure=why)
+            return True
+        run.resolution_tried.add(event.ws_id)
+        self._out.append(AttemptClosed(run.run_id, key, running.attempt, Verdict(
+            TaskState.FAILED, ErrorClass.MERGE,
+            f"merge into {event.target} conflicts in {', '.join(event.conflicts)}; an agent ({adapter}) resolves them"),
+            self.now - running.began))
+        self._note(run, "MERGE_RESOLUTION", key, {"adapter": adapter, "conflicts": list(event.conflicts),
+                                                  "path": event.resolve_path})
+        self._announce(run, key, "RESOLVING", f"conflicts in {', '.join(event.conflicts)}: {adapter} resolves them")
+        run.resolving[key] = event
+        run.attempts[key] += 1
+        attempt = run.attempts[key]
+        run.running[key] = _Running(adapter, attempt, self.now)
+        self.adapter_running[adapter] += 1
+        self.breakers[adapter].started()
+        spec = resolution_task(run.specs[key], ws, event, self.adapters[adapter])
+        spec = replace(spec, env=tuple(sorted((dict(run.lanes[event.ws_id].env) | dict(spec.env)).items())))
+        log_path = os.path.join(run.log_dir, ws.id, f"@merge.resolve{attempt}.log")
+        self._out.append(Dispatched(run.run_id, spec, attempt, adapter, log_path))
+        return True
+
+    def _resolver(self, run: _Run, ws: Workstream) -> str:
+        """The agent adapter that resolves ``ws``'s conflicts: the one that served its agent
+        tasks, else the first agent adapter configured whose circuit is not open; "" for none."""
+        used = [running.adapter for running in run.agent_history.get(ws.id, ())]
+        candidates = used + [name for name, info in self.adapters.items() if info.type in AGENT_TYPES]
+        for name in candidates:
+            if name not in self.down and self.breakers[name].state is not CircuitState.OPEN:
+                return name
+        return ""
+
+    def _resolution_ended(self, run: _Run, key: str, verdict: Verdict) -> None:
+        """The agent's resolution attempt ended: merge it if it passed its gates (the Workspace
+        still refuses one with conflict markers), else drop it and leave the branch."""
+        run.resolving.pop(key)
+        if verdict.state is TaskState.COMPLETED:
+            self._integrate(run, key, resolution="resolved")
+        else:
+            self._integrate(run, key, resolution="abandon",
+                            failure=f"the agent's resolution failed ({verdict.state.value}): {verdict.message}")
         self._after_change(run)
 
     # -- workstream states -------------------------------------------------------------------------
@@ -1045,6 +1147,24 @@ def budget_spent(run: _Run, key: str) -> str:
         if run_spent >= run.budget_usd:
             return f"budget: the run has spent ${run_spent:.6g} of its budget_usd ${run.budget_usd:g}"
     return ""
+
+
+def resolution_task(step: TaskSpec, ws: Workstream, conflict: IntegrationEnded, adapter: AdapterInfo) -> TaskSpec:
+    """The agent task that resolves ``ws``'s conflicting merge in its integration worktree:
+    the conflicting paths and hunks in its prompt, the workstream's acceptance checks (each
+    once, in plan order) as its gates."""
+    checks: list[AcceptanceCheck] = []
+    for task in ws.tasks:
+        checks += [check for check in task.acceptance if check not in checks]
+    prompt = (
+        f"Merging branch {conflict.branch} (workstream {ws.id}) into {conflict.target} conflicts in: "
+        f"{', '.join(conflict.conflicts)}.\n"
+        "This checkout holds the merge in progress. Edit the conflicting files so that the result keeps the "
+        "intent of both sides, and remove every conflict marker (<<<<<<<, =======, >>>>>>>). Do not commit.\n\n"
+        f"The conflicting hunks:\n{conflict.hunks}\n"
+    )
+    return replace(step, tool=adapter.type, prompt=prompt, files=conflict.conflicts, cwd=conflict.resolve_path,
+                   acceptance=tuple(checks), depends_on=())
 
 
 def retry_closure(book: RunBook, keys: Iterable[str]) -> set[str]:

@@ -146,6 +146,8 @@ class IntegrationEnded:
     commit: str = ""
     conflicts: tuple[str, ...] = ()
     error: str = ""
+    resolve_path: str = ""  # the merge is waiting for an agent in this integration worktree
+    hunks: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,10 +386,16 @@ class CaptureWanted:
 
 @dataclass(frozen=True, slots=True)
 class IntegrationWanted:
+    """Merge (``mode`` "merge") or leave the workstream's branch; see FinishWorkstream for
+    ``on_conflict``, ``resolution`` and ``resolution_failure``."""
+
     run_id: str
     ws_id: str
     target_branch: str | None
     mode: str
+    on_conflict: str = "fail"
+    resolution: str = ""
+    resolution_failure: str = ""
 
 
 Effect = (

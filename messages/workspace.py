@@ -61,12 +61,20 @@ class ChangesCaptured(Message):
 @dataclass(frozen=True, slots=True)
 class FinishWorkstream(Message):
     """The workstream is done: merge its branch into ``target_branch`` when conflict-free and
-    ``merge`` is "merge"; otherwise leave the branch for review."""
+    ``merge`` is "merge"; otherwise leave the branch for review.
+
+    With ``on_conflict`` "agent", a conflicting merge is started in an integration worktree
+    and left there for an agent (the reply names it). ``resolution`` then says what to do with
+    it: "resolved" (commit it and merge, unless conflict markers are left) or "abandon" (drop
+    it, leave the branch)."""
 
     run_id: str
     ws_id: str
     target_branch: str | None
     merge: str
+    on_conflict: str = "fail"
+    resolution: str = ""
+    resolution_failure: str = ""  # why the agent's resolution is abandoned
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +87,9 @@ class WorkstreamFinished(Message):
     merge_commit: str = ""
     conflicts: tuple[str, ...] = ()
     error: str = ""
+    # A conflicting merge left for an agent: its integration worktree and the conflicting hunks.
+    resolve_path: str = ""
+    hunks: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -496,7 +496,7 @@ def test_the_merge_step_starts_when_its_workstream_completed_and_asks_the_worksp
         ("TaskMoved", "f/@merge", "QUEUED", "dependencies completed", 0, "", 1, 2),
         ("AttemptOpened", "f", "f/@merge", 1, "workspace"),
         ("TaskMoved", "f/@merge", "IN_PROGRESS", "", 1, "workspace", 1, 2),
-        ("IntegrationWanted", "f", None, "merge"),
+        ("IntegrationWanted", "f", None, "merge", "fail", "", ""),
         ("WorkstreamMoved", "f", "editing"),
     ]
     assert h.core.status("r")["running"] == 0, "a merge takes no executor slot"
