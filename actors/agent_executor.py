@@ -15,11 +15,14 @@ process), :class:`TaskValidating` at the start of each check phase of each round
 - COMPLETED: every check passed (message: ``completed`` or ``completed after N fix round(s)``).
 - FAILED ``tool_error``: the verdict on a round was tool_error (e.g. an agent that exits 0
   after an API failure); no fix round follows, since the agent, not the code, failed.
+- FAILED ``command_failed`` / ``bad_input``: the agent's structured result says its turn hit
+  a limit (max turns, its budget, its context) or was refused (permissions): see
+  :mod:`domain.agent_outcomes`. Not the tool's fault, so the breaker hears nothing of it.
 - FAILED ``gate``: a check still failed when the fix rounds were used up; ``gate_output``
   holds the failure of every round. A check that timed out counts as a failed gate too (the
   agent may have written the hang), so it gets fix rounds.
 - FAILED ``bad_input``: the adapter is misconfigured, the task has no prompt, or the agent or
-  a check could not start.
+  a check could not start (or, as above, the agent was refused what it needed).
 - TIMEOUT / FAILED ``resource_limit``: the agent process hit the task's limits (per round).
 - CANCELLED: a :class:`CancelAttempt` killed the agent or check running then.
 
@@ -460,8 +463,8 @@ class AgentExecutorActor(SupervisedActor):
         )
         log.info("agent_round", task=key[1], attempt=key[2], round=attempt.round, outcome=verdict.outcome,
                  changed=changed, reason=verdict.reason)
-        if verdict.outcome == "tool_error":
-            self._finish(key, attempt, TaskState.FAILED, ErrorClass.TOOL_ERROR, f"{where}{verdict.reason}")
+        if verdict.outcome != "success":
+            self._finish(key, attempt, TaskState.FAILED, ErrorClass(verdict.error_class), f"{where}{verdict.reason}")
             return
         attempt.verdict_reason = verdict.reason
         attempt.checks = ordered_checks(attempt.request.task.acceptance)
