@@ -278,3 +278,25 @@ def test_a_copied_file_git_does_not_ignore_is_still_kept_out_of_patches_and_comm
     files = [json.loads(row[0]) for row in db.execute("select files_json from patch_history")]
     assert sorted(f["path"] for each in files for f in each) == ["one.txt", "two.txt"]
     assert [where for where, text in every_text_of(tmp_path, db).items() if SECRET in text] == []
+
+
+def test_bad_preparation_fields_are_refused_naming_file_path_and_what_was_expected(tmp_path, orchestrate):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"budget_usd": -1, "workstreams": [
+        {"id": "w", "repo": ".", "copy": ["../secret"], "link": ["/abs"], "ports": -3, "on_conflict": "merge",
+         "tasks": [{"id": "t", "tool": "shell", "command": "true", "max_cost_usd": -2}]},
+        {"id": "v", "setup": ["make"], "tasks": [{"id": "t", "tool": "shell", "command": "true"}]}]}))
+    result = orchestrate("validate", str(plan))
+    assert result.code == 2
+    for expected in (
+        "$.budget_usd: 'budget_usd' must be a number of US dollars >= 0",
+        "$.workstreams[0].copy[0]: 'copy[0]' must be a path or glob relative to the repository, without '..', "
+        "got '../secret'",
+        "$.workstreams[0].link[0]: 'link[0]' must be a path or glob relative to the repository",
+        "$.workstreams[0].ports: 'ports' must be an integer from 0 to 1000",
+        "$.workstreams[0].on_conflict: 'on_conflict' must be one of fail, agent, got 'merge'",
+        "$.workstreams[0].tasks[0].max_cost_usd: 'max_cost_usd' must be a number of US dollars >= 0",
+        "$.workstreams[1].setup: 'setup' needs 'repo' as well",
+    ):
+        assert f"plan.json: {expected}" in result.err, result.err
+    assert "Traceback" not in result.err
