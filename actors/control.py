@@ -23,8 +23,8 @@ from control.protocol import ControlError
 from control.server import Peer
 from domain.health import adapters_needed, all_circuits_open
 from domain.leases import RunLeaseHeld
-from domain.run_core import ControlRefused, RunNotActive
 from domain.retry_targets import NothingToRetry, retry_targets
+from domain.run_core import ControlRefused, RunNotActive
 from messages import RunProgress
 from messages.control import (
     Approval,

@@ -39,11 +39,12 @@ from typing import Any
 from urllib.parse import quote
 
 __all__ = [
-    "BRANCH_PREFIX",
     "BASE_REF_PREFIX",
+    "BRANCH_PREFIX",
     "Changes",
     "FileChange",
     "GitError",
+    "Integration",
     "MergeCheck",
     "MergeConflict",
     "TargetDirty",
@@ -54,7 +55,10 @@ __all__ = [
     "capture_changes",
     "commit_all",
     "commit_identity",
+    "conflict_markers",
+    "drop_integration",
     "ensure_worktree",
+    "finish_integration",
     "has_uncommitted",
     "head",
     "ignored_paths",
@@ -63,12 +67,8 @@ __all__ = [
     "merge_check",
     "merge_into",
     "orchestrate_branches",
-    "start_integration",
-    "finish_integration",
-    "drop_integration",
-    "conflict_markers",
-    "Integration",
     "remove_worktree",
+    "start_integration",
     "store_patch",
     "with_trailers",
 ]

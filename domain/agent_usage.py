@@ -41,7 +41,7 @@ class AgentUsage:
         return self != NO_USAGE
 
     def __add__(self, other: AgentUsage) -> AgentUsage:
-        def plus(a: float | int | None, b: float | int | None) -> Any:
+        def plus(a: float | None, b: float | None) -> Any:
             return a if b is None else b if a is None else a + b
 
         return AgentUsage(plus(self.tokens_in, other.tokens_in), plus(self.tokens_out, other.tokens_out),

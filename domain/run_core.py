@@ -30,6 +30,7 @@ from domain.outcomes import Evidence, Verdict
 from domain.plan import INTEGRATION_TOOL, AcceptanceCheck, TaskSpec, Workstream
 from domain.results import ResultRef
 from domain.retry import RetryPolicy
+from domain.retry_targets import NothingToRetry, retry_targets
 from domain.routing import INTEGRATOR, AdapterInfo
 from domain.run_events import (
     Announced,
@@ -70,7 +71,6 @@ from domain.run_events import (
     WorktreeReady,
     WorktreeWanted,
 )
-from domain.retry_targets import NothingToRetry, retry_targets
 from domain.scheduling import RunBook, workstream_path
 from domain.states import (
     ACTIVE_TASK_STATES,
@@ -413,7 +413,6 @@ class RunCore:
         self._free_lane(run, key)
         self._block(run, key, reason)
         self._note(run, "BUDGET_EXHAUSTED", key, {"reason": reason, "spent_usd": round(sum(run.costs.values()), 8)})
-        self._announce(run, key, "WARNING", f"{key} not started: {reason}")
         for dependant in run.book.blocked_by(key):
             self._block(run, dependant, f"budget: dependency {key} was not started")
         self._refresh_workstreams(run)
@@ -862,7 +861,8 @@ class RunCore:
         elif event.conflicts or event.error:
             why = (f"merge into {event.target} conflicts in {', '.join(event.conflicts)}; branch {event.branch} "
                    "left for review" if event.conflicts else
-                   f"{event.error.rstrip('.')}; once that is fixed, `orchestrate execute --run {run.run_id}` merges it")
+                   f"{event.error.rstrip('.')}; once that is fixed, "
+                   f"`orchestrate retry {run.run_id} {event.ws_id}` merges it")
             verdict = Verdict(TaskState.FAILED, ErrorClass.MERGE, why)
             self._note(run, "MERGE_CONFLICT" if event.conflicts else "MERGE_FAILED", None, payload)
         else:
@@ -1138,7 +1138,8 @@ def budget_spent(run: _Run, key: str) -> str:
         return f"budget: task {key} has cost ${task_spent:.6g} of its max_cost_usd ${spec.max_cost_usd:g}"
     ws_budget = run.ws_budgets.get(spec.workstream_id)
     if ws_budget is not None:
-        ws_spent = sum(cost for other, cost in run.costs.items() if run.specs[other].workstream_id == spec.workstream_id)
+        ws_spent = sum(cost for other, cost in run.costs.items()
+                       if run.specs[other].workstream_id == spec.workstream_id)
         if ws_spent >= ws_budget:
             return (f"budget: workstream {spec.workstream_id} has spent ${ws_spent:.6g} of its "
                     f"budget_usd ${ws_budget:g}")

@@ -106,7 +106,7 @@ def test_a_spent_run_budget_blocks_the_next_agent_step_and_the_run_is_partial(tm
         result = run(orchestrate, tmp_path, "run", str(plan))
         assert len(server.chat_requests) == 1, "the second agent step never reached the model"
     assert result.code == 1, result.out + result.err
-    assert "words/whisper not started: budget: the run has spent $0.0048 of its budget_usd $0.004" in result.out
+    assert "⊘ words/whisper  BLOCKED  budget: the run has spent $0.0048 of its budget_usd $0.004" in result.out
     assert "partial" in result.out
     db = ledger(tmp_path)
     assert db.execute("select status from runs").fetchone()[0] == "partial"
@@ -123,4 +123,4 @@ def test_a_spent_run_budget_blocks_the_next_agent_step_and_the_run_is_partial(tm
         resumed = run(orchestrate, tmp_path, "execute", "--run", run_id)
         assert server.chat_requests == []
     assert resumed.code == 1, resumed.out + resumed.err
-    assert "not started: budget: the run has spent $0.0048" in resumed.out
+    assert "words/whisper  BLOCKED  budget: the run has spent $0.0048" in resumed.out

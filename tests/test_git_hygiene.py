@@ -8,12 +8,12 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from domain.cleanup import BranchFacts, decide_clean
 from domain.retry_targets import NothingToRetry, retry_targets
 from domain.states import TaskState
 from tests.conftest import ledger
-
-import pytest
 
 
 def git(repo: Path, *args: str) -> str:

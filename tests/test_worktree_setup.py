@@ -290,8 +290,8 @@ def test_bad_preparation_fields_are_refused_naming_file_path_and_what_was_expect
     assert result.code == 2
     for expected in (
         "$.budget_usd: 'budget_usd' must be a number of US dollars >= 0",
-        "$.workstreams[0].copy[0]: 'copy[0]' must be a path or glob relative to the repository, without '..', "
-        "got '../secret'",
+        ("$.workstreams[0].copy[0]: 'copy[0]' must be a path or glob relative to the repository, without '..', "
+         "got '../secret'"),
         "$.workstreams[0].link[0]: 'link[0]' must be a path or glob relative to the repository",
         "$.workstreams[0].ports: 'ports' must be an integer from 0 to 1000",
         "$.workstreams[0].on_conflict: 'on_conflict' must be one of fail, agent, got 'merge'",
