@@ -29,7 +29,7 @@ import structlog
 from actors.base import SupervisedActor
 from actors.directory import LEDGER, SCHEDULER, Directory
 from adapters.process import ProcessReactor, ProcessSpec
-from adapters.tools import SHELL, task_environment
+from adapters.tools import MARKER_RUN, SHELL, task_environment
 from adapters.worktree_setup import SetupError, carry_into, mark_setup_done, ports_free, setup_done
 from adapters.worktrees import (
     Integration,
@@ -176,9 +176,12 @@ class WorkspaceActor(SupervisedActor):
         step.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(step.log_path, "a", encoding="utf-8") as log_file:
             log_file.write(f"$ {command}\n")
-        task = TaskSpec(workstream_id=message.ws_id, id="@setup", tool="shell", env=step.env)
+        # Marked with the run: a runtime resuming it after this one died finds and kills a
+        # set-up command left running (adapters/leftovers.py), as it does a task's.
+        marker = (MARKER_RUN, message.run_id)
+        task = TaskSpec(workstream_id=message.ws_id, id="@setup", tool="shell", env=(*step.env, marker))
         spec = ProcessSpec(argv=(SHELL, "-c", command), cwd=str(step.worktree.path), env=task_environment(task),
-                           log_path=str(step.log_path), timeout_s=SETUP_TIMEOUT_S)
+                           log_path=str(step.log_path), timeout_s=SETUP_TIMEOUT_S, marker=marker)
         if self.reactor is None:
             raise RuntimeError("set-up commands need the runtime's process reactor")
         me, index = self.actor_ref, step.index

@@ -300,3 +300,39 @@ def test_bad_preparation_fields_are_refused_naming_file_path_and_what_was_expect
     ):
         assert f"plan.json: {expected}" in result.err, result.err
     assert "Traceback" not in result.err
+
+
+def test_a_setup_command_left_by_a_killed_runtime_is_killed_on_resume_and_setup_runs_again(tmp_path):
+    import os
+    import signal
+
+    import psutil
+
+    from tests.conftest import ORCHESTRATE, wait_until
+
+    make_repo(tmp_path)
+    go, pid_file, count = tmp_path / "go", tmp_path / "setup.pid", tmp_path / "setups"
+    setup = (f"echo started >> {count}; if [ ! -f {go} ]; then echo $$ > {pid_file}; exec sleep 600; fi")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"workstreams": [{
+        "id": "feature", "repo": "repo", "setup": [setup],
+        "tasks": [{"id": "work", "tool": "shell", "command": "touch done.txt"}]}]}))
+    env = {k: v for k, v in os.environ.items() if k not in ("ORCHESTRATE_DB_URL", "PIPELINE_DB_PATH")}
+    runtime = subprocess.Popen([sys.executable, str(ORCHESTRATE), "run", str(plan)], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=120,
+                             what="the set-up command to start"))
+    finally:
+        runtime.send_signal(signal.SIGKILL)
+        runtime.wait(timeout=60)
+    left = psutil.Process(pid)
+    assert left.is_running() and left.status() != psutil.STATUS_ZOMBIE, "kill -9 left the set-up command running"
+    go.touch()
+    run_id = ledger(tmp_path).execute("select run_id from runs").fetchone()[0]
+    resumed = subprocess.run([sys.executable, str(ORCHESTRATE), "execute", "--run", run_id], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert count.read_text() == "started\nstarted\n", "set-up ran again: the first never finished"
+    assert (tmp_path / "repo" / "done.txt").exists()
