@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from domain.routing import AdapterInfo
 from domain.outcomes import COMPLETED
+from domain.routing import AdapterInfo
 from domain.run_events import AttemptEnded
 from domain.states import TaskState
 from tests.test_run_core import plan, task
