@@ -816,16 +816,19 @@ class RunCore:
 
     def _merge_turn(self, run: _Run, key: str) -> bool:
         """Whether ``key`` may merge now: merges into one branch of one repository go one at a
-        time, in plan order, so their result never depends on which workstream finished first."""
+        time, in the run's task order (plan order, except that a workstream merges after those
+        it depends on), so their result never depends on which workstream finished first. An
+        earlier merge step never waits on a later one, so this cannot deadlock."""
         ws = run.lanes[run.specs[key].workstream_id].workstream
-        for lane in run.lanes.values():
-            other = lane.workstream
-            if other.id == ws.id:
+        for step in run.book.deps:  # topological order, ties in plan order
+            if step == key:
                 return True
-            if other.merge == "merge" and other.repo == ws.repo and other.target_branch == ws.target_branch:
-                step = next((t.key for t in other.tasks if t.tool == INTEGRATION_TOOL), None)
-                if step is not None and run.book.states[step] not in TERMINAL_TASK_STATES:
-                    return False
+            spec = run.specs[step]
+            other = run.lanes[spec.workstream_id].workstream if spec.tool == INTEGRATION_TOOL else None
+            if (other is not None and other.merge == "merge" and other.repo == ws.repo
+                    and other.target_branch == ws.target_branch
+                    and run.book.states[step] not in TERMINAL_TASK_STATES):
+                return False
         return True
 
     def _next_merges(self, run: _Run) -> None:

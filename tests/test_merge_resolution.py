@@ -171,3 +171,20 @@ def test_a_marker_free_resolution_that_fails_the_gate_is_not_merged(tmp_path, or
     assert (repo / "shared.txt").read_text() == "line one\nchanged by a\nline three\n"
     run_id = ledger(tmp_path).execute("select run_id from runs").fetchone()[0]
     assert "changed by b" in git(repo, "show", f"orchestrate/{run_id}/ws-b:shared.txt")
+
+
+def test_a_workstream_listed_first_but_depending_on_a_later_one_merges_after_it_without_waiting_forever(
+        tmp_path, orchestrate):
+    repo = make_repo(tmp_path)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"workstreams": [
+        {"id": "ws-a", "repo": "repo", "depends_on": ["ws-b"], "tasks": [
+            {"id": "edit", "tool": "shell", "command": "echo a > a.txt"}]},
+        {"id": "ws-b", "repo": "repo", "tasks": [{"id": "edit", "tool": "shell", "command": "echo b > b.txt"}]},
+    ]}))
+    result = orchestrate("run", str(plan), timeout=120)
+    assert result.code == 0, result.out + result.err
+    merged = [json.loads(r[0])["workstream"] for r in ledger(tmp_path).execute(
+        "select payload_json from events where event_type = 'WORKSTREAM_MERGED' order by id")]
+    assert merged == ["ws-b", "ws-a"]
+    assert (repo / "a.txt").exists() and (repo / "b.txt").exists()
