@@ -14,11 +14,14 @@ import argparse
 from pathlib import Path
 
 from adapters.worktrees import (
+    Integration,
     Worktree,
     WorktreeError,
     current_branch,
+    drop_integration,
     has_uncommitted,
     is_merged,
+    list_worktrees,
     orchestrate_branches,
     remove_worktree,
 )
@@ -51,6 +54,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
             print(f"skipped run {run['run_id']}: it is {run['status']}")
             continue
         facts += _facts_of(run, state_dir)
+    for run in runs:
+        if run is not None and run["status"] in _FINISHED:
+            _drop_integrations(run, state_dir)
     decision = decide_clean(facts, args.force)
     for branch in decision.remove:
         worktree = Worktree(Path(branch.worktree or Path(state_dir, "worktrees", branch.run_id, branch.ws_id)),
@@ -71,6 +77,22 @@ def cmd_clean(args: argparse.Namespace) -> int:
     if not decision.remove:
         print("nothing to clean")
     return EXIT_OK
+
+
+def _drop_integrations(run: dict, state_dir: Path) -> None:
+    """Integration worktrees a runtime left behind (it stopped while an agent resolved a
+    merge): half-done merges of a finished run, nothing a branch does not keep."""
+    root = Path(state_dir, "integration", run["run_id"]).resolve()
+    repos = {ws.repo for ws in Plan.from_json(run["metadata"]["plan"]).workstreams if ws.repo and Path(ws.repo).is_dir()}
+    for repo in sorted(repos):
+        for entry in list_worktrees(Path(repo)):
+            if entry.path.resolve().is_relative_to(root):
+                drop_integration(Integration(Path(repo), entry.path, "", "", "", "", (), ""))
+                print(f"removed the unfinished merge resolution {entry.path} in {repo}")
+    try:
+        root.rmdir()
+    except OSError:
+        pass
 
 
 def _facts_of(run: dict, state_dir: Path) -> list[BranchFacts]:

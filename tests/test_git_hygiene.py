@@ -179,3 +179,17 @@ def test_clean_decision_keeps_unmerged_or_dirty_work_unless_forced():
     assert decision.remove == (merged,)
     assert decision.refused == ((unmerged, "not merged into main"), (dirty, "uncommitted changes in /wt/c"))
     assert decide_clean([dirty, unmerged, merged], force=True).remove == (merged, unmerged, dirty)
+
+
+def test_clean_drops_a_merge_resolution_a_stopped_runtime_left_behind(tmp_path, orchestrate):
+    repo = make_repo(tmp_path)
+    plan = write_plan(tmp_path, [{"id": "ws", "repo": "repo", "tasks": [
+        {"id": "edit", "tool": "shell", "command": "echo x > x.txt"}]}])
+    assert orchestrate("run", str(plan)).code == 0
+    run_id = run_id_of(tmp_path)
+    left = tmp_path / ".state" / "integration" / run_id / "ws"
+    git(repo, "worktree", "add", "--detach", str(left), "main")
+    result = orchestrate("clean", "--run", run_id)
+    assert result.code == 0, result.out + result.err
+    assert f"removed the unfinished merge resolution {left} in {repo}" in result.out
+    assert not left.exists() and str(left) not in git(repo, "worktree", "list")
