@@ -149,11 +149,40 @@ def test_a_resolution_that_leaves_markers_is_not_merged_and_the_branch_stays_int
     assert db.execute("select status from runs").fetchone()[0] == "partial"
 
 
+WAIT_FOR_B = textwrap.dedent(
+    """
+    import sqlite3, sys, time
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            row = sqlite3.connect(sys.argv[1]).execute(
+                "select state from tasks where task_key = 'ws-b/edit'").fetchone()
+            if row and row[0] == "COMPLETED":
+                sys.exit(0)
+        except sqlite3.Error:
+            pass
+        time.sleep(0.05)
+    sys.exit("ws-b/edit never completed")
+    """
+)
+
+
 def test_merges_into_one_branch_go_in_plan_order_whichever_workstream_finishes_first(tmp_path, orchestrate):
     repo = make_repo(tmp_path)
-    result = orchestrate("run", str(two_editors(tmp_path, "fail")))
+    waiter = tmp_path / "wait_for_b.py"
+    waiter.write_text(WAIT_FOR_B)
+    database = tmp_path / ".state" / "orchestration.db"
+    plan = tmp_path / "plan.json"
+    # ws-a finishes only once the ledger shows ws-b's work completed: ws-b is ready to merge
+    # first, yet ws-a (first in the plan) merges first, so ws-b is the one in conflict.
+    plan.write_text(json.dumps({"workstreams": [
+        {"id": "ws-a", "repo": "repo", "tasks": [{"id": "edit", "tool": "shell", "command":
+            f"python {waiter} {database} && printf 'line one\\nchanged by a\\nline three\\n' > shared.txt"}]},
+        {"id": "ws-b", "repo": "repo", "tasks": [{"id": "edit", "tool": "shell", "command":
+            "printf 'line one\\nchanged by b\\nline three\\n' > shared.txt"}]},
+    ]}))
+    result = orchestrate("run", str(plan), timeout=400)
     assert result.code == 1, result.out + result.err
-    # ws-b finished first, but ws-a (first in the plan) merged first: ws-b is the one in conflict.
     assert (repo / "shared.txt").read_text() == "line one\nchanged by a\nline three\n"
     assert "✗ ws-b/@merge" in result.out and "conflicts in shared.txt" in result.out
     db = ledger(tmp_path)
