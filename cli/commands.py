@@ -309,6 +309,9 @@ def _print_summary(store: Store, run_id: str, state: str, counts: dict[str, int]
     cached = store.cached_count(run_id) if counts.get(TaskState.COMPLETED.value) else 0
     parts += f" ({cached} cached)" if cached else ""
     print(f"\nrun {run_id} {paint(state, tint, colour)} in {elapsed:.2f}s: {parts}")
+    spent = store.get_events(run_id, types=("BUDGET_EXHAUSTED",)) if counts.get(TaskState.BLOCKED.value) else []
+    if spent:
+        print(f"  {spent[-1]['payload']['reason']}: agent steps were not started")
     failing = (TaskState.FAILED.value, TaskState.TIMEOUT.value)
     failed = store.get_tasks(run_id, states=failing) if any(counts.get(s) for s in failing) else []
     for task in failed[:SUMMARY_LINES]:

@@ -168,6 +168,7 @@ class _Run:
     consumed: frozenset[str] = frozenset()
     costs: Counter[float] = field(default_factory=Counter)  # what agent attempts cost, per task
     budget_usd: float | None = None  # the run's
+    budget_reason: str = ""  # the first budget found spent, for the run's closing reason
     ws_budgets: dict[str, float] = field(default_factory=dict)
 
 
@@ -412,6 +413,7 @@ class RunCore:
         end BLOCKED; running attempts finish; other work goes on."""
         self._free_lane(run, key)
         self._block(run, key, reason)
+        run.budget_reason = run.budget_reason or f"{reason} (agent steps not started)"
         self._note(run, "BUDGET_EXHAUSTED", key, {"reason": reason, "spent_usd": round(sum(run.costs.values()), 8)})
         for dependant in run.book.blocked_by(key):
             self._block(run, dependant, f"budget: dependency {key} was not started")
@@ -644,7 +646,8 @@ class RunCore:
             return
         outcome = run.stop_state or run.book.run_outcome()
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(run.book.counts().items()))
-        reason = f"{run.stop_reason}; {counts}" if run.stop_reason else counts
+        said = run.stop_reason or run.budget_reason
+        reason = f"{said}; {counts}" if said else counts
         self._note(run, "EXECUTION_FINISHED", None, {"state": outcome.value, "tasks": run.book.counts()})
         del self.runs[run.run_id]
         self._out.append(RunMoved(run.run_id, outcome, reason, run.book.done_count(), len(run.book.states),

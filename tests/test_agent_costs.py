@@ -108,8 +108,12 @@ def test_a_spent_run_budget_blocks_the_next_agent_step_and_the_run_is_partial(tm
     assert result.code == 1, result.out + result.err
     assert "⊘ words/whisper  BLOCKED  budget: the run has spent $0.0048 of its budget_usd $0.004" in result.out
     assert "partial" in result.out
+    assert "  budget: the run has spent $0.0048 of its budget_usd $0.004: agent steps were not started" in result.out
     db = ledger(tmp_path)
-    assert db.execute("select status from runs").fetchone()[0] == "partial"
+    recorded = db.execute("select status, status_reason from runs").fetchone()
+    assert recorded["status"] == "partial"
+    assert recorded["status_reason"] == ("budget: the run has spent $0.0048 of its budget_usd $0.004 (agent steps not "
+                                    "started); 2 blocked, 1 completed")
     states = dict(db.execute("select task_key, state from tasks").fetchall())
     assert states == {"words/shout": "COMPLETED", "words/whisper": "BLOCKED", "words/@merge": "BLOCKED"}
     assert db.execute("select count(*) from step_attempts where step_name = 'words/whisper'").fetchone()[0] == 0
