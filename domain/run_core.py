@@ -430,7 +430,10 @@ class RunCore:
         self.breakers[event.adapter].released()
         run.attempts[event.task_key] -= 1
         self.down.add(event.adapter)
-        if run.cancelling:
+        if run.resolving.pop(event.task_key, None) is not None:
+            self._integrate(run, event.task_key, resolution="abandon",
+                            failure=f"the agent's executor {event.adapter} is down")
+        elif run.cancelling:
             self._fail(run, event.task_key, Verdict(TaskState.CANCELLED, ErrorClass.CANCELLED, "cancelled by request"), 0)
         elif run.stop_reason:
             self._block(run, event.task_key, run.stop_reason)
