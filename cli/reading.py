@@ -102,7 +102,7 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
         } | {"driven_by": driven_by,
              "request": run["metadata"].get("request"), "workstreams": workstreams, "tasks": tasks, "errors": errors,
              "patches": patches, "notable_events": reader.get_events(run_id, types=NOTABLE_EVENTS),
-             "attempts": agent_attempts, "cost": cost}
+             "agent_attempts": agent_attempts, "cost": cost}
         print(json.dumps(document, indent=2, default=str))
         return EXIT_OK
     print(f"run {run_id}: {run['status']}  (created {run['created_at']}, updated {run['updated_at']})")

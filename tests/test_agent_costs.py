@@ -92,7 +92,7 @@ def test_each_aider_attempt_records_its_tokens_and_cost(tmp_path, aider, orchest
     assert rows[1]["cost_usd"] == pytest.approx(1500 * PRICE_IN + 400 * PRICE_OUT, rel=0.05)
     run_id = db.execute("select run_id from runs").fetchone()[0]
     shown = run(orchestrate, tmp_path, "runs", "show", run_id, "--json").json()
-    attempts = {a["step_name"]: a for a in shown["attempts"] if a["adapter"] == "aider"}
+    attempts = {a["step_name"]: a for a in shown["agent_attempts"] if a["adapter"] == "aider"}
     assert attempts["words/shout"]["tokens_in"] == 1200 and attempts["words/shout"]["cost_usd"] == rows[0]["cost_usd"]
     assert shown["cost"]["cost_usd"] == pytest.approx(rows[0]["cost_usd"] + rows[1]["cost_usd"])
     text = run(orchestrate, tmp_path, "runs", "show", run_id).out
