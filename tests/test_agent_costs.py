@@ -97,6 +97,8 @@ def test_each_aider_attempt_records_its_tokens_and_cost(tmp_path, aider, orchest
     assert shown["cost"]["cost_usd"] == pytest.approx(rows[0]["cost_usd"] + rows[1]["cost_usd"])
     text = run(orchestrate, tmp_path, "runs", "show", run_id).out
     assert "cost: $0.011 (2 agent attempts, 2,700 tokens in, 700 out)" in text, text
+    report = run(orchestrate, tmp_path, "report", run_id, "-o", "-").out
+    assert "(1,200 tokens in, 300 out, $0.0048)" in report and "(1,500 tokens in, 400 out, $0.0062)" in report
 
 
 def test_a_spent_run_budget_blocks_the_next_agent_step_and_the_run_is_partial(tmp_path, aider, orchestrate):
