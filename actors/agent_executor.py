@@ -15,11 +15,14 @@ process), :class:`TaskValidating` at the start of each check phase of each round
 - COMPLETED: every check passed (message: ``completed`` or ``completed after N fix round(s)``).
 - FAILED ``tool_error``: the verdict on a round was tool_error (e.g. an agent that exits 0
   after an API failure); no fix round follows, since the agent, not the code, failed.
+- FAILED ``command_failed`` / ``bad_input``: the agent's structured result says its turn hit
+  a limit (max turns, its budget, its context) or was refused (permissions): see
+  :mod:`domain.agent_outcomes`. Not the tool's fault, so the breaker hears nothing of it.
 - FAILED ``gate``: a check still failed when the fix rounds were used up; ``gate_output``
   holds the failure of every round. A check that timed out counts as a failed gate too (the
   agent may have written the hang), so it gets fix rounds.
 - FAILED ``bad_input``: the adapter is misconfigured, the task has no prompt, or the agent or
-  a check could not start.
+  a check could not start (or, as above, the agent was refused what it needed).
 - TIMEOUT / FAILED ``resource_limit``: the agent process hit the task's limits (per round).
 - CANCELLED: a :class:`CancelAttempt` killed the agent or check running then.
 
@@ -76,6 +79,7 @@ from adapters.gates import (
 )
 from adapters.process import ProcessReactor, ProcessSpec
 from adapters.tools import task_environment
+from domain.agent_usage import NO_USAGE, AgentUsage, usage_of
 from domain.errors import ErrorClass
 from domain.failure_lines import summary
 from domain.outcomes import ProcessOutcome, ProcessResult, Verdict, tool_verdict
@@ -130,6 +134,11 @@ class AgentCommand:
 
     def environment(self) -> tuple[tuple[str, str], ...]:
         return aider_environment(self.aider) if self.aider is not None else ()
+
+    @property
+    def tool(self) -> str:
+        """The tool's name, which says how to read what it used (:func:`usage_of`)."""
+        return "aider" if self.aider is not None else self.preset.name if self.preset else ""
 
     def report(self, output: str) -> AgentReport | None:
         """The agent's own account of its round; None for aider, which prints none."""
@@ -328,6 +337,7 @@ class _Attempt:
     last_tool: ProcessResult | None = None
     cpu_s: float = 0.0
     max_rss_bytes: int = 0
+    usage: AgentUsage = NO_USAGE  # summed over its rounds
     verdict_reason: str = ""
     # This round's checks, in run order, with the position reached and the phase announced.
     checks: list[tuple[int, AcceptanceCheck]] = field(default_factory=list)
@@ -435,6 +445,9 @@ class AgentExecutorActor(SupervisedActor):
         attempt.cpu_s += result.cpu_s
         attempt.max_rss_bytes = max(attempt.max_rss_bytes, result.max_rss_bytes)
         where = f"round {attempt.round}: " if attempt.round else ""
+        assert self.command is not None
+        output = _read_from(attempt.request.log_path, attempt.output_offset, REPORT_LIMIT)
+        attempt.usage = attempt.usage + usage_of(self.command.tool, output)
         if result.outcome is not ProcessOutcome.EXITED:
             # Stopped by us or never started: the shared rules decide (the exit code of an
             # agent that ran is judged below, by what it did).
@@ -442,8 +455,6 @@ class AgentExecutorActor(SupervisedActor):
             assert verdict is not None
             self._finish(key, attempt, verdict.state, verdict.error_class, f"{where}the agent {verdict.message}")
             return
-        assert self.command is not None
-        output = _read_from(attempt.request.log_path, attempt.output_offset, REPORT_LIMIT)
         changed = changed_between(attempt.before, worktree_snapshot(attempt.request.task.cwd or "."))
         verdict = classify_agent_attempt(
             result.exit_code,
@@ -453,8 +464,8 @@ class AgentExecutorActor(SupervisedActor):
         )
         log.info("agent_round", task=key[1], attempt=key[2], round=attempt.round, outcome=verdict.outcome,
                  changed=changed, reason=verdict.reason)
-        if verdict.outcome == "tool_error":
-            self._finish(key, attempt, TaskState.FAILED, ErrorClass.TOOL_ERROR, f"{where}{verdict.reason}")
+        if verdict.outcome != "success":
+            self._finish(key, attempt, TaskState.FAILED, ErrorClass(verdict.error_class), f"{where}{verdict.reason}")
             return
         attempt.verdict_reason = verdict.reason
         attempt.checks = ordered_checks(attempt.request.task.acceptance)
@@ -542,5 +553,6 @@ class AgentExecutorActor(SupervisedActor):
             SCHEDULER,
             attempt_finished(key, verdict, attempt.started, tool=tool,
                              max_rss_bytes=attempt.max_rss_bytes if tool else None,
-                             cpu_s=round(attempt.cpu_s, 6) if tool else None, gate_output=gate_output),
+                             cpu_s=round(attempt.cpu_s, 6) if tool else None, gate_output=gate_output,
+                             usage=attempt.usage),
         )

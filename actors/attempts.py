@@ -12,6 +12,7 @@ import pykka
 from adapters.pool import CallSpec, WorkerPool
 from adapters.process import OnExit, OnStarted, ProcessReactor, ProcessSpec
 from adapters.tools import MARKER_ATTEMPT_ID, attempt_id, attempt_markers
+from domain.agent_usage import NO_USAGE, AgentUsage
 from domain.outcomes import ProcessResult, Verdict
 from messages import AttemptFinished, AttemptStarted, ExecuteTask
 from messages.executor import ProcessExited
@@ -47,6 +48,7 @@ def attempt_finished(
     result_file: str = "",
     outputs_json: str = "",
     cache_key: str = "",
+    usage: AgentUsage = NO_USAGE,
 ) -> AttemptFinished:
     """The AttemptFinished of attempt ``key`` (run, task, attempt) that began at monotonic
     ``started``; ``tool`` is its (last) tool process, whose exit code, peak RSS and CPU time are
@@ -68,6 +70,9 @@ def attempt_finished(
         result_file=result_file,
         outputs_json=outputs_json,
         cache_key=cache_key,
+        tokens_in=usage.tokens_in,
+        tokens_out=usage.tokens_out,
+        cost_usd=None if usage.cost_usd is None else round(usage.cost_usd, 8),
     )
 
 

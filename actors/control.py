@@ -31,8 +31,8 @@ from control.protocol import ControlError
 from control.server import Peer
 from domain.health import adapters_needed, all_circuits_open
 from domain.leases import RunLeaseHeld
+from domain.retry_targets import NothingToRetry, retry_targets
 from domain.run_core import ControlRefused, RunNotActive
-from domain.states import UNSUCCESSFUL_TASK_STATES
 from messages import RunProgress
 from messages.control import (
     Approval,
@@ -74,7 +74,6 @@ class ControlledRuntime(Protocol):
 
 ASK_TIMEOUT_S = 5.0
 SCHEMAS = ("workstream.v1.json", "execution_request.v1.json", "run_record.v1.json", "control.v1.json")
-_RETRYABLE = frozenset(state.value for state in UNSUCCESSFUL_TASK_STATES)
 AUDITED = frozenset({"submit", "pause", "resume", "cancel", "retry", "approve", "reject", "drain", "shutdown"})
 """Commands that change state: each one asked for, accepted or refused, is an audit_log row."""
 _AUDIT_MESSAGE_LIMIT = 2000
@@ -301,13 +300,12 @@ class RuntimeControl:
         if store.get_run(run_id) is None:
             raise ControlError("not_found", f"no run {run_id!r} in the ledger")
         states = {t["task_key"]: t["state"] for t in store.get_tasks(run_id)}
-        if task_key not in states:
-            raise ControlError("not_found", f"run {run_id} has no task {task_key!r}")
-        if states[task_key] not in _RETRYABLE:
-            raise ControlError("refused", f"task {task_key} is {states[task_key]}; only failed, timed-out, "
-                                          "blocked or cancelled tasks can be retried")
-        self._submit(run_id, reset=(task_key,))
-        return {"retried": [task_key], "resumed_run": run_id}
+        try:
+            targets = retry_targets(run_id, states, task_key)
+        except NothingToRetry as refusal:
+            raise ControlError(refusal.kind, str(refusal)) from None
+        self._submit(run_id, reset=targets)
+        return {"retried": list(targets), "resumed_run": run_id}
 
     def _submit(self, run_id: str, reset: tuple[str, ...] | None = None) -> None:
         try:

@@ -48,9 +48,12 @@ def start_message(
     tasks = store.get_tasks(run_id)
     attempts = store.get_attempts(run_id)
     failures: Counter[str] = Counter()
+    costs: Counter[str] = Counter()
     latest: dict[str, dict] = {}
     for attempt in attempts:
         latest[attempt["step_name"]] = attempt
+        if attempt.get("cost_usd"):
+            costs[attempt["step_name"]] += attempt["cost_usd"]
         if attempt["status"] in _FAILED_ATTEMPT and attempt.get("error_class") != ErrorClass.INTERRUPTED.value:
             failures[attempt["step_name"]] += 1
     states = {t["task_key"]: TaskState(t["state"]) for t in tasks}
@@ -84,6 +87,7 @@ def start_message(
         keys=tuple(sorted(keys.items())),
         definitions=tuple(sorted(definitions(plan).items())),
         cached=tuple(sorted((cached or {}).items())),
+        costs=tuple(sorted(costs.items())),
     )
 
 

@@ -363,7 +363,7 @@ class Runtime:
         children = [
             ChildSpec(LEDGER, lambda: LedgerActor.start(LEDGER, directory, self.ledger_writer, self.timers)),
             ChildSpec(ROUTER, lambda: RouterActor.start(ROUTER, directory, self.options.router)),
-            ChildSpec(WORKSPACE, lambda: WorkspaceActor.start(WORKSPACE, directory, self.state_dir)),
+            ChildSpec(WORKSPACE, lambda: WorkspaceActor.start(WORKSPACE, directory, self.state_dir, self.reactor)),
         ]
         for name, info in self.adapters.items():
             children.append(ChildSpec(executor_name(name), self._executor_factory(name, info)))

@@ -168,6 +168,7 @@ class SchedulerActor(SupervisedActor):
                     interrupted=message.interrupted, reset=message.reset,
                     results=dict(message.results), keys=dict(message.keys),
                     definitions=dict(message.definitions), cached=dict(message.cached),
+                    costs=dict(message.costs),
                 )
             case TasksRouted():
                 return Routed(message.run_id, tuple(Route(r.task_key, r.adapter, r.reason) for r in message.routes))
@@ -186,14 +187,15 @@ class SchedulerActor(SupervisedActor):
                           if message.result_json or message.result_file else None)
                 return AttemptEnded(message.run_id, message.task_key, message.attempt, message.verdict,
                                     message.duration_s, message.gate_output, report=message, result=result,
-                                    cache_key=message.cache_key)
+                                    cache_key=message.cache_key, cost_usd=message.cost_usd)
             case ChangesCaptured():
                 return ChangesRecorded(message.run_id, message.task_key, message.attempt, message.error)
             case WorkstreamPrepared():
-                return WorktreeReady(message.run_id, message.ws_id, message.path, message.error)
+                return WorktreeReady(message.run_id, message.ws_id, message.path, message.error, message.env)
             case WorkstreamFinished():
                 return IntegrationEnded(message.run_id, message.ws_id, message.merged, message.branch,
-                                        message.target_branch, message.merge_commit, message.conflicts, message.error)
+                                        message.target_branch, message.merge_commit, message.conflicts, message.error,
+                                        message.resolve_path, message.hunks)
             case CoreTimerFired():
                 return message.event
             case SchedulerTick():
@@ -317,7 +319,9 @@ class SchedulerActor(SupervisedActor):
                 case TimerSet():
                     self.timers.call_later(effect.delay_s, partial(self.actor_ref.tell, CoreTimerFired(effect.event)))
                 case WorktreeWanted():
-                    self.directory.tell(WORKSPACE, PrepareWorkstream(effect.run_id, effect.ws_id, effect.repo))
+                    self.directory.tell(WORKSPACE, PrepareWorkstream(effect.run_id, effect.ws_id, effect.repo,
+                                                                     effect.setup, effect.copy, effect.link,
+                                                                     effect.ports))
                 case CaptureWanted():
                     self.directory.tell(WORKSPACE, CaptureChanges(effect.run_id, effect.ws_id, effect.task_key,
                                                                   effect.attempt, keep=effect.keep))
@@ -332,7 +336,9 @@ class SchedulerActor(SupervisedActor):
                                                  cached_from=hit.source))
                 case IntegrationWanted():
                     self.directory.tell(WORKSPACE, FinishWorkstream(effect.run_id, effect.ws_id,
-                                                                    effect.target_branch, effect.mode))
+                                                                    effect.target_branch, effect.mode,
+                                                                    effect.on_conflict, effect.resolution,
+                                                                    effect.resolution_failure))
 
     def _dispatch(self, effect: Dispatched) -> None:
         try:

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from domain.agent_outcomes import AgentReport, Blame, claude_blame, codex_blame, error_class_of, gemini_blame
 from domain.errors import ErrorClass
 
 # --------------------------------------------------------------------------------------------
@@ -198,15 +199,6 @@ def agent_argv(
     return tuple(argv)
 
 
-@dataclass(frozen=True, slots=True)
-class AgentReport:
-    """What the agent said about its turn: ``ok`` and its final message, or the error."""
-
-    ok: bool
-    summary: str = ""
-    error: str = ""
-
-
 def _clip(text: str, limit: int = 500) -> str:
     text = text.strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -280,12 +272,15 @@ def _parse_claude(document: Any) -> AgentReport:
         # error_* subtypes carry `errors` (a list) and often no `result`.
         detail = result or _message_of(document.get("errors") or "")
         label = subtype if subtype and subtype != "success" else "is_error"
-        return AgentReport(False, error=_clip(f"{label}: {detail}" if detail else label))
+        return AgentReport(False, error=_clip(f"{label}: {detail}" if detail else label),
+                           blame=claude_blame(subtype, False))
     # A turn whose tool calls were refused reports success, but did not do what it was asked.
     denials = document.get("permission_denials")
     if isinstance(denials, list) and denials:
         tools = sorted({str(d.get("tool_name", "?")) for d in denials if isinstance(d, dict)}) or ["?"]
-        return AgentReport(False, summary=_clip(result), error=f"permission denied for tool(s): {', '.join(tools)}")
+        return AgentReport(False, summary=_clip(result), blame=claude_blame(subtype, True),
+                           error=f"permission denied for tool(s): {', '.join(tools)}; let it edit unattended "
+                                 "(e.g. claude --permission-mode acceptEdits)")
     return AgentReport(True, summary=_clip(result))
 
 
@@ -295,7 +290,10 @@ def _parse_gemini(document: Any) -> AgentReport:
     response = document.get("response")
     response = response if isinstance(response, str) else ""
     if document.get("error"):
-        return AgentReport(False, summary=_clip(response), error=_clip(_message_of(document["error"])))
+        error = document["error"]
+        kind, code = (error.get("type"), error.get("code")) if isinstance(error, dict) else (None, None)
+        return AgentReport(False, summary=_clip(response), error=_clip(_message_of(error)),
+                           blame=gemini_blame(kind if isinstance(kind, str) else None, code))
     if "response" not in document:
         return AgentReport(False, error="gemini output has neither 'response' nor 'error'")
     return AgentReport(True, summary=_clip(response))
@@ -332,9 +330,10 @@ def _parse_codex(stdout: str) -> AgentReport:
         elif kind == "error":
             stream_error = _message_of(event.get("message") or event.get("error") or "error event")
     if outcome == "failed":
-        return AgentReport(False, summary=_clip(last_message), error=_clip(failure or stream_error or "turn failed"))
+        said = failure or stream_error or "turn failed"
+        return AgentReport(False, summary=_clip(last_message), error=_clip(said), blame=codex_blame(said))
     if stream_error:
-        return AgentReport(False, summary=_clip(last_message), error=_clip(stream_error))
+        return AgentReport(False, summary=_clip(last_message), error=_clip(stream_error), blame=codex_blame(stream_error))
     if outcome != "completed":
         return AgentReport(False, summary=_clip(last_message), error="codex output ended without turn.completed")
     return AgentReport(True, summary=_clip(last_message))
@@ -375,7 +374,8 @@ def parse_agent_output(preset: AgentPreset, stdout: str) -> AgentReport:
 # The verdict: did the agent do anything?
 # --------------------------------------------------------------------------------------------
 
-Outcome = Literal["success", "tool_error"]
+Outcome = Literal["success", "tool_error", "task_failed", "bad_input"]
+_OUTCOME_OF = {Blame.TOOL: "tool_error", Blame.TASK: "task_failed", Blame.CONFIG: "bad_input"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,9 +416,13 @@ def classify_agent_attempt(
        or the output tail has an error marker: ``Traceback``, ``litellm.…``, ``…Error``,
        ``…Exception``, ``ERROR``) → ``tool_error``, *whatever the exit code*. This is aider
        after an API outage: it retries, gives up, and exits 0.
+    0. **A structured failure that is not the tool's** (:mod:`domain.agent_outcomes`: max
+       turns, its own budget, context exhausted → ``task_failed``/``command_failed``;
+       permission refusals, bad input → ``bad_input``): the tool worked, the task is not done.
+       The circuit breaker hears nothing against the tool.
     2. **A structured failure** (``is_error: true``, an ``error`` object, ``turn.failed``) →
        ``tool_error`` even with exit 0 and even if files changed: edits of a turn the agent
-       itself reports as failed (e.g. ran out of turns) are not trusted.
+       itself reports as failed (e.g. it crashed mid-turn) are not trusted.
     3. **A non-zero exit code**, or none (killed by a signal) → ``tool_error``.
     4. Otherwise **success**: with changed files the acceptance gate judges them next; with
        *no* changed file and no error anywhere it is still a success, because "nothing needed
@@ -433,6 +437,13 @@ def classify_agent_attempt(
     marker = error_marker(output_tail) if output_tail else None
     exit_text = "no exit code" if exit_code is None else f"exit code {exit_code}"
 
+    if structured_failure and report is not None and report.blame is not Blame.TOOL:
+        # The tool worked; the turn hit a limit or was refused: the task's outcome, whatever
+        # the exit code and however many files it touched.
+        detail = report.error or "no detail"
+        facts = f"{exit_text}, {changed_files} file(s) changed"
+        return Verdict(_OUTCOME_OF[report.blame], error_class_of(report.blame).value,  # type: ignore[arg-type]
+                       f"the agent's turn did not finish the task ({facts}): {detail}")
     if changed_files <= 0 and (structured_failure or marker):
         said = report.error if structured_failure and report is not None and report.error else (marker or "an error")
         return Verdict("tool_error", failed, f"changed no file and reported an error ({exit_text}): {said}")

@@ -10,8 +10,10 @@ so a conflict check never touches any working tree.
 Pure git plumbing: synchronous, no threads, no database. Every git call runs with an explicit
 argv (never a shell), ``GIT_TERMINAL_PROMPT=0``, ``LC_ALL=C``, stdin closed, and without the
 repository-locating variables (``GIT_DIR``, ``GIT_INDEX_FILE``…) a parent git might have set.
-Commits are made as ``orchestrate <orchestrate@localhost>`` (``-c user.name``/``user.email``),
-never signed and never running hooks, so they work on machines with no git identity.
+Commits are made with the repository's own identity (``user.name``/``user.email`` as git
+config gives them there), or the author named by ``ORCHESTRATE_GIT_AUTHOR`` (``Name <email>``),
+falling back to ``orchestrate <orchestrate@localhost>`` only where no identity is configured;
+never signed and never running hooks, so they work on any machine.
 A failing git command raises :class:`GitError`.
 
 The base commit of a worktree is recorded as the ref ``refs/orchestrate/base/<run_id>/<ws_id>``
@@ -37,11 +39,12 @@ from typing import Any
 from urllib.parse import quote
 
 __all__ = [
-    "BRANCH_PREFIX",
     "BASE_REF_PREFIX",
+    "BRANCH_PREFIX",
     "Changes",
     "FileChange",
     "GitError",
+    "Integration",
     "MergeCheck",
     "MergeConflict",
     "TargetDirty",
@@ -51,20 +54,31 @@ __all__ = [
     "branch_name",
     "capture_changes",
     "commit_all",
+    "commit_identity",
+    "conflict_markers",
+    "drop_integration",
     "ensure_worktree",
+    "finish_integration",
+    "has_uncommitted",
     "head",
+    "ignored_paths",
+    "is_merged",
     "list_worktrees",
     "merge_check",
     "merge_into",
+    "orchestrate_branches",
     "remove_worktree",
+    "start_integration",
     "store_patch",
+    "with_trailers",
 ]
 
 BRANCH_PREFIX = "orchestrate"
 BASE_REF_PREFIX = "refs/orchestrate/base"
-IDENTITY = ("-c", "user.name=orchestrate", "-c", "user.email=orchestrate@localhost")
+FALLBACK_IDENTITY = ("orchestrate", "orchestrate@localhost")
+AUTHOR_ENV = "ORCHESTRATE_GIT_AUTHOR"
 # Commits are plumbing: never signed (a signing prompt would hang or fail headless).
-_COMMIT_CONFIG = (*IDENTITY, "-c", "commit.gpgSign=false")
+_NO_SIGNING = ("-c", "commit.gpgSign=false")
 # Diff output that `git apply` understands whatever the user's diff.* configuration says.
 _DIFF_OPTIONS = (
     "--no-color",
@@ -161,6 +175,10 @@ class Worktree:
     branch: str
     base_commit: str
     repo: Path
+    # Paths (relative to the worktree) that are never staged, committed, captured or cleaned:
+    # files copied in (secrets such as .env) and links made by the worktree's set-up, that git
+    # does not ignore already (git refuses a pathspec naming an ignored file).
+    private: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +358,56 @@ def _same_path(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def commit_identity(repo: Path, env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """``(name, email)`` commits in ``repo`` are made as: ``ORCHESTRATE_GIT_AUTHOR``
+    (``Name <email>``) when set, else the repository's configured ``user.name`` and
+    ``user.email`` (its own config, the user's global one, the system's: as git reads them),
+    else :data:`FALLBACK_IDENTITY` for whatever is missing. Raises WorktreeError for a malformed
+    ``ORCHESTRATE_GIT_AUTHOR``."""
+    configured = (os.environ if env is None else env).get(AUTHOR_ENV, "").strip()
+    if configured:
+        name, _, rest = configured.partition("<")
+        email = rest.rstrip().removesuffix(">")
+        if not name.strip() or not email.strip() or not rest.rstrip().endswith(">") or "<" in email:
+            raise WorktreeError(f"{AUTHOR_ENV}={configured!r}: expected 'Name <email>'")
+        return name.strip(), email.strip()
+
+    def config(key: str) -> str:
+        return _git(repo, "config", "--get", key, ok=(0, 1)).stdout.decode("utf-8", "replace").strip()
+
+    return config("user.name") or FALLBACK_IDENTITY[0], config("user.email") or FALLBACK_IDENTITY[1]
+
+
+def _commit_config(repo: Path) -> tuple[str, ...]:
+    name, email = commit_identity(repo)
+    return ("-c", f"user.name={name}", "-c", f"user.email={email}", *_NO_SIGNING)
+
+
+def with_trailers(message: str, trailers: Sequence[tuple[str, str]]) -> str:
+    """``message`` with git trailers (``Key: value`` lines after a blank line)."""
+    if not trailers:
+        return message
+    return f"{message.rstrip()}\n\n" + "\n".join(f"{key}: {value}" for key, value in trailers) + "\n"
+
+
+def ignored_paths(path: Path, candidates: Sequence[str]) -> frozenset[str]:
+    """Which of ``candidates`` (relative to the worktree at ``path``) git ignores there."""
+    # One call per path: few paths, and `-z` needs --stdin, which _git keeps closed.
+    return frozenset(c for c in candidates
+                     if _git(Path(path), "check-ignore", "-q", "--no-index", "--", c, ok=(0, 1)).returncode == 0)
+
+
+def _private_pathspec(worktree: Worktree) -> tuple[str, ...]:
+    """Pathspec for "everything but the private paths", from the worktree's top."""
+    return (":(top)", *(f":(top,literal,exclude){path}" for path in worktree.private))
+
+
+def _ignore_pattern(path: str) -> str:
+    """A gitignore pattern matching exactly ``path`` from the top (``git clean -e``)."""
+    escaped = "".join(f"\\{c}" if c in "*?[\\!#" else c for c in path)
+    return "/" + escaped
+
+
 # ----------------------------------------------------------------------------------------------
 # Worktrees
 
@@ -438,6 +506,39 @@ def _recorded_base(repo: Path, run_id: str, ws_id: str, branch_ref: str, base: s
     return resolved
 
 
+def orchestrate_branches(repo: Path, run_id: str | None = None) -> list[tuple[str, str, str]]:
+    """``(run_id, ws_id, branch)`` of every ``orchestrate/<run>/<ws>`` branch in ``repo`` (of
+    ``run_id`` only, when given), sorted."""
+    prefix = f"refs/heads/{BRANCH_PREFIX}/" + (f"{run_id}/" if run_id else "")
+    raw = _out(Path(repo), "for-each-ref", "--format=%(refname)", prefix)
+    found = []
+    for ref in raw.splitlines():
+        parts = ref[len("refs/heads/"):].split("/")
+        if len(parts) == 3:
+            found.append((parts[1], parts[2], "/".join(parts)))
+    return sorted(found)
+
+
+def is_merged(repo: Path, branch: str, target: str) -> bool:
+    """Whether ``branch`` has nothing ``target`` lacks: its tip is contained in ``target``, or
+    it has no commit of its own since its recorded base. False if ``target`` does not exist."""
+    repo = Path(repo)
+    tip = _resolve_commit(repo, _branch_ref(branch))
+    target_tip = _try_resolve(repo, _branch_ref(target))
+    if target_tip is not None and _is_ancestor(repo, tip, target_tip):
+        return True
+    parts = branch.split("/")
+    base = _try_resolve(repo, _base_ref(parts[1], parts[2])) if len(parts) == 3 else None
+    return base == tip
+
+
+def has_uncommitted(path: Path, private: Sequence[str] = ()) -> bool:
+    """Whether the checkout at ``path`` has changes git would show, ignored files and the
+    ``private`` globs (what its set-up copied or linked in from the repository) aside."""
+    spec = (":(top)", *(f":(top,glob,exclude){pattern}" for pattern in private))
+    return bool(_git(Path(path), "status", "--porcelain", "--untracked-files=all", "--", *spec).stdout.strip())
+
+
 def head(worktree: Worktree) -> str:
     """The full sha of the worktree's HEAD commit."""
     return _out(worktree.path, "rev-parse", "--verify", "HEAD^{commit}")
@@ -473,10 +574,12 @@ def remove_worktree(worktree: Worktree, *, delete_branch: bool) -> None:
 def discard_uncommitted(worktree: Worktree) -> bool:
     """Throw away what is not committed in the worktree (an interrupted attempt's half-done
     edits), so the next attempt starts from the last recorded commit. True if anything went."""
-    dirty = bool(_git(worktree.path, "status", "--porcelain", "--untracked-files=all").stdout.strip())
+    dirty = bool(_git(worktree.path, "status", "--porcelain", "--untracked-files=all", "--",
+                      *_private_pathspec(worktree)).stdout.strip())
     if dirty:
         _git(worktree.path, "reset", "--hard", "--quiet", "HEAD")
-        _git(worktree.path, "clean", "-fdq")
+        keep = [arg for path in worktree.private for arg in ("-e", _ignore_pattern(path))]
+        _git(worktree.path, "clean", "-fdq", *keep)
     return dirty
 
 
@@ -487,7 +590,7 @@ def current_branch(repo: Path) -> str | None:
 
 
 def _stage_all(worktree: Worktree) -> None:
-    _git(worktree.path, "add", "--all")
+    _git(worktree.path, "add", "--all", "--", *_private_pathspec(worktree))
 
 
 def capture_changes(worktree: Worktree, since: str) -> Changes:
@@ -558,7 +661,7 @@ def commit_all(worktree: Worktree, message: str) -> str | None:
     parent = head(worktree)
     if tree == _out(worktree.path, "rev-parse", f"{parent}^{{tree}}"):
         return None
-    new = _out(worktree.path, "commit-tree", tree, "-p", parent, "-m", message, config=_COMMIT_CONFIG)
+    new = _out(worktree.path, "commit-tree", tree, "-p", parent, "-m", message, config=_commit_config(worktree.repo))
     _git(worktree.path, "update-ref", "-m", f"commit: {message.splitlines()[0] if message else ''}", "HEAD", new, parent)
     return new
 
@@ -657,8 +760,14 @@ def merge_into(repo: Path, target_branch: str, branch: str, message: str) -> str
     check = _merge_tree(repo, old, theirs)
     if not check.clean or check.tree is None:
         raise MergeConflict(target_branch, branch, check.conflicts, check.messages)
-    new = _out(repo, "commit-tree", check.tree, "-p", old, "-p", theirs, "-m", message, config=_COMMIT_CONFIG)
+    new = _out(repo, "commit-tree", check.tree, "-p", old, "-p", theirs, "-m", message, config=_commit_config(repo))
+    return _advance_target(repo, target_branch, branch, old, new)
 
+
+def _advance_target(repo: Path, target_branch: str, branch: str, old: str, new: str) -> str:
+    """Move ``target_branch`` from ``old`` to the merge commit ``new`` (compare-and-swap),
+    bringing along the worktree it is checked out in, if any (see :func:`merge_into`)."""
+    target_ref = _branch_ref(target_branch)
     checkout = next(
         (e for e in list_worktrees(repo) if e.branch == target_ref and not e.bare and e.prunable is None),
         None,
@@ -695,6 +804,110 @@ def merge_into(repo: Path, target_branch: str, branch: str, message: str) -> str
             f"be updated ({exc.stderr}); run `git reset --keep {new}` there",
         ) from None
     return new
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolving a conflicting merge in an integration worktree
+
+#: Lines git writes around conflicting hunks; a resolution must leave none.
+CONFLICT_MARKERS = ("<<<<<<< ", ">>>>>>> ", "||||||| ")
+SEPARATOR_MARKER = "======="
+HUNKS_LIMIT = 6000
+
+
+@dataclass(frozen=True, slots=True)
+class Integration:
+    """A merge of ``branch`` into ``target`` left half-done in its own detached worktree at
+    ``path`` for someone (an agent) to resolve: the conflicting files hold git's markers.
+    ``target_commit``/``branch_commit`` are the exact commits being merged; ``hunks`` the
+    conflicting regions, for a prompt (cut to :data:`HUNKS_LIMIT` characters)."""
+
+    repo: Path
+    path: Path
+    target: str
+    branch: str
+    target_commit: str
+    branch_commit: str
+    conflicts: tuple[str, ...]
+    hunks: str
+
+
+def start_integration(repo: Path, path: Path, target_branch: str, branch: str) -> Integration:
+    """Check out ``target_branch``'s tip detached at ``path`` and start merging ``branch``
+    there (``git merge --no-commit``), leaving the conflicts in the files. Nothing else moves."""
+    repo = Path(repo)
+    target_commit = _resolve_commit(repo, _branch_ref(target_branch))
+    branch_commit = _resolve_commit(repo, _branch_ref(branch))
+    _git(repo, "worktree", "prune")
+    if path.exists():
+        _git(repo, "worktree", "remove", "--force", str(path), ok=(0, 128))
+        if path.exists():
+            raise GitError(("git", "worktree", "add", str(path)), 128, f"{path} exists; move it away first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _git(repo, "worktree", "add", "--quiet", "--detach", str(path), target_commit)
+    _git(path, "merge", "--no-ff", "--no-commit", "--no-edit", branch_commit, ok=(0, 1),
+         config=(*_commit_config(repo), "-c", "merge.conflictStyle=merge"))
+    unmerged = _out(path, "diff", "--name-only", "--diff-filter=U", "-z").split("\0")
+    conflicts = tuple(sorted(p for p in unmerged if p))
+    return Integration(repo, path, target_branch, branch, target_commit, branch_commit, conflicts,
+                       _hunks(path, conflicts))
+
+
+def _hunks(path: Path, conflicts: Sequence[str]) -> str:
+    """The conflicting regions of each file (markers included), with the file's name."""
+    parts: list[str] = []
+    for name in conflicts:
+        try:
+            lines = (path / name).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        region: list[str] = []
+        inside = False
+        for line in lines:
+            if line.startswith("<<<<<<< "):
+                inside = True
+            if inside:
+                region.append(line)
+            if line.startswith(">>>>>>> "):
+                inside = False
+        parts.append(f"--- {name}\n" + "\n".join(region))
+    text = "\n".join(parts)
+    return text if len(text) <= HUNKS_LIMIT else text[: HUNKS_LIMIT - 2] + "\n…"
+
+
+def conflict_markers(integration: Integration) -> tuple[str, ...]:
+    """The files (of those that conflicted, and any other changed one) that still hold a
+    conflict marker line."""
+    changed = _out(integration.path, "diff", "--name-only", "-z", integration.target_commit).split("\0")
+    candidates = sorted({*integration.conflicts, *(p for p in changed if p)})
+    marked = []
+    for name in candidates:
+        try:
+            lines = (integration.path / name).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        if any(line.startswith(CONFLICT_MARKERS) or line == SEPARATOR_MARKER for line in lines):
+            marked.append(name)
+    return tuple(marked)
+
+
+def finish_integration(integration: Integration, message: str) -> str:
+    """Commit what is in the integration worktree as the merge of ``branch`` into ``target``
+    and move ``target`` there (compare-and-swap: a target that moved since the integration
+    started fails with GitError, changing nothing). Returns the new tip."""
+    path, repo = integration.path, integration.repo
+    _git(path, "add", "--all")
+    tree = _out(path, "write-tree")
+    new = _out(path, "commit-tree", tree, "-p", integration.target_commit, "-p", integration.branch_commit,
+               "-m", message, config=_commit_config(repo))
+    return _advance_target(repo, integration.target, integration.branch, integration.target_commit, new)
+
+
+def drop_integration(integration: Integration) -> None:
+    """Remove the integration worktree (its half-done merge with it). Idempotent."""
+    if integration.path.exists():
+        _git(integration.repo, "worktree", "remove", "--force", str(integration.path), ok=(0, 128))
+    _git(integration.repo, "worktree", "prune")
 
 
 # ----------------------------------------------------------------------------------------------

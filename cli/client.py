@@ -168,7 +168,25 @@ def _simple(command: str, describe) -> Any:
 
 cmd_pause = _simple("pause", lambda a, r: f"paused {', '.join(r['runs']) or 'all runs'}: no new task will start")
 cmd_resume = _simple("resume", lambda a, r: f"resumed {', '.join(r['runs']) or 'all runs'}")
-cmd_retry = _simple("retry", lambda a, r: f"retrying {', '.join(r['retried'])}")
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Retry in the live runtime; with none listening, the run is resumed here, in the
+    foreground, with only what was named (and its dependants) tried again."""
+    try:
+        with _client(args) as client:
+            result = client.request("retry", {"run": args.run, "task": args.task})
+    except RuntimeNotListening:
+        from cli.commands import retry_in_foreground
+
+        return retry_in_foreground(args)
+    except ControlError as error:
+        raise CliError(error.message, EXIT_USAGE if error.code in _USER_ERRORS else EXIT_RUNTIME) from None
+    except (TimeoutError, ConnectionError) as error:
+        raise CliError(str(error), EXIT_RUNTIME) from None
+    return _emit(args, result, f"retrying {', '.join(result['retried'])}")
+
+
 cmd_approve = _simple("approve", lambda a, r: f"approved {r['task']} as {r['who']}")
 cmd_reject = _simple("reject", lambda a, r: f"rejected {r['task']} as {r['who']}")
 cmd_drain = _simple("drain", lambda a, r: f"draining: nothing new starts; {r['running']} task(s) still running")

@@ -221,10 +221,12 @@ def _socket_path(args: argparse.Namespace, state_dir: Path) -> Path:
 
 
 def _execute(runtime: Runtime, store: Store, run_id: str, mode: str, plan: Plan | None = None,
-             new: bool = False, cached: Mapping[str, CacheHit] | None = None) -> int:
+             new: bool = False, cached: Mapping[str, CacheHit] | None = None,
+             reset: tuple[str, ...] | None = None) -> int:
     """Run ``run_id`` in ``runtime`` in the foreground (``plan``: its plan, if already loaded;
     ``new``: the run was just created under a generated id; ``cached``: tasks to complete with
-    an earlier result), showing its progress in ``mode`` (see :mod:`cli.foreground`); stops the
+    an earlier result; ``reset``: only these unsuccessful tasks and their dependants run again,
+    not every one), showing its progress in ``mode`` (see :mod:`cli.foreground`); stops the
     runtime when done."""
     stop: signals.StopRequested | None = None
     display: Display | None = None
@@ -232,7 +234,7 @@ def _execute(runtime: Runtime, store: Store, run_id: str, mode: str, plan: Plan 
         run = store.get_run(run_id, metadata=False)
         if run is None:
             raise CliError(f"no run {run_id!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
-        if run["status"] == RunState.COMPLETED.value:
+        if run["status"] == RunState.COMPLETED.value and reset is None:
             print(f"run {run_id} is already completed; nothing to do")
             return EXIT_OK
         try:
@@ -263,7 +265,7 @@ def _execute(runtime: Runtime, store: Store, run_id: str, mode: str, plan: Plan 
         if display.listens:
             runtime.add_listener(display)
         display.start()
-        runtime.submit(run_id, plan=plan, new=new, cached=cached)
+        runtime.submit(run_id, reset=reset, plan=plan, new=new, cached=cached)
         try:
             runtime.wait(run_id)
         except RuntimeAborted as error:
@@ -317,6 +319,9 @@ def _print_summary(store: Store, run_id: str, state: str, counts: dict[str, int]
     cached = store.cached_count(run_id) if counts.get(TaskState.COMPLETED.value) else 0
     parts += f" ({cached} cached)" if cached else ""
     print(f"\nrun {run_id} {paint(state, tint, colour)} in {elapsed:.2f}s: {parts}")
+    spent = store.get_events(run_id, types=("BUDGET_EXHAUSTED",)) if counts.get(TaskState.BLOCKED.value) else []
+    if spent:
+        print(f"  {spent[-1]['payload']['reason']}: agent steps were not started")
     failing = (TaskState.FAILED.value, TaskState.TIMEOUT.value)
     failed = store.get_tasks(run_id, states=failing) if any(counts.get(s) for s in failing) else []
     for task in failed[:SUMMARY_LINES]:
@@ -574,3 +579,33 @@ def _apply_plan(args: argparse.Namespace, store: Store, state_dir: Path, router:
         runtime.stop()
         raise
     return _execute(runtime, store, run_id, choose_mode(args.quiet, args.json), plan)
+
+
+def retry_in_foreground(args: argparse.Namespace) -> int:
+    """``retry RUN NAME`` with no runtime listening: resume the run in the foreground with only
+    NAME's unsuccessful tasks (a task, or a workstream's: e.g. its merge step once the cause is
+    fixed) and their dependants tried again."""
+    from domain.retry_targets import NothingToRetry, retry_targets
+
+    for option, default in (("router_config", None), ("quarantine_after", 10), ("safe_mode_after", 120.0),
+                            ("db_stall_limit", None), ("quiet", False), ("json", False)):
+        if not hasattr(args, option):
+            setattr(args, option, default)
+    router = read_router(args)
+    require_schemas()
+    store, state_dir = _open_store(args)
+    try:
+        run = store.get_run(args.run)
+        if run is None:
+            raise CliError(f"no run {args.run!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
+        states = {task["task_key"]: task["state"] for task in store.get_tasks(args.run)}
+        try:
+            targets = retry_targets(args.run, states, args.task)
+        except NothingToRetry as refusal:
+            raise CliError(str(refusal), EXIT_USAGE) from None
+        print(f"no runtime is listening: resuming run {args.run} here, retrying {', '.join(targets)}", flush=True)
+        concurrency = int(run["metadata"]["request"]["options"]["concurrency"])
+        runtime = _runtime(args, store, state_dir, router, concurrency)
+        return _execute(runtime, store, args.run, choose_mode(args.quiet, args.json), reset=targets)
+    finally:
+        _close(store)

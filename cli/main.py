@@ -128,6 +128,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     ui.add_argument("--socket", metavar="PATH", help="the runtime's control socket (default: <state dir>/orchestrate.sock)")
     ui.set_defaults(handler="cli.ui:cmd_ui")
 
+    clean = sub.add_parser("clean", help="remove the branches and worktrees finished runs left behind")
+    clean.add_argument("--run", metavar="ID", help="only this run's (default: every finished run's)")
+    clean.add_argument("--force", action="store_true", help="also drop unmerged branches and uncommitted work")
+    clean.set_defaults(handler="cli.clean:cmd_clean")
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", metavar="init|inspect")
     db_sub.required = True

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from cli.costs import agent_costs, cost_line
 from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli.output import existing_logs, table
 from domain.cache import CACHE_ADAPTER
@@ -24,7 +25,7 @@ from persistence.reader import StateReader
 NOTABLE_EVENTS = (
     "CIRCUIT_OPEN", "CIRCUIT_HALF_OPEN", "CIRCUIT_CLOSED", "RUN_QUARANTINED", "WORKSTREAM_MERGED",
     "MERGE_CONFLICT", "MERGE_FAILED", "BRANCH_LEFT", "FIX_ROUND", "TASK_APPROVED", "TASK_REJECTED",
-    "RUN_PAUSED", "RUN_RESUMED", "WORKTREE_RESET",
+    "RUN_PAUSED", "RUN_RESUMED", "WORKTREE_RESET", "BUDGET_EXHAUSTED", "WORKTREE_SETUP_FAILED",
 )
 
 
@@ -125,13 +126,14 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
     patches = reader.get_patches(run_id)
     driven_by = next((lease for lease in reader.get_leases() if lease["run_id"] == run_id and lease["live"]), None)
     audit = reader.get_audit(run_id)
+    agent_attempts, cost = agent_costs(reader, run_id)
     if as_json:
         document: dict[str, Any] = {
             key: value for key, value in run.items() if key != "metadata"
         } | {"driven_by": driven_by,
              "request": run["metadata"].get("request"), "workstreams": workstreams, "tasks": tasks, "errors": errors,
              "patches": patches, "notable_events": reader.get_events(run_id, types=NOTABLE_EVENTS),
-             "audit": audit}
+             "audit": audit, "agent_attempts": agent_attempts, "cost": cost}
         print(json.dumps(document, indent=2, default=str))
         return EXIT_OK
     print(f"run {run_id}: {run['status']}  (created {run['created_at']}, updated {run['updated_at']})")
@@ -140,6 +142,8 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
     print(f"  plan: {run['plan_source']}")
     if driven_by:
         print(f"  driven by: {_driver(driven_by)} (runtime {driven_by['owner_id']}, lease until {driven_by['expires_at']})")
+    if agent_attempts:
+        print(f"  {cost_line(cost)}")
     print()
     print(table(("WORKSTREAM", "STATUS"), [(w["ws_id"], w["status"]) for w in workstreams]))
     print()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 TASK_KEY_SEPARATOR = "/"
@@ -161,6 +161,8 @@ class TaskSpec:
     files_out: tuple[str, ...] = ()
     cache: bool | None = None
     resources: Resources | None = None
+    # Agent tasks: no new attempt starts once the task's attempts have cost this much.
+    max_cost_usd: float | None = None
 
     @property
     def key(self) -> str:
@@ -200,6 +202,7 @@ class TaskSpec:
             **({"files_out": list(self.files_out)} if self.files_out else {}),
             **({"cache": self.cache} if self.cache is not None else {}),
             **({"resources": self.resources.to_json()} if self.resources is not None else {}),
+            **({"max_cost_usd": self.max_cost_usd} if self.max_cost_usd is not None else {}),
         }
 
     @classmethod
@@ -236,6 +239,7 @@ class TaskSpec:
             files_out=tuple(data.get("files_out") or ()),
             cache=data.get("cache"),
             resources=None if data.get("resources") is None else Resources.from_json(data["resources"]),
+            max_cost_usd=data.get("max_cost_usd"),
         )
 
 
@@ -252,10 +256,35 @@ class Workstream:
     isolation: str = "none"
     target_branch: str | None = None
     merge: str = "merge"
+    # Preparing a new worktree (see adapters/worktree_setup.py): files copied from the repo,
+    # directories linked to the repo's, commands run once; and its block of ports.
+    setup: tuple[str, ...] = ()
+    copy: tuple[str, ...] = ()
+    link: tuple[str, ...] = ()
+    ports: int | None = None
+    # "fail" (a conflicting merge fails the workstream) or "agent" (an agent resolves it).
+    on_conflict: str = "fail"
+    budget_usd: float | None = None
+
+    def extras_json(self) -> dict[str, Any]:
+        """The fields added for agent fleets, only those set: plans written before them keep
+        their hash (and their runs)."""
+        extras: dict[str, Any] = {}
+        for name in ("setup", "copy", "link"):
+            if getattr(self, name):
+                extras[name] = list(getattr(self, name))
+        if self.ports is not None:
+            extras["ports"] = self.ports
+        if self.on_conflict != "fail":
+            extras["on_conflict"] = self.on_conflict
+        if self.budget_usd is not None:
+            extras["budget_usd"] = self.budget_usd
+        return extras
 
     def to_json(self, with_tasks: bool = True) -> dict[str, Any]:
         """The JSON-able form; without ``tasks`` when ``with_tasks`` is False."""
         return {
+            **self.extras_json(),
             "id": self.id,
             "title": self.title,
             "depends_on": list(self.depends_on),
@@ -279,6 +308,12 @@ class Workstream:
             isolation=data.get("isolation") or "none",
             target_branch=data.get("target_branch"),
             merge=data.get("merge") or "merge",
+            setup=tuple(data.get("setup") or ()),
+            copy=tuple(data.get("copy") or ()),
+            link=tuple(data.get("link") or ()),
+            ports=data.get("ports"),
+            on_conflict=data.get("on_conflict") or "fail",
+            budget_usd=data.get("budget_usd"),
         )
 
 
@@ -294,6 +329,8 @@ class Plan:
     source: str
     base_dir: str
     hash: str = field(default="", compare=False)
+    # The run's budget for agent attempts (a bundle's ``budget_usd``); None: no limit.
+    budget_usd: float | None = None
 
     @property
     def tasks(self) -> tuple[TaskSpec, ...]:
@@ -307,16 +344,21 @@ class Plan:
 
     def content_json(self) -> dict[str, Any]:
         """What the plan asks for, independent of where its files were read from."""
-        return {"workstreams": [ws.to_json() | {"source_file": ""} for ws in self.workstreams]}
+        return {"workstreams": [ws.to_json() | {"source_file": ""} for ws in self.workstreams], **self._extras()}
+
+    def _extras(self) -> dict[str, Any]:
+        # Only when set: plans written before the field keep their hash.
+        return {"budget_usd": self.budget_usd} if self.budget_usd is not None else {}
 
     def json_text(self, content_only: bool = False) -> str:
         """``canonical_json(self.to_json())`` — or of :meth:`content_json` — built one task at a
         time: a plan of 100,000 tasks never exists twice as dicts (hashing it, storing it)."""
         workstreams = "[" + ",".join(_workstream_text(ws, content_only) for ws in self.workstreams) + "]"
+        extras = {key: canonical_json(value) for key, value in self._extras().items()}
         if content_only:
-            return _object_text({"workstreams": workstreams})
+            return _object_text({"workstreams": workstreams, **extras})
         return _object_text({"source": canonical_json(self.source), "base_dir": canonical_json(self.base_dir),
-                             "hash": canonical_json(self.content_hash()), "workstreams": workstreams})
+                             "hash": canonical_json(self.content_hash()), "workstreams": workstreams, **extras})
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -324,6 +366,7 @@ class Plan:
             "base_dir": self.base_dir,
             "hash": self.content_hash(),
             "workstreams": [ws.to_json() for ws in self.workstreams],
+            **self._extras(),
         }
 
     def content_hash(self) -> str:
@@ -335,11 +378,12 @@ class Plan:
             workstreams=tuple(Workstream.from_json(w) for w in data["workstreams"]),
             source=data.get("source") or "",
             base_dir=data.get("base_dir") or "",
+            budget_usd=data.get("budget_usd"),
         )
         return plan.with_hash()
 
     def with_hash(self) -> Plan:
-        return Plan(self.workstreams, self.source, self.base_dir, self.content_hash())
+        return replace(self, hash=self.content_hash())
 
 
 def _object_text(members: dict[str, str]) -> str:
@@ -367,7 +411,6 @@ def with_integration_steps(plan: Plan) -> Plan:
                 depends_on=tuple(task.key for task in ws.tasks),
                 cwd=ws.repo,
             )
-            ws = Workstream(ws.id, ws.title, ws.depends_on, ws.tasks + (step,), ws.source_file, ws.repo,
-                            ws.isolation, ws.target_branch, ws.merge)
+            ws = replace(ws, tasks=ws.tasks + (step,))
         workstreams.append(ws)
-    return Plan(tuple(workstreams), plan.source, plan.base_dir).with_hash()
+    return replace(plan, workstreams=tuple(workstreams)).with_hash()

@@ -27,9 +27,10 @@ from domain.cache import CACHE_ADAPTER, CacheHit, cache_basis
 from domain.errors import ErrorClass, error_signature
 from domain.graph import task_dependencies, topological_order
 from domain.outcomes import Evidence, Verdict
-from domain.plan import INTEGRATION_TOOL, TaskSpec, Workstream
+from domain.plan import INTEGRATION_TOOL, AcceptanceCheck, TaskSpec, Workstream
 from domain.results import ResultRef
 from domain.retry import RetryPolicy
+from domain.retry_targets import NothingToRetry, retry_targets
 from domain.routing import INTEGRATOR, AdapterInfo
 from domain.run_events import (
     Announced,
@@ -124,6 +125,7 @@ class _Lane:
 
     workstream: Workstream
     path: str = ""  # the worktree, once the Workspace made it
+    env: tuple[tuple[str, str], ...] = ()  # what its tasks get besides their own (its ports)
     preparing: bool = False
     parked: list[str] = field(default_factory=list)  # tasks waiting for the worktree or their turn
     holder: str = ""  # the task using the worktree now
@@ -156,6 +158,12 @@ class _Run:
     phases: dict[str, Phase] = field(default_factory=dict)
     capturing: dict[str, AttemptEnded] = field(default_factory=dict)
     integrating: set[str] = field(default_factory=set)
+    # Merge steps whose conflicts an agent is resolving (key -> what was conflicting), and the
+    # workstreams whose resolution was tried this run (a second conflict fails, no loop).
+    resolving: dict[str, IntegrationEnded] = field(default_factory=dict)
+    resolution_tried: set[str] = field(default_factory=set)
+    merges_waiting: list[str] = field(default_factory=list)  # merge steps waiting for their turn
+    agent_history: dict[str, list[_Running]] = field(default_factory=dict)  # per workstream, latest first
     stalled_since: float | None = None
     stall_said_at: float | None = None
     # Results of completed tasks some task takes as input; cache keys of completed tasks;
@@ -165,6 +173,10 @@ class _Run:
     definitions: dict[str, str] = field(default_factory=dict)
     cached: dict[str, CacheHit] = field(default_factory=dict)
     consumed: frozenset[str] = frozenset()
+    costs: Counter[float] = field(default_factory=Counter)  # what agent attempts cost, per task
+    budget_usd: float | None = None  # the run's
+    budget_reason: str = ""  # the first budget found spent, for the run's closing reason
+    ws_budgets: dict[str, float] = field(default_factory=dict)
 
 
 class RunCore:
@@ -267,6 +279,9 @@ class RunCore:
             definitions=dict(event.definitions),
             cached=dict(event.cached),
             consumed=frozenset(upstream for task in plan.tasks for _, upstream in task.inputs),
+            costs=Counter(event.costs),
+            budget_usd=plan.budget_usd,
+            ws_budgets={ws.id: ws.budget_usd for ws in plan.workstreams if ws.budget_usd is not None},
         )
         self.runs[run.run_id] = run
         self._out.append(RunMoved(run.run_id, RunState.RUNNING, "execution started", run.book.done_count(),
@@ -384,6 +399,9 @@ class RunCore:
                 self._start_attempt(run, choice.task_key, choice.adapter)
 
     def _start_attempt(self, run: _Run, key: str, adapter: str) -> None:
+        if self.adapters[adapter].type in AGENT_TYPES and (spent := budget_spent(run, key)):
+            self._stop_for_budget(run, key, spent)
+            return
         run.attempts[key] += 1
         attempt = run.attempts[key]
         run.running[key] = _Running(adapter, attempt, self.now)
@@ -396,6 +414,18 @@ class RunCore:
         basis = cache_basis(definition, [run.keys.get(dep, "") for dep in run.book.deps[key]]) if definition else ""
         self._out.append(Dispatched(run.run_id, spec, attempt, adapter, log_path, inputs, basis))
 
+    def _stop_for_budget(self, run: _Run, key: str, reason: str) -> None:
+        """``key`` may not start an agent attempt: a budget is spent. It and what waits on it
+        end BLOCKED; running attempts finish; other work goes on."""
+        self._free_lane(run, key)
+        self._block(run, key, reason)
+        run.budget_reason = run.budget_reason or f"{reason} (agent steps not started)"
+        self._note(run, "BUDGET_EXHAUSTED", key, {"reason": reason, "spent_usd": round(sum(run.costs.values()), 8)})
+        for dependant in run.book.blocked_by(key):
+            self._block(run, dependant, f"budget: dependency {key} was not started")
+        self._refresh_workstreams(run)
+        self._check_finished(run)
+
     def _dispatch_refused(self, event: DispatchRefused) -> None:
         """The executor is between death and restart: the task waits for it, unharmed."""
         run = self.runs.get(event.run_id)
@@ -406,7 +436,10 @@ class RunCore:
         self.breakers[event.adapter].released()
         run.attempts[event.task_key] -= 1
         self.down.add(event.adapter)
-        if run.cancelling:
+        if run.resolving.pop(event.task_key, None) is not None:
+            self._integrate(run, event.task_key, resolution="abandon",
+                            failure=f"the agent's executor {event.adapter} is down")
+        elif run.cancelling:
             self._fail(run, event.task_key, Verdict(TaskState.CANCELLED, ErrorClass.CANCELLED, "cancelled by request"), 0)
         elif run.stop_reason:
             self._block(run, event.task_key, run.stop_reason)
@@ -474,6 +507,8 @@ class RunCore:
                                            keep=event.verdict.state is TaskState.COMPLETED))
             return
         self._close_attempt(run, key)
+        if event.cost_usd:
+            run.costs[key] += event.cost_usd
         verdict = event.verdict
         if verdict.state is TaskState.COMPLETED:
             if key in run.consumed:
@@ -482,6 +517,11 @@ class RunCore:
                 run.keys[key] = event.cache_key
         self._out.append(ReportAccepted(event.report))
         self._breaker_saw(running.adapter, verdict, run)
+        if self.adapters.get(running.adapter) and self.adapters[running.adapter].type in AGENT_TYPES:
+            run.agent_history.setdefault(run.specs[key].workstream_id, []).insert(0, running)
+        if key in run.resolving:
+            self._resolution_ended(run, key, verdict)
+            return
         self._conclude(run, key, event.attempt, verdict, event.duration_s, event.gate_output)
         self._after_change(run)
 
@@ -615,7 +655,8 @@ class RunCore:
             return
         outcome = run.stop_state or run.book.run_outcome()
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(run.book.counts().items()))
-        reason = f"{run.stop_reason}; {counts}" if run.stop_reason else counts
+        said = run.stop_reason or run.budget_reason
+        reason = f"{said}; {counts}" if said else counts
         self._note(run, "EXECUTION_FINISHED", None, {"state": outcome.value, "tasks": run.book.counts()})
         del self.runs[run.run_id]
         self._out.append(RunMoved(run.run_id, outcome, reason, run.book.done_count(), len(run.book.states),
@@ -711,7 +752,8 @@ class RunCore:
     def _prepare(self, run: _Run, lane: _Lane) -> None:
         if not lane.preparing:
             lane.preparing = True
-            self._out.append(WorktreeWanted(run.run_id, lane.workstream.id, lane.workstream.repo or ""))
+            ws = lane.workstream
+            self._out.append(WorktreeWanted(run.run_id, ws.id, ws.repo or "", ws.setup, ws.copy, ws.link, ws.ports))
 
     def _worktree_ready(self, event: WorktreeReady) -> None:
         run = self.runs.get(event.run_id)
@@ -726,7 +768,7 @@ class RunCore:
                     self._fail(run, key, Verdict(TaskState.FAILED, ErrorClass.BAD_INPUT,
                                                  f"worktree for {event.ws_id}: {event.error}"), 0)
         else:
-            lane.path = event.path
+            lane.path, lane.env = event.path, event.env
             for key in parked:
                 if run.book.states[key] is TaskState.QUEUED:
                     self._route(run, key)
@@ -753,7 +795,9 @@ class RunCore:
         root = os.path.realpath(repo)
         inside = os.path.commonpath([cwd, root]) == root
         moved = os.path.join(lane.path, os.path.relpath(cwd, root)) if inside else lane.path
-        return replace(spec, cwd=os.path.normpath(moved))
+        # The worktree's variables first: the task's own win.
+        env = tuple(sorted((dict(lane.env) | dict(spec.env)).items())) if lane.env else spec.env
+        return replace(spec, cwd=os.path.normpath(moved), env=env)
 
     def _changes_recorded(self, event: ChangesRecorded) -> None:
         run = self.runs.get(event.run_id)
@@ -764,17 +808,47 @@ class RunCore:
             self._note(run, "PATCH_CAPTURE_FAILED", event.task_key, {"error": event.error})
         self._attempt_ended(ended)
 
-    def _integrate(self, run: _Run, key: str) -> None:
-        """A workstream's merge step: all its tasks completed, its branch goes to its target."""
+    def _integrate(self, run: _Run, key: str, resolution: str = "", failure: str = "") -> None:
+        """A workstream's merge step: all its tasks completed, its branch goes to its target
+        (``resolution``: what to do with an agent's resolution of its conflicts)."""
         lane = run.lanes[run.specs[key].workstream_id]
+        ws = lane.workstream
+        if not resolution and not self._merge_turn(run, key):
+            run.merges_waiting.append(key)
+            return
         run.attempts[key] += 1
         attempt = run.attempts[key]
         run.running[key] = _Running(INTEGRATOR, attempt, self.now, started=True)
-        run.integrating.add(lane.workstream.id)
-        self._out.append(AttemptOpened(run.run_id, lane.workstream.id, key, attempt, INTEGRATOR))
-        self._move(run, key, TaskState.IN_PROGRESS, "", attempt, INTEGRATOR)
-        self._out.append(IntegrationWanted(run.run_id, lane.workstream.id, lane.workstream.target_branch,
-                                           lane.workstream.merge))
+        run.integrating.add(ws.id)
+        self._out.append(AttemptOpened(run.run_id, ws.id, key, attempt, INTEGRATOR))
+        if run.book.states[key] is TaskState.QUEUED:
+            self._move(run, key, TaskState.IN_PROGRESS, "", attempt, INTEGRATOR)
+        self._out.append(IntegrationWanted(run.run_id, ws.id, ws.target_branch, ws.merge, ws.on_conflict,
+                                           resolution, failure))
+
+    def _merge_turn(self, run: _Run, key: str) -> bool:
+        """Whether ``key`` may merge now: merges into one branch of one repository go one at a
+        time, in the run's task order (plan order, except that a workstream merges after those
+        it depends on), so their result never depends on which workstream finished first. An
+        earlier merge step never waits on a later one, so this cannot deadlock."""
+        ws = run.lanes[run.specs[key].workstream_id].workstream
+        for step in run.book.deps:  # topological order, ties in plan order
+            if step == key:
+                return True
+            spec = run.specs[step]
+            other = run.lanes[spec.workstream_id].workstream if spec.tool == INTEGRATION_TOOL else None
+            if (other is not None and other.merge == "merge" and other.repo == ws.repo
+                    and other.target_branch == ws.target_branch
+                    and run.book.states[step] not in TERMINAL_TASK_STATES):
+                return False
+        return True
+
+    def _next_merges(self, run: _Run) -> None:
+        """Start the waiting merge steps whose turn has come."""
+        waiting, run.merges_waiting = run.merges_waiting, []
+        for key in waiting:
+            if run.book.states[key] is TaskState.QUEUED:
+                self._integrate(run, key)
 
     def _integration_ended(self, event: IntegrationEnded) -> None:
         run = self.runs.get(event.run_id)
@@ -788,14 +862,22 @@ class RunCore:
         assert running is not None
         payload = {"workstream": event.ws_id, "branch": event.branch, "target": event.target,
                    "commit": event.commit, "conflicts": list(event.conflicts), "error": event.error}
+        if event.resolve_path and self._resolve(run, key, running, event):
+            return
         if event.merged:
             verdict = Verdict(TaskState.COMPLETED, None,
                               f"merged {event.branch} into {event.target} ({event.commit[:10]})")
             self._note(run, "WORKSTREAM_MERGED", None, payload)
+        elif event.ws_id in run.resolution_tried and event.conflicts:
+            why = (f"merge into {event.target} conflicts in {', '.join(event.conflicts)}; "
+                   f"{event.error.rstrip('.') or 'not resolved'}; branch {event.branch} left for review")
+            verdict = Verdict(TaskState.FAILED, ErrorClass.MERGE, why)
+            self._note(run, "MERGE_CONFLICT", None, payload)
         elif event.conflicts or event.error:
             why = (f"merge into {event.target} conflicts in {', '.join(event.conflicts)}; branch {event.branch} "
                    "left for review" if event.conflicts else
-                   f"{event.error.rstrip('.')}; once that is fixed, `orchestrate execute --run {run.run_id}` merges it")
+                   f"{event.error.rstrip('.')}; once that is fixed, "
+                   f"`orchestrate retry {run.run_id} {event.ws_id}` merges it")
             verdict = Verdict(TaskState.FAILED, ErrorClass.MERGE, why)
             self._note(run, "MERGE_CONFLICT" if event.conflicts else "MERGE_FAILED", None, payload)
         else:
@@ -804,6 +886,63 @@ class RunCore:
         took = self.now - running.began
         self._out.append(AttemptClosed(run.run_id, key, running.attempt, verdict, took))
         self._conclude(run, key, running.attempt, verdict, took)
+        self._next_merges(run)
+        self._after_change(run)
+
+    def _resolve(self, run: _Run, key: str, running: _Running, event: IntegrationEnded) -> bool:
+        """A conflicting merge waits in an integration worktree: hand it to an agent (an attempt
+        of the merge step, with the workstream's acceptance checks as its gates). False when no
+        agent may take it (then the merge fails as any conflict does)."""
+        ws = run.lanes[event.ws_id].workstream
+        adapter = self._resolver(run, ws)
+        spent = budget_spent(run, key) if adapter else ""
+        if event.ws_id in run.resolution_tried or not adapter or spent:
+            why = spent or ("no agent adapter to resolve it" if not adapter else "already tried")
+            run.resolution_tried.add(event.ws_id)
+            self._out.append(AttemptClosed(run.run_id, key, running.attempt, Verdict(
+                TaskState.FAILED, ErrorClass.MERGE, f"conflicts in {', '.join(event.conflicts)}: {why}"),
+                self.now - running.began))
+            self._integrate(run, key, resolution="abandon", failure=why)
+            return True
+        run.resolution_tried.add(event.ws_id)
+        self._out.append(AttemptClosed(run.run_id, key, running.attempt, Verdict(
+            TaskState.FAILED, ErrorClass.MERGE,
+            f"merge into {event.target} conflicts in {', '.join(event.conflicts)}; an agent ({adapter}) resolves them"),
+            self.now - running.began))
+        self._note(run, "MERGE_RESOLUTION", key, {"adapter": adapter, "conflicts": list(event.conflicts),
+                                                  "path": event.resolve_path})
+        self._announce(run, key, "RESOLVING", f"conflicts in {', '.join(event.conflicts)}: {adapter} resolves them")
+        run.resolving[key] = event
+        run.attempts[key] += 1
+        attempt = run.attempts[key]
+        run.running[key] = _Running(adapter, attempt, self.now)
+        self.adapter_running[adapter] += 1
+        self.breakers[adapter].started()
+        spec = resolution_task(run.specs[key], ws, event, self.adapters[adapter])
+        spec = replace(spec, env=tuple(sorted((dict(run.lanes[event.ws_id].env) | dict(spec.env)).items())))
+        log_path = os.path.join(run.log_dir, ws.id, f"@merge.resolve{attempt}.log")
+        self._out.append(Dispatched(run.run_id, spec, attempt, adapter, log_path))
+        return True
+
+    def _resolver(self, run: _Run, ws: Workstream) -> str:
+        """The agent adapter that resolves ``ws``'s conflicts: the one that served its agent
+        tasks, else the first agent adapter configured whose circuit is not open; "" for none."""
+        used = [running.adapter for running in run.agent_history.get(ws.id, ())]
+        candidates = used + [name for name, info in self.adapters.items() if info.type in AGENT_TYPES]
+        for name in candidates:
+            if name not in self.down and self.breakers[name].state is not CircuitState.OPEN:
+                return name
+        return ""
+
+    def _resolution_ended(self, run: _Run, key: str, verdict: Verdict) -> None:
+        """The agent's resolution attempt ended: merge it if it passed its gates (the Workspace
+        still refuses one with conflict markers), else drop it and leave the branch."""
+        run.resolving.pop(key)
+        if verdict.state is TaskState.COMPLETED:
+            self._integrate(run, key, resolution="resolved")
+        else:
+            self._integrate(run, key, resolution="abandon",
+                            failure=f"the agent's resolution failed ({verdict.state.value}): {verdict.message}")
         self._after_change(run)
 
     # -- workstream states -------------------------------------------------------------------------
@@ -912,17 +1051,16 @@ class RunCore:
         return {"cancelled": cancelled, "killing": killing}, self._end()
 
     def retry(self, run_id: str, task_key: str, now: float, at: str) -> tuple[dict[str, Any], list[Effect]]:
-        """Run a failed, timed-out, blocked or cancelled task again, with what it needs and
-        its unsuccessful dependants."""
+        """Run a failed, timed-out, blocked or cancelled task again — or every such task of a
+        workstream, when ``task_key`` is a workstream id — with what it needs and its
+        unsuccessful dependants."""
         self._begin(now, at)
         run = self._active(run_id)
-        state = run.book.states.get(task_key)
-        if state is None:
-            raise ControlRefused(f"run {run_id} has no task {task_key!r}")
-        if state not in UNSUCCESSFUL_TASK_STATES:
-            raise ControlRefused(f"task {task_key} is {state.value}; only failed, timed-out, blocked or "
-                                 "cancelled tasks can be retried")
-        reset = sorted(retry_closure(run.book, (task_key,)))
+        try:
+            targets = retry_targets(run_id, run.book.states, task_key)
+        except NothingToRetry as refusal:
+            raise ControlRefused(str(refusal)) from None
+        reset = sorted(retry_closure(run.book, targets))
         # A person asked to try again: a quarantine or safe mode stops standing in the way (a
         # task retried into a stopped run would wait forever), and failures are counted anew.
         run.stop_reason, run.stop_state = "", None
@@ -1013,6 +1151,49 @@ def attempt_log_path(log_dir: str, ws_id: str, task_id: str, attempt: int) -> st
     ``log_dir``: ``<ws>/<task>.log``, then ``<ws>/<task>.attempt<N>.log``."""
     name = task_id if attempt <= 1 else f"{task_id}.attempt{attempt}"
     return os.path.join(log_dir, ws_id, f"{name}.log")
+
+
+#: Adapter types whose attempts spend money (and report it): budgets apply to them.
+AGENT_TYPES = frozenset({"aider", "agent"})
+
+
+def budget_spent(run: _Run, key: str) -> str:
+    """Why ``key`` may start no agent attempt — the first budget that is spent: the task's
+    ``max_cost_usd``, its workstream's ``budget_usd``, the run's — or "" when none is."""
+    spec = run.specs[key]
+    task_spent = run.costs[key]
+    if spec.max_cost_usd is not None and task_spent >= spec.max_cost_usd:
+        return f"budget: task {key} has cost ${task_spent:.6g} of its max_cost_usd ${spec.max_cost_usd:g}"
+    ws_budget = run.ws_budgets.get(spec.workstream_id)
+    if ws_budget is not None:
+        ws_spent = sum(cost for other, cost in run.costs.items()
+                       if run.specs[other].workstream_id == spec.workstream_id)
+        if ws_spent >= ws_budget:
+            return (f"budget: workstream {spec.workstream_id} has spent ${ws_spent:.6g} of its "
+                    f"budget_usd ${ws_budget:g}")
+    if run.budget_usd is not None:
+        run_spent = sum(run.costs.values())
+        if run_spent >= run.budget_usd:
+            return f"budget: the run has spent ${run_spent:.6g} of its budget_usd ${run.budget_usd:g}"
+    return ""
+
+
+def resolution_task(step: TaskSpec, ws: Workstream, conflict: IntegrationEnded, adapter: AdapterInfo) -> TaskSpec:
+    """The agent task that resolves ``ws``'s conflicting merge in its integration worktree:
+    the conflicting paths and hunks in its prompt, the workstream's acceptance checks (each
+    once, in plan order) as its gates."""
+    checks: list[AcceptanceCheck] = []
+    for task in ws.tasks:
+        checks += [check for check in task.acceptance if check not in checks]
+    prompt = (
+        f"Merging branch {conflict.branch} (workstream {ws.id}) into {conflict.target} conflicts in: "
+        f"{', '.join(conflict.conflicts)}.\n"
+        "This checkout holds the merge in progress. Edit the conflicting files so that the result keeps the "
+        "intent of both sides, and remove every conflict marker (<<<<<<<, =======, >>>>>>>). Do not commit.\n\n"
+        f"The conflicting hunks:\n{conflict.hunks}\n"
+    )
+    return replace(step, tool=adapter.type, prompt=prompt, files=conflict.conflicts, cwd=conflict.resolve_path,
+                   acceptance=tuple(checks), depends_on=())
 
 
 def retry_closure(book: RunBook, keys: Iterable[str]) -> set[str]:

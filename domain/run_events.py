@@ -53,6 +53,7 @@ class RunOpened:
     keys: Mapping[str, str] = field(default_factory=dict)
     definitions: Mapping[str, str] = field(default_factory=dict)
     cached: Mapping[str, CacheHit] = field(default_factory=dict)
+    costs: Mapping[str, float] = field(default_factory=dict)  # agent attempts' cost so far, per task
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,7 @@ class AttemptEnded:
     report: Any = field(default=None, compare=False)  # the executor's record, passed back untouched
     result: ResultRef | None = None  # what it returned or wrote, when anything
     cache_key: str = ""  # the key it completed under, when it is cacheable
+    cost_usd: float | None = None  # what the attempt's agent reported spending
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +123,14 @@ class ChangesRecorded:
 
 @dataclass(frozen=True, slots=True)
 class WorktreeReady:
-    """The Workspace made (or found again) a workstream's worktree; ``error`` if it could not."""
+    """The Workspace made (or found again) a workstream's worktree; ``error`` if it could not.
+    ``env``: variables every task of the workstream gets (its port block)."""
 
     run_id: str
     ws_id: str
     path: str = ""
     error: str = ""
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,8 @@ class IntegrationEnded:
     commit: str = ""
     conflicts: tuple[str, ...] = ()
     error: str = ""
+    resolve_path: str = ""  # the merge is waiting for an agent in this integration worktree
+    hunks: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,9 +363,16 @@ class TimerSet:
 
 @dataclass(frozen=True, slots=True)
 class WorktreeWanted:
+    """Make (or find again) the workstream's worktree and prepare it: ``copy``, ``link``,
+    ``setup`` and a block of ``ports`` (None: the default size) as the workstream says."""
+
     run_id: str
     ws_id: str
     repo: str
+    setup: tuple[str, ...] = ()
+    copy: tuple[str, ...] = ()
+    link: tuple[str, ...] = ()
+    ports: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,10 +386,16 @@ class CaptureWanted:
 
 @dataclass(frozen=True, slots=True)
 class IntegrationWanted:
+    """Merge (``mode`` "merge") or leave the workstream's branch; see FinishWorkstream for
+    ``on_conflict``, ``resolution`` and ``resolution_failure``."""
+
     run_id: str
     ws_id: str
     target_branch: str | None
     mode: str
+    on_conflict: str = "fail"
+    resolution: str = ""
+    resolution_failure: str = ""
 
 
 Effect = (

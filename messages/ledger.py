@@ -83,7 +83,8 @@ class AttemptFinished(Message):
     to ``$ORCHESTRATE_OUTPUT``), as JSON, or ``result_file``: the file holding a result too large
     to keep inline; ``outputs_json``: the hashes of its ``files_out`` (``{path: sha256}``);
     ``cache_key``: its cache key; ``cached_from``: ``run/task/attempt`` whose result a cached
-    attempt reused.
+    attempt reused; ``tokens_in``, ``tokens_out``, ``cost_usd``: what an agent attempt used,
+    when its tool said.
 
     Executors tell it to the Scheduler, which decides what follows and forwards it to the
     Ledger."""
@@ -105,6 +106,10 @@ class AttemptFinished(Message):
     outputs_json: str = ""
     cache_key: str = ""
     cached_from: str = ""
+    # Agent attempts: what the tool reported using over all its rounds (None: not reported).
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost_usd: float | None = None
 
     @property
     def verdict(self) -> Verdict:

@@ -42,6 +42,8 @@ class StartRun(Message):
     keys: tuple[tuple[str, str], ...] = ()
     definitions: tuple[tuple[str, str], ...] = ()
     cached: tuple[tuple[str, CacheHit], ...] = ()
+    # What agent attempts already cost, per task (a resumed run counts it against its budgets).
+    costs: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

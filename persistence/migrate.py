@@ -53,10 +53,10 @@ if TYPE_CHECKING:
 # The revisions in migrations/versions, oldest first (a test keeps the two equal). A database
 # already at the newest is recognised with one query, without importing Alembic, which keeps
 # every CLI start fast; an empty one is created at the newest without Alembic too.
-REVISIONS = ("0001", "0002", "0005", "0004", "0006", "0007")
+REVISIONS = ("0001", "0002", "0005", "0004", "0006", "0007", "0008")
 HEAD_REVISION = REVISIONS[-1]
 # The version users see in `db inspect`; raise it with every migration that changes the schema.
-SCHEMA_VERSION = "6"
+SCHEMA_VERSION = "7"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SCHEMA_LOCK_SUFFIX = ".schema.lock"
 # A migration of a big ledger takes seconds; a holder past this is stuck, not busy.

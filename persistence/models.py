@@ -129,6 +129,10 @@ class StepAttempt(Base):
     cache_key: Mapped[str | None]
     # run/task/attempt whose result this (cached) attempt reused.
     cached_from: Mapped[str | None]
+    # Agent attempts: tokens and cost as the tool reported them (None: it did not say).
+    tokens_in: Mapped[int | None]
+    tokens_out: Mapped[int | None]
+    cost_usd: Mapped[float | None]
 
 
 class ErrorRecord(Base):

@@ -110,6 +110,9 @@ _ATTEMPT_FINISH = (
         outputs_json=bindparam("b_outputs_json"),
         cache_key=bindparam("b_cache_key"),
         cached_from=bindparam("b_cached_from"),
+        tokens_in=bindparam("b_tokens_in"),
+        tokens_out=bindparam("b_tokens_out"),
+        cost_usd=bindparam("b_cost_usd"),
     )
 )
 _ERROR_NEW = insert(_errors)
@@ -272,6 +275,9 @@ class WriteBatch:
                 "b_outputs_json": op.outputs_json or None,
                 "b_cache_key": op.cache_key or None,
                 "b_cached_from": op.cached_from or None,
+                "b_tokens_in": op.tokens_in,
+                "b_tokens_out": op.tokens_out,
+                "b_cost_usd": op.cost_usd,
             }
         )
         self._rows[_TASK_EXIT].append(

@@ -42,16 +42,21 @@ def load_plan(path: str | os.PathLike[str], tools: Collection[str] | None = None
     files, base_dir = _plan_files(source)
     issues: list[PlanIssue] = []
     sources: list[WorkstreamSource] = []
+    budgets: list[tuple[str, float]] = []
     for label, file in files:
         data, read_issues = _read(label, file)
         if read_issues:
             issues += read_issues
             continue
-        issues += [
-            PlanIssue(label, where, message)
-            for where, message in schema_issues(WORKSTREAM_SCHEMA, data)
-        ]
+        found = schema_issues(WORKSTREAM_SCHEMA, data)
+        issues += [PlanIssue(label, where, message) for where, message in found]
         sources += _workstreams_of(label, data)
+        if not found and isinstance(data, dict) and "workstreams" in data and "budget_usd" in data:
+            budgets.append((label, float(data["budget_usd"])))
+    if len({value for _, value in budgets}) > 1:
+        issues += [PlanIssue(label, "$.budget_usd", "the run's budget is set differently in "
+                             + ", ".join(other for other, _ in budgets if other != label) + "; set it once")
+                   for label, _ in budgets]
     # Graph problems are found on whatever is usable despite schema errors, so one pass
     # reports everything; a place the schema already complains about gets only that complaint.
     located = {(issue.file, issue.json_path) for issue in issues}
@@ -62,7 +67,8 @@ def load_plan(path: str | os.PathLike[str], tools: Collection[str] | None = None
     ]
     if issues:
         raise PlanError(issues)
-    plan = Plan(tuple(_workstream(source, base_dir) for source in sources), source, base_dir)
+    plan = Plan(tuple(_workstream(source, base_dir) for source in sources), source, base_dir,
+                budget_usd=budgets[0][1] if budgets else None)
     return with_integration_steps(plan)
 
 
@@ -219,6 +225,12 @@ def _workstream(source: WorkstreamSource, base_dir: str) -> Workstream:
         isolation=data.get("isolation", "worktree" if repo else "none"),
         target_branch=data.get("target_branch"),
         merge=data.get("merge", "merge"),
+        setup=tuple(data.get("setup", ())),
+        copy=tuple(data.get("copy", ())),
+        link=tuple(data.get("link", ())),
+        ports=data.get("ports"),
+        on_conflict=data.get("on_conflict", "fail"),
+        budget_usd=_float_or_none(data.get("budget_usd")),
     )
 
 
@@ -263,6 +275,7 @@ def _task(
         files_out=tuple(data.get("files_out", ())),
         cache=data.get("cache"),
         resources=Resources.from_json(data["resources"]) if "resources" in data else None,
+        max_cost_usd=_float_or_none(data.get("max_cost_usd")),
     )
 
 

@@ -152,7 +152,7 @@ def select_workstreams(plan: Plan, ids: Sequence[str]) -> Plan:
             chosen.add(ws_id)
             pending.extend(needs.get(ws_id, ()))
     workstreams = tuple(ws for ws in plan.workstreams if ws.id in chosen)
-    return Plan(workstreams, plan.source, plan.base_dir).with_hash()
+    return Plan(workstreams, plan.source, plan.base_dir, budget_usd=plan.budget_usd).with_hash()
 
 
 def _ids(plan: Plan) -> list[str]:

@@ -190,6 +190,12 @@ def _describe(error: ValidationError) -> list[tuple[str, str]]:
         if is_tool_rule and isinstance(instance.get("tool"), str):
             return [(where, f"tool {instance['tool']!r} requires {missing!r}")]
         return [(where, f"missing required property {missing!r}")]
+    if kind == "dependentRequired" and isinstance(instance, dict):
+        return [
+            (json_path([*path, key]), f"{key!r} needs {', '.join(repr(n) for n in needed)} as well")
+            for key, needed in error.validator_value.items()
+            if key in instance and any(n not in instance for n in needed)
+        ]
     if "propertyNames" in schema_path:
         parent = _name(path)
         reason = f"must be {expected}" if expected else error.message

@@ -7,6 +7,9 @@ duration of a ``with`` block:
   assistant's message; a :class:`Reply` can also be an HTTP error). A request that asks for
   ``"stream": true`` gets the same reply as server-sent events. When the queue is empty the
   server answers 500, so a test that under-scripts fails visibly instead of hanging.
+- Every answer reports ``usage`` (``prompt_tokens``, ``completion_tokens``: 10 each unless the
+  :class:`Reply` says otherwise), which aider turns into its ``Tokens: … Cost: …`` line when
+  the model's metadata names per-token prices.
 - ``GET /v1/models`` lists one model.
 - Every request is recorded (``requests``; ``chat_requests`` holds the decoded bodies of the
   completions), so a test can assert what the tool sent, e.g. that the prompt of the next
@@ -41,6 +44,9 @@ class Reply:
     # For errors: send ``x-should-retry: true|false``, which the openai client obeys instead of
     # its own retry policy (2 retries with backoff). None sends no such header.
     should_retry: bool | None = None
+    # The token counts reported in the answer's ``usage`` (and its last stream chunk).
+    prompt_tokens: int = 10
+    completion_tokens: int = 10
 
 
 def error_reply(
@@ -227,7 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
         model = body.get("model", self.fake.model) if isinstance(body, dict) else self.fake.model
         if isinstance(body, dict) and body.get("stream"):
             return self._send_stream(model, reply)
-        usage = {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}
+        usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                 "total_tokens": reply.prompt_tokens + reply.completion_tokens}
         self._send_json(
             200,
             {

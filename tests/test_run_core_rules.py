@@ -270,7 +270,7 @@ def test_a_merged_or_left_branch_completes_the_merge_step_and_says_how(ended, no
         ({"conflicts": ("x.py", "y.py")}, ("MERGE_CONFLICT", _payload(conflicts=["x.py", "y.py"])),
          "merge into main conflicts in x.py, y.py; branch ws/f left for review"),
         ({"error": "dirty checkout."}, ("MERGE_FAILED", _payload(error="dirty checkout.")),
-         "dirty checkout; once that is fixed, `orchestrate execute --run r` merges it"),
+         "dirty checkout; once that is fixed, `orchestrate retry r f` merges it"),
     ],
 )
 def test_a_conflict_or_a_merge_error_fails_the_merge_step_for_a_person_to_fix(ended, noted, why):
@@ -498,7 +498,7 @@ def test_the_merge_step_starts_when_its_workstream_completed_and_asks_the_worksp
         ("TaskMoved", "f/@merge", "QUEUED", "dependencies completed", 0, "", 1, 2),
         ("AttemptOpened", "f", "f/@merge", 1, "workspace"),
         ("TaskMoved", "f/@merge", "IN_PROGRESS", "", 1, "workspace", 1, 2),
-        ("IntegrationWanted", "f", None, "merge"),
+        ("IntegrationWanted", "f", None, "merge", "fail", "", ""),
         ("WorkstreamMoved", "f", "editing"),
     ]
     assert h.core.status("r")["running"] == 0, "a merge takes no executor slot"

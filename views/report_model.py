@@ -243,8 +243,20 @@ def attempt_row(attempt: dict[str, Any], log_tail: str) -> dict[str, Any]:
         "duration": format_seconds(attempt.get("duration_s")), "rss": format_bytes(attempt.get("max_rss_bytes")),
         "cpu": format_seconds(attempt.get("cpu_s")), "error_class": attempt.get("error_class") or "",
         "message": attempt.get("message") or "", "gate_output": attempt.get("gate_output") or "",
-        "log_path": attempt.get("log_path") or "", "log_tail": log_tail,
+        "log_path": attempt.get("log_path") or "", "log_tail": log_tail, "usage": usage_text(attempt),
     }
+
+
+def usage_text(attempt: dict[str, Any]) -> str:
+    """What an agent attempt used, as its tool reported it: ``1,200 tokens in, 300 out,
+    $0.0048``; "" for an attempt that reported nothing."""
+    tokens_in, tokens_out, cost = attempt.get("tokens_in"), attempt.get("tokens_out"), attempt.get("cost_usd")
+    parts = []
+    if tokens_in is not None or tokens_out is not None:
+        parts.append(f"{tokens_in or 0:,} tokens in, {tokens_out or 0:,} out")
+    if cost is not None:
+        parts.append(f"${cost:.4g}")
+    return ", ".join(parts)
 
 
 def audit_table(rows: list[dict[str, Any]] | None) -> dict[str, Any] | None:
