@@ -161,6 +161,11 @@ class TaskSpec:
     files_out: tuple[str, ...] = ()
     cache: bool | None = None
     resources: Resources | None = None
+    # The python interpreter (absolute path) that runs the task's python code, gates and tools;
+    # None for steps orchestrate builds itself: they run with the runtime's own interpreter.
+    python: str | None = None
+    # A failure (FAILED or TIMEOUT) neither blocks the task's dependants nor fails the run.
+    allow_failure: bool = False
 
     @property
     def key(self) -> str:
@@ -200,6 +205,8 @@ class TaskSpec:
             **({"files_out": list(self.files_out)} if self.files_out else {}),
             **({"cache": self.cache} if self.cache is not None else {}),
             **({"resources": self.resources.to_json()} if self.resources is not None else {}),
+            **({"python": self.python} if self.python is not None else {}),
+            **({"allow_failure": True} if self.allow_failure else {}),
         }
 
     @classmethod
@@ -236,6 +243,8 @@ class TaskSpec:
             files_out=tuple(data.get("files_out") or ()),
             cache=data.get("cache"),
             resources=None if data.get("resources") is None else Resources.from_json(data["resources"]),
+            python=data.get("python"),
+            allow_failure=bool(data.get("allow_failure", False)),
         )
 
 
