@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, CliError
-from cli.output import table
+from cli.output import state_label, table
 from domain.cache import CACHE_ADAPTER
 from persistence.db import DatabaseUnavailable, resolve_db_url
 from persistence.migrate import init_db, open_db
@@ -116,7 +116,7 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
         rows.append((
             # A result reused from an earlier run shows as such, not as work done in this one.
             task["task_key"], "CACHED" if task["state"] == "COMPLETED" and task.get("adapter") == CACHE_ADAPTER
-            else task["state"], task["attempts"], task.get("adapter") or "",
+            else state_label(task), task["attempts"], task.get("adapter") or "",
             _duration(task), task.get("exit_code") if task.get("exit_code") is not None else "",
         ))
     print(table(("TASK", "STATE", "ATTEMPTS", "ADAPTER", "DURATION", "EXIT"), rows))
