@@ -270,10 +270,13 @@ def _task_cycles(
         for index, data in source.tasks():
             tasks[task_key(source.id, data["id"])] = _TaskAt(source, index, data)
     groups = matrix_groups(source_of.values())
+    # A dependency on the task itself (or, for an expansion, on its own matrix task) is
+    # reported as such, not as a cycle.
     explicit = {
         key: {
             dep
             for _, ref in task_depends_on(at.data)
+            if qualify(at.source.id, ref) != key.partition("[")[0]
             for dep in groups.get(qualify(at.source.id, ref), (qualify(at.source.id, ref),))
             if dep != key and dep in tasks
         }
