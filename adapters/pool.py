@@ -4,8 +4,11 @@ A fresh interpreter per task costs ~30 ms; a warm worker serves a task in well u
 millisecond. What stays a process boundary: a task that hangs, leaks or crashes is killed
 *with its worker* and every process it started, and a new worker takes the worker's place.
 
-Processes. Each worker is ``python -E -c <bootstrap> adapters/pyworker.py`` (see
+Processes. Each worker is ``<python> -E -c <bootstrap> adapters/pyworker.py`` (see
 :mod:`adapters.pyworker`): a clean interpreter, not a fork of the runtime (which runs threads).
+``<python>`` is the task's interpreter (:attr:`CallSpec.python`: the project's, see
+:mod:`planning.interpreters`); a worker serves only tasks of its own interpreter, and the pool
+keeps, per interpreter, as many workers as its tasks ran at once.
 Workers are started through the runtime's :class:`ProcessReactor`, so they are ordinary
 supervised processes: own session and process group, watched through a pidfd, reaped by the
 reactor, their trees killed by ``_terminate`` when they end, sampled by psutil. Each carries a

@@ -618,7 +618,13 @@ class RunCore:
         if not run.book.is_finished():
             return
         outcome = run.stop_state or run.book.run_outcome()
-        counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(run.book.counts().items()))
+        shown = Counter(run.book.counts())
+        for key in run.book.allowed_failures:
+            if run.book.failed_allowed(key):
+                state = run.book.states[key].value
+                shown[state] -= 1
+                shown[f"{state} {FAILURE_ALLOWED}"] += 1
+        counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(shown.items()) if n)
         reason = f"{run.stop_reason}; {counts}" if run.stop_reason else counts
         self._note(run, "EXECUTION_FINISHED", None, {"state": outcome.value, "tasks": run.book.counts()})
         del self.runs[run.run_id]

@@ -18,6 +18,7 @@ def test_an_allowed_failure_ends_failed_and_its_dependants_still_run():
     assert h.running() == ["ci/build"]
     h.start_and_end("ci/build", COMPLETED)
     assert h.finished().state is RunState.COMPLETED
+    assert h.finished().reason == "1 completed, 1 failed (allowed)"
 
 
 def test_an_allowed_failure_is_said_so_in_its_move_and_its_event():
