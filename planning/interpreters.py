@@ -3,8 +3,9 @@
 A plan names it with ``python`` (on the task, its workstream or the bundle; the nearest wins):
 an interpreter's path or a virtualenv directory, relative to the plan file. Without one, the
 task uses its project's virtualenv — a ``.venv`` in the workstream's ``repo`` (else the task's
-``cwd``) or in a directory above it, up to the enclosing git repository's root — and failing
-that the ``python3`` on ``PATH``. Never orchestrate's own interpreter unless one of those is it,
+``cwd``) or in a directory above it, up to the enclosing git repository's root; else one found
+the same way from the plan file's directory (a plan kept in its project, driving a repository
+it creates or keeps elsewhere) — and failing that the ``python3`` on ``PATH``. Never orchestrate's own interpreter unless one of those is it,
 so a project's dependencies, pytest and ruff are the project's.
 
 Paths are kept as found (not resolved through symlinks): a virtualenv's ``bin/python`` is a
@@ -40,7 +41,8 @@ class Interpreters:
     def default(self, project: str) -> str:
         """The interpreter of a task whose project directory is ``project`` (see the module)."""
         if project not in self._defaults:
-            self._defaults[project] = _project_venv(project) or shutil.which("python3") or sys.executable
+            self._defaults[project] = (_project_venv(project) or _project_venv(self.base_dir)
+                                       or shutil.which("python3") or sys.executable)
         return self._defaults[project]
 
 

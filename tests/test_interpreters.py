@@ -72,6 +72,13 @@ def test_a_dot_venv_above_the_git_root_is_not_the_projects(tmp_path, foreign_ven
     assert plan.tasks[0].python == (shutil.which("python3") or sys.executable)
 
 
+def test_a_repository_without_a_venv_uses_the_one_of_the_project_holding_the_plan(tmp_path, foreign_venv):
+    (tmp_path / ".venv").symlink_to(foreign_venv, target_is_directory=True)
+    (tmp_path / "sandbox" / ".git").mkdir(parents=True)
+    plan = load_plan(write(tmp_path, {"id": "w", "repo": "../sandbox", "tasks": [shell_task(tmp_path)]}, "plan/p.json"))
+    assert plan.tasks[0].python == str(tmp_path / ".venv" / "bin" / "python")
+
+
 def test_without_a_project_venv_the_python3_on_path_is_used(tmp_path):
     (tmp_path / ".git").mkdir()
     plan = load_plan(write(tmp_path, {"id": "w", "tasks": [shell_task(tmp_path)]}))
@@ -171,3 +178,15 @@ def test_a_python_task_whose_interpreter_vanished_fails_saying_which(pool, proje
 
 def test_call_specs_default_to_the_runtimes_interpreter():
     assert CallSpec("m:f", (), (), "/", (), "x.log").python == sys.executable
+
+
+@pytest.mark.parametrize("name", ["pyworker.py", "pycall.py"])
+def test_the_files_a_foreign_interpreter_runs_import_only_the_standard_library(name):
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "adapters" / name).read_text())
+    imported = {alias.name.partition(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.partition(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+    assert imported and imported <= set(sys.stdlib_module_names) | {"__future__"}, imported - set(sys.stdlib_module_names)
