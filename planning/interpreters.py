@@ -31,12 +31,20 @@ class Interpreters:
         self.base_dir = base_dir
         self._named: dict[str, tuple[str, str]] = {}
         self._defaults: dict[str, str] = {}
+        self._by_cwd: dict[str, str] = {}
 
     def named(self, value: str) -> tuple[str, str]:
         """``(interpreter, "")`` for a ``python`` value as written, or ``("", problem)``."""
         if value not in self._named:
             self._named[value] = _named(value, self.base_dir)
         return self._named[value]
+
+    def default_for_cwd(self, cwd: str) -> str:
+        """:meth:`default` for a task's ``cwd`` as written (relative to the plan's directory);
+        cached as written, so most tasks of a plan cost one lookup."""
+        if cwd not in self._by_cwd:
+            self._by_cwd[cwd] = self.default(os.path.abspath(os.path.join(self.base_dir, cwd)))
+        return self._by_cwd[cwd]
 
     def default(self, project: str) -> str:
         """The interpreter of a task whose project directory is ``project`` (see the module)."""

@@ -259,7 +259,9 @@ def _interpreter(value: str | None, repo: str | None, task: Mapping[str, Any], b
     """The task's interpreter: the ``python`` written nearest to it, else its project's."""
     if value is not None:
         return interpreters.named(value)[0]
-    return interpreters.default(repo or os.path.abspath(os.path.join(base_dir, task.get("cwd", "."))))
+    if repo is not None:
+        return interpreters.default(repo)
+    return interpreters.default_for_cwd(task.get("cwd", "."))
 
 
 def _task(

@@ -138,8 +138,9 @@ def _placeholders(task: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ..
 
 def _strings_in(value: Any, parts: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], str]]:
     if isinstance(value, str):
-        for match in PLACEHOLDER.finditer(value):
-            yield parts, match.group(1)
+        if "${matrix." in value:  # most strings have none: skip the regex
+            for match in PLACEHOLDER.finditer(value):
+                yield parts, match.group(1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _strings_in(item, (*parts, index))
