@@ -67,6 +67,11 @@ def _named(value: str, base_dir: str) -> tuple[str, str]:
         return "", f"no interpreter or virtualenv at {path}"
     if not os.access(path, os.X_OK):
         return "", f"{path} is not executable; expected a python interpreter or a virtualenv directory"
+    name = os.path.basename(path).lower()
+    if "python" not in name and "pypy" not in name:
+        # A gate run as `<it> -m pytest` would "pass" with /bin/true; say so instead.
+        return "", (f"{path} does not look like a python interpreter (no 'python' or 'pypy' in its "
+                    f"name); name the interpreter (e.g. .venv/bin/python) or the virtualenv directory")
     return path, ""
 
 

@@ -111,6 +111,13 @@ def test_a_missing_or_unusable_interpreter_is_refused_at_load_with_its_file_and_
     assert f"{tmp_path / 'script'} is not executable" in messages
 
 
+def test_an_executable_that_is_not_a_python_is_refused_rather_than_passing_every_gate(tmp_path):
+    with pytest.raises(PlanError) as caught:
+        load_plan(write(tmp_path, {"id": "w", "python": "/bin/true", "tasks": [shell_task(tmp_path)]}))
+    assert caught.value.issues[0].json_path == "$.python"
+    assert "/bin/true does not look like a python interpreter" in caught.value.issues[0].message
+
+
 def test_validate_names_a_missing_interpreter_and_exits_2(orchestrate, tmp_path):
     write(tmp_path, {"id": "w", "tasks": [shell_task(tmp_path, python=".venv")]})
     result = orchestrate("validate", "plan.json")
