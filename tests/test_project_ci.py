@@ -149,10 +149,9 @@ def test_a_broken_shard_fails_the_run_and_blocks_the_build_while_lint_still_may_
     assert runs_of(project) == {"shard 1": 1, "shard 2": 1, "shard 3": 1, "shard 4": 1}
 
 
-@pytest.mark.needs_15a
 def test_a_broken_shard_then_fixed_reruns_only_that_shard_and_its_dependants_with_run_plan(orchestrate, project):
-    """Acceptance 4's second half: needs ``run PLAN`` to re-run only what did not complete of
-    the plan's last, unfinished run (issue 15, "Re-running a partial run", helper 15a)."""
+    """Acceptance 4's second half: ``run PLAN`` continues the plan's last, unfinished run and
+    runs only what did not complete there (the fixed shard, and the build it blocked)."""
     break_shard(project)
     first = orchestrate("run", "ci.json", cwd=project, timeout=600)
     assert first.code == 1, first.out + first.err
