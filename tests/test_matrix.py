@@ -150,3 +150,11 @@ def test_validate_reports_a_bad_matrix_with_exit_2_and_no_traceback(orchestrate,
     assert result.code == 2 and "Traceback" not in result.err
     assert ("plan.json: $.workstreams[0].tasks[0].command: placeholder ${matrix.nope} names no key of the "
             "task's matrix (its keys: k)") in result.err
+
+
+def test_an_input_names_one_expansion_not_the_matrix_task_which_has_a_result_per_expansion(tmp_path):
+    found = problems(tmp_path, [TESTS, {"id": "sum", "tool": "python", "callable": "m:f", "depends_on": ["tests"],
+                                        "inputs": {"all": "tests", "two": "tests[shard=2]"}}])
+    assert found == [("$.workstreams[0].tasks[1].inputs.all",
+                      "input 'all' of task 'ci/sum' names the matrix task 'ci/tests', which has one result per "
+                      "expansion; name one of them, e.g. 'ci/tests[shard=1]'")]
