@@ -1,17 +1,17 @@
 """Acceptance gates: how each kind of check runs, and what its exit means.
 
 Pure: builds :class:`ProcessSpec` values and judges :class:`ProcessResult` values; executors
-own the processes. Every check runs in the task's cwd and environment (the runtime's
-interpreter first on PATH, see :func:`adapters.tools.task_environment`) with the check's
-timeout, else the task's. The kinds:
+own the processes. Every check runs in the task's cwd and environment (its virtualenv first on
+PATH, see :func:`adapters.tools.task_environment`) with the check's timeout, else the task's.
+``<python>`` is the task's interpreter (its ``python``, else its project's; see
+:mod:`planning.interpreters`). The kinds:
 
 - ``command``: ``/bin/sh -c <command>``; exit 0 passes.
-- ``pytest``: ``<python> -m pytest -q -p no:cacheprovider <args>`` with the runtime's
-  interpreter; exit 0 passes, exit 5 ("no tests collected") passes only when the check's
-  ``no_tests`` is ``pass``.
-- ``ruff``: ``ruff check <args or .>`` with the ruff installed beside the runtime's interpreter
-  (else the one on PATH); exit 0 passes.
-- ``import``: a fresh interpreter imports each of ``modules`` (cwd first on ``sys.path``) and
+- ``pytest``: ``<python> -m pytest -q -p no:cacheprovider <args>``; exit 0 passes, exit 5 ("no
+  tests collected") passes only when the check's ``no_tests`` is ``pass``.
+- ``ruff``: ``ruff check <args or .>`` with the ruff of ``<python>``'s virtualenv, else the one
+  installed beside the runtime's interpreter, else the one on PATH; exit 0 passes.
+- ``import``: ``<python>`` imports each of ``modules`` (cwd first on ``sys.path``) and
   prints every one that failed, with its traceback; exit 0 passes.
 
 Python-run checks (``pytest``, ``import``) write no bytecode and pytest keeps no cache, so a
@@ -29,8 +29,9 @@ from collections.abc import Iterable
 
 from adapters.process import ProcessSpec
 from domain.outcomes import ProcessResult, describe_outcome
-from adapters.tools import SHELL, task_environment
+from adapters.tools import SHELL, task_environment, task_interpreter
 from domain.plan import AcceptanceCheck, TaskSpec
+from planning.interpreters import venv_bin
 
 #: The exit code with which pytest says it collected no test.
 PYTEST_NO_TESTS = 5
@@ -75,9 +76,13 @@ _MEANINGS: dict[str, dict[int, str]] = {
 }
 
 
-def ruff_executable() -> str:
-    """The ``ruff`` binary the ``ruff`` wheel installed beside the runtime's interpreter, else
-    the one on PATH, else plain ``ruff`` (which then fails to start, and the check says so)."""
+def ruff_executable(python: str | None = None) -> str:
+    """The ``ruff`` of the virtualenv of ``python`` (the task's interpreter) when it has one;
+    else the one the ``ruff`` wheel installed beside the runtime's interpreter, else the one on
+    PATH, else plain ``ruff`` (which then fails to start, and the check says so)."""
+    project_bin = venv_bin(python) if python else None
+    if project_bin is not None and os.access(os.path.join(project_bin, "ruff"), os.X_OK):
+        return os.path.join(project_bin, "ruff")
     candidates = (
         os.path.join(os.path.dirname(sys.executable), "ruff"),
         os.path.join(sysconfig.get_path("scripts"), "ruff"),
@@ -88,15 +93,15 @@ def ruff_executable() -> str:
     return shutil.which("ruff") or "ruff"
 
 
-def _argv(check: AcceptanceCheck) -> tuple[str, ...]:
+def _argv(check: AcceptanceCheck, python: str) -> tuple[str, ...]:
     if check.kind == "command":
         return (SHELL, "-c", check.command)
     if check.kind == "pytest":
-        return (sys.executable, "-m", "pytest", *_PYTEST_FLAGS, *check.args)
+        return (python, "-m", "pytest", *_PYTEST_FLAGS, *check.args)
     if check.kind == "ruff":
-        return (ruff_executable(), "check", *(check.args or (".",)))
+        return (ruff_executable(python), "check", *(check.args or (".",)))
     if check.kind == "import":
-        return (sys.executable, "-c", _IMPORT_SCRIPT, *check.modules)
+        return (python, "-c", _IMPORT_SCRIPT, *check.modules)
     raise ValueError(f"unknown acceptance check kind {check.kind!r} (known: command, pytest, ruff, import)")
 
 
@@ -104,7 +109,7 @@ def check_spec(task: TaskSpec, check: AcceptanceCheck, log_path: str) -> Process
     """The process that runs ``check`` for ``task``, output appended to ``log_path``.
 
     Raises ValueError for a kind this module does not know (the plan schema allows none)."""
-    argv = _argv(check)
+    argv = _argv(check, task_interpreter(task))
     env = dict(task_environment(task))
     if check.kind in ("pytest", "import") and "PYTHONDONTWRITEBYTECODE" not in dict(task.env):
         env["PYTHONDONTWRITEBYTECODE"] = "1"

@@ -4,8 +4,11 @@ A fresh interpreter per task costs ~30 ms; a warm worker serves a task in well u
 millisecond. What stays a process boundary: a task that hangs, leaks or crashes is killed
 *with its worker* and every process it started, and a new worker takes the worker's place.
 
-Processes. Each worker is ``python -E -c <bootstrap> adapters/pyworker.py`` (see
+Processes. Each worker is ``<python> -E -c <bootstrap> adapters/pyworker.py`` (see
 :mod:`adapters.pyworker`): a clean interpreter, not a fork of the runtime (which runs threads).
+``<python>`` is the task's interpreter (:attr:`CallSpec.python`: the project's, see
+:mod:`planning.interpreters`); a worker serves only tasks of its own interpreter, and the pool
+keeps, per interpreter, as many workers as its tasks ran at once.
 Workers are started through the runtime's :class:`ProcessReactor`, so they are ordinary
 supervised processes: own session and process group, watched through a pidfd, reaped by the
 reactor, their trees killed by ``_terminate`` when they end, sampled by psutil. Each carries a
@@ -50,6 +53,7 @@ import math
 import os
 import selectors
 import site
+import subprocess
 import sys
 import sysconfig
 import threading
@@ -116,6 +120,8 @@ class CallSpec:
     marker: tuple[str, str] | None = None
     # Upstream results passed as keyword arguments (see domain.results.inputs_wire).
     inputs: tuple[tuple[str, Any], ...] = ()
+    # The interpreter of the worker that runs it (the task's project's, or the runtime's own).
+    python: str = sys.executable
 
 
 def call_request(spec: CallSpec) -> dict[str, Any]:
@@ -147,6 +153,7 @@ class _Lease:
 @dataclass(eq=False, slots=True)
 class _Worker:
     token: str
+    python: str  # the interpreter it runs: it serves only tasks of that interpreter
     requests: int  # our end of the request pipe (non-blocking)
     replies: int  # our end of the reply pipe (non-blocking)
     pid: int = -1
@@ -189,8 +196,10 @@ class WorkerPool:
         self.sample_interval_s = sample_interval_s
         self.grace_s = grace_s
         # Installing or removing a package changes one of these directories: a worker started
-        # before that has stale modules (and .pth files) loaded, so it is replaced.
-        self.site_dirs = tuple(site_dirs if site_dirs is not None else _site_dirs())
+        # before that has stale modules (and .pth files) loaded, so it is replaced. Per
+        # interpreter; another interpreter's are asked of it once.
+        self._site_dirs: dict[str, tuple[str, ...]] = {
+            sys.executable: tuple(site_dirs if site_dirs is not None else _site_dirs())}
         self._lock = threading.Lock()  # guards _accepting, _closed and the order of commands
         self._accepting = False
         self._closed = True
@@ -201,7 +210,7 @@ class WorkerPool:
         # Pool-thread state.
         self._workers: dict[int, _Worker] = {}  # by pid, until the reactor reports its end
         self._idle: list[_Worker] = []  # last in, first out: the warmest worker serves next
-        self._wanted = 0  # the most tasks that ran at once: how many workers to keep
+        self._wanted: dict[str, int] = {}  # per interpreter, the most tasks that ran at once
         self._reporting = True
         self._stopping = False
         self._stop_deadline = math.inf
@@ -337,15 +346,20 @@ class WorkerPool:
 
     # -- workers -------------------------------------------------------------------------------
 
-    def _start_worker(self) -> _Worker | None:
-        """Start a worker through the reactor (from this thread: see the module docstring)."""
+    def _start_worker(self, python: str) -> _Worker | None:
+        """Start a worker of interpreter ``python`` through the reactor (from this thread: see
+        the module docstring). It runs pyworker.py by its path, with the standard library only,
+        so any python 3 can be a worker without orchestrate installed in it."""
+        if not os.access(python, os.X_OK):
+            log.warning("python worker could not start: no such interpreter", python=python)
+            return None
         req_r, req_w = os.pipe2(os.O_CLOEXEC)
         rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
         token = f"{os.getpid()}-{next(self._tokens)}"
-        worker = _Worker(token, req_w, rep_r, site_stamp=self._site_stamp())
+        worker = _Worker(token, python, req_w, rep_r, site_stamp=self._site_stamp(python))
         env = tuple((k, v) for k, v in environment_for((), {POOL_MARKER: token}) if k not in _ATTEMPT_VARIABLES)
         spec = ProcessSpec(
-            argv=(sys.executable, "-E", "-c", _BOOTSTRAP, str(_PYWORKER), str(req_r), str(rep_w), str(os.getpid())),
+            argv=(python, "-E", "-c", _BOOTSTRAP, str(_PYWORKER), str(req_r), str(rep_w), str(os.getpid())),
             cwd="/",
             env=env,
             log_path=self.log_path,
@@ -372,10 +386,13 @@ class WorkerPool:
         self._selector.register(rep_r, selectors.EVENT_READ, worker)
         return worker
 
-    def _replace(self) -> None:
-        """Keep as many live workers as tasks ran at once (not counting those being killed)."""
-        while not self._stopping and sum(not w.retiring for w in self._workers.values()) < self._wanted:
-            worker = self._start_worker()
+    def _replace(self, python: str) -> None:
+        """Keep as many live workers of ``python`` as its tasks ran at once (not counting
+        those being killed)."""
+        wanted = self._wanted.get(python, 0)
+        while not self._stopping and sum(
+                not w.retiring and w.python == python for w in self._workers.values()) < wanted:
+            worker = self._start_worker(python)
             if worker is None:
                 return
             self._idle.append(worker)
@@ -392,7 +409,7 @@ class WorkerPool:
         if why:
             log.info("python worker recycled", pid=worker.pid, reason=why)
         self.reactor.cancel(worker.pid, worker.create_time)
-        self._replace()
+        self._replace(worker.python)
 
     def _on_worker_exit(self, worker: _Worker, result: ProcessResult) -> None:
         """The reactor's report (on its thread) that a worker and its whole tree are gone."""
@@ -412,7 +429,7 @@ class WorkerPool:
         if not worker.retiring:
             log.warning("python worker died", pid=worker.pid, exit_code=result.exit_code, signal=result.signal,
                         busy=lease is not None)
-        self._replace()
+        self._replace(worker.python)
 
     def _lost(self, worker: _Worker, lease: _Lease, outcome: str, ended: ProcessResult | None = None) -> ProcessResult:
         """The result of a task whose worker ended under it."""
@@ -452,14 +469,16 @@ class WorkerPool:
         announced = False
         try:
             try:
-                worker = self._idle_worker() or self._start_worker()
+                worker = self._idle_worker(spec.python) or self._start_worker(spec.python)
             except OSError as error:  # out of descriptors for its pipes
                 worker = None
                 log.warning("python worker could not start", error=str(error))
             if worker is None:
                 announced = True
                 report_start(on_started, -1, 0.0)
-                self._report(on_exit, _spawn_error("the python worker could not be started (see the log)"))
+                why = ("the python worker could not be started (see the log)" if os.access(spec.python, os.X_OK)
+                       else f"the task's python interpreter {spec.python} does not exist or is not executable")
+                self._report(on_exit, _spawn_error(why))
                 return
             now = time.monotonic()
             lease = _Lease(
@@ -472,7 +491,8 @@ class WorkerPool:
                 log_cap=None if self.log_cap_bytes is None else CappedLog(spec.log_path, self.log_cap_bytes, now),
             )
             worker.lease = lease
-            self._wanted = max(self._wanted, sum(w.lease is not None and not w.retiring for w in self._workers.values()))
+            self._wanted[spec.python] = max(self._wanted.get(spec.python, 0), sum(
+                w.lease is not None and not w.retiring and w.python == spec.python for w in self._workers.values()))
             log_path = os.path.abspath(spec.log_path)
             request = {
                 "id": lease.id,
@@ -493,19 +513,23 @@ class WorkerPool:
                 self._report(on_exit, _spawn_error("the python task could not be handed to a worker (see the log)"))
             raise
 
-    def _idle_worker(self) -> _Worker | None:
-        """The warmest idle worker whose packages are current (others are replaced)."""
-        stamp = self._site_stamp() if self._idle else ()
-        while self._idle:
-            worker = self._idle.pop()
+    def _idle_worker(self, python: str) -> _Worker | None:
+        """The warmest idle worker of ``python`` whose packages are current (others are replaced)."""
+        mine = [worker for worker in self._idle if worker.python == python]
+        stamp = self._site_stamp(python) if mine else ()
+        while mine:
+            worker = mine.pop()
+            self._idle.remove(worker)
             if worker.site_stamp == stamp:
                 return worker
             self._retire(worker, why="packages were installed or removed since it started")
         return None
 
-    def _site_stamp(self) -> tuple[int, ...]:
+    def _site_stamp(self, python: str) -> tuple[int, ...]:
+        if python not in self._site_dirs:
+            self._site_dirs[python] = tuple(_site_dirs_of(python))
         stamp = []
-        for directory in self.site_dirs:
+        for directory in self._site_dirs[python]:
             try:
                 stamp.append(os.stat(directory).st_mtime_ns)
             except OSError:
@@ -672,6 +696,33 @@ def _site_dirs() -> list[str]:
     if site.ENABLE_USER_SITE:
         found.append(site.getusersitepackages())
     return [d for d in dict.fromkeys(os.path.realpath(p) for p in found) if os.path.isdir(d)]
+
+
+# Printed by another interpreter: its site-packages directories, as _site_dirs() finds ours.
+_SITE_DIRS_SCRIPT = """\
+import json, os, site, sysconfig
+paths = sysconfig.get_paths()
+found = [paths[key] for key in ("purelib", "platlib") if key in paths]
+found += getattr(site, "getsitepackages", lambda: [])()
+if site.ENABLE_USER_SITE:
+    found.append(site.getusersitepackages())
+print(json.dumps([d for d in dict.fromkeys(os.path.realpath(p) for p in found) if os.path.isdir(d)]))
+"""
+
+
+def _site_dirs_of(python: str) -> list[str]:
+    """``python``'s site-packages directories (asked of it, once per pool); none when it cannot
+    say, and then its workers are not replaced after an install."""
+    if python == sys.executable:
+        return _site_dirs()
+    try:
+        done = subprocess.run([python, "-E", "-c", _SITE_DIRS_SCRIPT], capture_output=True, text=True,
+                              timeout=30, check=True, stdin=subprocess.DEVNULL)
+        found = json.loads(done.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        log.warning("could not ask an interpreter for its site-packages", python=python)
+        return []
+    return [entry for entry in found if isinstance(entry, str)]
 
 
 def _spawn_error(text: str) -> ProcessResult:

@@ -22,9 +22,9 @@ from adapters.pycall import RESULT_PATH_ENV, result_path
 from adapters.spawn import env_path
 from domain.plan import TaskSpec
 from domain.results import ResultRef
+from planning.interpreters import venv_bin
 
 SHELL = "/bin/sh"
-_RUNTIME_BIN = os.path.dirname(sys.executable)
 _PYCALL = Path(__file__).with_name("pycall.py")
 # run_path, not ``-m`` or a script path: the child needs neither orchestrate installed nor
 # adapters/ on sys.path (which would shadow the user's modules); sys.path[0] stays the cwd.
@@ -62,21 +62,28 @@ def attempt_id(run_id: str, task_key: str, attempt: int) -> str:
     return f"{run_id}/{task_key}/{attempt}"
 
 
-def task_environment(task: TaskSpec) -> tuple[tuple[str, str], ...]:
-    """The runtime's environment plus the task's, with the runtime's interpreter first on PATH.
+def task_interpreter(task: TaskSpec) -> str:
+    """The python that runs ``task``'s python code and gates: the plan's choice (see
+    :mod:`planning.interpreters`), or the runtime's own for steps orchestrate built itself."""
+    return task.python or sys.executable
 
-    So ``python`` and tools installed beside orchestrate (pytest in its virtualenv) are the
-    ones a task finds, on any machine, without the user activating anything.
+
+def task_environment(task: TaskSpec) -> tuple[tuple[str, str], ...]:
+    """The runtime's environment plus the task's; when the task's interpreter is a
+    virtualenv's, that virtualenv's ``bin`` first on PATH (as if activated), so ``python``,
+    ``pytest``, ``pip`` in a command are the project's. Nothing of orchestrate's own is added.
     """
-    return _environment(task.env)
+    return _environment(task.env, task_interpreter(task))
 
 
 @functools.lru_cache(maxsize=256)
-def _environment(task_env: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+def _environment(task_env: tuple[tuple[str, str], ...], interpreter: str) -> tuple[tuple[str, str], ...]:
     # Cached: most tasks of a plan share one environment, and the runtime never changes its own.
     env = dict(task_env)
-    base = env.get("PATH", os.environ.get("PATH", ""))
-    env["PATH"] = os.pathsep.join(p for p in (_RUNTIME_BIN, base) if p)
+    first = venv_bin(interpreter)
+    if first is not None:
+        base = env.get("PATH", os.environ.get("PATH", ""))
+        env["PATH"] = os.pathsep.join(p for p in (first, base) if p)
     return environment_for(tuple(env.items()))
 
 
@@ -170,7 +177,7 @@ class PythonAdapter:
     def process_spec(self, task: TaskSpec, log_path: str,
                      inputs: tuple[tuple[str, ResultRef], ...] = ()) -> ProcessSpec:
         payload = json.dumps(call_request(self.call_spec(task, log_path, inputs)))
-        argv = (sys.executable, "-c", _PYCALL_BOOTSTRAP, str(_PYCALL), payload)
+        argv = (task_interpreter(task), "-c", _PYCALL_BOOTSTRAP, str(_PYCALL), payload)
         spec = _spec(task, argv, log_path, task.timeout_s)
         return replace(spec, env=spec.env + ((RESULT_PATH_ENV, result_path(log_path)),))
 
@@ -187,6 +194,7 @@ class PythonAdapter:
             timeout_s=task.timeout_s,
             memory_limit_mb=task.memory_limit_mb,
             inputs=inputs,
+            python=task_interpreter(task),
         )
 
 

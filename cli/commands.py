@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from cli import signals
 from cli.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli.foreground import Display, choose_mode
 from cli.logging import configure_logging
-from cli.output import existing_logs, paint, table, use_colour
+from cli.output import existing_logs, failure_allowed, paint, table, use_colour
 from cli.plans import format_plan_error, load, require_schemas
 from cli.plans import router as read_router
 from cli.reading import open_ledger
@@ -40,7 +41,7 @@ from domain.cache import CacheHit
 from domain.plan import Plan
 from domain.plan_change import compare
 from domain.routing import RouterConfig
-from domain.states import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, RunState, TaskState
+from domain.states import FAILURE_ALLOWED, TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, RunState, TaskState
 from messages.ledger import ReplacePlan
 from monitoring.logfile import StreamCapInvalid
 from persistence.store import DuplicateRun, Store, WriteStalled
@@ -315,19 +316,25 @@ def _print_summary(store: Store, run_id: str, state: str, counts: dict[str, int]
     failed (with why) and what is blocked, at most :data:`SUMMARY_LINES` of each; ``runs show``
     has them all."""
     tint = "green" if state == RunState.COMPLETED.value else "red"
-    parts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    failing = (TaskState.FAILED.value, TaskState.TIMEOUT.value)
+    failed = store.get_tasks(run_id, states=failing) if any(counts.get(s) for s in failing) else []
+    allowed = Counter(task["state"] for task in failed if failure_allowed(task))
+    shown = Counter({s: n - allowed[s] for s, n in counts.items()}) + Counter(
+        {f"{s} {FAILURE_ALLOWED}": n for s, n in allowed.items()})
+    parts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(shown.items()))
     cached = store.cached_count(run_id) if counts.get(TaskState.COMPLETED.value) else 0
     parts += f" ({cached} cached)" if cached else ""
     print(f"\nrun {run_id} {paint(state, tint, colour)} in {elapsed:.2f}s: {parts}")
     spent = store.get_events(run_id, types=("BUDGET_EXHAUSTED",)) if counts.get(TaskState.BLOCKED.value) else []
     if spent:
         print(f"  {spent[-1]['payload']['reason']}: agent steps were not started")
-    failing = (TaskState.FAILED.value, TaskState.TIMEOUT.value)
-    failed = store.get_tasks(run_id, states=failing) if any(counts.get(s) for s in failing) else []
     for task in failed[:SUMMARY_LINES]:
         attempts = store.get_attempts(run_id, task["task_key"])
         why = (attempts[-1].get("message") if attempts else "") or task["state"]
-        print(f"  {paint('✗', 'red', colour)} {task['task_key']}: {why}")
+        if failure_allowed(task):
+            print(f"  {paint('✗', 'yellow', colour)} {task['task_key']} {FAILURE_ALLOWED}: {why}")
+        else:
+            print(f"  {paint('✗', 'red', colour)} {task['task_key']}: {why}")
         for log in _logs_of(attempts[-1] if attempts else {}):
             print(f"      {paint('log: ' + log, 'dim', colour)}")
     if len(failed) > SUMMARY_LINES:
@@ -351,8 +358,8 @@ def _summary_json(store: Store, run_id: str, state: str, counts: dict[str, int],
     for task in store.get_tasks(run_id, states=failing) if any(counts.get(s) for s in failing) else []:
         attempts = store.get_attempts(run_id, task["task_key"])
         last = attempts[-1] if attempts else {}
-        failed.append({"task": task["task_key"], "state": task["state"], "message": last.get("message") or "",
-                       "logs": _logs_of(last)})
+        failed.append({"task": task["task_key"], "state": task["state"], "allowed": failure_allowed(task),
+                       "message": last.get("message") or "", "logs": _logs_of(last)})
     return {"state": state, "counts": counts, "elapsed_s": round(elapsed, 3), "failed": failed}
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from cli.costs import agent_costs, cost_line
 from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, CliError
-from cli.output import existing_logs, table
+from cli.output import existing_logs, state_label, table
 from domain.cache import CACHE_ADAPTER
 from persistence.db import DatabaseUnavailable, resolve_db_url, sqlite_file
 from persistence.migrate import init_db, open_db
@@ -152,7 +152,7 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
         rows.append((
             # A result reused from an earlier run shows as such, not as work done in this one.
             task["task_key"], "CACHED" if task["state"] == "COMPLETED" and task.get("adapter") == CACHE_ADAPTER
-            else task["state"], task["attempts"], task.get("adapter") or "",
+            else state_label(task), task["attempts"], task.get("adapter") or "",
             _duration(task), task.get("exit_code") if task.get("exit_code") is not None else "",
             _shown_path(next(iter(existing_logs(task["attempt_history"][-1].get("log_path") or "")), "")
                         if task["attempt_history"] else ""),
@@ -164,7 +164,7 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
         print("FAILURES")
         for task in failed:
             last = task["attempt_history"][-1] if task["attempt_history"] else {}
-            print(f"  ✗ {task['task_key']} {task['state']} (attempt {last.get('attempt', 0)}): "
+            print(f"  ✗ {task['task_key']} {state_label(task)} (attempt {last.get('attempt', 0)}): "
                   f"{task['last_message'] or 'no message'}")
             for log in existing_logs(last.get("log_path") or ""):
                 print(f"      log: {_shown_path(log)}")

@@ -163,6 +163,11 @@ class TaskSpec:
     resources: Resources | None = None
     # Agent tasks: no new attempt starts once the task's attempts have cost this much.
     max_cost_usd: float | None = None
+    # The python interpreter (absolute path) that runs the task's python code, gates and tools;
+    # None for steps orchestrate builds itself: they run with the runtime's own interpreter.
+    python: str | None = None
+    # A failure (FAILED or TIMEOUT) neither blocks the task's dependants nor fails the run.
+    allow_failure: bool = False
 
     @property
     def key(self) -> str:
@@ -203,6 +208,8 @@ class TaskSpec:
             **({"cache": self.cache} if self.cache is not None else {}),
             **({"resources": self.resources.to_json()} if self.resources is not None else {}),
             **({"max_cost_usd": self.max_cost_usd} if self.max_cost_usd is not None else {}),
+            **({"python": self.python} if self.python is not None else {}),
+            **({"allow_failure": True} if self.allow_failure else {}),
         }
 
     @classmethod
@@ -240,6 +247,8 @@ class TaskSpec:
             cache=data.get("cache"),
             resources=None if data.get("resources") is None else Resources.from_json(data["resources"]),
             max_cost_usd=data.get("max_cost_usd"),
+            python=data.get("python"),
+            allow_failure=bool(data.get("allow_failure", False)),
         )
 
 

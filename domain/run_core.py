@@ -71,9 +71,10 @@ from domain.run_events import (
     WorktreeReady,
     WorktreeWanted,
 )
-from domain.scheduling import RunBook, workstream_path
+from domain.scheduling import ALLOWED_FAILURE_STATES, RunBook, workstream_path
 from domain.states import (
     ACTIVE_TASK_STATES,
+    FAILURE_ALLOWED,
     TERMINAL_TASK_STATES,
     UNSUCCESSFUL_TASK_STATES,
     RunState,
@@ -267,6 +268,7 @@ class RunCore:
                 priorities={key: specs[key].priority for key in order},
                 workstream_of={key: specs[key].workstream_id for key in order},
                 states=dict(event.task_states),
+                allowed_failures=[key for key in order if specs[key].allow_failure],
             ),
             specs=specs,
             log_dir=event.log_dir,
@@ -597,15 +599,23 @@ class RunCore:
 
     # -- failure, blocking, quarantine -------------------------------------------------------------
     def _fail(self, run: _Run, key: str, verdict: Verdict, attempt: int, counted: bool = False) -> None:
-        """``key`` ends unsuccessfully; everything downstream that has not run is BLOCKED."""
+        """``key`` ends unsuccessfully; everything downstream that has not run is BLOCKED —
+        unless it is a failure ``key`` is allowed (``allow_failure``): then its dependants go on."""
         error_class = verdict.error_class or ErrorClass.TOOL_ERROR
         # A cancellation is a person's decision, not an error: never counted, however it came.
         if not counted and verdict.state is not TaskState.CANCELLED:
             self._count_error(run, key, error_class, verdict.message, "")
         run.book.forget_queued(key)
-        self._move(run, key, verdict.state, verdict.message, attempt)
+        allowed = key in run.book.allowed_failures and verdict.state in ALLOWED_FAILURE_STATES
+        reason = f"{FAILURE_ALLOWED} {verdict.message}" if allowed else verdict.message
+        self._move(run, key, verdict.state, reason, attempt)
         self._note(run, "TASK_FAILED", key, {"attempt": attempt, "state": verdict.state.value,
-                                             "error_class": error_class.value, "message": verdict.message})
+                                             "error_class": error_class.value, "message": verdict.message,
+                                             **({"allowed": True} if allowed else {})})
+        if allowed:
+            for dependant in run.book.ready_dependants(key):
+                self._queue(run, dependant)
+            return
         for dependant in run.book.blocked_by(key):
             self._block(run, dependant, f"dependency {key} ended {verdict.state.value}")
 
@@ -654,7 +664,13 @@ class RunCore:
         if not run.book.is_finished():
             return
         outcome = run.stop_state or run.book.run_outcome()
-        counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(run.book.counts().items()))
+        shown = Counter(run.book.counts())
+        for key in run.book.allowed_failures:
+            if run.book.failed_allowed(key):
+                state = run.book.states[key].value
+                shown[state] -= 1
+                shown[f"{state} {FAILURE_ALLOWED}"] += 1
+        counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(shown.items()) if n)
         said = run.stop_reason or run.budget_reason
         reason = f"{said}; {counts}" if said else counts
         self._note(run, "EXECUTION_FINISHED", None, {"state": outcome.value, "tasks": run.book.counts()})

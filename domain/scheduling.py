@@ -23,6 +23,9 @@ from domain.states import (
 
 _NOT_STARTED = frozenset({TaskState.PENDING, TaskState.QUEUED, TaskState.BLOCKED})
 _FAILURE_STATES = frozenset({TaskState.FAILED, TaskState.TIMEOUT, TaskState.CANCELLED})
+#: The ends of a task with ``allow_failure`` that count as settled: its dependants run, and
+#: the run is not failed by it. A cancel or a block is not a failure of the task's own.
+ALLOWED_FAILURE_STATES = frozenset({TaskState.FAILED, TaskState.TIMEOUT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,8 @@ class RunBook:
 
     ``deps`` maps every task key to the keys it waits for; ``priorities`` orders ready tasks
     (higher first, then the order the keys were given in, which the caller makes topological).
+    ``allowed_failures``: tasks whose failure (:data:`ALLOWED_FAILURE_STATES`) settles them as
+    a completion would — their dependants may start, their workstream and run are not failed.
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class RunBook:
         priorities: Mapping[str, int],
         workstream_of: Mapping[str, str],
         states: Mapping[str, str] | None = None,
+        allowed_failures: Iterable[str] = (),
     ) -> None:
         self.deps: dict[str, frozenset[str]] = {key: frozenset(d) for key, d in deps.items()}
         self.dependants: dict[str, list[str]] = {key: [] for key in self.deps}
@@ -56,13 +62,14 @@ class RunBook:
         self.states: dict[str, TaskState] = {
             key: TaskState((states or {}).get(key, TaskState.PENDING)) for key in self.deps
         }
+        self.allowed_failures = frozenset(allowed_failures)
         self._waiting = {
-            key: sum(1 for d in prerequisites if self.states[d] is not TaskState.COMPLETED)
+            key: sum(1 for d in prerequisites if not self.settled(d))
             for key, prerequisites in self.deps.items()
         }
         self._ws_counts: dict[str, Counter[TaskState]] = {}
         for key, state in self.states.items():
-            self._ws_counts.setdefault(self.workstream_of[key], Counter())[state] += 1
+            self._ws_counts.setdefault(self.workstream_of[key], Counter())[self._as_for_workstream(key, state)] += 1
         self._terminal = sum(1 for state in self.states.values() if state in TERMINAL_TASK_STATES)
         self.dirty_workstreams: set[str] = set(self._ws_counts)
         self._queue: list[tuple[int, int, str]] = []
@@ -73,21 +80,39 @@ class RunBook:
         """Move ``key`` to ``state`` (checked); returns the previous state."""
         previous = self.states[key]
         check_transition("task", previous, state, key)
+        was_settled = self.settled(key)
         self.states[key] = state
         counts = self._ws_counts[self.workstream_of[key]]
-        counts[previous] -= 1
-        counts[state] += 1
+        counts[self._as_for_workstream(key, previous)] -= 1
+        counts[self._as_for_workstream(key, state)] += 1
         self._terminal += (state in TERMINAL_TASK_STATES) - (previous in TERMINAL_TASK_STATES)
         self.dirty_workstreams.add(self.workstream_of[key])
-        # A run in the core never takes a completion back (only `execute --plan` does, in the
-        # ledger, before the run opens), so counts only ever go down.
-        if state is TaskState.COMPLETED and previous is not TaskState.COMPLETED:
+        # COMPLETED stays in the core (only `execute --plan` takes one back, in the ledger,
+        # before the run opens); an allowed failure does not (a retry or resume runs it
+        # again), and then its dependants wait for it again.
+        change = self.settled(key) - was_settled
+        if change:
             for dependant in self.dependants[key]:
-                self._waiting[dependant] -= 1
+                self._waiting[dependant] -= change
         return previous
 
+    def settled(self, key: str) -> bool:
+        """``key`` is COMPLETED, or ended in a failure it is allowed: its dependants may run."""
+        state = self.states[key]
+        return state is TaskState.COMPLETED or (key in self.allowed_failures and state in ALLOWED_FAILURE_STATES)
+
+    def failed_allowed(self, key: str) -> bool:
+        """``key`` failed, and is allowed to."""
+        return key in self.allowed_failures and self.states[key] in ALLOWED_FAILURE_STATES
+
+    def _as_for_workstream(self, key: str, state: TaskState) -> TaskState:
+        # An allowed failure leaves its workstream as a completion would (done, not failed).
+        if key in self.allowed_failures and state in ALLOWED_FAILURE_STATES:
+            return TaskState.COMPLETED
+        return state
+
     def ready_pending(self) -> list[str]:
-        """PENDING tasks whose prerequisites are all COMPLETED, in plan order."""
+        """PENDING tasks whose prerequisites are all settled (see :meth:`settled`), in plan order."""
         return [
             key
             for key, state in self.states.items()
@@ -95,7 +120,7 @@ class RunBook:
         ]
 
     def ready_dependants(self, key: str) -> list[str]:
-        """Dependants of ``key`` that became startable because ``key`` completed."""
+        """Dependants of ``key`` that became startable because ``key`` settled."""
         return [
             dependant
             for dependant in self.dependants[key]
@@ -169,7 +194,7 @@ class RunBook:
         return list(self._queued_adapter.values())
 
     def is_ready(self, key: str) -> bool:
-        """All of ``key``'s prerequisites are COMPLETED."""
+        """All of ``key``'s prerequisites are settled (see :meth:`settled`)."""
         return self._waiting[key] == 0
 
     # -- summaries ---------------------------------------------------------------------------
@@ -186,9 +211,10 @@ class RunBook:
         return self._terminal
 
     def run_outcome(self) -> RunState:
-        """How a finished run ends: all completed, none completed, or some of each."""
+        """How a finished run ends: all completed (allowed failures count as such), none
+        completed, or some of each."""
         completed = sum(1 for s in self.states.values() if s is TaskState.COMPLETED)
-        if completed == len(self.states):
+        if all(self.settled(key) for key in self.states):
             return RunState.COMPLETED
         if all(s is TaskState.CANCELLED or s is TaskState.COMPLETED for s in self.states.values()):
             return RunState.CANCELLED

@@ -51,6 +51,10 @@ class TaskState(StrEnum):
 
 EntityKind = Literal["run", "workstream", "task"]
 
+#: How the reason of a task that failed but may (``allow_failure``) begins; displays show its
+#: state as ``FAILED (allowed)``.
+FAILURE_ALLOWED = "(allowed)"
+
 _R = RunState
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     _R.PENDING: frozenset({_R.RUNNING, _R.ABANDONED, _R.CANCELLED}),

@@ -36,13 +36,18 @@ class WorkstreamSource:
 
     ``json_path`` is ``$`` for a single-workstream file and ``$.workstreams[i]`` in a bundle;
     ``defaults`` are the bundle's task defaults. ``data`` has a string ``id`` but may otherwise
-    break the schema.
+    break the schema. After matrix expansion (:mod:`planning.matrix`) ``task_indices`` holds,
+    for each task of ``data``, the index of the task it was written as, and ``groups`` maps a
+    matrix task's id to its expansions' ids. ``python`` is the bundle's ``python``, if any.
     """
 
     file: str
     json_path: str
     data: Mapping[str, Any]
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    task_indices: tuple[int, ...] = ()
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    python: Any = None
 
     @property
     def id(self) -> str:
@@ -54,7 +59,7 @@ class WorkstreamSource:
         if isinstance(tasks, list):
             for index, task in enumerate(tasks):
                 if isinstance(task, dict) and isinstance(task.get("id"), str):
-                    yield index, task
+                    yield (self.task_indices[index] if self.task_indices else index), task
 
     def depends_on(self) -> Iterator[tuple[int, str]]:
         return _strings(self.data.get("depends_on"))
@@ -131,7 +136,7 @@ def _unknown_dependencies(sources: Sequence[WorkstreamSource]) -> list[PlanIssue
     task_ids: dict[str, set[str]] = {}
     for source in sources:
         if source.id not in task_ids:
-            task_ids[source.id] = {task["id"] for _, task in source.tasks()}
+            task_ids[source.id] = {task["id"] for _, task in source.tasks()} | set(source.groups)
     # A listing sorts its names: made once per workstream, not once per bad reference.
     listings: dict[str | None, str] = {}
 
@@ -155,11 +160,13 @@ def _unknown_dependencies(sources: Sequence[WorkstreamSource]) -> list[PlanIssue
                 )
         for t_index, task in source.tasks():
             own = task_key(ws_id, task["id"])
+            # An expansion of a matrix task depending on its own task depends on itself.
+            own_group = task_key(ws_id, task["id"].partition("[")[0])
             # A repeated entry is the schema's complaint; its target is judged once.
             for d_index, ref in _first_mentions(task_depends_on(task)):
                 where = f"{source.json_path}.tasks[{t_index}].depends_on[{d_index}]"
                 dep_ws, _, dep_task = qualify(ws_id, ref).partition(TASK_KEY_SEPARATOR)
-                if qualify(ws_id, ref) == own:
+                if qualify(ws_id, ref) in (own, own_group):
                     issues.append(PlanIssue(source.file, where, f"task {own!r} depends on itself"))
                 elif dep_ws not in task_ids:
                     issues.append(
@@ -191,6 +198,7 @@ def _input_issues(sources: Sequence[WorkstreamSource]) -> list[PlanIssue]:
     """Each ``inputs`` entry must name a task this one depends on (so its result exists when
     this one starts), a tool that can take inputs, and no name a ``kwargs`` entry has too."""
     issues = []
+    groups = matrix_groups(sources)
     for source in sources:
         ws_deps = {dep for _, dep in source.depends_on()}
         for t_index, task in source.tasks():
@@ -203,7 +211,9 @@ def _input_issues(sources: Sequence[WorkstreamSource]) -> list[PlanIssue]:
                 issues.append(PlanIssue(source.file, where, f"task {own!r} has tool {task.get('tool')!r}, which "
                                         "takes no inputs; only python and shell tasks do"))
                 continue
-            deps = {qualify(source.id, ref) for _, ref in task_depends_on(task)}
+            # A dependency on a matrix task is one on each of its expansions.
+            deps = {key for _, ref in task_depends_on(task)
+                    for key in groups.get(qualify(source.id, ref), (qualify(source.id, ref),))}
             kwargs = task.get("kwargs") if isinstance(task.get("kwargs"), dict) else {}
             for name, ref in inputs.items():
                 if not isinstance(ref, str):
@@ -212,6 +222,10 @@ def _input_issues(sources: Sequence[WorkstreamSource]) -> list[PlanIssue]:
                 if name in kwargs:
                     issues.append(PlanIssue(source.file, f"{where}.{name}", f"input {name!r} of task {own!r} is "
                                             "also one of its kwargs; rename one of them"))
+                elif upstream in groups:
+                    issues.append(PlanIssue(source.file, f"{where}.{name}", f"input {name!r} of task {own!r} names "
+                                            f"the matrix task {upstream!r}, which has one result per expansion; "
+                                            f"name one of them, e.g. {groups[upstream][0]!r}"))
                 elif upstream not in deps and upstream.partition(TASK_KEY_SEPARATOR)[0] not in ws_deps:
                     issues.append(PlanIssue(source.file, f"{where}.{name}", f"input {name!r} of task {own!r} names "
                                             f"{upstream!r}, which is not a dependency of it; add {ref!r} to its "
@@ -255,11 +269,16 @@ def _task_cycles(
     for source in source_of.values():
         for index, data in source.tasks():
             tasks[task_key(source.id, data["id"])] = _TaskAt(source, index, data)
+    groups = matrix_groups(source_of.values())
+    # A dependency on the task itself (or, for an expansion, on its own matrix task) is
+    # reported as such, not as a cycle.
     explicit = {
         key: {
             dep
             for _, ref in task_depends_on(at.data)
-            if (dep := qualify(at.source.id, ref)) != key and dep in tasks
+            if qualify(at.source.id, ref) != key.partition("[")[0]
+            for dep in groups.get(qualify(at.source.id, ref), (qualify(at.source.id, ref),))
+            if dep != key and dep in tasks
         }
         for key, at in tasks.items()
     }
@@ -304,17 +323,28 @@ def _task_cycles(
         issues.append(
             PlanIssue(
                 at.source.file,
-                _dependency_path(at, target),
+                _dependency_path(at, target, groups),
                 f"cycle: {' -> '.join(members)} ({detail})",
             )
         )
     return issues
 
 
-def _dependency_path(at: _TaskAt, target: str) -> str:
-    """The JSON path of the ``depends_on`` entry of the task ``at`` that names ``target``."""
+def matrix_groups(sources: Iterable[WorkstreamSource]) -> dict[str, tuple[str, ...]]:
+    """Each matrix task's key (``ws/tests``) and its expansions' keys, across ``sources``."""
+    return {
+        task_key(source.id, group): tuple(task_key(source.id, member) for member in members)
+        for source in sources
+        for group, members in source.groups.items()
+    }
+
+
+def _dependency_path(at: _TaskAt, target: str, groups: Mapping[str, tuple[str, ...]]) -> str:
+    """The JSON path of the ``depends_on`` entry of the task ``at`` that names ``target`` (or
+    the matrix task it is an expansion of)."""
     d_index = next(
-        i for i, ref in task_depends_on(at.data) if qualify(at.source.id, ref) == target
+        i for i, ref in task_depends_on(at.data)
+        if target in groups.get(qualify(at.source.id, ref), (qualify(at.source.id, ref),))
     )
     return f"{at.source.json_path}.tasks[{at.index}].depends_on[{d_index}]"
 

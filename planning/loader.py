@@ -15,8 +15,10 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from planning.checks import WorkstreamSource, graph_issues, qualify
+from planning.checks import WorkstreamSource, graph_issues, matrix_groups, qualify
 from planning.errors import PlanError, PlanIssue
+from planning.interpreters import Interpreters
+from planning.matrix import expand_source
 from domain.plan import with_integration_steps, AcceptanceCheck, Plan, Resources, TaskSpec, Workstream
 from planning.schemas import describe_value, json_path, schema_issues
 
@@ -50,13 +52,18 @@ def load_plan(path: str | os.PathLike[str], tools: Collection[str] | None = None
             continue
         found = schema_issues(WORKSTREAM_SCHEMA, data)
         issues += [PlanIssue(label, where, message) for where, message in found]
-        sources += _workstreams_of(label, data)
+        for workstream in _workstreams_of(label, data):
+            expanded, matrix_issues = expand_source(workstream)
+            issues += matrix_issues
+            sources.append(expanded)
         if not found and isinstance(data, dict) and "workstreams" in data and "budget_usd" in data:
             budgets.append((label, float(data["budget_usd"])))
     if len({value for _, value in budgets}) > 1:
         issues += [PlanIssue(label, "$.budget_usd", "the run's budget is set differently in "
                              + ", ".join(other for other, _ in budgets if other != label) + "; set it once")
                    for label, _ in budgets]
+    interpreters = Interpreters(base_dir)
+    issues += _interpreter_issues(sources, interpreters)
     # Graph problems are found on whatever is usable despite schema errors, so one pass
     # reports everything; a place the schema already complains about gets only that complaint.
     located = {(issue.file, issue.json_path) for issue in issues}
@@ -67,9 +74,30 @@ def load_plan(path: str | os.PathLike[str], tools: Collection[str] | None = None
     ]
     if issues:
         raise PlanError(issues)
-    plan = Plan(tuple(_workstream(source, base_dir) for source in sources), source, base_dir,
+    groups = matrix_groups(sources)
+    plan = Plan(tuple(_workstream(source, base_dir, groups, interpreters) for source in sources), source, base_dir,
                 budget_usd=budgets[0][1] if budgets else None)
     return with_integration_steps(plan)
+
+
+def _interpreter_issues(sources: Sequence[WorkstreamSource], interpreters: Interpreters) -> list[PlanIssue]:
+    """Each ``python`` (bundle, workstream, task) that names no usable interpreter."""
+    issues: list[PlanIssue] = []
+    seen: set[tuple[str, str]] = set()
+
+    def check(file: str, where: str, value: Any) -> None:
+        if isinstance(value, str) and value and (file, where) not in seen:
+            seen.add((file, where))
+            _, problem = interpreters.named(value)
+            if problem:
+                issues.append(PlanIssue(file, where, problem))
+
+    for source in sources:
+        check(source.file, "$.python", source.python)
+        check(source.file, f"{source.json_path}.python", source.data.get("python"))
+        for index, task in source.tasks():
+            check(source.file, f"{source.json_path}.tasks[{index}].python", task.get("python"))
+    return issues
 
 
 def _unknown_tools(sources: Sequence[WorkstreamSource], tools: Collection[str] | None) -> list[PlanIssue]:
@@ -206,20 +234,24 @@ def _workstreams_of(label: str, data: Any) -> list[WorkstreamSource]:
         found = [(f"$.workstreams[{i}]", ws) for i, ws in enumerate(listed)] if isinstance(listed, list) else []
         defaults = data.get("defaults", {})
     return [
-        WorkstreamSource(label, where, ws, defaults)
+        WorkstreamSource(label, where, ws, defaults, python=data.get("python") if "workstreams" in data else None)
         for where, ws in found
         if isinstance(ws, dict) and isinstance(ws.get("id"), str)
     ]
 
 
-def _workstream(source: WorkstreamSource, base_dir: str) -> Workstream:
+def _workstream(source: WorkstreamSource, base_dir: str, groups: Mapping[str, tuple[str, ...]],
+                interpreters: Interpreters) -> Workstream:
     data = source.data
     repo = os.path.abspath(os.path.join(base_dir, data["repo"])) if "repo" in data else None
+    python = data.get("python", source.python)
     return Workstream(
         id=data["id"],
         title=data.get("title", ""),
         depends_on=tuple(data.get("depends_on", ())),
-        tasks=tuple(_task(data["id"], task, base_dir, source.defaults) for task in data["tasks"]),
+        tasks=tuple(_task(data["id"], task, base_dir, source.defaults, groups,
+                          _interpreter(task.get("python", python), repo, task, base_dir, interpreters))
+                    for task in data["tasks"]),
         source_file=source.file,
         repo=repo,
         isolation=data.get("isolation", "worktree" if repo else "none"),
@@ -234,8 +266,19 @@ def _workstream(source: WorkstreamSource, base_dir: str) -> Workstream:
     )
 
 
+def _interpreter(value: str | None, repo: str | None, task: Mapping[str, Any], base_dir: str,
+                 interpreters: Interpreters) -> str:
+    """The task's interpreter: the ``python`` written nearest to it, else its project's."""
+    if value is not None:
+        return interpreters.named(value)[0]
+    if repo is not None:
+        return interpreters.default(repo)
+    return interpreters.default_for_cwd(task.get("cwd", "."))
+
+
 def _task(
-    ws_id: str, data: Mapping[str, Any], base_dir: str, defaults: Mapping[str, Any]
+    ws_id: str, data: Mapping[str, Any], base_dir: str, defaults: Mapping[str, Any],
+    groups: Mapping[str, tuple[str, ...]], python: str,
 ) -> TaskSpec:
     timeout_s = data.get("timeout_s", defaults.get("timeout_s"))
     # A task's own settings win over its retry object, which wins over the plan's defaults.
@@ -251,8 +294,11 @@ def _task(
         kwargs=_pairs(data.get("kwargs", {})),
         prompt=data.get("prompt"),
         files=tuple(data.get("files", ())),
-        # "t" and "ws/t" name the same task; keep the first mention.
-        depends_on=tuple(dict.fromkeys(qualify(ws_id, ref) for ref in data.get("depends_on", ()))),
+        # "t" and "ws/t" name the same task; keep the first mention. A matrix task stands for
+        # all of its expansions.
+        depends_on=tuple(dict.fromkeys(
+            key for ref in data.get("depends_on", ())
+            for key in groups.get(qualify(ws_id, ref), (qualify(ws_id, ref),)))),
         # Floats throughout, so "60" and "60.0" in a file give the same plan hash.
         timeout_s=_float_or_none(timeout_s),
         cwd=os.path.abspath(os.path.join(base_dir, data.get("cwd", "."))),
@@ -276,6 +322,8 @@ def _task(
         cache=data.get("cache"),
         resources=Resources.from_json(data["resources"]) if "resources" in data else None,
         max_cost_usd=_float_or_none(data.get("max_cost_usd")),
+        python=python,
+        allow_failure=bool(data.get("allow_failure", False)),
     )
 
 

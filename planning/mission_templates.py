@@ -34,7 +34,7 @@ _SKIPPED_DIRS = (".git", ".venv", "venv", "node_modules")
 DAILY_CHECKS: tuple[tuple[str, str], ...] = (
     (
         "Byte-compile the Python sources",
-        r"python -m compileall -q -x '(^|/)(\.[^/]+|venv|node_modules)/' .",
+        r"python3 -m compileall -q -x '(^|/)(\.[^/]+|venv|node_modules)/' .",
     ),
     (
         "No merge-conflict markers",
@@ -159,7 +159,8 @@ def run_tests(params: TemplateParams) -> list[WorkflowStep]:
 
     # Discovery always lists test ids (``-q``), whatever quietness the run asks for.
     discover_args = [arg for arg in args if not _QUIET.match(arg)]
-    pytest = ["python", "-m", "pytest"]
+    # python3, not python: the project's virtualenv has both, a system without one only python3.
+    pytest = ["python3", "-m", "pytest"]
     return [
         WorkflowStep(
             id="discover",

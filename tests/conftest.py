@@ -101,6 +101,14 @@ def orchestrate(request, tmp_path):
     return run
 
 
+def link_project_venv(directory: Path) -> Path:
+    """Give ``directory`` a ``.venv`` that is the virtualenv running these tests (orchestrate's,
+    with pytest): what a project copied out of the checkout (the quickstart) finds there."""
+    link = directory / ".venv"
+    link.symlink_to(sys.prefix, target_is_directory=True)
+    return link
+
+
 @pytest.fixture
 def write_plan(tmp_path):
     """Write a workstream (or bundle) as JSON under tmp_path and return its path."""

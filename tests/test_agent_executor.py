@@ -125,7 +125,8 @@ class Run:
     def __init__(self, store: Store, tmp_path: Path, repo: Path, info: AdapterInfo, mode: str,
                  acceptance=(), cancel: bool = False, tool: str = "agent", **task) -> None:
         self.prompts_file = tmp_path / "prompts.txt"
-        document = {"id": "w", "tasks": [{
+        # The project's interpreter: the tests' own (pytest for the gates, python for the agent).
+        document = {"id": "w", "python": sys.executable, "tasks": [{
             "id": "code", "tool": tool, "prompt": f"Implement add in calc.py. MODE={mode}", "cwd": str(repo),
             "env": {"FAKE_AGENT_PROMPTS": str(self.prompts_file)}, "acceptance": list(acceptance), **task}]}
         path = tmp_path / "plan.json"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.aider_env import AIDER_VERSION, SKIP_ENV, aider_executable
-from tests.conftest import ROOT, ledger
+from tests.conftest import ROOT, ledger, link_project_venv
 from tests.fake_openai import FakeOpenAI, prompt_text, whole_edit
 
 pytestmark = pytest.mark.timeout(900)
@@ -42,6 +42,7 @@ def setup(tmp_path: Path, aider: Path, server: FakeOpenAI) -> Path:
     shutil.copytree(ROOT / "examples" / "quickstart" / "project", repo,
                     ignore=shutil.ignore_patterns("out", "__pycache__", ".orchestrate-report.xml"))
     (repo / "tests" / "test_shout.py").write_text(SHOUT_TEST)
+    link_project_venv(tmp_path)  # the gates' pytest: the plan's project's virtualenv
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "sample project")

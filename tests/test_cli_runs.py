@@ -7,13 +7,14 @@ import uuid
 
 import psutil
 
-from tests.conftest import ROOT, ledger, parse
+from tests.conftest import ROOT, ledger, link_project_venv, parse
 
 
 def test_quickstart_runs_to_completion_and_every_task_is_completed_with_timings(tmp_path, orchestrate, db_url):
     shutil.copytree(ROOT / "examples" / "quickstart", tmp_path / "quickstart",
                     ignore=shutil.ignore_patterns(".state", "out", "__pycache__"))
     where = tmp_path / "quickstart"
+    link_project_venv(where)  # in the checkout, the quickstart's project finds the checkout's .venv
     result = orchestrate("run", "plan", cwd=where)
     assert result.code == 0, result.out + result.err
     assert "completed" in result.out and "✓ report/announce" in result.out

@@ -137,10 +137,15 @@ def test_ui_attached_to_a_live_runtime_steers_it_through_the_socket(tmp_path, wr
                 return db.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()[0] == "completed"
 
         wait_until(finished, 60, what="the run to complete")
-        with ledger(tmp_path) as db:  # the dashboard was a socket client: audited as one, refusal too
-            audited = db.execute("SELECT via, accepted FROM audit_log WHERE run_id = ? AND command = 'approve' "
-                                 "ORDER BY id", (run_id,)).fetchall()
-        assert [tuple(row) for row in audited] == [("socket", 1), ("socket", 0)]
+        def audited() -> list[tuple] | None:
+            # The dashboard was a socket client: audited as one, refusal too. The refusal's row may
+            # be committed after the run's end (group commit): wait for it, don't race it.
+            with ledger(tmp_path) as db:
+                rows = db.execute("SELECT via, accepted FROM audit_log WHERE run_id = ? AND command = 'approve' "
+                                  "ORDER BY id", (run_id,)).fetchall()
+            return [tuple(row) for row in rows] if len(rows) >= 2 else None
+
+        assert wait_until(audited, 60, what="both approvals in the audit log") == [("socket", 1), ("socket", 0)]
     finally:
         if ui is not None:
             _stop(ui)

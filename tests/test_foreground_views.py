@@ -92,7 +92,7 @@ def test_json_lines_are_one_event_per_line_ending_with_the_committed_outcome(tmp
     failed = next(e for e in events if e.get("state") == "FAILED")
     assert failed["task"] == "build/compile" and failed["attempt"] == 1 and failed["detail"].endswith("syntax error")
     assert Path(failed["logs"][0]).read_text() == "warming up\nsyntax error\n"
-    assert events[-1]["failed"] == [{"task": "build/compile", "state": "FAILED", "message": failed["detail"],
+    assert events[-1]["failed"] == [{"task": "build/compile", "state": "FAILED", "allowed": False, "message": failed["detail"],
                                      "logs": failed["logs"]}]
     tasks = [e for e in events if e["event"] == "task"]
     assert all({"run", "task", "state", "attempt", "time", "done", "total"} <= e.keys() for e in tasks)
@@ -105,7 +105,8 @@ def test_a_failure_names_its_log_and_the_lines_that_matter_in_the_foreground_and
     project.mkdir()
     (project / "test_math.py").write_text("def test_sum():\n    assert sum([1, 1]) == 3\n\ndef test_ok():\n    pass\n")
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"id": "qa", "tasks": [
+    # The project has no virtualenv of its own: it uses the one the tests run in (pytest is there).
+    plan.write_text(json.dumps({"id": "qa", "python": sys.executable, "tasks": [
         {"id": "unit", "tool": "shell", "command": "true", "cwd": "project",
          "acceptance": [{"kind": "pytest", "args": ["-q", "-p", "no:cacheprovider"]}]},
         {"id": "direct", "tool": "shell", "command": "python -m pytest -q -p no:cacheprovider", "cwd": "project"}]})

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from actors.incremental import policies
 from planning.loader import load_plan
-from tests.conftest import ROOT, ledger
+from tests.conftest import ROOT, ledger, link_project_venv
 
 log = logging.getLogger(__name__)
 # Never cached by design: a task with nothing declared, a worktree workstream's work and merge.
@@ -46,6 +46,7 @@ def _reused(directory: Path, run_id: str) -> set[str]:
 def _quickstart(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "examples" / "quickstart", tmp_path / "quickstart",
                     ignore=shutil.ignore_patterns(".state", "out", "__pycache__", "sandbox"))
+    link_project_venv(tmp_path / "quickstart")  # in the checkout, the checkout's .venv (with pytest)
     return tmp_path / "quickstart"
 
 

@@ -177,7 +177,7 @@ def test_merges_into_one_branch_go_in_plan_order_whichever_workstream_finishes_f
     # first, yet ws-a (first in the plan) merges first, so ws-b is the one in conflict.
     plan.write_text(json.dumps({"workstreams": [
         {"id": "ws-a", "repo": "repo", "tasks": [{"id": "edit", "tool": "shell", "command":
-            f"python {waiter} {database} && printf 'line one\\nchanged by a\\nline three\\n' > shared.txt"}]},
+            f"{sys.executable} {waiter} {database} && printf 'line one\\nchanged by a\\nline three\\n' > shared.txt"}]},
         {"id": "ws-b", "repo": "repo", "tasks": [{"id": "edit", "tool": "shell", "command":
             "printf 'line one\\nchanged by b\\nline three\\n' > shared.txt"}]},
     ]}))

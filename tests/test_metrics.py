@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from control.client import ControlClient
 from domain.metrics import MetricsTally, tally_from_records
 from monitoring.exposition import MetricsAddressInvalid, MetricsView, exposition_text, parse_address, registry_of
-from tests.conftest import ORCHESTRATE, ROOT, ledger, wait_until
+from tests.conftest import ORCHESTRATE, ROOT, ledger, link_project_venv, wait_until
 
 TEN = ("requests_created", "requests_validated", "validation_errors", "tasks_executed", "task_success_rate",
        "task_duration_seconds", "retry_attempts", "circuit_breaker_state", "acceptance_test_pass_rate",
@@ -136,6 +136,7 @@ def quickstart(tmp_path_factory):
     """The quickstart, run once: its directory and run id."""
     where = tmp_path_factory.mktemp("metrics") / "quickstart"
     shutil.copytree(ROOT / "examples" / "quickstart", where, ignore=shutil.ignore_patterns(".state", "__pycache__"))
+    link_project_venv(where)  # in the checkout, the quickstart finds the checkout's .venv (with pytest)
     result = subprocess.run([sys.executable, str(ORCHESTRATE), "run", "plan", "-q"], cwd=where,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from control.client import ControlClient
-from tests.conftest import ORCHESTRATE, ROOT, wait_until
+from tests.conftest import ORCHESTRATE, ROOT, link_project_venv, wait_until
 
 
 def receipt_of(tmp_path: Path) -> dict:
@@ -21,6 +21,7 @@ def quickstart_project(tmp_path: Path) -> Path:
     target = tmp_path / "project"
     shutil.copytree(ROOT / "examples" / "quickstart" / "project", target,
                     ignore=shutil.ignore_patterns("out", "__pycache__", ".orchestrate-report.xml"))
+    link_project_venv(target)  # the project's own virtualenv (with pytest) runs its tests
     return target
 
 

@@ -122,8 +122,8 @@ def test_run_tests_discovers_executes_and_reports_in_the_target():
     assert ids(workflow) == ["discover", "execute", "report"]
     assert humans(workflow) == []
     discover, execute, report = workflow.steps
-    assert discover.command == "python -m pytest --collect-only -q"
-    assert execute.command == f"python -m pytest -q --junitxml={REPORT_FILE}"
+    assert discover.command == "python3 -m pytest --collect-only -q"
+    assert execute.command == f"python3 -m pytest -q --junitxml={REPORT_FILE}"
     assert execute.depends_on == ("discover",)
     assert execute.acceptance == (f"test -s {REPORT_FILE}",)
     assert (report.callable, report.args, report.command) == (REPORT_CALLABLE, (REPORT_FILE,), None)
@@ -139,8 +139,8 @@ def test_run_tests_args_select_tests_but_never_add_shell_syntax():
 
     discover, execute, _ = workflow.steps
     words = "-k 'a or b' ';' echo pwned '>' x"
-    assert discover.command == f"python -m pytest --collect-only -q {words}"
-    assert execute.command == f"python -m pytest -q {words} --junitxml=.orchestrate-report.xml"
+    assert discover.command == f"python3 -m pytest --collect-only -q {words}"
+    assert execute.command == f"python3 -m pytest -q {words} --junitxml=.orchestrate-report.xml"
 
 
 def test_run_tests_refuses_missing_target_naming_the_param():

@@ -249,7 +249,7 @@ def test_a_grandchild_that_calls_setsid_does_not_survive_timeout_or_cancel(tmp_p
 def test_a_task_over_its_memory_limit_is_killed_and_fails_resource_limit(tmp_path, orchestrate):
     plan = write_json(tmp_path / "plan.json", {"id": "w", "tasks": [
         {"id": "hog", "tool": "shell", "memory_limit_mb": 60, "timeout_s": 60,
-         "command": "python -c 'import time; x = bytearray(300 * 1024 * 1024); time.sleep(60)'"}]})
+         "command": "python3 -c 'import time; x = bytearray(300 * 1024 * 1024); time.sleep(60)'"}]})
     result = orchestrate("run", str(plan))
     assert result.code == 1
     attempt = ledger(tmp_path).execute("select status, error_class, max_rss_bytes, duration_s from step_attempts").fetchone()

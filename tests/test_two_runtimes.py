@@ -94,7 +94,9 @@ def test_two_runtimes_run_two_plans_at_once_on_one_ledger_and_a_third_shell_sees
         # Both driving at once, each its own run, as a third shell sees it.
         def both_driven() -> list[dict] | None:
             runs = runs_json(third, shared_env)
-            return runs if len(driven(runs, first.pid)) == 1 and len(driven(runs, second.pid)) == 1 else None
+            # A run's lease is taken before its status is committed as running: wait for both.
+            return runs if (len(driven(runs, first.pid)) == 1 and len(driven(runs, second.pid)) == 1
+                            and {r["status"] for r in runs} == {"running"}) else None
 
         both = wait_until(both_driven, timeout=120, what="both runtimes to drive their runs")
         assert {r["status"] for r in both} == {"running"} and len(both) == 2
