@@ -327,9 +327,17 @@ def resolve_handler(spec: str) -> Callable[[argparse.Namespace], int]:
     module_name, _, function = spec.partition(":")
     enabled = gc.isenabled()
     gc.disable()
+    # structlog imports rich's traceback and pretty-printing support whenever rich is installed
+    # (~35 ms of every command that logs), guarded by `except ImportError`; our logs are JSON
+    # lines and never use it. Hidden while commands import: the live view imports rich later.
+    hide_rich = "rich" not in sys.modules
+    if hide_rich:
+        sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` raises ImportError
     try:
         module = importlib.import_module(module_name)
     finally:
+        if hide_rich:
+            del sys.modules["rich"]
         if enabled:
             gc.freeze()
             gc.enable()
