@@ -1,7 +1,7 @@
 """A real project's CI through orchestrate (issue 15, acceptance 4).
 
 A small pure-Python package in its own git repository, with its own ``.venv`` holding a
-dependency that is not installed beside orchestrate (toolz) and pytest; a plan with a lint step
+dependency orchestrate does not need (toolz) and pytest; a plan with a lint step
 that may fail (and does), four test shards from one ``matrix``, a python task and a build — and
 not one interpreter path written in it. Everything really runs: the virtualenv is made with
 ``python -m venv`` and ``pip install`` (once per session; each project links to it), the shards
@@ -10,7 +10,6 @@ are pytest in that virtualenv, the build is ``pip wheel`` of the project's own p
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,7 +20,8 @@ import pytest
 
 from tests.conftest import ledger
 
-# Not a dependency of orchestrate, and not installed beside it: only the project's venv has it.
+# Not a dependency of orchestrate (the bench extra's dask brings it beside orchestrate, so the
+# test proves the interpreter by where the python task finds it, not by its absence here).
 DEPENDENCY = "toolz"
 
 PLAN = {
@@ -109,7 +109,6 @@ def test_a_projects_ci_runs_with_the_projects_own_interpreter_and_no_interpreter
         orchestrate, project):
     plan_text = (project / "ci.json").read_text()
     assert ".venv" not in plan_text and "bin/python" not in plan_text and sys.executable not in plan_text
-    assert importlib.util.find_spec(DEPENDENCY) is None, "the dependency must not be installed beside orchestrate"
 
     result = orchestrate("run", "ci.json", cwd=project, timeout=600)
 
