@@ -23,6 +23,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,15 @@ import structlog
 from sqlalchemy import Connection, Engine, bindparam, event, insert, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from domain.states import EntityKind, IllegalTransition, TaskState, check_transition, initial_state
+from domain.leases import Lease, LeaseOwner, expiry
+from domain.plan import Plan, canonical_json, sha256_of
+from domain.states import (
+    EntityKind,
+    IllegalTransition,
+    TaskState,
+    check_transition,
+    initial_state,
+)
 from messages.ledger import (
     AttemptFinished,
     AttemptStarted,
@@ -48,15 +57,13 @@ from messages.ledger import (
     TransitionTask,
     TransitionWorkstream,
 )
-from persistence.clock import utc_now_iso
-from domain.leases import Lease, LeaseOwner, expiry
 from persistence import leases
+from persistence.clock import utc_now_iso
 from persistence.errors import DuplicateAttempt, DuplicateRun, LeaseLost, UnknownEntity
 from persistence.models import Event, Run, Task, Workstream
 from persistence.reader import StateReader
 from persistence.state_cache import RunStates, StateCache, StateKey, load_run_states
 from persistence.writes import Transition, WriteBatch
-from domain.plan import Plan, canonical_json, sha256_of
 
 log = structlog.get_logger("orchestrate.store")
 
@@ -260,10 +267,8 @@ class Store:
                         task_ws.update((row["task_key"], row["ws_id"]) for row in rows)
                     self._connection.execute(insert(Event.__table__), events)
             except DBAPIError as error:
-                cause = stall_cause(error)
-                if cause is None:
-                    raise
-                raise WriteStalled(cause, self.database, str(error.orig)) from error
+                self._raise_if_stalled(error)
+                raise
         states: dict[StateKey, str] = {("run", run_id): run_row["status"]}
         states.update((("workstream", ws["ws_id"]), ws["status"]) for ws in workstreams)
         task_state = initial_state("task")
@@ -281,39 +286,25 @@ class Store:
         metadata = f'{{"request": {json.dumps(request_json)}, "plan": {plan.json_text()}}}'
         reason = "its definition changed: a plan applied with execute --plan"
         batch = WriteBatch()
-        with self._lock:
-            try:
-                with self._connection.begin():
-                    for key in rerun:
-                        refused = self._transition_task(TransitionTask(run_id, key, TaskState.PENDING, at,
-                                                                       reason=reason), batch)
-                        if refused is not None:
-                            raise refused.error
-                    batch.execute(self._connection)
-                    self._connection.execute(update(Run.__table__).where(Run.run_id == run_id).values(
-                        metadata_json=metadata, request_hash=request_json["request_hash"],
-                        plan_source=plan.source or None, updated_at=at))
-                    task = Task.__table__
-                    self._connection.execute(
-                        update(task).where(task.c.run_id == bindparam("b_run"), task.c.task_key == bindparam("b_key"))
-                        .values(spec_json=bindparam("b_spec")),
-                        [{"b_run": run_id, "b_key": t.key, "b_spec": canonical_json(t.to_json())} for t in plan.tasks])
-                    self._connection.execute(insert(Event.__table__), [_event_row(
-                        at, run_id, "PLAN_APPLIED", {"plan_source": plan.source, "changed": list(changed),
-                                                     "rerun": list(rerun),
-                                                     "request_hash": request_json["request_hash"]})])
-            except DBAPIError as error:
-                self._cache.rollback()
-                cause = stall_cause(error)
-                if cause is None:
-                    raise
-                raise WriteStalled(cause, self.database, str(error.orig)) from error
-            except BaseException:
-                self._cache.rollback()
-                raise
-            self._cache.commit()
-            if self._log is not None and batch.transitions:
-                self._mirror("".join(batch.log_lines()).encode())
+        with self._committing(batch):
+            for key in rerun:
+                refused = self._transition_task(TransitionTask(run_id, key, TaskState.PENDING, at,
+                                                               reason=reason), batch)
+                if refused is not None:
+                    raise refused.error
+            batch.execute(self._connection)
+            self._connection.execute(update(Run.__table__).where(Run.run_id == run_id).values(
+                metadata_json=metadata, request_hash=request_json["request_hash"],
+                plan_source=plan.source or None, updated_at=at))
+            task = Task.__table__
+            self._connection.execute(
+                update(task).where(task.c.run_id == bindparam("b_run"), task.c.task_key == bindparam("b_key"))
+                .values(spec_json=bindparam("b_spec")),
+                [{"b_run": run_id, "b_key": t.key, "b_spec": canonical_json(t.to_json())} for t in plan.tasks])
+            self._connection.execute(insert(Event.__table__), [_event_row(
+                at, run_id, "PLAN_APPLIED", {"plan_source": plan.source, "changed": list(changed),
+                                             "rerun": list(rerun),
+                                             "request_hash": request_json["request_hash"]})])
 
     # -- the ledger's entry point -----------------------------------------------------------
 
@@ -337,34 +328,20 @@ class Store:
             return []
         batch = WriteBatch()
         rejected: list[Rejected] = []
-        with self._lock:
-            try:
-                with self._connection.begin():
-                    lost = self._lost_runs(ops, fence_owner)
-                    for op in ops:
-                        if lost and getattr(op, "run_id", None) in lost and not isinstance(op, EventObserved):
-                            rejected.append(Rejected(op, f"run {op.run_id} was taken over by another runtime",
-                                                     LeaseLost(op.run_id)))
-                            continue
-                        handler = self._handlers.get(type(op))
-                        if handler is None:
-                            raise TypeError(f"not a ledger op: {op!r}")
-                        refusal = handler(op, batch)
-                        if refusal is not None:
-                            rejected.append(refusal)
-                    batch.execute(self._connection)
-            except DBAPIError as error:
-                self._cache.rollback()
-                cause = stall_cause(error)
-                if cause is None:
-                    raise
-                raise WriteStalled(cause, self.database, str(error.orig)) from error
-            except BaseException:
-                self._cache.rollback()
-                raise
-            self._cache.commit()
-            if self._log is not None and batch.transitions:
-                self._mirror("".join(batch.log_lines()).encode())
+        with self._committing(batch):
+            lost = self._lost_runs(ops, fence_owner)
+            for op in ops:
+                if lost and getattr(op, "run_id", None) in lost and not isinstance(op, EventObserved):
+                    rejected.append(Rejected(op, f"run {op.run_id} was taken over by another runtime",
+                                             LeaseLost(op.run_id)))
+                    continue
+                handler = self._handlers.get(type(op))
+                if handler is None:
+                    raise TypeError(f"not a ledger op: {op!r}")
+                refusal = handler(op, batch)
+                if refusal is not None:
+                    rejected.append(refusal)
+            batch.execute(self._connection)
         return rejected
 
     def _lost_runs(self, ops: Sequence[LedgerOp], fence_owner: str | None) -> set[str]:
@@ -420,6 +397,27 @@ class Store:
             except DBAPIError as error:
                 self._raise_if_stalled(error)
                 raise
+
+    @contextmanager
+    def _committing(self, batch: WriteBatch) -> Iterator[None]:
+        """One transaction under the write lock for what the body puts in ``batch`` and the
+        state cache: if it fails nothing is written, the cache is rolled back and a cause that
+        may pass is raised as :class:`WriteStalled`; once committed, the cache keeps its changes
+        and the batch's transitions are mirrored to the transitions log."""
+        with self._lock:
+            try:
+                with self._connection.begin():
+                    yield
+            except DBAPIError as error:
+                self._cache.rollback()
+                self._raise_if_stalled(error)
+                raise
+            except BaseException:
+                self._cache.rollback()
+                raise
+            self._cache.commit()
+            if self._log is not None and batch.transitions:
+                self._mirror("".join(batch.log_lines()).encode())
 
     def _raise_if_stalled(self, error: DBAPIError) -> None:
         cause = stall_cause(error)
