@@ -12,6 +12,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -286,13 +287,14 @@ class SchedulerActor(SupervisedActor):
                         self._said.append(RunProgress(effect.run_id, "", effect.state.value, at, effect.done,
                                                   effect.total, effect.reason, finished_run_state=effect.state.value))
                 case ReportAccepted():
-                    self._ledger(effect.report)
+                    self._ledger(replace(effect.report, cache_key=effect.cache_key) if effect.cache_key
+                                 else effect.report)
                 case AttemptOpened():
                     self._ledger(AttemptStarted(effect.run_id, effect.ws_id, effect.task_key, effect.attempt,
                                                 effect.adapter, at))
                 case AttemptClosed():
                     self._ledger(AttemptFinished.of(effect.run_id, effect.task_key, effect.attempt, effect.verdict, at,
-                                                      effect.duration_s))
+                                                      effect.duration_s, effect.result, effect.cache_key))
                 case ErrorCounted():
                     context = json.dumps({"gate_output": effect.gate_output[-2000:]}) if effect.gate_output else ""
                     self._ledger(ErrorObserved(effect.run_id, effect.ws_id, effect.task_key, effect.error_class,

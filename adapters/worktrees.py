@@ -532,6 +532,28 @@ def is_merged(repo: Path, branch: str, target: str) -> bool:
     return base == tip
 
 
+def merged_work_problem(repo: str, commit: str, target: str, reads: Sequence[str]) -> str:
+    """Why the work a workstream merged into ``target`` of ``repo`` as ``commit`` no longer
+    stands ("" when it does): ``commit`` must still be in ``target``, and nothing it reads
+    (``reads``: globs relative to the repository; its whole tree when empty) changed there since."""
+    root = Path(repo)
+    try:
+        tip = _try_resolve(root, _branch_ref(target) if target else "HEAD")
+        if tip is None:
+            return f"its target branch {target} is gone from {repo}"
+        if _try_resolve(root, commit) is None or not _is_ancestor(root, commit, tip):
+            return f"its merge commit {commit[:10]} is no longer in {target}"
+        pathspecs = [f":(glob){pattern}" for pattern in reads]
+        if _git(root, "diff", "--quiet", commit, tip, "--", *pathspecs, ok=(0, 1)).returncode:
+            if reads:
+                return f"what it reads changed in {target} since its merge ({commit[:10]})"
+            return (f"{target} changed since its merge ({commit[:10]}); with no files_in declared "
+                    "in the workstream, any change counts")
+    except GitError as error:
+        return f"its merge into {target} could not be checked: {error}"
+    return ""
+
+
 def has_uncommitted(path: Path, private: Sequence[str] = ()) -> bool:
     """Whether the checkout at ``path`` has changes git would show, ignored files and the
     ``private`` globs (what its set-up copied or linked in from the repository) aside."""

@@ -11,6 +11,13 @@ hashes of ``files_in`` at the moment the task starts, or the run is planned).
 A run **skips** a task (see :func:`decide`) when it is cacheable, was not forced, none of its
 dependencies runs, a COMPLETED attempt recorded the same key, and that attempt's ``files_out``
 are still there with the same hashes. Pure: the hashes and the ledger's hits are given.
+
+A **worktree workstream** is reused as a whole or not at all, and only when it says
+``"cache": true``: its tasks work in a worktree made for each run, so their keys hash no files
+(the files they read are the branch's); instead the earlier run's merge commit must still be in
+the target branch, with nothing the workstream reads changed since (checked by the caller, and
+given here as the merge step's hit's ``outputs_problem``). One task of it running makes every
+task of it run: half a workstream reused would leave a branch that never had the other half.
 """
 
 from __future__ import annotations
@@ -19,15 +26,18 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from domain.plan import INTEGRATION_TOOL, TaskSpec, sha256_of
+from domain.plan import INTEGRATION_TOOL, TaskSpec, Workstream, sha256_of
 from domain.results import ResultRef
 
 # The parts of a definition that change what a task produces; scheduling knobs (priority,
 # timeouts, retries, tags, metadata) and the cache switch itself do not.
 _DEFINING = ("tool", "command", "callable", "args", "kwargs", "prompt", "files", "cwd", "env", "acceptance",
              "kind", "inputs", "files_in", "files_out", "isolation")
-# Tools whose work is never taken from an earlier run: a person's decision, a merge.
-_NEVER_CACHED = frozenset({"human", INTEGRATION_TOOL})
+# What a worktree workstream adds to each of its tasks' definitions: where their work goes and
+# how their worktree is prepared.
+_WORKSTREAM_DEFINING = ("repo", "target_branch", "merge", "setup", "copy", "link")
+# Tools whose work is never taken from an earlier run: a person's decision.
+_NEVER_CACHED = frozenset({"human"})
 # Tools cached only when a task asks for it ("cache": true): coding agents.
 _OPT_IN = frozenset({"aider", "agent"})
 # The adapter name a reused attempt is recorded under.
@@ -58,17 +68,26 @@ class Decision:
     hit: CacheHit | None = None
 
 
-def cache_policy(spec: TaskSpec, in_worktree: bool = False) -> tuple[bool, str]:
-    """``(cacheable, why not)``. The default: a shell or python task is cacheable when it
-    declares ``files_in`` or ``inputs`` (otherwise its key could not see what it reads, and a
-    skip would be a guess); human steps and merges never are, coding agents only on request,
-    and no task of a worktree workstream (its work is a branch merged at the end)."""
+def cache_policy(spec: TaskSpec, worktree: Workstream | None = None) -> tuple[bool, str]:
+    """``(cacheable, why not)``; ``worktree``: the task's workstream when it works in a worktree.
+
+    The default: a shell or python task is cacheable when it declares ``files_in`` or
+    ``inputs`` (otherwise its key could not see what it reads, and a skip would be a guess);
+    human steps never are, coding agents only on request. The tasks of a worktree workstream
+    (its merge step included) are cacheable together when the workstream asks for it, whatever
+    they declare: its merge commit stands for what they did."""
     if spec.tool in _NEVER_CACHED:
         return False, f"{spec.tool} steps are never cached"
     if spec.cache is False:
         return False, "\"cache\": false"
-    if in_worktree:
-        return False, "tasks of a worktree workstream are never cached"
+    if worktree is not None:
+        if worktree.cache is not True:
+            return False, "a worktree workstream is cached only as a whole, with \"cache\": true on the workstream"
+        if worktree.merge != "merge":
+            return False, "a workstream whose branch is left for review is never cached (nothing was merged)"
+        return True, ""
+    if spec.tool == INTEGRATION_TOOL:
+        return False, f"{spec.tool} steps are never cached"
     if spec.cache is True:
         return True, ""
     if spec.tool in _OPT_IN:
@@ -78,10 +97,16 @@ def cache_policy(spec: TaskSpec, in_worktree: bool = False) -> tuple[bool, str]:
     return True, ""
 
 
-def definition_digest(spec: TaskSpec, tool_version: str = "") -> str:
-    """The digest of what ``spec`` asks for (see :data:`_DEFINING`) and the tool's version."""
+def definition_digest(spec: TaskSpec, tool_version: str = "", worktree: Workstream | None = None) -> str:
+    """The digest of what ``spec`` asks for (see :data:`_DEFINING`), the tool's version and,
+    for a task of a worktree workstream, where its work goes (see :data:`_WORKSTREAM_DEFINING`)."""
     data = spec.to_json()
-    return sha256_of({"definition": {name: data.get(name) for name in _DEFINING}, "tool_version": tool_version})
+    basis: dict[str, object] = {"definition": {name: data.get(name) for name in _DEFINING},
+                                "tool_version": tool_version}
+    if worktree is not None:
+        workstream = worktree.to_json(with_tasks=False)
+        basis["workstream"] = {name: workstream.get(name) for name in _WORKSTREAM_DEFINING}
+    return sha256_of(basis)
 
 
 def cache_basis(definition: str, dependency_keys: Sequence[str]) -> str:
@@ -93,6 +118,23 @@ def cache_basis(definition: str, dependency_keys: Sequence[str]) -> str:
 def cache_key(basis: str, files_in: Mapping[str, str]) -> str:
     """The task's cache key: its basis and the hashes of its ``files_in`` (``{path: sha256}``)."""
     return sha256_of({"basis": basis, "files_in": dict(sorted(files_in.items()))})
+
+
+def merge_result(commit: str, branch: str, target: str) -> str:
+    """The result a merge step records: the commit its workstream's work became in ``target``."""
+    return json.dumps({"commit": commit, "branch": branch, "target": target}, sort_keys=True)
+
+
+def merged_commit(result_json: str) -> tuple[str, str]:
+    """``(commit, target branch)`` of a merge step's recorded result; empty when it has none
+    (a merge recorded before merge results were)."""
+    try:
+        data = json.loads(result_json) if result_json else {}
+    except ValueError:
+        return "", ""
+    if not isinstance(data, dict):
+        return "", ""
+    return str(data.get("commit") or ""), str(data.get("target") or "")
 
 
 def outputs_problem(recorded_json: str, now: Mapping[str, str], empty: Collection[str]) -> str:
@@ -117,14 +159,32 @@ def decide(
     force: Collection[str] | None = None,
     force_all: bool = False,
     done: Collection[str] = (),
+    groups: Mapping[str, str] | None = None,
 ) -> list[Decision]:
     """For each task of ``order`` (dependencies first): run it, or reuse ``hits[key]``.
 
     A task runs when it is not cacheable (``policies``), is forced, depends on a task that
     runs, has no hit, or its hit's files_out no longer stand; everything else is reused.
     ``done``: tasks already completed in this run (kept; they count as not running).
+    ``groups``: task -> its worktree workstream; a group is reused whole or runs whole.
     """
-    forced = set(force or ())
+    groups = groups or {}
+    pulled: dict[str, str] = {}  # task -> why its group runs
+    while True:
+        decisions = _decide_once(order, deps, policies, keys, hits, set(force or ()), force_all, done, pulled)
+        running = {d.task_key: d.why for d in decisions if d.run}
+        more = {task: f"its worktree workstream {group} runs ({cause}: {running[cause]})"
+                for cause in running if (group := groups.get(cause)) is not None
+                for task, other in groups.items() if other == group and task not in running and task not in done}
+        if not more:
+            return decisions
+        pulled.update(more)
+
+
+def _decide_once(order: Sequence[str], deps: Mapping[str, Collection[str]],
+                 policies: Mapping[str, tuple[bool, str]], keys: Mapping[str, str], hits: Mapping[str, CacheHit],
+                 forced: Collection[str], force_all: bool, done: Collection[str],
+                 pulled: Mapping[str, str]) -> list[Decision]:
     runs: set[str] = set()
     decisions = []
     for task in order:
@@ -135,7 +195,9 @@ def decide(
         key = keys.get(task, "")
         running_dep = next((dep for dep in sorted(deps[task]) if dep in runs), None)
         hit = hits.get(key) if cacheable else None
-        if not cacheable:
+        if task in pulled:
+            why = pulled[task]
+        elif not cacheable:
             why = f"not cached: {why_not}"
         elif force_all or task in forced:
             why = "forced (--force)"

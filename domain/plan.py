@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os.path
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,6 +25,12 @@ INTEGRATION_TOOL = "integrate"
 def task_key(workstream_id: str, task_id: str) -> str:
     """The run-wide identity of a task: ``<workstream>/<task>``."""
     return f"{workstream_id}{TASK_KEY_SEPARATOR}{task_id}"
+
+
+def repo_relative(path: str, repo: str) -> str:
+    """Where in a worktree of ``repo`` a task whose cwd is ``path`` runs: ``path`` relative to
+    ``repo`` when it lies inside it, else ``"."`` (the root). Both absolute and resolved."""
+    return os.path.relpath(path, repo) if os.path.commonpath([path, repo]) == repo else "."
 
 
 def canonical_json(value: Any) -> str:
@@ -274,6 +281,8 @@ class Workstream:
     # "fail" (a conflicting merge fails the workstream) or "agent" (an agent resolves it).
     on_conflict: str = "fail"
     budget_usd: float | None = None
+    # A worktree workstream's merged work may be reused by a later run (see domain.cache).
+    cache: bool | None = None
 
     def extras_json(self) -> dict[str, Any]:
         """The fields added for agent fleets, only those set: plans written before them keep
@@ -288,6 +297,8 @@ class Workstream:
             extras["on_conflict"] = self.on_conflict
         if self.budget_usd is not None:
             extras["budget_usd"] = self.budget_usd
+        if self.cache is not None:
+            extras["cache"] = self.cache
         return extras
 
     def to_json(self, with_tasks: bool = True) -> dict[str, Any]:
@@ -323,6 +334,7 @@ class Workstream:
             ports=data.get("ports"),
             on_conflict=data.get("on_conflict") or "fail",
             budget_usd=data.get("budget_usd"),
+            cache=data.get("cache"),
         )
 
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from domain.breaker import BreakerChange, CircuitBreaker, CircuitState
-from domain.cache import CACHE_ADAPTER, CacheHit, cache_basis
+from domain.cache import CACHE_ADAPTER, CacheHit, cache_basis, cache_key, merge_result
 from domain.errors import ErrorClass, error_signature
 from domain.graph import task_dependencies, topological_order
 from domain.outcomes import Evidence, Verdict
-from domain.plan import INTEGRATION_TOOL, AcceptanceCheck, TaskSpec, Workstream
+from domain.plan import INTEGRATION_TOOL, AcceptanceCheck, TaskSpec, Workstream, repo_relative
 from domain.results import ResultRef
 from domain.retry import RetryPolicy
 from domain.retry_targets import NothingToRetry, retry_targets
@@ -412,9 +412,21 @@ class RunCore:
         spec = self._in_worktree(run, run.specs[key])
         log_path = attempt_log_path(run.log_dir, spec.workstream_id, spec.id, attempt)
         inputs = tuple((name, run.results.get(up, NO_RESULT)) for name, up in spec.inputs) if spec.inputs else ()
-        definition = run.definitions.get(key)
-        basis = cache_basis(definition, [run.keys.get(dep, "") for dep in run.book.deps[key]]) if definition else ""
+        # A worktree task's key hashes no files (see _lane_key): the executor has nothing to add.
+        basis = self._basis(run, key) if spec.workstream_id not in run.lanes else ""
         self._out.append(Dispatched(run.run_id, spec, attempt, adapter, log_path, inputs, basis))
+
+    def _basis(self, run: _Run, key: str) -> str:
+        """``key``'s cache key without its files (see :func:`domain.cache.cache_basis`); "" when
+        it is not cacheable."""
+        definition = run.definitions.get(key)
+        return cache_basis(definition, [run.keys.get(dep, "") for dep in run.book.deps[key]]) if definition else ""
+
+    def _lane_key(self, run: _Run, key: str) -> str:
+        """The cache key of a worktree workstream's task, known before it runs: the files it
+        reads are its branch's, vouched for by the workstream's merge (see domain.cache)."""
+        basis = self._basis(run, key) if run.specs[key].workstream_id in run.lanes else ""
+        return cache_key(basis, {}) if basis else ""
 
     def _stop_for_budget(self, run: _Run, key: str, reason: str) -> None:
         """``key`` may not start an agent attempt: a budget is spent. It and what waits on it
@@ -512,12 +524,14 @@ class RunCore:
         if event.cost_usd:
             run.costs[key] += event.cost_usd
         verdict = event.verdict
+        recorded_key = ""
         if verdict.state is TaskState.COMPLETED:
             if key in run.consumed:
                 run.results[key] = event.result or NO_RESULT
-            if event.cache_key:
-                run.keys[key] = event.cache_key
-        self._out.append(ReportAccepted(event.report))
+            recorded_key = event.cache_key or self._lane_key(run, key)
+            if recorded_key:
+                run.keys[key] = recorded_key
+        self._out.append(ReportAccepted(event.report, recorded_key if recorded_key != event.cache_key else ""))
         self._breaker_saw(running.adapter, verdict, run)
         if self.adapters.get(running.adapter) and self.adapters[running.adapter].type in AGENT_TYPES:
             run.agent_history.setdefault(run.specs[key].workstream_id, []).insert(0, running)
@@ -807,10 +821,7 @@ class RunCore:
         repo = lane.workstream.repo if lane is not None and lane.path else None
         if lane is None or not repo:
             return spec
-        cwd = os.path.realpath(spec.cwd or repo)
-        root = os.path.realpath(repo)
-        inside = os.path.commonpath([cwd, root]) == root
-        moved = os.path.join(lane.path, os.path.relpath(cwd, root)) if inside else lane.path
+        moved = os.path.join(lane.path, repo_relative(os.path.realpath(spec.cwd or repo), os.path.realpath(repo)))
         # The worktree's variables first: the task's own win.
         env = tuple(sorted((dict(lane.env) | dict(spec.env)).items())) if lane.env else spec.env
         return replace(spec, cwd=os.path.normpath(moved), env=env)
@@ -880,10 +891,17 @@ class RunCore:
                    "commit": event.commit, "conflicts": list(event.conflicts), "error": event.error}
         if event.resolve_path and self._resolve(run, key, running, event):
             return
+        result, merged_key = None, ""
         if event.merged:
             verdict = Verdict(TaskState.COMPLETED, None,
                               f"merged {event.branch} into {event.target} ({event.commit[:10]})")
             self._note(run, "WORKSTREAM_MERGED", None, payload)
+            result = ResultRef(merge_result(event.commit, event.branch, event.target))
+            merged_key = self._lane_key(run, key)
+            if merged_key:
+                run.keys[key] = merged_key
+            if key in run.consumed:
+                run.results[key] = result
         elif event.ws_id in run.resolution_tried and event.conflicts:
             why = (f"merge into {event.target} conflicts in {', '.join(event.conflicts)}; "
                    f"{event.error.rstrip('.') or 'not resolved'}; branch {event.branch} left for review")
@@ -900,7 +918,7 @@ class RunCore:
             verdict = Verdict(TaskState.COMPLETED, None, f"{event.branch} left for review")
             self._note(run, "BRANCH_LEFT", None, payload)
         took = self.now - running.began
-        self._out.append(AttemptClosed(run.run_id, key, running.attempt, verdict, took))
+        self._out.append(AttemptClosed(run.run_id, key, running.attempt, verdict, took, result, merged_key))
         self._conclude(run, key, running.attempt, verdict, took)
         self._next_merges(run)
         self._after_change(run)

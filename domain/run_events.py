@@ -271,9 +271,11 @@ class Announced:
 
 @dataclass(frozen=True, slots=True)
 class ReportAccepted:
-    """An executor's report is current: write ``report`` (its record) to the ledger as it is."""
+    """An executor's report is current: write ``report`` (its record) to the ledger as it is,
+    with ``cache_key`` as its key when given (a key the core knew before the attempt ran)."""
 
     report: Any
+    cache_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,13 +291,16 @@ class AttemptOpened:
 
 @dataclass(frozen=True, slots=True)
 class AttemptClosed:
-    """Record an attempt's end that no executor reported; ``duration_s`` None when unknown."""
+    """Record an attempt's end that no executor reported; ``duration_s`` None when unknown;
+    ``result`` and ``cache_key`` what a completed merge step produced and the key it had."""
 
     run_id: str
     task_key: str
     attempt: int
     verdict: Verdict
     duration_s: float | None = None
+    result: ResultRef | None = None
+    cache_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

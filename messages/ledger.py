@@ -13,6 +13,7 @@ from typing import Union
 from domain.errors import ErrorClass
 from domain.outcomes import Verdict
 from domain.plan import Plan
+from domain.results import ResultRef
 from domain.states import RunState, TaskState, WorkstreamState
 from messages.base import Message
 
@@ -117,10 +118,12 @@ class AttemptFinished(Message):
 
     @classmethod
     def of(cls, run_id: str, task_key: str, attempt: int, verdict: Verdict, at: str,
-           duration_s: float | None = None) -> AttemptFinished:
+           duration_s: float | None = None, result: ResultRef | None = None, cache_key: str = "") -> AttemptFinished:
         """An attempt's end that no executor reported (lost with its executor, a merge step)."""
         return cls(run_id, task_key, attempt, verdict.state, at, duration_s=duration_s,
-                   error_class=verdict.error_class, message=verdict.message)
+                   error_class=verdict.error_class, message=verdict.message,
+                   result_json=result.text if result else "", result_file=result.path if result else "",
+                   cache_key=cache_key)
 
 
 @dataclass(frozen=True, slots=True)

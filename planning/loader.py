@@ -263,6 +263,7 @@ def _workstream(source: WorkstreamSource, base_dir: str, groups: Mapping[str, tu
         ports=data.get("ports"),
         on_conflict=data.get("on_conflict", "fail"),
         budget_usd=_float_or_none(data.get("budget_usd")),
+        cache=data.get("cache"),
     )
 
 

@@ -3,13 +3,37 @@ domain.plan_change) and what the run core does with them — no threads, no file
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from domain.cache import CacheHit, cache_basis, cache_key, cache_policy, decide, definition_digest, outputs_problem
+from domain.cache import (
+    CacheHit,
+    cache_basis,
+    cache_key,
+    cache_policy,
+    decide,
+    definition_digest,
+    merge_result,
+    merged_commit,
+    outputs_problem,
+)
 from domain.outcomes import COMPLETED
+from domain.plan import INTEGRATION_TOOL, Workstream
 from domain.plan_change import compare
 from domain.results import ResultRef
-from domain.run_events import AttemptEnded, AttemptReused, Dispatched, TaskMoved
+from domain.run_events import (
+    AttemptBegan,
+    AttemptClosed,
+    AttemptEnded,
+    AttemptReused,
+    ChangesRecorded,
+    IntegrationEnded,
+    ReportAccepted,
+    TaskMoved,
+    WorktreeReady,
+    WorktreeWanted,
+)
 from domain.states import TaskState
 from tests.test_run_core import Harness, plan, task
 
@@ -30,9 +54,35 @@ def test_what_may_be_taken_from_an_earlier_run(fields, tool, cacheable, why):
     assert ok is cacheable and why in reason
 
 
-def test_no_task_of_a_worktree_workstream_is_cached():
-    assert cache_policy(task("a", "1", files_in=("x",)), in_worktree=True) == (
-        False, "tasks of a worktree workstream are never cached")
+def test_a_worktree_workstream_is_cached_only_as_a_whole_when_it_asks_and_merges():
+    agent, merge = task("a", "1", tool="agent"), task("a", "@merge", tool=INTEGRATION_TOOL)
+    asked = Workstream("a", repo="/repo", isolation="worktree", cache=True)
+    for spec in (agent, merge, task("a", "2")):
+        assert cache_policy(spec, asked) == (True, ""), "an agent, a merge, a task declaring nothing"
+    assert cache_policy(task("a", "2", files_in=("x",)), replace(asked, cache=None)) == (
+        False, 'a worktree workstream is cached only as a whole, with "cache": true on the workstream')
+    assert "left for review" in cache_policy(agent, replace(asked, merge="leave"))[1]
+    assert cache_policy(task("a", "3", tool="human"), asked)[0] is False
+    assert cache_policy(task("a", "4", cache=False), asked) == (False, '"cache": false')
+    assert cache_policy(merge) == (False, "integrate steps are never cached")
+
+
+def test_a_worktree_task_key_changes_with_where_its_work_goes():
+    spec = task("a", "1")
+    there = Workstream("a", repo="/repo", isolation="worktree", cache=True)
+    digests = {definition_digest(spec, "", ws) for ws in (
+        there, replace(there, target_branch="dev"), replace(there, setup=("make venv",)),
+        replace(there, repo="/other"))}
+    assert len(digests) == 4
+    assert definition_digest(spec, "", replace(there, title="renamed", budget_usd=3.0)) == \
+        definition_digest(spec, "", there), "a title or a budget changes nothing a task produces"
+    assert definition_digest(spec) != definition_digest(spec, "", there)
+
+
+def test_a_merge_result_carries_its_commit_and_target_and_anything_else_has_none():
+    assert merged_commit(merge_result("abc123", "orchestrate/r/f", "main")) == ("abc123", "main")
+    for recorded in ("", "[1]", "not json", '{"commit": null}'):
+        assert merged_commit(recorded) == ("", "")
 
 
 # -- the key ---------------------------------------------------------------------------------------
@@ -104,6 +154,28 @@ def test_a_hit_whose_outputs_changed_runs_and_tasks_done_in_the_run_are_kept():
     assert decisions[0].why == "completed earlier in this run" and decisions[2].why.startswith("its files_out")
 
 
+def test_a_worktree_workstream_is_reused_whole_or_runs_whole():
+    order = ["s/init", "f/edit", "f/docs", "f/@merge", "after/x"]
+    deps = {"s/init": set(), "f/edit": {"s/init"}, "f/docs": set(), "f/@merge": {"f/edit", "f/docs"},
+            "after/x": {"f/@merge"}}
+    policies = {key: (True, "") for key in order}
+    keys = {key: f"k-{key}" for key in order}
+    hits = {f"k-{key}": CacheHit(f"k-{key}", f"run-1/{key}/1") for key in order}
+    groups = {"f/edit": "f", "f/docs": "f", "f/@merge": "f"}
+    assert _runs(decide(order, deps, policies, keys, hits, groups=groups)) == []
+
+    gone = dict(hits) | {"k-f/@merge": CacheHit("k-f/@merge", "run-1/f/@merge/1",
+                                                   outputs_problem="its merge commit abc is no longer in main")}
+    decisions = decide(order, deps, policies, keys, gone, groups=groups)
+    assert _runs(decisions) == ["f/edit", "f/docs", "f/@merge", "after/x"], "the merge came last, all of f runs"
+    assert decisions[2].why == ("its worktree workstream f runs "
+                                "(f/@merge: its merge commit abc is no longer in main)")
+    assert _runs(decide(order, deps, policies, keys, hits, force=["f/docs"], groups=groups)) == order[1:]
+    assert _runs(decide(order, deps, policies, keys, hits, groups=groups, done=["f/edit"],
+                        force=["f/docs"])) == ["f/docs", "f/@merge", "after/x"], "what the run did is kept"
+    assert _runs(decide(order, deps, policies, keys, hits, force=["f/docs"])) == ["f/docs", "f/@merge", "after/x"]
+
+
 # -- the run core reusing results -------------------------------------------------------------------
 def test_the_core_completes_reused_tasks_without_dispatching_them_and_passes_their_result_on():
     h = Harness()
@@ -161,3 +233,37 @@ def test_changes_a_run_cannot_take_are_named():
     worktree = compare(plan(task("w", "1"), isolated=("w",)), plan(task("w", "1")))
     assert "task w/@merge was removed" in worktree.problems[0]
     assert any("workstream w changed its repo, isolation" in p for p in worktree.problems)
+
+
+def test_a_worktree_task_and_its_merge_record_keys_known_before_they_ran():
+    """Their files are the branch's: no executor hashes them, the core names the key, and the
+    merge's result is its commit, so a later run can check that commit is still merged."""
+    h = Harness()
+    edit = task("f", "edit")
+    the_plan = plan(edit, isolated=("f",))
+    definitions = {"f/edit": "def-edit", "f/@merge": "def-merge"}
+    h.open(the_plan, definitions=definitions)
+    assert [e for e in h.effects if isinstance(e, WorktreeWanted)] == [WorktreeWanted("r", "f", "/repo")]
+    h.feed(WorktreeReady("r", "f", "/wt/f"))
+    [dispatched] = h.dispatched()
+    assert dispatched.cache_basis == "", "the executor has no files to hash"
+    h.feed(AttemptBegan("r", "f/edit", 1))
+    h.feed(AttemptEnded("r", "f/edit", 1, COMPLETED, 0.1, report="the executor's report"))
+    out = h.feed(ChangesRecorded("r", "f/edit", 1))
+    edit_key = cache_key(cache_basis("def-edit", []), {})
+    assert ReportAccepted("the executor's report", edit_key) in out
+    h.feed(IntegrationEnded("r", "f", merged=True, branch="orchestrate/r/f", target="main", commit="c0ffee"))
+    [closed] = [e for e in h.effects if isinstance(e, AttemptClosed) and e.task_key == "f/@merge"]
+    assert closed.cache_key == cache_key(cache_basis("def-merge", [edit_key]), {})
+    assert merged_commit(closed.result.text) == ("c0ffee", "main")
+    assert h.finished().state.value == "completed"
+
+
+def test_a_reused_worktree_workstream_makes_no_worktree_and_merges_nothing():
+    h = Harness()
+    the_plan = plan(task("f", "edit"), task("g", "after", "f/@merge"), isolated=("f",))
+    cached = {key: CacheHit(f"k-{key}", f"run-0/{key}/1") for key in ("f/edit", "f/@merge")}
+    h.open(the_plan, cached=cached)
+    assert not [e for e in h.effects if isinstance(e, WorktreeWanted)]
+    assert [e.task_key for e in h.effects if isinstance(e, AttemptReused)] == ["f/edit", "f/@merge"]
+    assert [d.task.key for d in h.dispatched()] == ["g/after"]
