@@ -166,10 +166,14 @@ def decide(
     A task runs when it is not cacheable (``policies``), is forced, depends on a task that
     runs, has no hit, or its hit's files_out no longer stand; everything else is reused.
     ``done``: tasks already completed in this run (kept; they count as not running).
-    ``groups``: task -> its worktree workstream; a group is reused whole or runs whole.
+    ``groups``: task -> its worktree workstream; a group is reused whole or runs whole (what
+    of it was done in this run is kept, the rest runs).
     """
     groups = groups or {}
-    pulled: dict[str, str] = {}  # task -> why its group runs
+    # A group partly done in this run goes on in this run's worktree: the rest runs.
+    started = {groups[task] for task in done if task in groups}
+    pulled = {task: f"its worktree workstream {group} was partly done in this run"
+              for task, group in groups.items() if group in started and task not in done}
     while True:
         decisions = _decide_once(order, deps, policies, keys, hits, set(force or ()), force_all, done, pulled)
         running = {d.task_key: d.why for d in decisions if d.run}

@@ -174,6 +174,9 @@ def test_a_worktree_workstream_is_reused_whole_or_runs_whole():
     assert _runs(decide(order, deps, policies, keys, hits, groups=groups, done=["f/edit"],
                         force=["f/docs"])) == ["f/docs", "f/@merge", "after/x"], "what the run did is kept"
     assert _runs(decide(order, deps, policies, keys, hits, force=["f/docs"])) == ["f/docs", "f/@merge", "after/x"]
+    resumed = decide(order, deps, policies, keys, hits, groups=groups, done=["s/init", "f/edit"])
+    assert _runs(resumed) == ["f/docs", "f/@merge", "after/x"], "a workstream begun in this run is finished in it"
+    assert resumed[2].why == "its worktree workstream f was partly done in this run"
 
 
 # -- the run core reusing results -------------------------------------------------------------------
