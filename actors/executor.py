@@ -79,6 +79,7 @@ class _InFlight:
     pooled: bool = False  # a python worker runs the tool's callable
     cancelled: bool = False
     cache_key: str = ""  # its key, with files_in as they were when it started
+    files_in: dict[str, str] = field(default_factory=dict)  # their hashes then
     announced: bool = False  # the Scheduler heard AttemptStarted (executors that announce late)
 
 
@@ -153,8 +154,8 @@ class ExecutorActor(SupervisedActor):
             request=request, started=time.monotonic())
         if request.cache_basis:
             # What it reads, as it starts: hashed later, the key could vouch for content it never saw.
-            hashes, _ = hash_files(request.task.cwd or ".", request.task.files_in)
-            flight.cache_key = cache_key(request.cache_basis, hashes)
+            flight.files_in, _ = hash_files(request.task.cwd or ".", request.task.files_in)
+            flight.cache_key = cache_key(request.cache_basis, flight.files_in)
         return flight
 
     def _start(self, request: ExecuteTask) -> None:
@@ -271,8 +272,24 @@ class ExecutorActor(SupervisedActor):
             SCHEDULER,
             attempt_finished(key, verdict, flight.started, tool=flight.tool_result, gate_output=gate_output,
                              result_json=result.text, result_file=result.path, outputs_json=outputs,
-                             cache_key=flight.cache_key if verdict.state is TaskState.COMPLETED else ""),
+                             cache_key=self._key_that_stands(flight) if verdict.state is TaskState.COMPLETED else ""),
         )
+
+    @staticmethod
+    def _key_that_stands(flight: _InFlight) -> str:
+        """The attempt's key, unless a file it reads changed while it ran (another task, or a
+        person, wrote it): what it produced then matches neither version, so no later run may
+        reuse it under either."""
+        if not flight.cache_key:
+            return ""
+        task = flight.request.task
+        now, _ = hash_files(task.cwd or ".", task.files_in)
+        if now == flight.files_in:
+            return flight.cache_key
+        changed = sorted(path for path in set(now) | set(flight.files_in) if now.get(path) != flight.files_in.get(path))
+        log.warning("files_in_changed_while_running", run_id=flight.request.run_id, task=task.key,
+                    attempt=flight.request.attempt, changed=changed[:10], consequence="not cached")
+        return ""
 
     def _returns_value(self, request: ExecuteTask) -> bool:
         """Whether ``request``'s tool is a callable, whose return value (or its absence) counts."""

@@ -99,6 +99,26 @@ def _commits(repo: Path) -> list[str]:
                           check=True).stdout.split()
 
 
+def test_a_task_whose_files_in_changed_while_it_ran_records_no_key_and_is_not_reused(
+        tmp_path, orchestrate, write_plan):
+    """A formatter fixing the files it reads, or another task writing them: what it produced
+    matches neither version, so no later run may reuse it; once they hold still, it is cached."""
+    (tmp_path / "code.txt").write_text("untidy\n")
+    plan = write_plan({"id": "w", "tasks": [
+        {"id": "format", "tool": "shell", "command": "grep -q tidy-now code.txt || echo tidy-now >> code.txt",
+         "files_in": ["code.txt"]}]})
+    first = orchestrate("run", str(plan))
+    assert first.code == 0, first.out + first.err
+    recorded = ledger(tmp_path).execute("select cache_key from step_attempts where run_id = ?",
+                                        (_run_id(first.out),)).fetchone()[0]
+    assert recorded is None
+    second = orchestrate("run", str(plan))
+    assert _worked(tmp_path, _run_id(second.out)) == {"w/format"}, "the tidied file is new to the cache"
+    third = orchestrate("run", str(plan))
+    assert _reused(tmp_path, _run_id(third.out)) == {"w/format"}, "unchanged while it ran: cached"
+    assert "files_in_changed_while_running" in (tmp_path / ".state" / "logs" / "executor.jsonl").read_text()
+
+
 def test_explain_force_and_a_deleted_output_decide_what_runs(tmp_path, orchestrate, write_plan):
     (tmp_path / "src.txt").write_text("hello\n")
     plan = write_plan({"id": "w", "tasks": [
