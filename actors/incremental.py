@@ -13,7 +13,7 @@ import platform
 from collections.abc import Collection
 
 from adapters.files import hash_files
-from adapters.worktrees import merged_work_problem
+from adapters.merges import merged_work_problem
 from domain.cache import (
     CacheHit,
     Decision,

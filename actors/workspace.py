@@ -28,29 +28,36 @@ import structlog
 
 from actors.base import SupervisedActor
 from actors.directory import LEDGER, SCHEDULER, Directory
-from adapters.process import ProcessReactor, ProcessSpec
-from adapters.tools import MARKER_RUN, SHELL, task_environment
-from adapters.worktree_setup import SetupError, carry_into, mark_setup_done, ports_free, setup_done
-from adapters.worktrees import (
+from adapters.git import WorktreeError, with_trailers
+from adapters.merges import (
     Integration,
-    Worktree,
-    WorktreeError,
-    capture_changes,
-    commit_all,
     conflict_markers,
-    current_branch,
-    discard_uncommitted,
     drop_integration,
-    ensure_worktree,
     finish_integration,
-    head,
-    ignored_paths,
     merge_check,
     merge_into,
-    remove_worktree,
     start_integration,
+)
+from adapters.process import ProcessReactor, ProcessSpec
+from adapters.tools import MARKER_RUN, SHELL, task_environment
+from adapters.worktree_setup import (
+    SetupError,
+    carry_into,
+    mark_setup_done,
+    ports_free,
+    setup_done,
+)
+from adapters.worktrees import (
+    Worktree,
+    capture_changes,
+    commit_all,
+    current_branch,
+    discard_uncommitted,
+    ensure_worktree,
+    head,
+    ignored_paths,
+    remove_worktree,
     store_patch,
-    with_trailers,
 )
 from domain.outcomes import ProcessResult, describe_outcome
 from domain.plan import TaskSpec

@@ -3,18 +3,11 @@
 Each unit of work gets its own git worktree at ``<root>/<run_id>/<ws_id>`` on its own branch
 ``orchestrate/<run_id>/<ws_id>``, made from a base commit that is resolved once and recorded.
 What a task changed is captured as ``git add -A`` + ``git diff --cached`` against a commit
-(name/status list and a binary patch); finished work is committed and merged back with
-``git merge-tree --write-tree`` + ``git commit-tree`` + a compare-and-swap ``git update-ref``,
-so a conflict check never touches any working tree.
+(name/status list and a binary patch) and committed with plumbing (``write-tree``/
+``commit-tree``/``update-ref``). Merging finished work back is :mod:`adapters.merges`; how
+git is run (environment, identity, errors) is :mod:`adapters.git`.
 
-Pure git plumbing: synchronous, no threads, no database. Every git call runs with an explicit
-argv (never a shell), ``GIT_TERMINAL_PROMPT=0``, ``LC_ALL=C``, stdin closed, and without the
-repository-locating variables (``GIT_DIR``, ``GIT_INDEX_FILE``…) a parent git might have set.
-Commits are made with the repository's own identity (``user.name``/``user.email`` as git
-config gives them there), or the author named by ``ORCHESTRATE_GIT_AUTHOR`` (``Name <email>``),
-falling back to ``orchestrate <orchestrate@localhost>`` only where no identity is configured;
-never signed and never running hooks, so they work on any machine.
-A failing git command raises :class:`GitError`.
+Pure git plumbing: synchronous, no threads, no database.
 
 The base commit of a worktree is recorded as the ref ``refs/orchestrate/base/<run_id>/<ws_id>``
 in the shared repository rather than in a file inside the worktree's admin directory: a ref
@@ -30,136 +23,26 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shlex
-import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-__all__ = [
-    "BASE_REF_PREFIX",
-    "BRANCH_PREFIX",
-    "Changes",
-    "FileChange",
-    "GitError",
-    "Integration",
-    "MergeCheck",
-    "MergeConflict",
-    "TargetDirty",
-    "Worktree",
-    "WorktreeEntry",
-    "WorktreeError",
-    "branch_name",
-    "capture_changes",
-    "commit_all",
-    "commit_identity",
-    "conflict_markers",
-    "drop_integration",
-    "ensure_worktree",
-    "finish_integration",
-    "has_uncommitted",
-    "head",
-    "ignored_paths",
-    "is_merged",
-    "list_worktrees",
-    "merge_check",
-    "merge_into",
-    "orchestrate_branches",
-    "remove_worktree",
-    "start_integration",
-    "store_patch",
-    "with_trailers",
-]
+from adapters.git import (
+    DIFF_OPTIONS,
+    GitError,
+    branch_ref,
+    commit_config,
+    git,
+    git_out,
+    is_ancestor,
+    resolve_commit,
+    try_resolve,
+)
 
 BRANCH_PREFIX = "orchestrate"
 BASE_REF_PREFIX = "refs/orchestrate/base"
-FALLBACK_IDENTITY = ("orchestrate", "orchestrate@localhost")
-AUTHOR_ENV = "ORCHESTRATE_GIT_AUTHOR"
-# Commits are plumbing: never signed (a signing prompt would hang or fail headless).
-_NO_SIGNING = ("-c", "commit.gpgSign=false")
-# Diff output that `git apply` understands whatever the user's diff.* configuration says.
-_DIFF_OPTIONS = (
-    "--no-color",
-    "--no-ext-diff",
-    "--no-textconv",
-    "--find-renames",
-    "--src-prefix=a/",
-    "--dst-prefix=b/",
-    "--no-relative",
-)
-_TIMEOUT_S = 300.0
-# Variables that make git look somewhere other than `-C <dir>` (as `git rev-parse --local-env-vars`).
-_LOCAL_ENV_VARS = frozenset(
-    {
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-        "GIT_CONFIG",
-        "GIT_CONFIG_PARAMETERS",
-        "GIT_CONFIG_COUNT",
-        "GIT_OBJECT_DIRECTORY",
-        "GIT_DIR",
-        "GIT_WORK_TREE",
-        "GIT_IMPLICIT_WORK_TREE",
-        "GIT_GRAFT_FILE",
-        "GIT_INDEX_FILE",
-        "GIT_NO_REPLACE_OBJECTS",
-        "GIT_REPLACE_REF_BASE",
-        "GIT_PREFIX",
-        "GIT_INTERNAL_SUPER_PREFIX",
-        "GIT_SHALLOW_FILE",
-        "GIT_COMMON_DIR",
-        "GIT_NAMESPACE",
-    }
-)
-
-
-# ----------------------------------------------------------------------------------------------
-# Errors
-
-
-class WorktreeError(Exception):
-    """Base class of everything this module raises on purpose."""
-
-
-class GitError(WorktreeError):
-    """A git command failed. ``argv`` is exactly what ran; ``returncode`` is None on a timeout."""
-
-    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: str | bytes) -> None:
-        if isinstance(stderr, bytes):
-            stderr = stderr.decode("utf-8", "replace")
-        self.argv = tuple(argv)
-        self.returncode = returncode
-        self.stderr = stderr.strip()
-        status = "timed out" if returncode is None else f"exit code {returncode}"
-        detail = f": {self.stderr}" if self.stderr else ""
-        super().__init__(f"{shlex.join(self.argv)} failed ({status}){detail}")
-
-
-class TargetDirty(GitError):
-    """The merge target is checked out in a worktree that cannot be updated with the merge
-    (staged changes, or local edits / untracked files where the merge changes files).
-    Nothing was changed: the target branch still points where it did. Its text is the reason
-    for a person (the git command stays in ``argv``)."""
-
-    def __str__(self) -> str:
-        return self.stderr
-
-
-class MergeConflict(WorktreeError):
-    """The branch does not merge cleanly into the target; nothing was changed."""
-
-    def __init__(self, target: str, branch: str, conflicts: Sequence[str], messages: str = "") -> None:
-        self.target = target
-        self.branch = branch
-        self.conflicts = tuple(conflicts)
-        self.messages = messages
-        listed = ", ".join(self.conflicts) or "(see messages)"
-        super().__init__(f"merging {branch} into {target} conflicts in: {listed}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Results
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +62,7 @@ class Worktree:
     # files copied in (secrets such as .env) and links made by the worktree's set-up, that git
     # does not ignore already (git refuses a pathspec naming an ignored file).
     private: tuple[str, ...] = ()
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +92,7 @@ class FileChange:
         return data
 
 
+
 @dataclass(frozen=True, slots=True)
 class Changes:
     """Everything staged in a worktree relative to ``since`` (a full commit sha).
@@ -228,21 +113,6 @@ class Changes:
     def patch_sha256(self) -> str:
         return hashlib.sha256(self.patch).hexdigest()
 
-
-@dataclass(frozen=True, slots=True)
-class MergeCheck:
-    """Result of a trial merge of ``branch`` into ``target`` (no working tree touched).
-
-    ``clean`` — it merges without conflicts; ``tree`` is then the merged tree's sha (None when
-    not clean). ``conflicts`` are the conflicting paths (sorted, unique). ``target_commit`` and
-    ``branch_commit`` are the exact commits that were merged; ``messages`` is git's text."""
-
-    clean: bool
-    tree: str | None
-    conflicts: tuple[str, ...]
-    target_commit: str = ""
-    branch_commit: str = ""
-    messages: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,66 +137,6 @@ class WorktreeEntry:
             return None
         parts = self.branch[len(prefix):].split("/")
         return (parts[0], parts[1]) if len(parts) == 2 else None
-
-
-# ----------------------------------------------------------------------------------------------
-# Running git
-
-
-def _environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _LOCAL_ENV_VARS}
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    env["LC_ALL"] = "C"
-    env.pop("LANGUAGE", None)
-    return env
-
-
-def _git(
-    cwd: Path,
-    *args: str,
-    ok: Iterable[int] = (0,),
-    config: Sequence[str] = (),
-    timeout: float = _TIMEOUT_S,
-) -> subprocess.CompletedProcess[bytes]:
-    """Run ``git -C cwd [config] args``; raise GitError unless the exit code is in ``ok``."""
-    argv = ["git", *config, "-C", str(cwd), *args]
-    try:
-        done = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=_environment(),
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise GitError(argv, None, exc.stderr or f"no answer within {timeout:g} s") from None
-    except FileNotFoundError:
-        raise GitError(argv, 127, "the git executable was not found on PATH") from None
-    if done.returncode not in tuple(ok):
-        raise GitError(argv, done.returncode, done.stderr)
-    return done
-
-
-def _out(cwd: Path, *args: str, **kwargs: Any) -> str:
-    return _git(cwd, *args, **kwargs).stdout.decode("utf-8", "surrogateescape").strip()
-
-
-def _resolve_commit(repo: Path, rev: str) -> str:
-    return _out(repo, "rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}")
-
-
-def _try_resolve(repo: Path, ref: str) -> str | None:
-    done = _git(repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}", ok=(0, 1))
-    return done.stdout.decode().strip() if done.returncode == 0 else None
-
-
-def _is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
-    return _git(repo, "merge-base", "--is-ancestor", ancestor, descendant, ok=(0, 1)).returncode == 0
-
-
-def _branch_ref(name: str) -> str:
-    return name if name.startswith("refs/") else f"refs/heads/{name}"
 
 
 def _check_id(kind: str, value: str) -> None:
@@ -358,43 +168,12 @@ def _same_path(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def commit_identity(repo: Path, env: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """``(name, email)`` commits in ``repo`` are made as: ``ORCHESTRATE_GIT_AUTHOR``
-    (``Name <email>``) when set, else the repository's configured ``user.name`` and
-    ``user.email`` (its own config, the user's global one, the system's: as git reads them),
-    else :data:`FALLBACK_IDENTITY` for whatever is missing. Raises WorktreeError for a malformed
-    ``ORCHESTRATE_GIT_AUTHOR``."""
-    configured = (os.environ if env is None else env).get(AUTHOR_ENV, "").strip()
-    if configured:
-        name, _, rest = configured.partition("<")
-        email = rest.rstrip().removesuffix(">")
-        if not name.strip() or not email.strip() or not rest.rstrip().endswith(">") or "<" in email:
-            raise WorktreeError(f"{AUTHOR_ENV}={configured!r}: expected 'Name <email>'")
-        return name.strip(), email.strip()
-
-    def config(key: str) -> str:
-        return _git(repo, "config", "--get", key, ok=(0, 1)).stdout.decode("utf-8", "replace").strip()
-
-    return config("user.name") or FALLBACK_IDENTITY[0], config("user.email") or FALLBACK_IDENTITY[1]
-
-
-def _commit_config(repo: Path) -> tuple[str, ...]:
-    name, email = commit_identity(repo)
-    return ("-c", f"user.name={name}", "-c", f"user.email={email}", *_NO_SIGNING)
-
-
-def with_trailers(message: str, trailers: Sequence[tuple[str, str]]) -> str:
-    """``message`` with git trailers (``Key: value`` lines after a blank line)."""
-    if not trailers:
-        return message
-    return f"{message.rstrip()}\n\n" + "\n".join(f"{key}: {value}" for key, value in trailers) + "\n"
-
 
 def ignored_paths(path: Path, candidates: Sequence[str]) -> frozenset[str]:
     """Which of ``candidates`` (relative to the worktree at ``path``) git ignores there."""
     # One call per path: few paths, and `-z` needs --stdin, which _git keeps closed.
     return frozenset(c for c in candidates
-                     if _git(Path(path), "check-ignore", "-q", "--no-index", "--", c, ok=(0, 1)).returncode == 0)
+                     if git(Path(path), "check-ignore", "-q", "--no-index", "--", c, ok=(0, 1)).returncode == 0)
 
 
 def _private_pathspec(worktree: Worktree) -> tuple[str, ...]:
@@ -408,6 +187,7 @@ def _ignore_pattern(path: str) -> str:
     return "/" + escaped
 
 
+
 # ----------------------------------------------------------------------------------------------
 # Worktrees
 
@@ -415,7 +195,7 @@ def _ignore_pattern(path: str) -> str:
 def list_worktrees(repo: Path) -> list[WorktreeEntry]:
     """Every worktree of ``repo`` (main one first), from ``git worktree list --porcelain -z``.
     Use :attr:`WorktreeEntry.ids` to pick out a run's worktrees on resume."""
-    raw = _git(Path(repo), "worktree", "list", "--porcelain", "-z").stdout
+    raw = git(Path(repo), "worktree", "list", "--porcelain", "-z").stdout
     entries: list[WorktreeEntry] = []
     fields: dict[str, str | None] = {}
     for token in raw.split(b"\0"):
@@ -471,7 +251,7 @@ def ensure_worktree(repo: Path, root: Path, run_id: str, ws_id: str, base: str =
         return Worktree(path, branch, _recorded_base(repo, run_id, ws_id, ref, base), repo)
 
     # Gone or never made: drop stale registrations (a deleted directory) before adding it again.
-    _git(repo, "worktree", "prune")
+    git(repo, "worktree", "prune")
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise GitError(
             ("git", "-C", str(repo), "worktree", "add", str(path)),
@@ -480,26 +260,26 @@ def ensure_worktree(repo: Path, root: Path, run_id: str, ws_id: str, base: str =
         )
     base_commit = _recorded_base(repo, run_id, ws_id, ref, base)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if _try_resolve(repo, ref) is not None:
-        _git(repo, "worktree", "add", "--quiet", str(path), branch)
+    if try_resolve(repo, ref) is not None:
+        git(repo, "worktree", "add", "--quiet", str(path), branch)
     else:
-        _git(repo, "worktree", "add", "--quiet", "-b", branch, str(path), base_commit)
+        git(repo, "worktree", "add", "--quiet", "-b", branch, str(path), base_commit)
     return Worktree(path, branch, base_commit, repo)
 
 
-def _recorded_base(repo: Path, run_id: str, ws_id: str, branch_ref: str, base: str) -> str:
+def _recorded_base(repo: Path, run_id: str, ws_id: str, branch: str, base: str) -> str:
     """The recorded base commit, recording one first if there is none."""
     base_ref = _base_ref(run_id, ws_id)
-    recorded = _try_resolve(repo, base_ref)
+    recorded = try_resolve(repo, base_ref)
     if recorded is not None:
         return recorded
-    resolved = _resolve_commit(repo, base)
-    if _try_resolve(repo, branch_ref) is not None:  # a branch we did not record: best guess
-        resolved = _out(repo, "merge-base", resolved, branch_ref)
+    resolved = resolve_commit(repo, base)
+    if try_resolve(repo, branch) is not None:  # a branch we did not record: best guess
+        resolved = git_out(repo, "merge-base", resolved, branch)
     # Create-only (empty old value): if another process recorded one meanwhile, use theirs.
-    done = _git(repo, "update-ref", "-m", "orchestrate: record base", base_ref, resolved, "", ok=(0, 1, 128))
+    done = git(repo, "update-ref", "-m", "orchestrate: record base", base_ref, resolved, "", ok=(0, 1, 128))
     if done.returncode != 0:
-        recorded = _try_resolve(repo, base_ref)
+        recorded = try_resolve(repo, base_ref)
         if recorded is None:
             raise GitError(("git", "-C", str(repo), "update-ref", base_ref, resolved, ""), done.returncode, done.stderr)
         return recorded
@@ -510,7 +290,7 @@ def orchestrate_branches(repo: Path, run_id: str | None = None) -> list[tuple[st
     """``(run_id, ws_id, branch)`` of every ``orchestrate/<run>/<ws>`` branch in ``repo`` (of
     ``run_id`` only, when given), sorted."""
     prefix = f"refs/heads/{BRANCH_PREFIX}/" + (f"{run_id}/" if run_id else "")
-    raw = _out(Path(repo), "for-each-ref", "--format=%(refname)", prefix)
+    raw = git_out(Path(repo), "for-each-ref", "--format=%(refname)", prefix)
     found = []
     for ref in raw.splitlines():
         parts = ref[len("refs/heads/"):].split("/")
@@ -523,47 +303,26 @@ def is_merged(repo: Path, branch: str, target: str) -> bool:
     """Whether ``branch`` has nothing ``target`` lacks: its tip is contained in ``target``, or
     it has no commit of its own since its recorded base. False if ``target`` does not exist."""
     repo = Path(repo)
-    tip = _resolve_commit(repo, _branch_ref(branch))
-    target_tip = _try_resolve(repo, _branch_ref(target))
-    if target_tip is not None and _is_ancestor(repo, tip, target_tip):
+    tip = resolve_commit(repo, branch_ref(branch))
+    target_tip = try_resolve(repo, branch_ref(target))
+    if target_tip is not None and is_ancestor(repo, tip, target_tip):
         return True
     parts = branch.split("/")
-    base = _try_resolve(repo, _base_ref(parts[1], parts[2])) if len(parts) == 3 else None
+    base = try_resolve(repo, _base_ref(parts[1], parts[2])) if len(parts) == 3 else None
     return base == tip
 
-
-def merged_work_problem(repo: str, commit: str, target: str, reads: Sequence[str]) -> str:
-    """Why the work a workstream merged into ``target`` of ``repo`` as ``commit`` no longer
-    stands ("" when it does): ``commit`` must still be in ``target``, and nothing it reads
-    (``reads``: globs relative to the repository; its whole tree when empty) changed there since."""
-    root = Path(repo)
-    try:
-        tip = _try_resolve(root, _branch_ref(target) if target else "HEAD")
-        if tip is None:
-            return f"its target branch {target} is gone from {repo}"
-        if _try_resolve(root, commit) is None or not _is_ancestor(root, commit, tip):
-            return f"its merge commit {commit[:10]} is no longer in {target}"
-        pathspecs = [f":(glob){pattern}" for pattern in reads]
-        if _git(root, "diff", "--quiet", commit, tip, "--", *pathspecs, ok=(0, 1)).returncode:
-            if reads:
-                return f"what it reads changed in {target} since its merge ({commit[:10]})"
-            return (f"{target} changed since its merge ({commit[:10]}); with no files_in declared "
-                    "in the workstream, any change counts")
-    except GitError as error:
-        return f"its merge into {target} could not be checked: {error}"
-    return ""
 
 
 def has_uncommitted(path: Path, private: Sequence[str] = ()) -> bool:
     """Whether the checkout at ``path`` has changes git would show, ignored files and the
     ``private`` globs (what its set-up copied or linked in from the repository) aside."""
     spec = (":(top)", *(f":(top,glob,exclude){pattern}" for pattern in private))
-    return bool(_git(Path(path), "status", "--porcelain", "--untracked-files=all", "--", *spec).stdout.strip())
+    return bool(git(Path(path), "status", "--porcelain", "--untracked-files=all", "--", *spec).stdout.strip())
 
 
 def head(worktree: Worktree) -> str:
     """The full sha of the worktree's HEAD commit."""
-    return _out(worktree.path, "rev-parse", "--verify", "HEAD^{commit}")
+    return git_out(worktree.path, "rev-parse", "--verify", "HEAD^{commit}")
 
 
 def remove_worktree(worktree: Worktree, *, delete_branch: bool) -> None:
@@ -574,19 +333,20 @@ def remove_worktree(worktree: Worktree, *, delete_branch: bool) -> None:
     repo = worktree.repo
     registered = any(_same_path(e.path, worktree.path) for e in list_worktrees(repo))
     if registered and worktree.path.exists():
-        _git(repo, "worktree", "remove", "--force", str(worktree.path))
-    _git(repo, "worktree", "prune")
+        git(repo, "worktree", "remove", "--force", str(worktree.path))
+    git(repo, "worktree", "prune")
     try:
         worktree.path.parent.rmdir()  # root/<run_id>, once its last workstream is gone
     except OSError:
         pass
     if delete_branch:
         ref = f"refs/heads/{worktree.branch}"
-        if _try_resolve(repo, ref) is not None:
-            _git(repo, "branch", "--quiet", "-D", worktree.branch)
+        if try_resolve(repo, ref) is not None:
+            git(repo, "branch", "--quiet", "-D", worktree.branch)
         parts = worktree.branch.split("/")
         if len(parts) == 3 and parts[0] == BRANCH_PREFIX:
-            _git(repo, "update-ref", "-d", _base_ref(parts[1], parts[2]), ok=(0, 1))
+            git(repo, "update-ref", "-d", _base_ref(parts[1], parts[2]), ok=(0, 1))
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -596,23 +356,23 @@ def remove_worktree(worktree: Worktree, *, delete_branch: bool) -> None:
 def discard_uncommitted(worktree: Worktree) -> bool:
     """Throw away what is not committed in the worktree (an interrupted attempt's half-done
     edits), so the next attempt starts from the last recorded commit. True if anything went."""
-    dirty = bool(_git(worktree.path, "status", "--porcelain", "--untracked-files=all", "--",
+    dirty = bool(git(worktree.path, "status", "--porcelain", "--untracked-files=all", "--",
                       *_private_pathspec(worktree)).stdout.strip())
     if dirty:
-        _git(worktree.path, "reset", "--hard", "--quiet", "HEAD")
+        git(worktree.path, "reset", "--hard", "--quiet", "HEAD")
         keep = [arg for path in worktree.private for arg in ("-e", _ignore_pattern(path))]
-        _git(worktree.path, "clean", "-fdq", *keep)
+        git(worktree.path, "clean", "-fdq", *keep)
     return dirty
 
 
 def current_branch(repo: Path) -> str | None:
     """The branch checked out in ``repo``'s main worktree, or None when HEAD is detached."""
-    result = _git(repo, "symbolic-ref", "--quiet", "--short", "HEAD", ok=(0, 1))
+    result = git(repo, "symbolic-ref", "--quiet", "--short", "HEAD", ok=(0, 1))
     return result.stdout.decode().strip() or None
 
 
 def _stage_all(worktree: Worktree) -> None:
-    _git(worktree.path, "add", "--all", "--", *_private_pathspec(worktree))
+    git(worktree.path, "add", "--all", "--", *_private_pathspec(worktree))
 
 
 def capture_changes(worktree: Worktree, since: str) -> Changes:
@@ -620,9 +380,9 @@ def capture_changes(worktree: Worktree, since: str) -> Changes:
     out) and describe the staged tree relative to the commit ``since``. The worktree's files and
     HEAD are not changed; the index is (everything is staged afterwards)."""
     _stage_all(worktree)
-    since_sha = _resolve_commit(worktree.path, since)
-    status = _git(worktree.path, "diff", "--cached", "--name-status", "-z", *_DIFF_OPTIONS, since_sha, "--").stdout
-    numstat = _git(worktree.path, "diff", "--cached", "--numstat", "-z", *_DIFF_OPTIONS, since_sha, "--").stdout
+    since_sha = resolve_commit(worktree.path, since)
+    status = git(worktree.path, "diff", "--cached", "--name-status", "-z", *DIFF_OPTIONS, since_sha, "--").stdout
+    numstat = git(worktree.path, "diff", "--cached", "--numstat", "-z", *DIFF_OPTIONS, since_sha, "--").stdout
     counts = _parse_numstat(numstat)
     files = []
     for change in _parse_name_status(status):
@@ -631,7 +391,7 @@ def capture_changes(worktree: Worktree, since: str) -> Changes:
         files.append(
             FileChange(change.status, change.path, change.old_path, change.similarity, added, deleted, binary)
         )
-    patch = _git(worktree.path, "diff", "--cached", "--binary", "--full-index", *_DIFF_OPTIONS, since_sha, "--").stdout
+    patch = git(worktree.path, "diff", "--cached", "--binary", "--full-index", *DIFF_OPTIONS, since_sha, "--").stdout
     return Changes(tuple(sorted(files, key=lambda f: (f.path, f.old_path or ""))), patch, since_sha)
 
 
@@ -679,257 +439,14 @@ def commit_all(worktree: Worktree, message: str) -> str | None:
     afterwards (apart from ignored files), so the next task starts from a known commit.
     Plumbing (``write-tree``/``commit-tree``/``update-ref``): no hooks, no editor, no signing."""
     _stage_all(worktree)
-    tree = _out(worktree.path, "write-tree")
+    tree = git_out(worktree.path, "write-tree")
     parent = head(worktree)
-    if tree == _out(worktree.path, "rev-parse", f"{parent}^{{tree}}"):
+    if tree == git_out(worktree.path, "rev-parse", f"{parent}^{{tree}}"):
         return None
-    new = _out(worktree.path, "commit-tree", tree, "-p", parent, "-m", message, config=_commit_config(worktree.repo))
-    _git(worktree.path, "update-ref", "-m", f"commit: {message.splitlines()[0] if message else ''}", "HEAD", new, parent)
+    new = git_out(worktree.path, "commit-tree", tree, "-p", parent, "-m", message, config=commit_config(worktree.repo))
+    git(worktree.path, "update-ref", "-m", f"commit: {message.splitlines()[0] if message else ''}", "HEAD", new, parent)
     return new
 
-
-# ----------------------------------------------------------------------------------------------
-# Merging
-
-
-def merge_check(repo: Path, target_branch: str, branch: str) -> MergeCheck:
-    """Trial-merge ``branch`` into ``target_branch`` with ``git merge-tree --write-tree``:
-    only objects are written, no ref, index or working tree changes."""
-    repo = Path(repo)
-    target_commit = _resolve_commit(repo, _branch_ref(target_branch))
-    branch_commit = _resolve_commit(repo, _branch_ref(branch))
-    return _merge_tree(repo, target_commit, branch_commit)
-
-
-def _merge_tree(repo: Path, target_commit: str, branch_commit: str) -> MergeCheck:
-    done = _git(
-        repo,
-        "merge-tree",
-        "--write-tree",
-        "--name-only",
-        "--messages",
-        "-z",
-        target_commit,
-        branch_commit,
-        ok=(0, 1),
-    )
-    tree, conflicts, messages = _parse_merge_tree(done.stdout)
-    clean = done.returncode == 0
-    return MergeCheck(
-        clean=clean,
-        tree=tree if clean else None,
-        conflicts=() if clean else conflicts,
-        target_commit=target_commit,
-        branch_commit=branch_commit,
-        messages=messages,
-    )
-
-
-def _parse_merge_tree(raw: bytes) -> tuple[str, tuple[str, ...], str]:
-    """``merge-tree --write-tree --name-only --messages -z`` output:
-    ``<tree>\\0`` ``(<path>\\0)*`` ``\\0`` then messages, each
-    ``<n>\\0<path>\\0…(n paths)<type>\\0<text>\\0``."""
-    tokens = raw.split(b"\0")
-    tree = tokens[0].decode("ascii").strip()
-    i = 1
-    paths: list[str] = []
-    while i < len(tokens) and tokens[i]:
-        paths.append(os.fsdecode(tokens[i]))
-        i += 1
-    i += 1  # the empty token that ends the conflicted-file section
-    texts: list[str] = []
-    conflict_paths: list[str] = []
-    while i < len(tokens) and tokens[i]:
-        try:
-            count = int(tokens[i])
-        except ValueError:  # not the documented layout: keep the rest verbatim
-            texts.append(b"\n".join(tokens[i:]).decode("utf-8", "replace"))
-            break
-        message_paths = [os.fsdecode(p) for p in tokens[i + 1 : i + 1 + count]]
-        kind = tokens[i + 1 + count].decode("utf-8", "replace") if i + 1 + count < len(tokens) else ""
-        text = tokens[i + 2 + count].decode("utf-8", "replace") if i + 2 + count < len(tokens) else ""
-        texts.append(text.rstrip("\n"))
-        if kind.startswith("CONFLICT"):
-            conflict_paths.extend(message_paths)
-        i += count + 3
-    # Conflicts git reports without a conflicted stage (e.g. directory rename splits) are only
-    # in the messages: count them too.
-    conflicts = tuple(sorted(set(paths) or set(conflict_paths)))
-    return tree, conflicts, "\n".join(texts)
-
-
-def merge_into(repo: Path, target_branch: str, branch: str, message: str) -> str:
-    """Merge ``branch`` into ``target_branch`` and return the new tip of ``target_branch``.
-
-    Only when clean: otherwise raise :class:`MergeConflict` and change nothing. The merge commit
-    (parents: target, branch) is made from the merge-tree result and the target ref is moved with
-    a compare-and-swap, so a target that moved meanwhile fails (GitError) instead of losing
-    work. If ``branch`` is already contained in the target, nothing is done and the current tip
-    is returned. ``branch`` itself is never moved.
-
-    If ``target_branch`` is checked out in a worktree (typically the main one), that worktree's
-    index and files are brought along (``git read-tree -m -u``); this needs its index to have
-    no staged changes and no local edits or untracked files in the paths the merge changes —
-    otherwise :class:`TargetDirty` is raised before anything is changed. Edits to other files
-    are kept.
-    """
-    repo = Path(repo)
-    target_ref = _branch_ref(target_branch)
-    old = _resolve_commit(repo, target_ref)
-    theirs = _resolve_commit(repo, _branch_ref(branch))
-    if _is_ancestor(repo, theirs, old):
-        return old
-    check = _merge_tree(repo, old, theirs)
-    if not check.clean or check.tree is None:
-        raise MergeConflict(target_branch, branch, check.conflicts, check.messages)
-    new = _out(repo, "commit-tree", check.tree, "-p", old, "-p", theirs, "-m", message, config=_commit_config(repo))
-    return _advance_target(repo, target_branch, branch, old, new)
-
-
-def _advance_target(repo: Path, target_branch: str, branch: str, old: str, new: str) -> str:
-    """Move ``target_branch`` from ``old`` to the merge commit ``new`` (compare-and-swap),
-    bringing along the worktree it is checked out in, if any (see :func:`merge_into`)."""
-    target_ref = _branch_ref(target_branch)
-    checkout = next(
-        (e for e in list_worktrees(repo) if e.branch == target_ref and not e.bare and e.prunable is None),
-        None,
-    )
-    if checkout is None:
-        _git(repo, "update-ref", "-m", f"orchestrate: merge {branch}", target_ref, new, old)
-        return new
-
-    where = checkout.path
-    _git(where, "update-index", "-q", "--refresh", ok=(0, 1))
-    staged = _git(where, "diff-index", "--cached", "--quiet", "HEAD", "--", ok=(0, 1))
-    if staged.returncode != 0:
-        raise TargetDirty(
-            ("git", "-C", str(where), "diff-index", "--cached", "--quiet", "HEAD"),
-            1,
-            f"{target_branch} is checked out in {where} with staged changes; not merging {branch}",
-        )
-    trial = _git(where, "read-tree", "-m", "-u", "-n", old, new, ok=(0, 128))
-    if trial.returncode != 0:
-        raise TargetDirty(
-            ("git", "-C", str(where), "read-tree", "-m", "-u", "-n", old, new),
-            trial.returncode,
-            f"{target_branch} is checked out in {where} and local changes are in the way of "
-            f"merging {branch}: {trial.stderr.decode('utf-8', 'replace').strip()}",
-        )
-    _git(repo, "update-ref", "-m", f"orchestrate: merge {branch}", target_ref, new, old)
-    try:
-        _git(where, "read-tree", "-m", "-u", old, new)
-    except GitError as exc:  # only if someone edited the checkout in the last milliseconds
-        raise GitError(
-            exc.argv,
-            exc.returncode,
-            f"{target_ref} now points at the merge {new}, but the checkout in {where} could not "
-            f"be updated ({exc.stderr}); run `git reset --keep {new}` there",
-        ) from None
-    return new
-
-
-# ----------------------------------------------------------------------------------------------
-# Resolving a conflicting merge in an integration worktree
-
-#: Lines git writes around conflicting hunks; a resolution must leave none.
-CONFLICT_MARKERS = ("<<<<<<< ", ">>>>>>> ", "||||||| ")
-SEPARATOR_MARKER = "======="
-HUNKS_LIMIT = 6000
-
-
-@dataclass(frozen=True, slots=True)
-class Integration:
-    """A merge of ``branch`` into ``target`` left half-done in its own detached worktree at
-    ``path`` for someone (an agent) to resolve: the conflicting files hold git's markers.
-    ``target_commit``/``branch_commit`` are the exact commits being merged; ``hunks`` the
-    conflicting regions, for a prompt (cut to :data:`HUNKS_LIMIT` characters)."""
-
-    repo: Path
-    path: Path
-    target: str
-    branch: str
-    target_commit: str
-    branch_commit: str
-    conflicts: tuple[str, ...]
-    hunks: str
-
-
-def start_integration(repo: Path, path: Path, target_branch: str, branch: str) -> Integration:
-    """Check out ``target_branch``'s tip detached at ``path`` and start merging ``branch``
-    there (``git merge --no-commit``), leaving the conflicts in the files. Nothing else moves."""
-    repo = Path(repo)
-    target_commit = _resolve_commit(repo, _branch_ref(target_branch))
-    branch_commit = _resolve_commit(repo, _branch_ref(branch))
-    _git(repo, "worktree", "prune")
-    if path.exists():
-        _git(repo, "worktree", "remove", "--force", str(path), ok=(0, 128))
-        if path.exists():
-            raise GitError(("git", "worktree", "add", str(path)), 128, f"{path} exists; move it away first")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _git(repo, "worktree", "add", "--quiet", "--detach", str(path), target_commit)
-    _git(path, "merge", "--no-ff", "--no-commit", "--no-edit", branch_commit, ok=(0, 1),
-         config=(*_commit_config(repo), "-c", "merge.conflictStyle=merge"))
-    unmerged = _out(path, "diff", "--name-only", "--diff-filter=U", "-z").split("\0")
-    conflicts = tuple(sorted(p for p in unmerged if p))
-    return Integration(repo, path, target_branch, branch, target_commit, branch_commit, conflicts,
-                       _hunks(path, conflicts))
-
-
-def _hunks(path: Path, conflicts: Sequence[str]) -> str:
-    """The conflicting regions of each file (markers included), with the file's name."""
-    parts: list[str] = []
-    for name in conflicts:
-        try:
-            lines = (path / name).read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
-        region: list[str] = []
-        inside = False
-        for line in lines:
-            if line.startswith("<<<<<<< "):
-                inside = True
-            if inside:
-                region.append(line)
-            if line.startswith(">>>>>>> "):
-                inside = False
-        parts.append(f"--- {name}\n" + "\n".join(region))
-    text = "\n".join(parts)
-    return text if len(text) <= HUNKS_LIMIT else text[: HUNKS_LIMIT - 2] + "\n…"
-
-
-def conflict_markers(integration: Integration) -> tuple[str, ...]:
-    """The files (of those that conflicted, and any other changed one) that still hold a
-    conflict marker line."""
-    changed = _out(integration.path, "diff", "--name-only", "-z", integration.target_commit).split("\0")
-    candidates = sorted({*integration.conflicts, *(p for p in changed if p)})
-    marked = []
-    for name in candidates:
-        try:
-            lines = (integration.path / name).read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
-        if any(line.startswith(CONFLICT_MARKERS) or line == SEPARATOR_MARKER for line in lines):
-            marked.append(name)
-    return tuple(marked)
-
-
-def finish_integration(integration: Integration, message: str) -> str:
-    """Commit what is in the integration worktree as the merge of ``branch`` into ``target``
-    and move ``target`` there (compare-and-swap: a target that moved since the integration
-    started fails with GitError, changing nothing). Returns the new tip."""
-    path, repo = integration.path, integration.repo
-    _git(path, "add", "--all")
-    tree = _out(path, "write-tree")
-    new = _out(path, "commit-tree", tree, "-p", integration.target_commit, "-p", integration.branch_commit,
-               "-m", message, config=_commit_config(repo))
-    return _advance_target(repo, integration.target, integration.branch, integration.target_commit, new)
-
-
-def drop_integration(integration: Integration) -> None:
-    """Remove the integration worktree (its half-done merge with it). Idempotent."""
-    if integration.path.exists():
-        _git(integration.repo, "worktree", "remove", "--force", str(integration.path), ok=(0, 128))
-    _git(integration.repo, "worktree", "prune")
 
 
 # ----------------------------------------------------------------------------------------------

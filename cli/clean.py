@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from adapters.git import WorktreeError
+from adapters.merges import Integration, drop_integration
 from adapters.worktrees import (
-    Integration,
     Worktree,
-    WorktreeError,
     current_branch,
-    drop_integration,
     has_uncommitted,
     is_merged,
     list_worktrees,

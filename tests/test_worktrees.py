@@ -1,4 +1,4 @@
-"""adapters.worktrees against real git in temporary directories."""
+"""adapters.worktrees, adapters.merges and adapters.git against real git in temporary directories."""
 
 from __future__ import annotations
 
@@ -9,19 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from adapters.git import GitError
+from adapters.merges import MergeConflict, TargetDirty, merge_check, merge_into
 from adapters.worktrees import (
     Changes,
     FileChange,
-    GitError,
-    MergeConflict,
-    TargetDirty,
     capture_changes,
     commit_all,
     ensure_worktree,
     head,
     list_worktrees,
-    merge_check,
-    merge_into,
     remove_worktree,
     store_patch,
 )
