@@ -15,6 +15,7 @@ from typing import Any
 
 from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli.output import table
+from domain.shown import counts_text
 from control import SOCKET_FILE
 from control.client import ControlClient, RuntimeNotListening
 from control.protocol import ControlError
@@ -109,7 +110,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if run.get("quarantine_reason"):
             flags.append(run["quarantine_reason"])
         state = run.get("status", "running")
-        counts = " ".join(f"{k.lower()}={v}" for k, v in sorted(run["counts"].items()))
+        counts = counts_text(run.get("shown_counts") or run["counts"])
         print(f"run {run['run_id']}: {state}{' (' + '; '.join(flags) + ')' if flags else ''} — {counts}")
         if not run.get("active", True):
             print(f"  (recorded; no runtime is running it){' — ' + run['status_reason'] if run.get('status_reason') else ''}")
@@ -122,7 +123,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  ? {waiting['task']} awaits approval: {waiting['prompt']}\n"
                   f"    orchestrate approve {run['run_id']} {waiting['task']}  |  orchestrate reject ...")
         if args.run:
-            print(table(("TASK", "STATE"), sorted(run["tasks"].items())))
+            shown = run.get("shown_states", {})
+            print(table(("TASK", "STATE"), [(key, shown.get(key, state)) for key, state in sorted(run["tasks"].items())]))
     return EXIT_OK
 
 
@@ -153,8 +155,22 @@ def _elapsed(now: float, since: str) -> str:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     plan = str(Path(args.plan).resolve())
-    result = _request(args, "submit", {"plan": plan, "concurrency": args.concurrency})
-    return _emit(args, result, f"submitted run {result['run_id']} ({result['tasks']} tasks)")
+    force = None if args.force is None else (args.force or True)  # `--force` alone: every task
+    result = _request(args, "submit", {"plan": plan, "concurrency": args.concurrency, "new": args.new or None,
+                                       "force": force})
+    return _emit(args, result, submitted_line(result))
+
+
+def submitted_line(result: dict[str, Any]) -> str:
+    """What a ``submit`` reply says: the run, whether it continues an unfinished one, and how
+    many tasks it keeps or reuses instead of running."""
+    verb = "continued" if result.get("resumed") else "submitted"
+    parts = [f"{result['tasks']} tasks"]
+    if result.get("kept"):
+        parts.append(f"{result['kept']} completed earlier in this run")
+    if result.get("cached"):
+        parts.append(f"{result['cached']} to reuse from earlier runs")
+    return f"{verb} run {result['run_id']} ({', '.join(parts)})"
 
 
 def _simple(command: str, describe) -> Any:

@@ -37,6 +37,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control.protocol import ControlError
+from domain.shown import task_shown_state
 from persistence.reader import StateReader
 from views.access import (
     TOKEN_HEADER,
@@ -230,8 +231,11 @@ def _run_model(reader: StateReader, backend: Backend, run_id: str) -> dict[str, 
     tasks = reader.get_tasks(run_id)
     snapshot = backend.snapshot(run_id) or {}
     live_states = snapshot.get("tasks") or {}
+    shown = snapshot.get("shown_states") or {}
     for task in tasks:
         task["state"] = live_states.get(task["task_key"], task["state"])
+        # As shown (domain.shown): the snapshot's word for it, else the ledger's.
+        task["shown"] = shown.get(task["task_key"]) or (task["state"] if snapshot else task_shown_state(task))
     task_ids = {task["task_key"]: f"t{index}" for index, task in enumerate(tasks)}
     graph = task_graph(tasks, reader.get_workstreams(run_id), task_ids)
     return {"run": run, "tasks": tasks, "dag": graph, "snapshot": snapshot}
