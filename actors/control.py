@@ -353,7 +353,7 @@ class RuntimeControl:
         counts: dict[str, int] = {}
         for state in tasks.values():
             counts[state] = counts.get(state, 0) + 1
-        return {"runs": [{"run_id": run_id, "active": False, "status": run["status"],
+        return {"runs": [{"run_id": run_id, "active": False, "recorded": True, "status": run["status"],
                           "status_reason": run.get("status_reason") or "", "counts": counts, "tasks": tasks,
                           **status_fields(tasks, {t["task_key"]: task_shown_state(t) for t in rows})}]}
 

@@ -113,7 +113,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts = counts_text(run.get("shown_counts") or run["counts"])
         print(f"run {run['run_id']}: {state}{' (' + '; '.join(flags) + ')' if flags else ''} — {counts}")
         if not run.get("active", True):
-            print(f"  (recorded; no runtime is running it){' — ' + run['status_reason'] if run.get('status_reason') else ''}")
+            # A run this runtime finished is in its read model; only a ledger answer is "recorded".
+            where = "recorded; no runtime is running it" if run.get("recorded") else "finished in this runtime"
+            print(f"  ({where}){' — ' + run['status_reason'] if run.get('status_reason') else ''}")
         now = time.time()
         for key in run.get("running", []):
             since = run.get("running_since", {}).get(key)

@@ -73,7 +73,7 @@ def recorded_status(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
         counts[state] = counts.get(state, 0) + 1
     running = sorted(key for key, state in states.items() if state in ("IN_PROGRESS", "VALIDATING"))
     return {"paused_all": False, "runs": [{
-        "run_id": run_id, "active": False, "status": run["status"], "status_reason": run.get("status_reason") or "",
+        "run_id": run_id, "active": False, "recorded": True, "status": run["status"], "status_reason": run.get("status_reason") or "",
         "counts": dict(sorted(counts.items())), "tasks": states, "running": running,
         **status_fields(states, {key: task_shown_state(task) for key, task in tasks.items()}),
         "running_since": {key: tasks[key]["started_at"] for key in running if tasks[key].get("started_at")},

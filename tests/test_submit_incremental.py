@@ -205,6 +205,8 @@ def test_allowed_failures_and_reused_results_are_shown_as_such_everywhere(tmp_pa
     assert "COMPLETED" in rows["w/plain"]
     status = orchestrate("status", run_id)
     assert "cached=3 completed=1 failed (allowed)=1" in status.out, status.out
+    # Answered by the live runtime that ran it, not from the ledger: it does not say otherwise.
+    assert "(finished in this runtime) — 4 completed, 1 failed (allowed)" in status.out, status.out
     assert any(line.split()[0] == "w/lint" and line.endswith("FAILED (allowed)") for line in status.out.splitlines()
                if line.startswith("w/")), status.out
     as_json = orchestrate("status", run_id, "--json").json()["runs"][0]

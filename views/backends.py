@@ -128,7 +128,7 @@ def ledger_snapshot(run: dict[str, Any], tasks: list[dict[str, Any]]) -> dict[st
     states = {task["task_key"]: task["state"] for task in tasks}
     counts = Counter(states.values())
     return {
-        "run_id": run["run_id"], "active": False, "status": run["status"],
+        "run_id": run["run_id"], "active": False, "recorded": True, "status": run["status"],
         "status_reason": run.get("status_reason") or "", "paused": False,
         "counts": dict(sorted(counts.items())), "done": sum(n for s, n in counts.items() if s in _TERMINAL),
         "total": len(states), "running": sorted(k for k, s in states.items() if s in _RUNNING),

@@ -100,7 +100,8 @@ def create_app(backend: Backend, token: str, listen: Listen, streams: Streams | 
     async def runs_page(request: Request) -> Response:
         runs = await run_in_threadpool(backend.runs)
         for run in runs:
-            run["counts"] = ordered_counts(run.get("task_counts") or {})
+            # As shown (domain.shown): allowed failures and reused results apart.
+            run["counts"] = ordered_counts(run.get("shown_counts") or run.get("task_counts") or {})
         return HTMLResponse(render("dashboard_runs.html.j2", runs=runs, live=backend.live))
 
     async def run_page(request: Request) -> Response:
