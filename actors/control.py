@@ -35,9 +35,9 @@ from domain.forcing import UnknownTasksForced, forced_tasks
 from domain.health import adapters_needed, all_circuits_open
 from domain.leases import RunLeaseHeld
 from domain.plan import Plan
-from domain.shown import status_fields, task_shown_state
 from domain.retry_targets import NothingToRetry, retry_targets
 from domain.run_core import ControlRefused, RunNotActive
+from domain.shown import status_fields, task_shown_state
 from messages import RunProgress
 from messages.control import (
     Approval,

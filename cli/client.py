@@ -15,10 +15,10 @@ from typing import Any
 
 from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli.output import table
-from domain.shown import counts_text
 from control import SOCKET_FILE
 from control.client import ControlClient, RuntimeNotListening
 from control.protocol import ControlError
+from domain.shown import counts_text
 
 # Refusals that are the user's to fix (exit 2); anything else means the runtime could not (3).
 _USER_ERRORS = frozenset({"refused", "not_found", "bad_plan", "invalid_request", "unknown_command"})

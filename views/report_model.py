@@ -16,7 +16,14 @@ from typing import Any
 
 from domain.graph import CycleError
 from domain.layout import Layout, assign_lanes, layered_layout
-from domain.shown import CACHED, is_allowed_failure, outcome_text, shown_state, stored_state, task_shown_state
+from domain.shown import (
+    CACHED,
+    is_allowed_failure,
+    outcome_text,
+    shown_state,
+    stored_state,
+    task_shown_state,
+)
 from persistence.report_reader import RunLedger
 
 # The order states are listed in (legends, counts): how far along a task is, then how it ended.
