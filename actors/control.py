@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -121,7 +120,6 @@ class RuntimeControl:
     def __init__(self, runtime: ControlledRuntime) -> None:
         self.runtime = runtime
         self._refusals_recorded: dict[int, float] = {}  # uid -> when its last refusal was recorded
-        self._submitting = threading.Lock()
         self.commands: dict[str, Callable[[dict[str, Any], Principal], object]] = {
             "ping": self.ping,
             "health": self.health,
@@ -247,15 +245,16 @@ class RuntimeControl:
         except UnknownTasksForced as error:
             raise ControlError("refused", f"force: {error}") from None
         concurrency = args.get("concurrency", self.runtime.options.concurrency)
-        # One submit at a time from finding the run to starting it: two clients submitting the
-        # same plan must not both continue its unfinished run.
-        with self._submitting:
-            return self._start_plan(plan, concurrency, args.get("new") is True, force, force_all)
+        return self._start_plan(plan, concurrency, args.get("new") is True, force, force_all)
 
     def _start_plan(self, plan: Plan, concurrency: int, new: bool, force: tuple[str, ...],
                     force_all: bool) -> dict[str, Any]:
         """Continue the unfinished run of ``plan`` (unless ``new``) or make one, and start it with
-        what earlier runs' results let it skip (see :func:`actors.runs.reused_results`)."""
+        what earlier runs' results let it skip (see :func:`actors.runs.reused_results`).
+
+        Submits come one at a time (the control server calls handlers on its one thread, and the
+        dashboard cannot submit), so a second client submitting the same plan finds the run
+        started by the first already active, and is refused rather than starting it twice."""
         store = self.runtime.store
         try:
             run_id, created = create_or_find_run(self.runtime.directory.get(LEDGER), store, plan, concurrency,

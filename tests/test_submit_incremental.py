@@ -150,9 +150,10 @@ def test_a_second_submit_reuses_every_cacheable_task_and_a_changed_file_reruns_i
 def test_submit_continues_the_unfinished_run_of_the_same_plan_and_new_makes_another(tmp_path, served, orchestrate):
     _plan(tmp_path)
     plan = json.loads((tmp_path / "plan.json").read_text())
-    # `gate` fails until ready.txt exists (not something it declares: the plan does not change).
-    plan["tasks"].append({"id": "gate", "tool": "shell", "command": "test -f ready.txt",
-                          "retry": {"max_attempts": 1}})
+    # `gate` fails until ready.txt exists (not something it declares: the plan does not change),
+    # then waits for `go`.
+    plan["tasks"].append({"id": "gate", "tool": "shell", "retry": {"max_attempts": 1},
+                          "command": "test -f ready.txt && while [ ! -f go ]; do sleep 0.05; done"})
     plan["tasks"].append({"id": "after", "tool": "shell", "command": "true", "depends_on": ["gate"]})
     (tmp_path / "plan.json").write_text(json.dumps(plan))
 
@@ -160,9 +161,18 @@ def test_submit_continues_the_unfinished_run_of_the_same_plan_and_new_makes_anot
     assert _finished(tmp_path, first["run_id"]) == "partial"
     (tmp_path / "ready.txt").write_text("yes\n")
     before = _updated_at(tmp_path, first["run_id"])
-    again = _submit(orchestrate)
+    # Two clients submit it at once: one continues the run, the other is told it is running.
+    clients = [subprocess.Popen([sys.executable, str(ORCHESTRATE), "submit", "plan.json", "--json"], cwd=tmp_path,
+                                env=runtime_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    answers = sorted(((c.wait(timeout=120), *c.communicate()) for c in clients), key=lambda a: a[0])
+    (continued_code, continued, _), (refused_code, _, refusal) = answers
+    assert (continued_code, refused_code) == (0, 2), answers
+    again = json.loads(continued)
     assert again["run_id"] == first["run_id"] and again["resumed"] is True
     assert again["kept"] == len(CACHEABLE) + 1  # read, double, count, plain completed
+    assert f"run {first['run_id']} of this plan is running in this runtime" in refusal
+    (tmp_path / "go").write_text("")
     assert _finished(tmp_path, first["run_id"], after=before) == "completed"
     attempts = dict(ledger(tmp_path).execute(
         "select step_name, count(*) from step_attempts where run_id = ? group by step_name",
