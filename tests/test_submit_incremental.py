@@ -231,3 +231,56 @@ def test_allowed_failures_and_reused_results_are_shown_as_such_everywhere(tmp_pa
     assert '<span class="badge s-CACHED">CACHED 3</span>' in html
     assert "4 completed (3 cached), 1 failed (allowed)" in html
     assert '<span class="badge s-FAILED">' not in html  # nothing reads as a plain failure
+
+
+def test_after_its_runtime_is_killed_submitting_the_plan_to_a_new_runtime_continues_the_run(tmp_path, orchestrate):
+    (tmp_path / "n.txt").write_text("1\n")
+    (tmp_path / "plan.json").write_text(json.dumps({"id": "b", "tasks": [
+        {"id": "first", "tool": "shell", "command": "echo 1 > first.txt", "files_in": ["n.txt"]},
+        {"id": "wait", "tool": "shell", "depends_on": ["first"],
+         "command": "echo $$ > wait.pid; while [ ! -f go ]; do sleep 0.05; done"}]}))
+
+    def serve() -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, str(ORCHESTRATE), "serve"], cwd=tmp_path,
+                                   env=runtime_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: _pings(tmp_path), timeout=60, what="the runtime to listen")
+        return process
+
+    killed = serve()
+    try:
+        run_id = _submit(orchestrate)["run_id"]
+        orphan = int(wait_until(lambda: (tmp_path / "wait.pid").exists() and (tmp_path / "wait.pid").read_text().strip(),
+                                timeout=120, what="the waiting task to start"))
+        wait_until(lambda: ledger(tmp_path).execute(
+            "select state from tasks where run_id = ? and task_key = 'b/first'", (run_id,)).fetchone()[0] == "COMPLETED",
+            timeout=120, what="the ledger to commit b/first")
+        killed.kill()  # SIGKILL: no clean-up, the run stays `running` in the ledger
+        killed.communicate(timeout=60)
+    finally:
+        killed.kill()
+    second = serve()
+    try:
+        again = _submit(orchestrate)
+        assert again["run_id"] == run_id and again["resumed"] is True and again["kept"] == 1
+        assert not _alive(orphan)  # the dead runtime's task was killed before the run went on
+        (tmp_path / "go").write_text("")
+        assert _finished(tmp_path, run_id) == "completed"
+        attempts = dict(ledger(tmp_path).execute(
+            "select step_name, count(*) from step_attempts where run_id = ? group by step_name", (run_id,)).fetchall())
+        assert attempts == {"b/first": 1, "b/wait": 2}
+    finally:
+        subprocess.run([sys.executable, str(ORCHESTRATE), "shutdown", "--timeout-s", "5"], cwd=tmp_path,
+                       env=runtime_env(tmp_path), capture_output=True, timeout=60)
+        try:
+            second.communicate(timeout=60)
+        finally:
+            second.kill()
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
