@@ -191,7 +191,7 @@ class RuntimeControl:
         # A first event says what is being watched, so a watcher knows it is subscribed (and a
         # watch of a run that already finished ends at once instead of waiting forever).
         for run in self.runtime.status.snapshot(wanted)["runs"] if wanted else []:
-            counts = ", ".join(f"{state.lower()}={n}" for state, n in run["counts"].items())
+            counts = ", ".join(f"{state.lower()}={n}" for state, n in run["shown_counts"].items())
             send({"run_id": run["run_id"], "task": "", "state": "WATCHING", "at": "", "done": run["done"],
                   "total": run["total"], "detail": counts,
                   "finished_run_state": run["status"] if not run["active"] else ""})

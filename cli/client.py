@@ -18,7 +18,8 @@ from cli.output import table
 from control import SOCKET_FILE
 from control.client import ControlClient, RuntimeNotListening
 from control.protocol import ControlError
-from domain.shown import counts_text
+from domain.shown import counts_text, is_allowed_failure, progress_shown_state
+from domain.states import FAILURE_ALLOWED
 
 # Refusals that are the user's to fix (exit 2); anything else means the runtime could not (3).
 _USER_ERRORS = frozenset({"refused", "not_found", "bad_plan", "invalid_request", "unknown_command"})
@@ -252,6 +253,14 @@ def _outcomes(args: argparse.Namespace, run_id: str, keys: list[str]) -> dict[st
         time.sleep(0.1)
 
 
+def watched_line(event: dict[str, Any]) -> str:
+    """A task event as ``watch`` prints it, its state as shown (``FAILED (allowed)``, ``CACHED``)."""
+    state, detail = progress_shown_state(event["state"], event["detail"]), event["detail"]
+    if is_allowed_failure(state):
+        detail = detail.removeprefix(FAILURE_ALLOWED).strip()
+    return f"{event['at']}  {event['run_id']}  {event['task']}  {state}" + (f"  {detail}" if detail else "")
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     stop = threading.Event()
     try:
@@ -271,8 +280,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                     if args.run:
                         return EXIT_OK
                 else:
-                    detail = f"  {event['detail']}" if event["detail"] else ""
-                    print(f"{event['at']}  {event['run_id']}  {event['task']}  {event['state']}{detail}", flush=True)
+                    print(watched_line(event), flush=True)
     except RuntimeNotListening as error:
         raise CliError(str(error), EXIT_RUNTIME) from None
     except ControlError as error:

@@ -165,3 +165,16 @@ def test_the_report_model_shows_allowed_failures_and_reused_results_apart():
         "w/lint": "FAILED (allowed)", "w/read": CACHED, "w/build": "COMPLETED"}
     assert sorted(b["state"] for b in report.timeline["bars"]) == ["COMPLETED", "COMPLETED", "FAILED",
                                                                     "FAILED (allowed)"]
+
+
+def test_watch_prints_a_task_event_in_its_shown_state():
+    from cli.client import watched_line
+
+    def event(task: str, state: str, detail: str) -> dict:
+        return {"at": "T", "run_id": "r", "task": task, "state": state, "detail": detail}
+
+    assert watched_line(event("w/lint", "FAILED", "(allowed) exit code 1")) == "T  r  w/lint  FAILED (allowed)  exit code 1"
+    assert watched_line(event("w/read", "COMPLETED", "cached (result of run-0/w/read/1)")) == (
+        "T  r  w/read  CACHED  cached (result of run-0/w/read/1)")
+    assert watched_line(event("w/tests", "FAILED", "exit code 2")) == "T  r  w/tests  FAILED  exit code 2"
+    assert watched_line(event("w/tests", "IN_PROGRESS", "")) == "T  r  w/tests  IN_PROGRESS"

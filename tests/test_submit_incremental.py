@@ -203,6 +203,8 @@ def test_allowed_failures_and_reused_results_are_shown_as_such_everywhere(tmp_pa
     _finished(tmp_path, _submit(orchestrate)["run_id"])
     run_id = _submit(orchestrate)["run_id"]
     assert _finished(tmp_path, run_id) == "completed"
+    watched = orchestrate("watch", run_id)
+    assert "cached=3, completed=1, failed (allowed)=1" in watched.out and "finished: completed" in watched.out
     # The ledger keeps the states; only displays tell them apart.
     stored = dict(ledger(tmp_path).execute("select task_key, state from tasks where run_id = ?", (run_id,)).fetchall())
     assert stored["w/lint"] == "FAILED" and stored["w/read"] == "COMPLETED"
