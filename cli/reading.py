@@ -122,6 +122,8 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
     if run is None:
         raise CliError(f"no run {run_id!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
     tasks = _tasks_with_attempts(reader, run_id, _plan_order(run))
+    for task in tasks:
+        task["shown_state"] = task_shown_state(task)  # FAILED (allowed), CACHED: see domain.shown
     workstreams = reader.get_workstreams(run_id)
     errors = reader.get_errors(run_id)
     patches = reader.get_patches(run_id)
@@ -152,7 +154,7 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
     for task in tasks:
         rows.append((
             # A result reused from an earlier run shows as such, not as work done in this one.
-            task["task_key"], task_shown_state(task), task["attempts"], task.get("adapter") or "",
+            task["task_key"], task["shown_state"], task["attempts"], task.get("adapter") or "",
             _duration(task), task.get("exit_code") if task.get("exit_code") is not None else "",
             _shown_path(next(iter(existing_logs(task["attempt_history"][-1].get("log_path") or "")), "")
                         if task["attempt_history"] else ""),
@@ -164,7 +166,7 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
         print("FAILURES")
         for task in failed:
             last = task["attempt_history"][-1] if task["attempt_history"] else {}
-            print(f"  ✗ {task['task_key']} {task_shown_state(task)} (attempt {last.get('attempt', 0)}): "
+            print(f"  ✗ {task['task_key']} {task['shown_state']} (attempt {last.get('attempt', 0)}): "
                   f"{task['last_message'] or 'no message'}")
             for log in existing_logs(last.get("log_path") or ""):
                 print(f"      log: {_shown_path(log)}")

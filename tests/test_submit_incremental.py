@@ -215,6 +215,9 @@ def test_allowed_failures_and_reused_results_are_shown_as_such_everywhere(tmp_pa
     rows = {line.split()[0]: line for line in shown.out.splitlines() if line.startswith("w/")}
     assert "FAILED (allowed)" in rows["w/lint"] and " CACHED " in rows["w/read"], shown.out
     assert "COMPLETED" in rows["w/plain"]
+    described = {t["task_key"]: t for t in orchestrate("runs", "show", run_id, "--json").json()["tasks"]}
+    assert (described["w/lint"]["state"], described["w/lint"]["shown_state"]) == ("FAILED", "FAILED (allowed)")
+    assert (described["w/read"]["state"], described["w/read"]["shown_state"]) == ("COMPLETED", "CACHED")
     status = orchestrate("status", run_id)
     assert "cached=3 completed=1 failed (allowed)=1" in status.out, status.out
     # Answered by the live runtime that ran it, not from the ledger: it does not say otherwise.
