@@ -16,7 +16,7 @@ import json
 import os
 import pwd
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,14 +25,18 @@ from sqlalchemy import text
 
 from actors.directory import LEDGER, SCHEDULER, SUPERVISOR, Directory, PeerUnavailable
 from actors.ledger import LedgerWriter
-from actors.runs import create_or_find_run
+from actors.runs import RESUMABLE, completed_tasks, create_or_find_run, reused_results
 from actors.status_view import StatusView
 from control.protocol import ControlError
 from control.server import Peer
+from domain.cache import CacheHit
+from domain.forcing import UnknownTasksForced, forced_tasks
 from domain.health import adapters_needed, all_circuits_open
 from domain.leases import RunLeaseHeld
+from domain.plan import Plan
 from domain.retry_targets import NothingToRetry, retry_targets
 from domain.run_core import ControlRefused, RunNotActive
+from domain.shown import status_fields, task_shown_state
 from messages import RunProgress
 from messages.control import (
     Approval,
@@ -68,7 +72,8 @@ class ControlledRuntime(Protocol):
 
     def add_listener(self, listener: Callable[[RunProgress], None]) -> Callable[[], None]: ...
 
-    def submit(self, run_id: str, reset: tuple[str, ...] | None = None) -> None: ...
+    def submit(self, run_id: str, reset: tuple[str, ...] | None = None, plan: Plan | None = None, new: bool = False,
+               cached: Mapping[str, CacheHit] | None = None) -> None: ...
 
     def request_shutdown(self, timeout_s: float = 30.0) -> None: ...
 
@@ -186,7 +191,7 @@ class RuntimeControl:
         # A first event says what is being watched, so a watcher knows it is subscribed (and a
         # watch of a run that already finished ends at once instead of waiting forever).
         for run in self.runtime.status.snapshot(wanted)["runs"] if wanted else []:
-            counts = ", ".join(f"{state.lower()}={n}" for state, n in run["counts"].items())
+            counts = ", ".join(f"{state.lower()}={n}" for state, n in run["shown_counts"].items())
             send({"run_id": run["run_id"], "task": "", "state": "WATCHING", "at": "", "done": run["done"],
                   "total": run["total"], "detail": counts,
                   "finished_run_state": run["status"] if not run["active"] else ""})
@@ -234,15 +239,38 @@ class RuntimeControl:
         except PlanError as error:
             self.runtime.observer.plan_refused(args["plan"], str(error))
             raise ControlError("bad_plan", str(error)) from None
-        concurrency = args.get("concurrency", self.runtime.options.concurrency)
         try:
-            run_id, _ = create_or_find_run(self.runtime.directory.get(LEDGER), self.runtime.store, plan, concurrency)
+            force_all, force = forced_tasks([] if args.get("force") is True else args.get("force"),
+                                            {task.key for task in plan.tasks}, args["plan"])
+        except UnknownTasksForced as error:
+            raise ControlError("refused", f"force: {error}") from None
+        concurrency = args.get("concurrency", self.runtime.options.concurrency)
+        return self._start_plan(plan, concurrency, args.get("new") is True, force, force_all)
+
+    def _start_plan(self, plan: Plan, concurrency: int, new: bool, force: tuple[str, ...],
+                    force_all: bool) -> dict[str, Any]:
+        """Continue the unfinished run of ``plan`` (unless ``new``) or make one, and start it with
+        what earlier runs' results let it skip (see :func:`actors.runs.reused_results`).
+
+        Submits come one at a time (the control server calls handlers on its one thread, and the
+        dashboard cannot submit), so a second client submitting the same plan finds the run
+        started by the first already active, and is refused rather than starting it twice."""
+        store = self.runtime.store
+        try:
+            run_id, created = create_or_find_run(self.runtime.directory.get(LEDGER), store, plan, concurrency,
+                                                  frozenset() if new else RESUMABLE)
         except (RequestInvalid, WriteStalled) as error:
             raise ControlError("refused", f"cannot create the run: {error}") from None
         except (PeerUnavailable, pykka.ActorDeadError, pykka.Timeout):
             raise ControlError("unavailable", "the ledger is not answering (see `orchestrate health`)") from None
-        self._submit(run_id)
-        return {"run_id": run_id, "tasks": len(plan.tasks)}
+        if not created and self.runtime.status.active(run_id):
+            raise ControlError("refused", f"run {run_id} of this plan is running in this runtime: watch it with "
+                                          f"`orchestrate watch {run_id}`, or submit with --new for another run")
+        kept = 0 if created else len(completed_tasks(store, run_id))
+        cached = reused_results(store, plan, run_id, created, force, force_all)
+        self._submit(run_id, plan=plan, new=created, cached=cached)
+        return {"run_id": run_id, "tasks": len(plan.tasks), "resumed": not created, "kept": kept,
+                "cached": len(cached)}
 
     def pause(self, args: dict, principal: Principal) -> object:
         result = self._ask(SCHEDULER, PauseRuns(args.get("run")))
@@ -307,9 +335,10 @@ class RuntimeControl:
         self._submit(run_id, reset=targets)
         return {"retried": list(targets), "resumed_run": run_id}
 
-    def _submit(self, run_id: str, reset: tuple[str, ...] | None = None) -> None:
+    def _submit(self, run_id: str, reset: tuple[str, ...] | None = None, plan: Plan | None = None, new: bool = False,
+                cached: Mapping[str, CacheHit] | None = None) -> None:
         try:
-            self.runtime.submit(run_id, reset=reset)
+            self.runtime.submit(run_id, reset=reset, plan=plan, new=new, cached=cached)
         except RunLeaseHeld as refusal:
             raise ControlError("refused", str(refusal)) from None
 
@@ -318,12 +347,14 @@ class RuntimeControl:
         run = store.get_run(run_id)
         if run is None:
             raise ControlError("not_found", f"no run {run_id!r} in the ledger")
-        tasks = {t["task_key"]: t["state"] for t in store.get_tasks(run_id)}
+        rows = store.get_tasks(run_id)
+        tasks = {t["task_key"]: t["state"] for t in rows}
         counts: dict[str, int] = {}
         for state in tasks.values():
             counts[state] = counts.get(state, 0) + 1
-        return {"runs": [{"run_id": run_id, "active": False, "status": run["status"],
-                          "status_reason": run.get("status_reason") or "", "counts": counts, "tasks": tasks}]}
+        return {"runs": [{"run_id": run_id, "active": False, "recorded": True, "status": run["status"],
+                          "status_reason": run.get("status_reason") or "", "counts": counts, "tasks": tasks,
+                          **status_fields(tasks, {t["task_key"]: task_shown_state(t) for t in rows})}]}
 
     def _ask(self, name: str, message: object, timeout: float = ASK_TIMEOUT_S) -> Any:
         try:

@@ -683,7 +683,8 @@ class Runtime:
         self._submitted.add(run_id)
         with self._finished_cond:
             self._finished.pop(run_id, None)
-        self.status.start(run_id, dict(start.task_states))
+        self.status.start(run_id, dict(start.task_states),
+                          frozenset(task.key for task in start.plan.tasks if task.allow_failure))
         self.directory.tell(SCHEDULER, start)
 
     def wait(self, run_id: str) -> RunResult:

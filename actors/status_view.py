@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from control.protocol import EncodedResult, encode_result
+from domain.shown import CACHED, progress_shown_state, shown_state, status_fields
 from domain.states import TERMINAL_TASK_STATES, TaskState
 from messages import RunProgress
 
@@ -25,6 +26,8 @@ _TASK_STATES = frozenset(state.value for state in TaskState)
 @dataclass(slots=True)
 class _RunView:
     tasks: dict[str, str]
+    allowed: frozenset[str] = frozenset()  # tasks the plan lets fail (allow_failure)
+    cached: set[str] = field(default_factory=set)  # tasks completed with an earlier run's result
     awaiting: dict[str, str] = field(default_factory=dict)
     since: dict[str, str] = field(default_factory=dict)  # running task -> when its attempt started
     paused: bool = False
@@ -42,11 +45,12 @@ class StatusView:
         self._version = 0
         self._encoded: dict[str | None, tuple[int, EncodedResult]] = {}
 
-    def start(self, run_id: str, task_states: dict[str, str]) -> None:
-        """A run was (re)submitted with these recorded states."""
+    def start(self, run_id: str, task_states: dict[str, str], allowed: frozenset[str] = frozenset()) -> None:
+        """A run was (re)submitted with these recorded states; ``allowed``: the tasks its plan
+        lets fail (their failures are shown as allowed)."""
         with self._lock:
             self._version += 1
-            self._runs[run_id] = _RunView(tasks=dict(task_states))
+            self._runs[run_id] = _RunView(tasks=dict(task_states), allowed=allowed)
 
     def apply(self, event: RunProgress) -> None:
         with self._lock:
@@ -60,6 +64,10 @@ class StatusView:
             if event.task_key not in view.tasks or event.state not in _TASK_STATES:
                 return  # a notice about a task (FIXING, RETRIED) is not a state
             view.tasks[event.task_key] = event.state
+            if progress_shown_state(event.state, event.detail) == CACHED:
+                view.cached.add(event.task_key)
+            else:
+                view.cached.discard(event.task_key)
             if event.state == TaskState.IN_PROGRESS.value:
                 view.since[event.task_key] = event.at
             elif event.state not in _RUNNING:
@@ -120,6 +128,7 @@ class StatusView:
 
     def _describe(self, run_id: str, view: _RunView) -> dict[str, Any]:
         counts = Counter(view.tasks.values())
+        shown = {key: shown_state(state, key in view.allowed, key in view.cached) for key, state in view.tasks.items()}
         return {
             "run_id": run_id,
             "active": not view.finished,
@@ -127,6 +136,7 @@ class StatusView:
             "status_reason": view.reason,
             "paused": (view.paused or self.paused_all) and not view.finished,
             "counts": dict(sorted(counts.items())),
+            **status_fields(view.tasks, shown),
             "done": sum(n for state, n in counts.items() if state in _TERMINAL),
             "total": len(view.tasks),
             "running": sorted(key for key, state in view.tasks.items() if state in _RUNNING),

@@ -18,6 +18,8 @@ from cli.output import table
 from control import SOCKET_FILE
 from control.client import ControlClient, RuntimeNotListening
 from control.protocol import ControlError
+from domain.shown import counts_text, is_allowed_failure, progress_shown_state
+from domain.states import FAILURE_ALLOWED
 
 # Refusals that are the user's to fix (exit 2); anything else means the runtime could not (3).
 _USER_ERRORS = frozenset({"refused", "not_found", "bad_plan", "invalid_request", "unknown_command"})
@@ -109,10 +111,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         if run.get("quarantine_reason"):
             flags.append(run["quarantine_reason"])
         state = run.get("status", "running")
-        counts = " ".join(f"{k.lower()}={v}" for k, v in sorted(run["counts"].items()))
+        counts = counts_text(run.get("shown_counts") or run["counts"])
         print(f"run {run['run_id']}: {state}{' (' + '; '.join(flags) + ')' if flags else ''} — {counts}")
         if not run.get("active", True):
-            print(f"  (recorded; no runtime is running it){' — ' + run['status_reason'] if run.get('status_reason') else ''}")
+            # A run this runtime finished is in its read model; only a ledger answer is "recorded".
+            where = "recorded; no runtime is running it" if run.get("recorded") else "finished in this runtime"
+            print(f"  ({where}){' — ' + run['status_reason'] if run.get('status_reason') else ''}")
         now = time.time()
         for key in run.get("running", []):
             since = run.get("running_since", {}).get(key)
@@ -122,7 +126,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  ? {waiting['task']} awaits approval: {waiting['prompt']}\n"
                   f"    orchestrate approve {run['run_id']} {waiting['task']}  |  orchestrate reject ...")
         if args.run:
-            print(table(("TASK", "STATE"), sorted(run["tasks"].items())))
+            shown = run.get("shown_states", {})
+            print(table(("TASK", "STATE"), [(key, shown.get(key, state)) for key, state in sorted(run["tasks"].items())]))
     return EXIT_OK
 
 
@@ -153,8 +158,22 @@ def _elapsed(now: float, since: str) -> str:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     plan = str(Path(args.plan).resolve())
-    result = _request(args, "submit", {"plan": plan, "concurrency": args.concurrency})
-    return _emit(args, result, f"submitted run {result['run_id']} ({result['tasks']} tasks)")
+    force = None if args.force is None else (args.force or True)  # `--force` alone: every task
+    result = _request(args, "submit", {"plan": plan, "concurrency": args.concurrency, "new": args.new or None,
+                                       "force": force})
+    return _emit(args, result, submitted_line(result))
+
+
+def submitted_line(result: dict[str, Any]) -> str:
+    """What a ``submit`` reply says: the run, whether it continues an unfinished one, and how
+    many tasks it keeps or reuses instead of running."""
+    verb = "continued" if result.get("resumed") else "submitted"
+    parts = [f"{result['tasks']} tasks"]
+    if result.get("kept"):
+        parts.append(f"{result['kept']} completed earlier in this run")
+    if result.get("cached"):
+        parts.append(f"{result['cached']} to reuse from earlier runs")
+    return f"{verb} run {result['run_id']} ({', '.join(parts)})"
 
 
 def _simple(command: str, describe) -> Any:
@@ -234,6 +253,14 @@ def _outcomes(args: argparse.Namespace, run_id: str, keys: list[str]) -> dict[st
         time.sleep(0.1)
 
 
+def watched_line(event: dict[str, Any]) -> str:
+    """A task event as ``watch`` prints it, its state as shown (``FAILED (allowed)``, ``CACHED``)."""
+    state, detail = progress_shown_state(event["state"], event["detail"]), event["detail"]
+    if is_allowed_failure(state):
+        detail = detail.removeprefix(FAILURE_ALLOWED).strip()
+    return f"{event['at']}  {event['run_id']}  {event['task']}  {state}" + (f"  {detail}" if detail else "")
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     stop = threading.Event()
     try:
@@ -253,8 +280,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                     if args.run:
                         return EXIT_OK
                 else:
-                    detail = f"  {event['detail']}" if event["detail"] else ""
-                    print(f"{event['at']}  {event['run_id']}  {event['task']}  {event['state']}{detail}", flush=True)
+                    print(watched_line(event), flush=True)
     except RuntimeNotListening as error:
         raise CliError(str(error), EXIT_RUNTIME) from None
     except ControlError as error:

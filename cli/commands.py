@@ -16,7 +16,7 @@ import structlog
 
 from actors.directory import LEDGER
 from actors.incremental import plan_reuse
-from actors.runs import CREATE_RUN_TIMEOUT_S, create_or_find_run
+from actors.runs import CREATE_RUN_TIMEOUT_S, RESUMABLE, completed_tasks, create_or_find_run, reused_results
 from actors.runtime import (
     SOCKET_FILE,
     AdapterUnavailable,
@@ -32,15 +32,17 @@ from cli import signals
 from cli.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_RUNTIME, EXIT_USAGE, CliError
 from cli.foreground import Display, choose_mode
 from cli.logging import configure_logging
-from cli.output import existing_logs, failure_allowed, paint, table, use_colour
+from cli.output import existing_logs, paint, table, use_colour
 from cli.plans import format_plan_error, load, require_schemas
 from cli.plans import router as read_router
 from cli.reading import open_ledger
 from control.server import ControlSocketError
 from domain.cache import CacheHit
+from domain.forcing import UnknownTasksForced, forced_tasks
 from domain.plan import Plan
 from domain.plan_change import compare
 from domain.routing import RouterConfig
+from domain.shown import CACHED, FAILING, allows_failure, outcome_text, task_shown_state
 from domain.states import FAILURE_ALLOWED, TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, RunState, TaskState
 from messages.ledger import ReplacePlan
 from monitoring.logfile import StreamCapInvalid
@@ -54,11 +56,6 @@ from planning.request import (
 
 log = structlog.get_logger("orchestrate.cli")
 
-# `run PLAN` continues the latest run of the same request (same plan, same options) unless it
-# completed (or was abandoned): what did not complete runs again, nothing else. `--new` (or a
-# completed run) makes a fresh run. `execute --run` resumes anything.
-RESUMABLE_BY_RUN = frozenset(state.value for state in RunState) - {RunState.COMPLETED.value,
-                                                                   RunState.ABANDONED.value}
 # `request` names the run of the same request whatever became of it.
 ANY_RUN_STATUS = frozenset(state.value for state in RunState)
 # Failed and blocked tasks named in a run's closing summary (the rest: `runs show`).
@@ -251,7 +248,7 @@ def _execute(runtime: Runtime, store: Store, run_id: str, mode: str, plan: Plan 
         done_before = counts.get(TaskState.COMPLETED.value, 0)
         # The plan, when given, is the run's own (the same request): no need to read its rows.
         workstreams = len(plan.workstreams) if plan is not None else len(store.get_workstreams(run_id))
-        states = {t["task_key"]: t["state"] for t in store.get_tasks(run_id)} if mode == "live" else {}
+        states = {t["task_key"]: task_shown_state(t) for t in store.get_tasks(run_id)} if mode == "live" else {}
         display = Display(mode, run_id, runtime.state_dir / "logs" / run_id, states)
         display.header(
             paint(f"orchestrate: run {run_id}", "bold", colour)
@@ -316,22 +313,16 @@ def _print_summary(store: Store, run_id: str, state: str, counts: dict[str, int]
     failed (with why) and what is blocked, at most :data:`SUMMARY_LINES` of each; ``runs show``
     has them all."""
     tint = "green" if state == RunState.COMPLETED.value else "red"
-    failing = (TaskState.FAILED.value, TaskState.TIMEOUT.value)
-    failed = store.get_tasks(run_id, states=failing) if any(counts.get(s) for s in failing) else []
-    allowed = Counter(task["state"] for task in failed if failure_allowed(task))
-    shown = Counter({s: n - allowed[s] for s, n in counts.items()}) + Counter(
-        {f"{s} {FAILURE_ALLOWED}": n for s, n in allowed.items()})
-    parts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(shown.items()))
-    cached = store.cached_count(run_id) if counts.get(TaskState.COMPLETED.value) else 0
-    parts += f" ({cached} cached)" if cached else ""
-    print(f"\nrun {run_id} {paint(state, tint, colour)} in {elapsed:.2f}s: {parts}")
+    failed = store.get_tasks(run_id, states=FAILING) if any(counts.get(s) for s in FAILING) else []
+    print(f"\nrun {run_id} {paint(state, tint, colour)} in {elapsed:.2f}s: "
+          f"{outcome_text(_shown_counts(store, run_id, counts, failed))}")
     spent = store.get_events(run_id, types=("BUDGET_EXHAUSTED",)) if counts.get(TaskState.BLOCKED.value) else []
     if spent:
         print(f"  {spent[-1]['payload']['reason']}: agent steps were not started")
     for task in failed[:SUMMARY_LINES]:
         attempts = store.get_attempts(run_id, task["task_key"])
         why = (attempts[-1].get("message") if attempts else "") or task["state"]
-        if failure_allowed(task):
+        if allows_failure(task.get("spec")):
             print(f"  {paint('✗', 'yellow', colour)} {task['task_key']} {FAILURE_ALLOWED}: {why}")
         else:
             print(f"  {paint('✗', 'red', colour)} {task['task_key']}: {why}")
@@ -347,18 +338,31 @@ def _print_summary(store: Store, run_id: str, state: str, counts: dict[str, int]
     print(f"details: orchestrate runs show {run_id}")
 
 
+def _shown_counts(store: Store, run_id: str, counts: Mapping[str, int], failed: list[dict]) -> Counter[str]:
+    """``counts`` (tasks by stored state) by shown state: ``failed`` tasks the plan lets fail and
+    completions reused from earlier runs counted apart."""
+    shown = Counter(counts)
+    for task in failed:
+        label = task_shown_state(task)
+        shown[task["state"]] -= 1
+        shown[label] += 1
+    cached = store.cached_count(run_id) if counts.get(TaskState.COMPLETED.value) else 0
+    shown[TaskState.COMPLETED.value] -= cached
+    shown[CACHED] += cached
+    return shown
+
+
 def _logs_of(attempt: dict) -> list[str]:
     """The logs of an attempt that exist: its tool's, then its acceptance checks' beside it."""
     return existing_logs(attempt.get("log_path") or "")
 
 
 def _summary_json(store: Store, run_id: str, state: str, counts: dict[str, int], elapsed: float) -> dict:
-    failing = (TaskState.FAILED.value, TaskState.TIMEOUT.value)
     failed = []
-    for task in store.get_tasks(run_id, states=failing) if any(counts.get(s) for s in failing) else []:
+    for task in store.get_tasks(run_id, states=FAILING) if any(counts.get(s) for s in FAILING) else []:
         attempts = store.get_attempts(run_id, task["task_key"])
         last = attempts[-1] if attempts else {}
-        failed.append({"task": task["task_key"], "state": task["state"], "allowed": failure_allowed(task),
+        failed.append({"task": task["task_key"], "state": task["state"], "allowed": allows_failure(task.get("spec")),
                        "message": last.get("message") or "", "logs": _logs_of(last)})
     return {"state": state, "counts": counts, "elapsed_s": round(elapsed, 3), "failed": failed}
 
@@ -385,37 +389,25 @@ def _run_plan(args: argparse.Namespace, plan_path: str) -> tuple[int, str]:
             return _explain(store, plan, args, force, force_all), ""
         runtime = _runtime(args, store, state_dir, router, args.concurrency)
         try:
-            reuse = frozenset() if args.new else RESUMABLE_BY_RUN
+            reuse = frozenset() if args.new else RESUMABLE
             run_id, created = _create_or_find_run(runtime.directory.get(LEDGER), store, plan, args.concurrency, reuse,
                                                   plan_source=plan_path)
-            decisions = plan_reuse(store, plan, force, force_all, () if created else _completed(store, run_id))
+            cached = reused_results(store, plan, run_id, created, force, force_all)
         except BaseException:
             runtime.stop()
             raise
-        cached = {d.task_key: d.hit for d in decisions if not d.run and d.hit is not None}
         return _execute(runtime, store, run_id, choose_mode(args.quiet, args.json), plan, new=created,
                         cached=cached), run_id
     finally:
         _close(store)
 
 
-def _completed(store: Store, run_id: str) -> list[str]:
-    return [task["task_key"] for task in store.get_tasks(run_id, states=(TaskState.COMPLETED.value,))]
-
-
 def _forced(force: list[str] | None, plan: Plan) -> tuple[bool, tuple[str, ...]]:
     """``(every task, these tasks)`` from ``--force [TASK ...]``; an unknown task is a usage error."""
-    if force is None:
-        return False, ()
-    if not force:
-        return True, ()
-    known = {task.key for task in plan.tasks}
-    unknown = [name for name in force if name not in known]
-    if unknown:
-        shown = ", ".join(sorted(known)[:10]) + (", ..." if len(known) > 10 else "")
-        raise CliError(f"--force: no task {', '.join(map(repr, unknown))} in {plan.source} "
-                       f"(name tasks as workstream/task: {shown})", EXIT_USAGE)
-    return False, tuple(force)
+    try:
+        return forced_tasks(force, {task.key for task in plan.tasks}, str(plan.source))
+    except UnknownTasksForced as error:
+        raise CliError(f"--force: {error}", EXIT_USAGE) from None
 
 
 def _explain(store: Store, plan: Plan, args: argparse.Namespace, force: tuple[str, ...], force_all: bool) -> int:
@@ -425,8 +417,8 @@ def _explain(store: Store, plan: Plan, args: argparse.Namespace, force: tuple[st
     existing = None if args.new else store.find_run_by_request_hash(request.request_hash)
     run = store.get_run(existing, metadata=False) if existing else None
     done: list[str] = []
-    if run is not None and run["status"] in RESUMABLE_BY_RUN:
-        done = _completed(store, run["run_id"])
+    if run is not None and run["status"] in RESUMABLE:
+        done = completed_tasks(store, run["run_id"])
         print(f"run {plan.source}: would continue run {run['run_id']} ({run['status']}; "
               f"{len(done)} tasks completed)")
     else:

@@ -24,7 +24,8 @@ from rich.text import Text
 
 from cli.output import existing_logs
 from domain.run_core import attempt_log_path
-from domain.states import TERMINAL_TASK_STATES, TaskState
+from domain.shown import CACHED, is_allowed_failure, progress_shown_state, stored_state
+from domain.states import FAILURE_ALLOWED, TERMINAL_TASK_STATES, TaskState
 from messages import RunProgress
 
 _TERMINAL = frozenset(state.value for state in TERMINAL_TASK_STATES)
@@ -35,7 +36,7 @@ _STYLE = {
     TaskState.COMPLETED.value: "green", TaskState.FAILED.value: "red", TaskState.TIMEOUT.value: "red",
     TaskState.BLOCKED.value: "yellow", TaskState.CANCELLED.value: "yellow", TaskState.IN_PROGRESS.value: "cyan",
     TaskState.VALIDATING.value: "cyan", TaskState.RETRY_WAIT.value: "yellow",
-    TaskState.AWAITING_APPROVAL.value: "magenta",
+    TaskState.AWAITING_APPROVAL.value: "magenta", CACHED: "green",
 }
 # How much of a big run the panel lists; the counts above always cover everything.
 MAX_WORKSTREAMS = 12
@@ -56,7 +57,8 @@ class _Failure:
 @dataclass(slots=True)
 class Board:
     """What the live panel shows of run ``run_id``; fed by :meth:`apply`, drawn by
-    :meth:`render` (both thread-safe)."""
+    :meth:`render` (both thread-safe). ``states``: tasks by shown state (see
+    :mod:`domain.shown`: allowed failures and reused results told apart)."""
 
     run_id: str
     log_dir: str
@@ -79,7 +81,7 @@ class Board:
             self.ws_counts.setdefault(_workstream(key), Counter())[state] += 1
         self.total = len(self.states)
         # Until the first event: a resumed run keeps only its completed tasks (the rest run again).
-        self.done = sum(1 for state in self.states.values() if state == TaskState.COMPLETED.value)
+        self.done = sum(1 for state in self.states.values() if stored_state(state) == TaskState.COMPLETED.value)
 
     # -- fed on the event thread -------------------------------------------------------------------
     def apply(self, event: RunProgress) -> None:
@@ -124,10 +126,11 @@ class Board:
         previous = self.states.get(key)
         if previous is None:
             return
+        shown = progress_shown_state(state, event.detail)
         counts = self.ws_counts[_workstream(key)]
         counts[previous] -= 1
-        counts[state] += 1
-        self.states[key] = state
+        counts[shown] += 1
+        self.states[key] = shown
         if state == TaskState.IN_PROGRESS.value:
             self.running_since[key] = time.monotonic()
         elif state not in _RUNNING and state != TaskState.AWAITING_APPROVAL.value:
@@ -138,7 +141,8 @@ class Board:
         elif state == TaskState.RETRY_WAIT.value:
             self.waits[key] = event.detail.rpartition("; ")[2] or "waiting to retry"
         if state in _FAILED or state == TaskState.RETRY_WAIT.value:
-            self.failures.append(_Failure(key, state, event.detail, self.logs_of(key, event.attempt)))
+            detail = event.detail.removeprefix(FAILURE_ALLOWED).strip() if is_allowed_failure(shown) else event.detail
+            self.failures.append(_Failure(key, shown, detail, self.logs_of(key, event.attempt)))
             del self.failures[:-MAX_FAILURES]
 
     def logs_of(self, key: str, attempt: int) -> list[str]:
@@ -174,7 +178,8 @@ class Board:
         if self.failures:
             lines = Text()
             for failure in self.failures:
-                lines.append("✗ " if failure.state in _FAILED else "↻ ", style="red")
+                allowed = is_allowed_failure(failure.state)
+                lines.append("✗ " if stored_state(failure.state) in _FAILED else "↻ ", style="yellow" if allowed else "red")
                 lines.append(f"{failure.task} {failure.state}", style="bold")
                 lines.append(f"  {failure.detail}\n")
                 for log in failure.logs:
@@ -205,11 +210,11 @@ class Board:
             counts = item[1]
             if any(counts[state] for state in _RUNNING) or counts[TaskState.AWAITING_APPROVAL.value]:
                 return 0
-            return 1 if sum(n for s, n in counts.items() if s not in _TERMINAL) else 2
+            return 1 if sum(n for s, n in counts.items() if stored_state(s) not in _TERMINAL) else 2
         ordered = sorted(self.ws_counts.items(), key=rank)
         for ws_id, counts in ordered[:MAX_WORKSTREAMS]:
             total = sum(counts.values())
-            done = sum(n for state, n in counts.items() if state in _TERMINAL)
+            done = sum(n for state, n in counts.items() if stored_state(state) in _TERMINAL)
             table.add_row(ws_id, ProgressBar(total=max(total, 1), completed=done, width=20), f"{done}/{total}",
                           _counts_text(counts))
         if len(ordered) > MAX_WORKSTREAMS:
@@ -225,5 +230,6 @@ def _counts_text(counts: Counter[str]) -> Text:
     text = Text()
     for state, count in sorted(counts.items()):
         if count:
-            text.append(f"{state.lower()}={count} ", style=_STYLE.get(state, "dim"))
+            style = "yellow" if is_allowed_failure(state) else _STYLE.get(state, "dim")
+            text.append(f"{state.lower()}={count} ", style=style)
     return text

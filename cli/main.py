@@ -253,9 +253,15 @@ def _client_commands(sub) -> None:
     client("approve", "approve a human step", CLIENT + ":cmd_approve", run_req, task_req, comment)
     client("reject", "reject a human step (it fails; dependants are blocked)", CLIENT + ":cmd_reject",
            run_req, task_req, comment)
-    client("submit", "start a plan as a new run in the live runtime", CLIENT + ":cmd_submit",
+    client("submit", "start a plan in the live runtime: continue its unfinished run or make one, "
+           "reusing earlier results as `run` does", CLIENT + ":cmd_submit",
            ("plan", {"help": "a plan file or directory"}),
-           ("--concurrency|-j", {"type": _positive_int, "default": None}))
+           ("--concurrency|-j", {"type": _positive_int, "default": None}),
+           ("--new", {"action": "store_true",
+                      "help": "always make a new run, even if the plan's last run did not complete"}),
+           ("--force", {"nargs": "*", "metavar": "TASK",
+                        "help": "run these tasks (ws/task; all tasks when none is named) even if an earlier result "
+                                "could be reused; put PLAN before it"}))
     client("drain", "finish running tasks, start nothing new", CLIENT + ":cmd_drain")
     client("shutdown", "stop the runtime: graceful, then forced after a timeout", CLIENT + ":cmd_shutdown",
            ("--timeout-s", {"type": float, "default": 30.0, "dest": "timeout_s",

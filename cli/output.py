@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from domain.shown import CACHED, is_allowed_failure, progress_shown_state
 from domain.states import FAILURE_ALLOWED, TaskState
 
 if TYPE_CHECKING:
@@ -51,11 +52,11 @@ def progress_line(event: RunProgress, colour: bool, run_id: str = "") -> str | N
     if not event.task_key or event.state in _QUIET_STATES:
         return None
     symbol, tint = _STATE_STYLE.get(event.state, ("·", "dim"))
-    if event.state == TaskState.COMPLETED.value and event.detail.startswith("cached"):
+    label, detail = progress_shown_state(event.state, event.detail), event.detail
+    if label == CACHED:
         symbol = "↺"  # an earlier run's result, reused
-    label, detail = event.state, event.detail
-    if detail.startswith(FAILURE_ALLOWED) and event.state in (TaskState.FAILED.value, TaskState.TIMEOUT.value):
-        label, detail, tint = f"{event.state} {FAILURE_ALLOWED}", detail[len(FAILURE_ALLOWED):].strip(), "yellow"
+    elif is_allowed_failure(label):
+        detail, tint = detail.removeprefix(FAILURE_ALLOWED).strip(), "yellow"
     width = len(str(event.total))
     counter = f"[{event.done:>{width}}/{event.total}]"
     text = f"  {counter} {paint(symbol, tint, colour)} {event.task_key}"
@@ -76,19 +77,6 @@ def existing_logs(log_path: str) -> list[str]:
     path = Path(log_path)
     stem = path.with_suffix("")
     return [str(p) for p in [path, *sorted(stem.parent.glob(f"{stem.name}.check*.log"))] if p.exists()]
-
-
-def failure_allowed(task: Mapping[str, Any]) -> bool:
-    """Whether a task row (from the ledger's reader: ``spec`` decoded) ended in a failure its
-    plan allows."""
-    spec = task.get("spec")
-    return (task.get("state") in (TaskState.FAILED.value, TaskState.TIMEOUT.value)
-            and isinstance(spec, dict) and spec.get("allow_failure") is True)
-
-
-def state_label(task: Mapping[str, Any]) -> str:
-    """A task row's state as shown: ``FAILED (allowed)`` for an allowed failure."""
-    return f"{task['state']} {FAILURE_ALLOWED}" if failure_allowed(task) else str(task["state"])
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -15,8 +15,8 @@ from sqlalchemy import Engine
 
 from cli.costs import agent_costs, cost_line
 from cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, CliError
-from cli.output import existing_logs, state_label, table
-from domain.cache import CACHE_ADAPTER
+from cli.output import existing_logs, table
+from domain.shown import counts_text, status_fields, task_shown_state
 from persistence.db import DatabaseUnavailable, resolve_db_url, sqlite_file
 from persistence.migrate import init_db, open_db
 from persistence.reader import StateReader
@@ -73,8 +73,9 @@ def recorded_status(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
         counts[state] = counts.get(state, 0) + 1
     running = sorted(key for key, state in states.items() if state in ("IN_PROGRESS", "VALIDATING"))
     return {"paused_all": False, "runs": [{
-        "run_id": run_id, "active": False, "status": run["status"], "status_reason": run.get("status_reason") or "",
+        "run_id": run_id, "active": False, "recorded": True, "status": run["status"], "status_reason": run.get("status_reason") or "",
         "counts": dict(sorted(counts.items())), "tasks": states, "running": running,
+        **status_fields(states, {key: task_shown_state(task) for key, task in tasks.items()}),
         "running_since": {key: tasks[key]["started_at"] for key in running if tasks[key].get("started_at")},
         "awaiting_approval": []}]}
 
@@ -96,7 +97,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return EXIT_OK
     rows = [
         (r["run_id"], r["status"], r["created_at"], r["plan_source"],
-         " ".join(f"{k.lower()}={v}" for k, v in sorted(r["task_counts"].items())), _driver(r["driven_by"]))
+         counts_text(r["shown_counts"]), _driver(r["driven_by"]))
         for r in runs
     ]
     print(table(("RUN", "STATUS", "CREATED", "PLAN", "TASKS", "DRIVEN BY"), rows))
@@ -121,6 +122,8 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
     if run is None:
         raise CliError(f"no run {run_id!r} in the ledger (see `orchestrate runs`)", EXIT_USAGE)
     tasks = _tasks_with_attempts(reader, run_id, _plan_order(run))
+    for task in tasks:
+        task["shown_state"] = task_shown_state(task)  # FAILED (allowed), CACHED: see domain.shown
     workstreams = reader.get_workstreams(run_id)
     errors = reader.get_errors(run_id)
     patches = reader.get_patches(run_id)
@@ -151,8 +154,7 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
     for task in tasks:
         rows.append((
             # A result reused from an earlier run shows as such, not as work done in this one.
-            task["task_key"], "CACHED" if task["state"] == "COMPLETED" and task.get("adapter") == CACHE_ADAPTER
-            else state_label(task), task["attempts"], task.get("adapter") or "",
+            task["task_key"], task["shown_state"], task["attempts"], task.get("adapter") or "",
             _duration(task), task.get("exit_code") if task.get("exit_code") is not None else "",
             _shown_path(next(iter(existing_logs(task["attempt_history"][-1].get("log_path") or "")), "")
                         if task["attempt_history"] else ""),
@@ -164,7 +166,7 @@ def _show_run(reader: StateReader, run_id: str, as_json: bool) -> int:
         print("FAILURES")
         for task in failed:
             last = task["attempt_history"][-1] if task["attempt_history"] else {}
-            print(f"  ✗ {task['task_key']} {state_label(task)} (attempt {last.get('attempt', 0)}): "
+            print(f"  ✗ {task['task_key']} {task['shown_state']} (attempt {last.get('attempt', 0)}): "
                   f"{task['last_message'] or 'no message'}")
             for log in existing_logs(last.get("log_path") or ""):
                 print(f"      log: {_shown_path(log)}")

@@ -9,6 +9,7 @@ comes back decoded under the name without ``_json`` (text that is not JSON stays
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.orm import Session, defer
 
+from domain.cache import CACHE_ADAPTER
+from domain.shown import FAILING, allows_failure, shown_state
 from persistence.leases import as_lease
 from persistence.models import (
     AuditEntry,
@@ -62,17 +65,30 @@ class StateReader:
 
     def list_runs(self) -> list[dict[str, Any]]:
         """Runs newest first — every runtime's — without metadata, each with ``task_counts`` by
-        state and ``driven_by``: the runtime holding its lease now (see :meth:`get_leases`),
-        or None."""
+        state, ``shown_counts`` by shown state (see :mod:`domain.shown`: allowed failures and
+        reused results apart) and ``driven_by``: the runtime holding its lease now (see
+        :meth:`get_leases`), or None."""
         with Session(self._engine) as session:
-            counts: dict[str, dict[str, int]] = {}
-            for run_id, state, count in session.execute(
-                select(Task.run_id, Task.state, func.count()).group_by(Task.run_id, Task.state)
+            counts: dict[str, Counter[str]] = {}
+            shown: dict[str, Counter[str]] = {}
+            for run_id, state, adapter, count in session.execute(
+                select(Task.run_id, Task.state, Task.adapter, func.count()).group_by(Task.run_id, Task.state,
+                                                                                     Task.adapter)
             ):
-                counts.setdefault(run_id, {})[state] = count
+                counts.setdefault(run_id, Counter())[state] += count
+                shown.setdefault(run_id, Counter())[shown_state(state, cached=adapter == CACHE_ADAPTER)] += count
+            # Only failed tasks' specs are read: whether the plan let them fail.
+            for run_id, state, spec in session.execute(
+                select(Task.run_id, Task.state, Task.spec_json).where(Task.state.in_(sorted(FAILING)))
+            ):
+                if allows_failure(_decoded(spec)):
+                    shown[run_id][state] -= 1
+                    shown[run_id][shown_state(state, allowed=True)] += 1
             runs = session.scalars(select(Run).order_by(Run.created_at.desc(), Run.run_id.desc()))
             listed = [
-                _as_dict(run, skip=("metadata_json",)) | {"task_counts": counts.get(run.run_id, {})}
+                _as_dict(run, skip=("metadata_json",)) | {
+                    "task_counts": dict(counts.get(run.run_id, {})),
+                    "shown_counts": {k: n for k, n in shown.get(run.run_id, Counter()).items() if n}}
                 for run in runs
             ]
         live = {lease["run_id"]: lease for lease in self.get_leases() if lease["live"]}

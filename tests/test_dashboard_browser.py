@@ -133,3 +133,31 @@ def test_an_approve_without_the_token_or_from_another_origin_is_refused_and_chan
     assert code == 0, out + err
     with ledger(tmp_path) as db:
         assert db.execute("SELECT count(*) FROM events WHERE event_type = 'TASK_APPROVED'").fetchone()[0] == 1
+
+
+def test_a_live_allowed_failure_turns_its_row_and_node_amber_not_red(tmp_path, browser_context):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"id": "ci", "tasks": [
+        {"id": "lint", "tool": "shell", "allow_failure": True,
+         "command": "while [ ! -e go ]; do sleep 0.05; done; echo 'E501 line too long'; exit 1"},
+        {"id": "ship", "tool": "human", "prompt": "Ship?", "depends_on": ["lint"]}]}))
+    runtime = Runtime(tmp_path, "run", str(plan))
+    try:
+        page = browser_context.new_page()
+        page.goto(f"{runtime.base}/runs/{runtime.run_id}")
+        page.wait_for_function("document.querySelector('#tasks tr[data-task=\"ci/lint\"]').dataset.state"
+                               " === 'IN_PROGRESS'", timeout=WAIT_MS)
+        (tmp_path / "go").touch()
+        # The allowed failure lets the human step start; by then the page was pushed the failure.
+        page.locator('#approvals button[data-command="approve"]').wait_for(timeout=WAIT_MS)
+        page.wait_for_function("document.querySelector('#tasks tr[data-task=\"ci/lint\"] .state').textContent"
+                               " === 'FAILED (allowed)'", timeout=WAIT_MS)
+        assert _state_in_page(page, "ci/lint") == "FAILED"  # the state the buttons go by (retry)
+        assert page.locator('#tasks tr[data-task="ci/lint"] .state .badge').get_attribute(
+            "class") == "badge s-FAILED-allowed"
+        assert page.locator('#task-graph g.node[data-key="ci/lint"] rect').get_attribute("class") == "s-FAILED-allowed"
+        colour = page.locator('#tasks tr[data-task="ci/lint"] .state .badge').evaluate(
+            "el => getComputedStyle(el).backgroundColor")
+        assert colour == "rgb(201, 138, 18)", colour  # amber (#c98a12), not the red of FAILED
+    finally:
+        runtime.kill()

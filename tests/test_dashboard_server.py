@@ -243,3 +243,30 @@ def test_stopping_the_server_ends_its_streams_and_leaves_no_thread(tmp_path, orc
     assert stream.read().strip() == b""  # ended by the server, not cut mid-event
     wait_until(lambda: set(threading.enumerate()) <= before, 30, what="the dashboard's threads to end")
     assert not server.alive
+
+
+def test_the_dashboard_shows_an_allowed_failure_and_a_reused_result_as_such(tmp_path, orchestrate, write_plan):
+    (tmp_path / "src.txt").write_text("1\n")
+    plan = write_plan({"id": "w", "tasks": [
+        {"id": "read", "tool": "shell", "command": "cat src.txt", "files_in": ["src.txt"]},
+        {"id": "lint", "tool": "shell", "command": "exit 1", "allow_failure": True}]})
+    assert orchestrate("run", str(plan)).code == 0
+    again = orchestrate("run", str(plan))
+    assert again.code == 0 and "1 completed (1 cached), 1 failed (allowed)" in again.out, again.out
+    run_id = again.out.split("orchestrate: run ", 1)[1].split()[0]
+    process = _start(tmp_path, "ui", "127.0.0.1:0")
+    try:
+        base, _, _ = _dashboard(process)
+        _, listing = _get(base + "/")
+        row = re.search(rf'<tr data-run="{run_id}">.*?</tr>', listing, re.S).group(0)
+        assert 'class="badge s-CACHED">CACHED 1<' in row and 'class="badge s-FAILED-allowed">FAILED (allowed) 1<' in row
+        _, page = _get(f"{base}/runs/{run_id}")
+        assert re.search(r'data-task="w/lint">.*?<span class="badge s-FAILED-allowed">FAILED \(allowed\)</span>', page)
+        assert re.search(r'data-task="w/read">.*?<span class="badge s-CACHED">CACHED</span>', page)
+        _, snapshot = _get(f"{base}/api/runs/{run_id}")
+        shown = json.loads(snapshot)
+        assert shown["tasks"]["w/lint"] == "FAILED"  # what the ledger holds, for the buttons (retry)
+        assert shown["shown_states"] == {"w/lint": "FAILED (allowed)", "w/read": "CACHED"}
+    finally:
+        _stop(process)
+        process.kill()

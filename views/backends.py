@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 
 from control.protocol import ControlError, ProtocolError, decode_request
+from domain.shown import status_fields, task_shown_state
 from messages.control import Principal
 from persistence.reader import StateReader
 
@@ -127,11 +128,12 @@ def ledger_snapshot(run: dict[str, Any], tasks: list[dict[str, Any]]) -> dict[st
     states = {task["task_key"]: task["state"] for task in tasks}
     counts = Counter(states.values())
     return {
-        "run_id": run["run_id"], "active": False, "status": run["status"],
+        "run_id": run["run_id"], "active": False, "recorded": True, "status": run["status"],
         "status_reason": run.get("status_reason") or "", "paused": False,
         "counts": dict(sorted(counts.items())), "done": sum(n for s, n in counts.items() if s in _TERMINAL),
         "total": len(states), "running": sorted(k for k, s in states.items() if s in _RUNNING),
         "awaiting_approval": [], "tasks": states,
+        **status_fields(states, {task["task_key"]: task_shown_state(task) for task in tasks}),
     }
 
 

@@ -37,6 +37,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control.protocol import ControlError
+from domain.shown import task_shown_state
 from persistence.reader import StateReader
 from views.access import (
     TOKEN_HEADER,
@@ -99,7 +100,8 @@ def create_app(backend: Backend, token: str, listen: Listen, streams: Streams | 
     async def runs_page(request: Request) -> Response:
         runs = await run_in_threadpool(backend.runs)
         for run in runs:
-            run["counts"] = ordered_counts(run.get("task_counts") or {})
+            # As shown (domain.shown): allowed failures and reused results apart.
+            run["counts"] = ordered_counts(run.get("shown_counts") or run.get("task_counts") or {})
         return HTMLResponse(render("dashboard_runs.html.j2", runs=runs, live=backend.live))
 
     async def run_page(request: Request) -> Response:
@@ -230,8 +232,11 @@ def _run_model(reader: StateReader, backend: Backend, run_id: str) -> dict[str, 
     tasks = reader.get_tasks(run_id)
     snapshot = backend.snapshot(run_id) or {}
     live_states = snapshot.get("tasks") or {}
+    shown = snapshot.get("shown_states") or {}
     for task in tasks:
         task["state"] = live_states.get(task["task_key"], task["state"])
+        # As shown (domain.shown): the snapshot's word for it, else the ledger's.
+        task["shown"] = shown.get(task["task_key"]) or (task["state"] if snapshot else task_shown_state(task))
     task_ids = {task["task_key"]: f"t{index}" for index, task in enumerate(tasks)}
     graph = task_graph(tasks, reader.get_workstreams(run_id), task_ids)
     return {"run": run, "tasks": tasks, "dag": graph, "snapshot": snapshot}

@@ -8,16 +8,22 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from domain.shown import css_name
+
 
 @cache
 def environment() -> Environment:
-    return Environment(
+    """The templates' environment; its filter ``css`` turns a shown task state into a class
+    suffix (``FAILED (allowed)`` -> ``FAILED-allowed``)."""
+    env = Environment(
         loader=PackageLoader("views", "templates"),
         autoescape=select_autoescape(("html", "j2", "svg")),
         undefined=StrictUndefined,  # a misspelt field fails the tests instead of printing nothing
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["css"] = css_name
+    return env
 
 
 def render(template: str, **context: Any) -> str:

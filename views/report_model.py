@@ -9,18 +9,30 @@ is tested by feeding rows.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from domain.graph import CycleError
 from domain.layout import Layout, assign_lanes, layered_layout
+from domain.shown import (
+    CACHED,
+    is_allowed_failure,
+    outcome_text,
+    shown_state,
+    stored_state,
+    task_shown_state,
+)
 from persistence.report_reader import RunLedger
 
 # The order states are listed in (legends, counts): how far along a task is, then how it ended.
+# Tasks are shown by their shown state (domain.shown): reused results and allowed failures apart.
 STATE_ORDER = ("PENDING", "QUEUED", "RETRY_WAIT", "IN_PROGRESS", "VALIDATING", "AWAITING_APPROVAL",
-               "COMPLETED", "FAILED", "TIMEOUT", "BLOCKED", "CANCELLED")
+               "COMPLETED", CACHED, "FAILED", shown_state("FAILED", allowed=True), "TIMEOUT",
+               shown_state("TIMEOUT", allowed=True), "BLOCKED", "CANCELLED")
+# A workstream with a task in one of these (stored) states opens by itself in the report.
+_PROBLEMS = frozenset({"FAILED", "TIMEOUT", "BLOCKED", "CANCELLED"})
 TIMELINE_WIDTH = 1100.0
 LANE_HEIGHT = 16.0
 LANE_LABEL_WIDTH = 150.0
@@ -53,7 +65,7 @@ def build_report(ledger: RunLedger, log_tails: Mapping[int, str], generated_at: 
         summary=summary(ledger, generated_at),
         workstream_graph=workstream_graph(ledger.workstreams),
         task_graph=task_graph(ledger.tasks, ledger.workstreams, task_ids),
-        timeline=timeline(ledger.attempts, task_ids),
+        timeline=timeline(ledger.attempts, task_ids, allowed_attempts(ledger.tasks, ledger.attempts)),
         workstreams=workstream_sections(ledger, log_tails, task_ids),
         errors=sorted(ledger.errors, key=lambda e: (-int(e.get("count") or 1), e["signature"])),
         routing=ledger.routing,
@@ -67,7 +79,7 @@ def build_report(ledger: RunLedger, log_tails: Mapping[int, str], generated_at: 
 # -- summary --------------------------------------------------------------------------------------
 def summary(ledger: RunLedger, generated_at: str) -> dict[str, Any]:
     run = ledger.run
-    counts = Counter(task["state"] for task in ledger.tasks)
+    counts = Counter(task_shown_state(task) for task in ledger.tasks)
     attempts = ledger.attempts
     return {
         "run_id": run["run_id"],
@@ -82,6 +94,7 @@ def summary(ledger: RunLedger, generated_at: str) -> dict[str, Any]:
         "attempts": len(attempts),
         "retried": sum(1 for task in ledger.tasks if int(task.get("attempts") or 0) > 1),
         "counts": ordered_counts(counts),
+        "outcome": outcome_text(counts),
         "errors": sum(int(e.get("count") or 1) for e in ledger.errors),
         "generated_at": generated_at,
     }
@@ -121,7 +134,7 @@ def task_graph(tasks: Sequence[dict[str, Any]], workstreams: Sequence[dict[str, 
         for key, task in zip(order, tasks, strict=True)
     }
     layout = _layout(order, every, own)
-    state = {task["task_key"]: task["state"] for task in tasks}
+    state = {task["task_key"]: task_shown_state(task) for task in tasks}
     nodes = [_node(p, state=state[p.key], label=p.key, anchor=task_ids[p.key], tip=f"{p.key}: {state[p.key]}")
              for p in layout.nodes]
     return _graph(layout, nodes)
@@ -155,9 +168,11 @@ def _graph(layout: Layout, nodes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- timeline -------------------------------------------------------------------------------------
-def timeline(attempts: Sequence[dict[str, Any]], task_ids: Mapping[str, str]) -> dict[str, Any]:
+def timeline(attempts: Sequence[dict[str, Any]], task_ids: Mapping[str, str],
+             allowed: Collection[int] = frozenset()) -> dict[str, Any]:
     """Attempts as bars on a time axis, one row per slot of each adapter (the lanes an adapter
-    needed at once). An attempt still running (no end) is drawn up to the latest known time."""
+    needed at once). An attempt still running (no end) is drawn up to the latest known time.
+    ``allowed``: the row ids of attempts whose failure was allowed (see :func:`allowed_attempts`)."""
     timed = [(a, parse_time(a["started_at"]), parse_time(a.get("completed_at"))) for a in attempts]
     timed = [(a, start, end) for a, start, end in timed if start is not None]
     if not timed:
@@ -183,13 +198,14 @@ def timeline(attempts: Sequence[dict[str, Any]], task_ids: Mapping[str, str]) ->
             attempt = timed[index][0]
             x = LANE_LABEL_WIDTH + (start - origin) * scale
             duration = attempt.get("duration_s")
+            state = shown_state(attempt["status"], attempt["id"] in allowed)
             bars.append({
                 "x": round(x, 1),
                 "y": AXIS_HEIGHT + (first + lane) * LANE_HEIGHT + 2,
                 "w": round(max((end - start) * scale, 1.0), 1),
-                "state": attempt["status"],
+                "state": state,
                 "anchor": task_ids.get(attempt["step_name"], ""),
-                "tip": f"{attempt['step_name']} #{attempt['attempt']} {attempt['status']}"
+                "tip": f"{attempt['step_name']} #{attempt['attempt']} {state}"
                        + (f" {format_seconds(duration)}" if duration is not None else ""),
             })
     ticks = [{"x": round(LANE_LABEL_WIDTH + span * i / 5 * scale, 1), "label": format_seconds(span * i / 5),
@@ -201,10 +217,13 @@ def timeline(attempts: Sequence[dict[str, Any]], task_ids: Mapping[str, str]) ->
 # -- per workstream and task ----------------------------------------------------------------------
 def workstream_sections(ledger: RunLedger, log_tails: Mapping[int, str],
                         task_ids: Mapping[str, str]) -> list[dict[str, Any]]:
-    """One collapsible section per workstream, its tasks in key order with every attempt."""
+    """One collapsible section per workstream, its tasks in key order (each in its shown state,
+    see :mod:`domain.shown`) with every attempt."""
+    allowed = allowed_attempts(ledger.tasks, ledger.attempts)
     attempts: dict[str, list[dict[str, Any]]] = {}
     for attempt in ledger.attempts:
-        attempts.setdefault(attempt["step_name"], []).append(attempt_row(attempt, log_tails.get(attempt["id"], "")))
+        row = attempt_row(attempt, log_tails.get(attempt["id"], ""), attempt["id"] in allowed)
+        attempts.setdefault(attempt["step_name"], []).append(row)
     tasks: dict[str, list[dict[str, Any]]] = {}
     for task in ledger.tasks:
         tasks.setdefault(task["ws_id"], []).append(task_row(task, attempts.get(task["task_key"], []), task_ids))
@@ -216,8 +235,8 @@ def workstream_sections(ledger: RunLedger, log_tails: Mapping[int, str],
             "id": ws["ws_id"], "title": ws.get("title") or "", "status": ws["status"],
             "depends_on": list(ws.get("depends_on") or ()), "counts": ordered_counts(counts),
             "tasks": members,
-            # A workstream with a problem opens by itself; the rest stay folded.
-            "open": any(state in ("FAILED", "TIMEOUT", "BLOCKED", "CANCELLED") for state in counts),
+            # A workstream with a problem (an allowed failure too: worth a look) opens by itself.
+            "open": any(stored_state(state) in _PROBLEMS for state in counts),
         })
     return sections
 
@@ -226,7 +245,7 @@ def task_row(task: dict[str, Any], attempts: list[dict[str, Any]], task_ids: Map
     spec = _spec(task)
     last = attempts[-1] if attempts else {}
     return {
-        "key": task["task_key"], "anchor": task_ids[task["task_key"]], "state": task["state"],
+        "key": task["task_key"], "anchor": task_ids[task["task_key"]], "state": task_shown_state(task),
         "tool": task.get("tool") or "", "adapter": task.get("adapter") or "",
         "attempts": attempts, "exit_code": task.get("exit_code"),
         "duration": last.get("duration", ""), "error_class": task.get("error_class") or "",
@@ -235,9 +254,19 @@ def task_row(task: dict[str, Any], attempts: list[dict[str, Any]], task_ids: Map
     }
 
 
-def attempt_row(attempt: dict[str, Any], log_tail: str) -> dict[str, Any]:
+def allowed_attempts(tasks: Sequence[dict[str, Any]], attempts: Sequence[dict[str, Any]]) -> frozenset[int]:
+    """The row ids of the attempts whose failure the plan allowed: the last attempt of each task
+    shown as an allowed failure (failures before it were retried, as without ``allow_failure``)."""
+    allowed = {task["task_key"] for task in tasks if is_allowed_failure(task_shown_state(task))}
+    last = {attempt["step_name"]: attempt["id"] for attempt in attempts if attempt["step_name"] in allowed}
+    return frozenset(last.values())
+
+
+def attempt_row(attempt: dict[str, Any], log_tail: str, allowed: bool = False) -> dict[str, Any]:
+    """An attempt as a row of its task's table; ``allowed``: its failure was allowed."""
     return {
-        "attempt": attempt["attempt"], "status": attempt["status"], "adapter": attempt.get("adapter") or "",
+        "attempt": attempt["attempt"], "status": shown_state(attempt["status"], allowed),
+        "adapter": attempt.get("adapter") or "",
         "pid": attempt.get("pid"), "started_at": attempt["started_at"],
         "completed_at": attempt.get("completed_at") or "", "exit_code": attempt.get("exit_code"),
         "duration": format_seconds(attempt.get("duration_s")), "rss": format_bytes(attempt.get("max_rss_bytes")),
