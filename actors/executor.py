@@ -268,6 +268,7 @@ class ExecutorActor(SupervisedActor):
                                   f"task {request.task.key}: {collected.error}")
         if verdict.state is TaskState.COMPLETED and request.task.files_out:
             verdict, outputs = self._outputs(request)
+        verdict = self._told(key, verdict)
         self.directory.tell(
             SCHEDULER,
             attempt_finished(key, verdict, flight.started, tool=flight.tool_result, gate_output=gate_output,
@@ -290,6 +291,10 @@ class ExecutorActor(SupervisedActor):
         log.warning("files_in_changed_while_running", run_id=flight.request.run_id, task=task.key,
                     attempt=flight.request.attempt, changed=changed[:10], consequence="not cached")
         return ""
+
+    def _told(self, key: tuple[str, str, int], verdict: Verdict) -> Verdict:
+        """The attempt's final ``verdict`` as the Scheduler is told it (executors add where it ran)."""
+        return verdict
 
     def _returns_value(self, request: ExecuteTask) -> bool:
         """Whether ``request``'s tool is a callable, whose return value (or its absence) counts."""

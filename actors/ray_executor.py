@@ -5,8 +5,11 @@ a process of its own) and never waited for here: the bridge's reader thread tell
 :class:`RemoteStarted` when a node picks the attempt up (its node id goes into the attempt's
 message, so ``runs show`` says where it ran) and a :class:`ProcessExited` when it ends. From
 there everything is the local executor's: the verdict (:mod:`domain.outcomes`; a cluster that
-cannot be reached or a node lost under the task is ``LOST``, a tool failure for the breaker),
-the acceptance checks (run here, by the process reactor), the return value of a python task.
+cannot be reached or a node lost under the task is ``LOST``, a tool failure for the breaker; a
+cwd or interpreter missing on the node is bad input), the acceptance checks (run here, by the
+process reactor), the result (a python task's return value, a shell task's
+``$ORCHESTRATE_OUTPUT``; large ones kept under ``.state/results/`` as local ones are). The
+upstream results a task takes travel with it (see :func:`adapters.ray_tasks.remote_spec`).
 
 Cancellation and timeouts: a cancel goes to the bridge (``ray.cancel(force=True)``; the task's
 keeper on the node kills its process tree when its worker dies). A timeout is enforced on the
@@ -24,11 +27,11 @@ import pykka
 
 from actors.attempts import attempt_finished, attempt_marker, attempt_started
 from actors.directory import SCHEDULER, Directory
-from actors.executor import ExecutorActor, _InFlight
+from actors.executor import ExecutorActor
 from adapters.process import ProcessReactor
 from adapters.pycall import forget_result, result_path
 from adapters.ray_client import RayBridge
-from adapters.ray_tasks import RaySettings, ray_options, remote_spec
+from adapters.ray_tasks import RAY_TOOLS, RaySettings, ray_options, remote_spec
 from adapters.tools import attempt_markers
 from domain.errors import ErrorClass
 from domain.outcomes import ProcessResult, Verdict
@@ -68,10 +71,7 @@ class RayExecutorActor(ExecutorActor):
     def _start(self, request: ExecuteTask) -> None:
         key = (request.run_id, request.task.key, request.attempt)
         try:
-            if request.inputs:
-                raise ValueError(f"task {request.task.key} takes results as inputs, which a ray adapter does not "
-                                 "pass to its node yet: route it to a local adapter")
-            spec = remote_spec(request.task, attempt_markers(*key))
+            spec = remote_spec(request.task, attempt_markers(*key), request.inputs)
         except ValueError as error:
             self.directory.tell(SCHEDULER, attempt_started(request, self.adapter_name))
             verdict = Verdict(TaskState.FAILED, ErrorClass.BAD_INPUT, str(error))
@@ -138,11 +138,12 @@ class RayExecutorActor(ExecutorActor):
         return request.task.tool == "python"
 
     def _has_result(self, request: ExecuteTask) -> bool:
-        # A shell task on a node gets no $ORCHESTRATE_OUTPUT: only a callable's return comes back.
-        return request.task.tool == "python"
+        # A callable's return value, or what a shell command wrote to $ORCHESTRATE_OUTPUT.
+        return request.task.tool in RAY_TOOLS
 
-    def _finish(self, key: Key, flight: _InFlight, verdict: Verdict, gate_output: str = "") -> None:
+    def _told(self, key: Key, verdict: Verdict) -> Verdict:
+        # Last, so a verdict decided after the tool (its result, its files_out) still says where.
         where = self.nodes.pop(key, "")
         if where:
             verdict = replace(verdict, message=f"{verdict.message}; on {where}" if verdict.message else f"on {where}")
-        super()._finish(key, flight, verdict, gate_output)
+        return verdict

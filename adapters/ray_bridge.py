@@ -12,8 +12,17 @@ connected, ``{"event": "down", "error"}`` when the cluster cannot be reached or 
 the bridge exits), and per attempt ``{"id", "event": "started", "node", "ip"}`` and one
 ``{"id", "event": "end", ...}`` (the fields of :func:`adapters.ray_remote.run_attempt`'s
 ``end``, or ``outcome: "lost"`` with ``error`` when the task died with its worker or node).
-A task's output is appended to its ``log_path`` here, as it arrives; a python task's return
-value is written to ``result_path`` only if it returned (the local adapters' contract).
+A task's output is appended to its ``log_path`` here, as it arrives; its result (a python
+task's return value, a shell task's ``$ORCHESTRATE_OUTPUT``) is written to ``result_path`` only
+if it left one, and only once all of it came (the local adapters' contract: the file is the
+proof the callable returned).
+
+Inputs: a submitted spec's ``inputs`` are ``[[name, json text | None, path | None]]`` — a large
+upstream result is a file under the runtime's ``.state/results/``, which a node on another
+machine cannot read. The bridge runs on the runtime's machine, so it reads each such file and
+sends its content with the task (Ray moves a large argument through its object store): the node
+gets ``[[name, json text]]``. Reading it here, not in the executor, keeps a large value out of
+the actors' mailboxes.
 
 Waiting: one loop on the main thread over ``ray.wait`` of every running attempt's generator
 (short timeouts, so commands from stdin are taken up promptly); stdin is read by a thread.
@@ -27,6 +36,7 @@ driver's tasks, and each task's keeper kills its process tree.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -79,8 +89,25 @@ def probe(endpoint: tuple[str, int] | None) -> str:
         return f"cannot connect to {endpoint[0]}:{endpoint[1]}: {error.strerror or error}"
 
 
+def inline_inputs(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with each input as ``[name, json text]``: a path's content read (see the module).
+    Raises OSError (its message names the input and the file) when a result file cannot be read."""
+    inputs = []
+    for name, text, path in spec.get("inputs") or ():
+        if path is not None:
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    text = handle.read()
+            except (OSError, UnicodeDecodeError) as error:
+                raise OSError(f"could not read input {name!r}, the result kept in {path}: "
+                              f"{getattr(error, 'strerror', None) or error}") from error
+        inputs.append([name, text])
+    return {**spec, "inputs": inputs}
+
+
 class _Attempt:
-    __slots__ = ("ended", "generator", "id", "log", "result_path", "started_at", "timeout_s", "why_cancelled")
+    __slots__ = ("ended", "generator", "id", "log", "result", "result_path", "started_at", "timeout_s",
+                 "why_cancelled")
 
     def __init__(self, attempt_id: str, generator: Any, log_path: str, result_path: str,
                  timeout_s: float | None) -> None:
@@ -89,6 +116,7 @@ class _Attempt:
         os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
         self.log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - closed when the attempt ends
         self.result_path = result_path
+        self.result: Any = None  # the result file being received (``<result_path>.part``)
         self.started_at: float | None = None
         self.timeout_s = timeout_s
         self.why_cancelled = ""
@@ -173,7 +201,13 @@ class Bridge:
     def _submit(self, command: dict[str, Any]) -> None:
         attempt_id = command["id"]
         try:
-            generator = self.remote.options(**command["options"]).remote(command["spec"])
+            spec = inline_inputs(command["spec"])
+        except OSError as error:
+            # Not the cluster's failure (nothing was sent): the task could not start.
+            emit({"id": attempt_id, "event": "end", "outcome": "spawn_error", "error": str(error)})
+            return
+        try:
+            generator = self.remote.options(**command["options"]).remote(spec)
             attempt = _Attempt(attempt_id, generator, command["log_path"], command["result_path"],
                                command["spec"].get("timeout_s"))
         except Exception as error:  # noqa: BLE001 - a bad option, an unwritable log: this attempt only
@@ -222,17 +256,26 @@ class Bridge:
             elif kind == "started":
                 attempt.started_at = time.monotonic()
                 emit({"id": attempt.id, "event": "started", "node": event["node"], "ip": event["ip"]})
+            elif kind == "result":
+                if attempt.result is None:
+                    attempt.result = open(attempt.result_path + ".part", "wb")  # noqa: SIM115 - closed at its end
+                attempt.result.write(event["data"])
             elif kind == "end":
-                if event.get("result") is not None:
-                    with open(attempt.result_path, "w", encoding="utf-8") as handle:
-                        handle.write(event["result"])
-                self._end(attempt, {k: v for k, v in event.items() if k not in ("event", "result")})
+                if attempt.result is not None:
+                    attempt.result.close()
+                    attempt.result = None
+                    os.replace(attempt.result_path + ".part", attempt.result_path)
+                self._end(attempt, {k: v for k, v in event.items() if k != "event"})
 
     def _end(self, attempt: _Attempt, fields: dict[str, Any]) -> None:
         if attempt.ended:
             return
         attempt.ended = True
         attempt.log.close()
+        if attempt.result is not None:  # cut off (cancelled, lost): no result
+            attempt.result.close()
+            with contextlib.suppress(OSError):
+                os.unlink(attempt.result_path + ".part")
         self.attempts.pop(attempt.id, None)
         emit({"id": attempt.id, "event": "end", **fields})
 

@@ -46,11 +46,16 @@ class _Pending:
 
 
 def remote_result(event: dict[str, Any]) -> ProcessResult:
-    """The :class:`ProcessResult` of a bridge ``end`` event (no local pid: it ran elsewhere)."""
+    """The :class:`ProcessResult` of a bridge ``end`` event (no local pid: it ran elsewhere).
+    A task whose cwd or interpreter is missing on its node could not start by the plan's fault."""
     outcome = event.get("outcome", "lost")
     error = str(event.get("error") or "")
+    # What the plan names is missing on the node: the plan's fault (bad input), not the cluster's.
+    plan_fault = outcome in ("spawn_error_cwd", "spawn_error_python")
     if outcome == "spawn_error_cwd":
-        outcome, error = "spawn_error", f"{error} (the task's cwd does not exist on the Ray node)"
+        error = f"{error} (the task's cwd does not exist on the Ray node)"
+    if plan_fault:
+        outcome = "spawn_error"
     try:
         kind = ProcessOutcome(outcome)
     except ValueError:
@@ -65,6 +70,7 @@ def remote_result(event: dict[str, Any]) -> ProcessResult:
         max_rss_bytes=int(event.get("max_rss_bytes") or 0),
         cpu_s=float(event.get("cpu_s") or 0.0),
         error=error,
+        plan_fault=plan_fault,
     )
 
 

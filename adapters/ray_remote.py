@@ -20,12 +20,20 @@ One attempt, on the node:
   worker, or the node is going down) — and then reports how the command ended (exit status, peak RSS, CPU time) on a
   status pipe.
 - The worker yields events to the driver as they happen: ``started`` (node id and address),
-  ``output`` (chunks of what the command printed, at most :data:`CHUNK_BYTES` each), and one
-  ``end`` (outcome, exit code or signal, peak RSS, CPU seconds, a python task's return value).
+  ``output`` (chunks of what the command printed, at most :data:`CHUNK_BYTES` each), then
+  ``result`` chunks (a python task's return value, or what a shell command wrote to
+  ``$ORCHESTRATE_OUTPUT``, when there is one: any size, in order) and one ``end`` (outcome, exit
+  code or signal, peak RSS, CPU seconds).
 
 A ``python`` task's command is :mod:`adapters.pycall` (its source travels in the spec) run by
-the worker's interpreter, so a callable is judged exactly as a local ``"isolation":
-"process"`` task: traceback in the log, ``False`` fails, leaving the interpreter fails.
+the task's interpreter (``python`` in the spec, the same path on the node; the worker's own
+for steps orchestrate built), so a callable is judged exactly as a local ``"isolation":
+"process"`` task: traceback in the log, ``False`` fails, leaving the interpreter fails, a
+result JSON cannot hold fails naming its type. An interpreter missing on the node ends the
+attempt ``spawn_error_python`` (the plan's fault) before anything starts. The upstream results
+a task takes arrive in the spec, as values (no path on the runtime's machine means anything
+here): a python task gets each as a keyword argument, a shell task a JSON file of them in
+``$ORCHESTRATE_INPUTS``; both are written to the attempt's scratch directory on the node.
 """
 
 from __future__ import annotations
@@ -42,13 +50,12 @@ import time
 
 CHUNK_BYTES = 256 * 1024
 SAMPLE_INTERVAL_S = 0.5
-RESULT_LIMIT_BYTES = 1024 * 1024
 
 # The keeper: argv[1] is its JSON spec. It forks at once and the parent exits, so the keeper is
 # not a child of the Ray worker: Ray SIGKILLs a dying worker's children (its
 # kill_child_processes_on_worker_exit), which would kill the keeper before it could clean up.
 KEEPER_SOURCE = r"""
-import ctypes, json, os, select, signal, subprocess, sys, time
+import ctypes, json, os, select, shutil, signal, subprocess, sys, time
 
 class Stop(Exception):
     pass
@@ -119,6 +126,7 @@ prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: the task's orphans come to us
 main_pid = -1
 ended = []
 report = {"killed": False}
+orphaned = False
 try:
     os.write(status_fd, (json.dumps({"pid": os.getpid()}) + "\n").encode())
     try:
@@ -135,6 +143,7 @@ try:
         # (ray.cancel(force=True), a crash, its node going away).
         ready, _, _ = select.select([exited, lifeline], [], [])
         if lifeline in ready and not os.read(lifeline, 1):
+            orphaned = True
             raise Stop()
         reap()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the tree is killed below anyway
@@ -152,6 +161,8 @@ try:
     os.write(status_fd, json.dumps(report).encode())
 except OSError:
     pass  # the worker is gone: nobody to tell
+if orphaned:  # nor to clean up the attempt's scratch directory (its inputs, its result)
+    shutil.rmtree(spec["scratch"], ignore_errors=True)
 """
 
 # A python task: pycall.py's source written to a file on the node, run like the local adapter
@@ -219,43 +230,108 @@ def _node() -> tuple[str, str]:
     return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
 
 
+def _venv_bin(interpreter: str) -> str | None:
+    """The ``bin`` directory of the virtualenv ``interpreter`` belongs to on this node, or None
+    (as :func:`planning.interpreters.venv_bin`, which this module cannot import)."""
+    directory = os.path.dirname(interpreter)
+    if os.path.isfile(os.path.join(os.path.dirname(directory), "pyvenv.cfg")):
+        return directory
+    return None
+
+
+def _runnable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
 def _environment(spec: dict) -> list[tuple[str, str]]:
-    """The node's environment, the task's on top, this node's interpreter first on PATH (as the
-    local adapters put the runtime's)."""
+    """The node's environment, the task's on top; when the task's interpreter is a
+    virtualenv's, its ``bin`` first on PATH (as if activated, as the local adapters do).
+    Nothing of the Ray worker's own is added."""
     env = dict(os.environ)
     env.update(dict(spec["env"]))
-    here = os.path.dirname(sys.executable)
-    env["PATH"] = os.pathsep.join(p for p in (here, env.get("PATH", "")) if p)
+    first = _venv_bin(spec["python"]) if spec.get("python") else None
+    if first is not None:
+        env["PATH"] = os.pathsep.join(p for p in (first, env.get("PATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     return sorted(env.items())
+
+
+def _write(path: str, text: str) -> str:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
+
+
+def _python_inputs(scratch: str, inputs: list) -> list[list]:
+    """The inputs as :mod:`adapters.pycall` reads them, each in a file of its own (not on the
+    command line, which holds at most 128 KiB per argument)."""
+    return [[name, None, _write(os.path.join(scratch, f"input-{index}.json"), text)]
+            for index, (name, text) in enumerate(inputs)]
+
+
+def _shell_inputs(scratch: str, inputs: list) -> str:
+    """The file ``$ORCHESTRATE_INPUTS`` names: one JSON object ``{name: value}``, each value
+    spliced in as it came (JSON already), not decoded and encoded again."""
+    body = ",".join(f"{json.dumps(name)}:{text}" for name, text in inputs)
+    return _write(os.path.join(scratch, "inputs.json"), "{" + body + "}")
+
+
+def _unstarted(node: str, ip: str, outcome: str, error: str):
+    """The events of an attempt that could not start on this node (a generator: Ray drives a
+    generator task with ``send``, which ``yield from`` passes on)."""
+    yield {"event": "started", "node": node, "ip": ip, "pid": -1}
+    yield {"event": "end", "outcome": outcome, "exit_code": None, "signal": None, "max_rss_bytes": 0,
+           "cpu_s": 0.0, "duration_s": 0.0, "error": error}
 
 
 def run_attempt(spec: dict):
     """A Ray generator task: run one attempt described by ``spec`` and yield its events.
 
     ``spec``: ``kind`` (``shell``: ``command``; ``python``: ``callable``, ``args``, ``kwargs``,
-    ``pycall_source``), ``cwd``, ``env`` (pairs added to the node's environment),
-    ``timeout_s`` and ``memory_limit_mb`` (None: none), ``grace_s``.
+    ``pycall_source``), ``task`` (its key, for messages), ``cwd``, ``env`` (pairs added to the
+    node's environment), ``python`` (the task's interpreter; None: this worker's), ``inputs``
+    (``[[name, json text], ...]``), ``timeout_s`` and ``memory_limit_mb`` (None: none),
+    ``grace_s``.
     """
     node, ip = _node()
+    python = spec.get("python") or sys.executable
+    if spec["kind"] == "python" and not _runnable(python):
+        yield from _unstarted(node, ip, "spawn_error_python", (
+            f"task {spec.get('task')}: its python {python} is not an interpreter on this Ray node; "
+            "install it there at that path, or set the task's (workstream's, plan's) \"python\" to one the node has"))
+        return
+    # The attempt's files on the node (pycall, inputs, result); the keeper removes them if this
+    # worker is killed (a cancel) before it can.
     scratch = tempfile.mkdtemp(prefix="orchestrate-ray-")
+    try:
+        yield from _run(spec, node, ip, python, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(spec: dict, node: str, ip: str, python: str, scratch: str):
     env = _environment(spec)
+    inputs = spec.get("inputs") or []
     if spec["kind"] == "python":
         pycall = os.path.join(scratch, "pycall.py")
-        with open(pycall, "w", encoding="utf-8") as handle:
-            handle.write(spec["pycall_source"])
+        _write(pycall, spec["pycall_source"])
         result_file = os.path.join(scratch, "result.json")
         env.append(("ORCHESTRATE_RESULT_PATH", result_file))
-        payload = json.dumps({"callable": spec["callable"], "args": spec["args"], "kwargs": spec["kwargs"]})
-        argv = [sys.executable, "-c", _PYCALL_BOOTSTRAP, pycall, payload]
+        request = {"callable": spec["callable"], "args": spec["args"], "kwargs": spec["kwargs"]}
+        if inputs:
+            request["inputs"] = _python_inputs(scratch, inputs)
+        argv = [python, "-c", _PYCALL_BOOTSTRAP, pycall, json.dumps(request)]
     else:
-        result_file = ""
+        result_file = os.path.join(scratch, "output.json")
+        env.append(("ORCHESTRATE_OUTPUT", result_file))
+        if inputs:
+            env.append(("ORCHESTRATE_INPUTS", _shell_inputs(scratch, inputs)))
         argv = ["/bin/sh", "-c", spec["command"]]
     out_read, out_write = os.pipe()
     status_read, status_write = os.pipe()
     lifeline_read, lifeline_write = os.pipe()  # we keep the write end, and never write
     keeper_spec = {"argv": argv, "cwd": spec["cwd"], "env": env, "status_fd": status_write,
-                   "lifeline_fd": lifeline_read, "grace_s": spec.get("grace_s", 2.0)}
+                   "lifeline_fd": lifeline_read, "grace_s": spec.get("grace_s", 2.0), "scratch": scratch}
     started = time.monotonic()
     try:
         subprocess.run(
@@ -304,11 +380,14 @@ def run_attempt(spec: dict):
         os.close(out_read)
         status.close()
         os.close(lifeline_write)
-    result = None
-    if result_file and os.path.exists(result_file):
-        with open(result_file, encoding="utf-8") as handle:
-            result = handle.read(RESULT_LIMIT_BYTES)
-    shutil.rmtree(scratch, ignore_errors=True)
+    # Only a process that ran to its end may have left a result: the callable returned, or the
+    # command wrote one. It goes back as it is (the runtime judges it), whatever its size.
+    try:
+        with open(result_file, "rb") as handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                yield {"event": "result", "data": chunk}
+    except FileNotFoundError:
+        pass
     if report.get("spawn_error"):
         outcome = "spawn_error" if report.get("cwd_exists", True) else "spawn_error_cwd"
     exit_code = report.get("exit_code")
@@ -321,5 +400,4 @@ def run_attempt(spec: dict):
         "cpu_s": float(report.get("cpu_s", 0.0)),
         "duration_s": time.monotonic() - started,
         "error": report.get("spawn_error", ""),
-        "result": result,
     }

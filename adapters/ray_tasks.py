@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from domain.plan import Resources, TaskSpec
+from domain.results import ResultRef, inputs_wire
 from domain.routing import AdapterInfo
 
 RAY_TOOLS = ("shell", "python")
@@ -70,20 +71,27 @@ def _pycall_source() -> str:
     return _PYCALL.read_text(encoding="utf-8")
 
 
-def remote_spec(task: TaskSpec, markers: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+def remote_spec(task: TaskSpec, markers: tuple[tuple[str, str], ...],
+                inputs: tuple[tuple[str, ResultRef], ...] = ()) -> dict[str, Any]:
     """What the node runs for ``task`` (see :func:`adapters.ray_remote.run_attempt`): its
     command or callable, cwd, the task's own environment plus the attempt ``markers`` (not the
-    runtime's environment: the node has its own), timeout and memory limit. Raises ValueError
-    for a tool a Ray node cannot run."""
+    runtime's environment: the node has its own), timeout and memory limit, its interpreter
+    (``python``: the plan's, None for a step orchestrate built, which the node runs with its own)
+    and the upstream results it takes (``inputs``, as ``[[name, json text | None, path | None]]``:
+    a large result is still a path on this machine here; the bridge sends its content). Raises
+    ValueError for a tool a Ray node cannot run."""
     if task.tool not in RAY_TOOLS:
         raise ValueError(f"a ray adapter runs {' and '.join(RAY_TOOLS)} tasks, not {task.tool!r}")
     spec: dict[str, Any] = {
         "kind": task.tool,
+        "task": task.key,
         "cwd": task.cwd or ".",
         "env": [list(pair) for pair in (*task.env, *markers)],
         "timeout_s": task.timeout_s,
         "memory_limit_mb": task.memory_limit_mb,
         "grace_s": KILL_GRACE_S,
+        "python": task.python,
+        "inputs": inputs_wire(inputs),
     }
     if task.tool == "python":
         spec.update(callable=task.callable or "", args=list(task.args), kwargs=dict(task.kwargs),

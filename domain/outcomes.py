@@ -40,6 +40,9 @@ class ProcessResult:
     (never started: ``pid`` is -1 and ``error`` says why) or ``LOST`` (the cluster or node running
     it went away; ``error`` says how). Otherwise exactly one of
     ``exit_code`` and ``signal`` is set (both None only if something else reaped the child).
+    ``plan_fault`` (``SPAWN_ERROR`` only): it could not start because something the plan names
+    is missing where it was to run (its cwd, its interpreter on a Ray node) — the plan's fault,
+    not the tool's.
     """
 
     pid: int
@@ -51,6 +54,7 @@ class ProcessResult:
     max_rss_bytes: int  # peak sampled tree RSS, at least the reaped tree's ru_maxrss
     cpu_s: float  # user+sys of the process and the descendants it reaped
     error: str = ""
+    plan_fault: bool = False
 
     def __post_init__(self) -> None:
         # Producers may pass the outcome's text; comparisons here are by identity.
@@ -123,8 +127,9 @@ def tool_verdict(result: ProcessResult, cwd_exists: bool = True, last_line: str 
     """The verdict on a tool process that did not succeed, or None when it did (the
     acceptance checks decide next).
 
-    A process that could not start is bad input when its working directory is missing (the
-    plan's fault, never retried) and a tool failure otherwise (executable missing, no memory,
+    A process that could not start is bad input when its working directory is missing
+    (``cwd_exists`` False) or the result says the plan is at fault (``plan_fault``: never
+    retried) and a tool failure otherwise (executable missing, no memory,
     too many processes). A non-zero exit or a signal the process did not get from us is the
     command's own failure. A process whose cluster or node was lost (``LOST``) is a tool
     failure. ``last_line`` (the lines of the tool's output that say why, see
@@ -151,7 +156,8 @@ def tool_verdict(result: ProcessResult, cwd_exists: bool = True, last_line: str 
         return Verdict(TaskState.FAILED, ErrorClass.RESOURCE_LIMIT,
                        f"{detail}: its output could not be written: no space left on {full_disk}")
     if outcome is ProcessOutcome.SPAWN_ERROR:
-        return Verdict(TaskState.FAILED, ErrorClass.TOOL_ERROR if cwd_exists else ErrorClass.BAD_INPUT, detail)
+        plans_fault = result.plan_fault or not cwd_exists
+        return Verdict(TaskState.FAILED, ErrorClass.BAD_INPUT if plans_fault else ErrorClass.TOOL_ERROR, detail)
     return Verdict(TaskState.FAILED, ErrorClass.COMMAND_FAILED, said)
 
 

@@ -20,10 +20,11 @@ from domain.outcomes import (
 from domain.states import TaskState
 
 
-def ended(outcome="exited", exit_code=None, signal=None, error="", duration_s=1.25, max_rss_bytes=0):
+def ended(outcome="exited", exit_code=None, signal=None, error="", duration_s=1.25, max_rss_bytes=0,
+          plan_fault=False):
     return ProcessResult(pid=-1 if outcome == "spawn_error" else 42, create_time=1.0, exit_code=exit_code,
                          signal=signal, outcome=outcome, duration_s=duration_s, max_rss_bytes=max_rss_bytes,
-                         cpu_s=0.0, error=error)
+                         cpu_s=0.0, error=error, plan_fault=plan_fault)
 
 
 def test_an_outcome_given_as_text_compares_as_the_outcome_itself():
@@ -75,6 +76,9 @@ def test_a_process_that_succeeded_leaves_the_verdict_to_the_acceptance_checks():
         (ended("cancelled"), True, TaskState.CANCELLED, ErrorClass.CANCELLED, "cancelled (process tree killed)"),
         (ended("spawn_error", error="ENOENT"), True, TaskState.FAILED, ErrorClass.TOOL_ERROR, "could not start: ENOENT"),
         (ended("spawn_error", error="ENOENT"), False, TaskState.FAILED, ErrorClass.BAD_INPUT, "could not start: ENOENT"),
+        # Its interpreter is missing on the Ray node that was to run it: the plan's, not the cluster's.
+        (ended("spawn_error", error="no python", plan_fault=True), True, TaskState.FAILED, ErrorClass.BAD_INPUT,
+         "could not start: no python"),
         (ended(exit_code=1), True, TaskState.FAILED, ErrorClass.COMMAND_FAILED, "exit code 1: boom"),
         (ended(signal=9), True, TaskState.FAILED, ErrorClass.COMMAND_FAILED, "killed by signal 9: boom"),
     ],

@@ -7,12 +7,14 @@ import json
 
 import pytest
 
-from adapters.ray_bridge import gcs_endpoint
+from adapters import ray_remote
+from adapters.ray_bridge import gcs_endpoint, inline_inputs
 from adapters.ray_client import remote_result
 from adapters.ray_tasks import RaySettings, ray_options, remote_spec
 from domain.errors import ErrorClass
 from domain.outcomes import Evidence, ProcessOutcome, ProcessResult, tool_verdict
 from domain.plan import Resources, TaskSpec
+from domain.results import ResultRef
 from domain.routing import RoutingTable
 from domain.states import TaskState
 from planning.errors import PlanError
@@ -53,6 +55,51 @@ def test_a_python_task_carries_its_callable_and_the_pycall_source_to_the_node():
     assert "def call(request" in spec["pycall_source"]
 
 
+def test_a_task_carries_its_interpreter_and_its_inputs_inline_or_as_the_path_of_a_large_one():
+    inputs = (("big", ResultRef(path="/state/results/r/w/up.1.json")), ("small", ResultRef(text='{"n": 1}')),
+              ("none", ResultRef()))
+    spec = remote_spec(task("python", callable="m:f", python="/srv/venv/bin/python"), (), inputs)
+    assert (spec["task"], spec["python"]) == ("w/t", "/srv/venv/bin/python")
+    assert spec["inputs"] == [["big", None, "/state/results/r/w/up.1.json"], ["small", '{"n": 1}', None],
+                              ["none", "null", None]]
+    # A step orchestrate built names no interpreter: the node runs it with its own.
+    assert remote_spec(task(), ())["python"] is None
+
+
+def test_the_bridge_sends_a_large_results_content_because_the_node_cannot_read_the_runtimes_files(tmp_path):
+    kept = tmp_path / "up.1.json"
+    kept.write_text('{"pad": "' + "x" * 100_000 + '"}')
+    spec = {"kind": "shell", "inputs": [["big", None, str(kept)], ["small", "[1, 2]", None]]}
+    assert inline_inputs(spec)["inputs"] == [["big", kept.read_text()], ["small", "[1, 2]"]]
+    assert spec["inputs"][0] == ["big", None, str(kept)]  # the submitted spec is left as it was
+
+    kept.unlink()
+    with pytest.raises(OSError, match=r"could not read input 'big', the result kept in .*up\.1\.json: No such file"):
+        inline_inputs(spec)
+
+
+def test_on_the_node_a_python_task_reads_each_input_from_a_file_and_a_shell_task_one_json_object(tmp_path):
+    inputs = [["a", '{"k": [1, 2]}'], ["b", "null"]]
+    python_inputs = ray_remote._python_inputs(str(tmp_path), inputs)
+    assert [name for name, text, _ in python_inputs] == ["a", "b"] and all(text is None for _, text, _ in python_inputs)
+    # Exactly what pycall passes to the callable as keyword arguments.
+    from adapters.pycall import input_values
+    assert input_values(python_inputs) == {"a": {"k": [1, 2]}, "b": None}
+    with open(ray_remote._shell_inputs(str(tmp_path), inputs)) as handle:
+        assert json.load(handle) == {"a": {"k": [1, 2]}, "b": None}
+
+
+def test_on_the_node_a_virtualenvs_bin_goes_first_on_path_and_nothing_of_the_workers_own(tmp_path, monkeypatch):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    env = dict(ray_remote._environment({"env": [["K", "V"]], "python": str(venv / "bin" / "python")}))
+    assert (env["PATH"], env["K"]) == (f"{venv / 'bin'}:/usr/bin:/bin", "V")
+    for python in ("/usr/bin/python3", None):  # not a virtualenv's; a step orchestrate built
+        assert dict(ray_remote._environment({"env": [], "python": python}))["PATH"] == "/usr/bin:/bin"
+
+
 def test_a_tool_a_ray_node_cannot_run_is_refused_by_name():
     with pytest.raises(ValueError, match="runs shell and python tasks, not 'human'"):
         remote_spec(TaskSpec("w", "t", "human", prompt="ok?"), ())
@@ -69,6 +116,17 @@ def test_a_tool_a_ray_node_cannot_run_is_refused_by_name():
 def test_a_bridge_end_event_becomes_a_process_result_with_no_local_pid(event, outcome, error):
     result = remote_result(event)
     assert (result.outcome, result.error, result.pid) == (outcome, error, -1)
+
+
+@pytest.mark.parametrize("outcome", ["spawn_error_python", "spawn_error_cwd"])
+def test_an_interpreter_or_cwd_missing_on_the_node_is_the_plans_fault_not_the_clusters(outcome):
+    result = remote_result({"outcome": outcome, "error": "task w/t: its python /v/bin/python is not an interpreter"})
+    assert (result.outcome, result.plan_fault) == (ProcessOutcome.SPAWN_ERROR, True)
+    verdict = tool_verdict(result)
+    assert (verdict.error_class, verdict.evidence) == (ErrorClass.BAD_INPUT, Evidence.WORKED)
+    assert verdict.message.startswith("could not start: task w/t: its python /v/bin/python")
+    # Anything else that kept it from starting on the node is the tool's (retried, counted).
+    assert tool_verdict(remote_result({"outcome": "spawn_error", "error": "EAGAIN"})).error_class is ErrorClass.TOOL_ERROR
 
 
 def test_a_lost_cluster_or_node_is_a_tool_failure_that_counts_against_the_adapter():

@@ -118,7 +118,7 @@ def test_a_mixed_plan_runs_on_both_nodes_with_output_results_and_nodes_in_the_le
         {"id": "fails", "tool": "shell", "command": "echo broken >&2; exit 3", "resources": on_b},
         # Past its memory limit on the node, its tree is killed there.
         {"id": "hog", "tool": "shell", "memory_limit_mb": 100, "resources": on_a,
-         "command": "python -c \"x = b'a' * (300 * 1024 * 1024); import time; time.sleep(120)\""},
+         "command": "python3 -c \"x = b'a' * (300 * 1024 * 1024); import time; time.sleep(120)\""},
     ]}]})
 
     result = run(tmp_path, "run", str(plan))
@@ -149,6 +149,192 @@ def test_a_mixed_plan_runs_on_both_nodes_with_output_results_and_nodes_in_the_le
     assert attempts["w/fails"]["message"].startswith("exit code 3: broken")
     assert attempts["w/hog"]["error_class"] == "resource_limit"
     assert attempts["w/hog"]["message"].startswith("memory limit exceeded")
+
+
+VALUES = """
+import sys
+
+def make(n, size=0):
+    return {"n": n, "pad": "x" * size}
+
+def check(u0, u1, u2):
+    assert [u0["n"], u1["n"], u2["n"]] == [0, 1, 2], (u0, u1, u2)
+    assert u0["pad"] == u1["pad"] == "" and u2["pad"] == "x" * 600_000
+    print("inputs verified on", sys.executable, flush=True)
+    return {"sum": u0["n"] + u1["n"] + u2["n"], "big": len(u2["pad"])}
+
+def use(counted):
+    assert counted == {"words": 42, "big": 600_000}, counted
+    return counted["words"] * 2
+
+def make_set():
+    return {1, 2}
+"""
+# A shell task on a node: reads its inputs, writes its own result.
+COUNT = ("python3 -c 'import json, os; d = json.load(open(os.environ[\"ORCHESTRATE_INPUTS\"])); "
+         "json.dump({\"words\": d[\"one\"][\"n\"] + 41, \"big\": len(d[\"big\"][\"pad\"])}, "
+         "open(os.environ[\"ORCHESTRATE_OUTPUT\"], \"w\"))'")
+
+
+def results(directory: Path, run_id: str) -> dict[str, tuple[str | None, str | None]]:
+    """Each task's ``(result_json, result_file)`` of its last attempt, from the ledger."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{directory / '.state' / 'orchestration.db'}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT step_name, result_json, result_file FROM step_attempts WHERE run_id = ? "
+                          "ORDER BY attempt", (run_id,)).fetchall()
+    return {name: (text, path) for name, text, path in rows}
+
+
+def test_results_travel_as_inputs_to_python_and_shell_tasks_on_both_nodes(cluster, tmp_path):
+    write(tmp_path, "router_config.json", router(cluster.address))
+    (tmp_path / "values_h17b.py").write_text(VALUES)
+    on_a, on_b = {"custom": {"nodeA": 1}}, {"custom": {"nodeB": 1}}
+    ups = {"u0": "up0", "u1": "up1", "u2": "up2"}
+    plan = write(tmp_path, "plan.json", {"workstreams": [{"id": "w", "tasks": [
+        {"id": "up0", "tool": "python", "callable": "values_h17b:make", "args": [0], "resources": on_a},
+        {"id": "up1", "tool": "python", "callable": "values_h17b:make", "args": [1], "resources": on_b},
+        # 600 KB: kept as a file under .state/results on the runtime's machine, and more than
+        # one chunk each way, and more than a command line may carry.
+        {"id": "up2", "tool": "python", "callable": "values_h17b:make", "args": [2, 600_000], "resources": on_b},
+        {"id": "check-a", "tool": "python", "callable": "values_h17b:check", "resources": on_a,
+         "depends_on": list(ups.values()), "inputs": ups},
+        {"id": "check-b", "tool": "python", "callable": "values_h17b:check", "resources": on_b,
+         "depends_on": list(ups.values()), "inputs": ups},
+        {"id": "count", "tool": "shell", "command": COUNT, "resources": on_a,
+         "depends_on": ["up1", "up2"], "inputs": {"one": "up1", "big": "up2"}},
+        {"id": "use", "tool": "python", "callable": "values_h17b:use", "resources": on_b,
+         "depends_on": ["count"], "inputs": {"counted": "count"}},
+        {"id": "bad-py", "tool": "python", "callable": "values_h17b:make_set", "resources": on_a},
+        {"id": "bad-sh", "tool": "shell", "command": "echo '{not json' > \"$ORCHESTRATE_OUTPUT\"", "resources": on_b},
+        {"id": "after-bad", "tool": "shell", "command": "true", "depends_on": ["bad-py"], "inputs": {"v": "bad-py"}},
+    ]}]})
+
+    result = run(tmp_path, "run", str(plan))
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    run_id = run_id_of(result.stdout)
+    tasks = shown(tmp_path, run_id)
+    assert {key: task["state"] for key, task in tasks.items()} == {
+        "w/up0": "COMPLETED", "w/up1": "COMPLETED", "w/up2": "COMPLETED", "w/check-a": "COMPLETED",
+        "w/check-b": "COMPLETED", "w/count": "COMPLETED", "w/use": "COMPLETED", "w/bad-py": "FAILED",
+        "w/bad-sh": "FAILED", "w/after-bad": "BLOCKED"}
+    attempts = {key: task["attempt_history"][-1] for key, task in tasks.items() if task["attempt_history"]}
+    nodes = {key: NODE.search(attempt["message"]).group(1) for key, attempt in attempts.items()}
+    assert nodes["w/check-a"] == nodes["w/count"] != nodes["w/check-b"] == nodes["w/use"]
+    assert all(attempt["adapter"] == "cluster" for attempt in attempts.values())
+
+    kept = results(tmp_path, run_id)
+    text, path = kept["w/up2"]
+    assert text is None and path.startswith(str(tmp_path / ".state" / "results" / run_id))
+    assert json.loads(Path(path).read_text()) == {"n": 2, "pad": "x" * 600_000}
+    for checker in ("w/check-a", "w/check-b"):  # each verified its three inputs on its node
+        assert json.loads(kept[checker][0]) == {"sum": 3, "big": 600_000}
+    logs = tmp_path / ".state" / "logs" / run_id / "w"
+    assert "inputs verified on" in (logs / "check-b.log").read_text()
+    assert json.loads(kept["w/count"][0]) == {"words": 42, "big": 600_000}
+    assert kept["w/use"][0] == "84"
+
+    assert re.match(r"exit code 1: the result of values_h17b:make_set is not JSON: it returned a set .*; on ray node ",
+                    attempts["w/bad-py"]["message"]), attempts["w/bad-py"]["message"]
+    assert attempts["w/bad-sh"]["message"].startswith(
+        "task w/bad-sh: what it wrote to $ORCHESTRATE_OUTPUT is not JSON"), attempts["w/bad-sh"]["message"]
+    assert kept["w/bad-py"] == kept["w/bad-sh"] == (None, None)
+
+
+WHEEL_BY_HAND = """
+import base64, hashlib, os, zipfile
+
+NAME, VERSION = "onlyhere_h17b", "0.1"
+DIST = f"{NAME}-{VERSION}"
+
+
+def _line(path, data):
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{path},sha256={digest},{len(data)}"
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    with open(f"{NAME}/__init__.py", "rb") as source:
+        files = {f"{NAME}/__init__.py": source.read(),
+                 f"{DIST}.dist-info/METADATA": f"Metadata-Version: 2.1\\nName: {NAME}\\nVersion: {VERSION}\\n".encode(),
+                 f"{DIST}.dist-info/WHEEL": b"Wheel-Version: 1.0\\nGenerator: by-hand\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"}
+    record = "".join(_line(p, d) + "\\n" for p, d in files.items()) + f"{DIST}.dist-info/RECORD,,\\n"
+    name = f"{DIST}-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as wheel:
+        for path, data in files.items():
+            wheel.writestr(path, data)
+        wheel.writestr(f"{DIST}.dist-info/RECORD", record)
+    return name
+"""
+
+
+def venv_with_a_package(directory: Path) -> Path:
+    """A virtualenv holding ``onlyhere_h17b``, a package orchestrate's own interpreter lacks:
+    ``python -m venv``, then pip (offline: the package's build backend is in its directory and
+    needs nothing) installs it from a directory written here."""
+    package = directory / "onlyhere"
+    (package / "onlyhere_h17b").mkdir(parents=True)
+    (package / "onlyhere_h17b" / "__init__.py").write_text("WHERE = __file__\n")
+    (package / "wheel_by_hand.py").write_text(WHEEL_BY_HAND)
+    (package / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "wheel_by_hand"\nbackend-path = ["."]\n')
+    venv = directory / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
+                    "--disable-pip-version-check", "--no-deps", "--no-index", str(package)],
+                   check=True, timeout=300, capture_output=True)
+    return venv
+
+
+def test_python_tasks_on_ray_run_with_the_tasks_interpreter_and_one_missing_on_the_node_is_named(cluster, tmp_path):
+    venv = venv_with_a_package(tmp_path)
+    assert importlib.util.find_spec("onlyhere_h17b") is None, "the package must not be beside orchestrate"
+    gone = tmp_path / "gone-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(gone)], check=True, timeout=120)
+    write(tmp_path, "router_config.json", router(cluster.address))
+    (tmp_path / "probe_h17b.py").write_text(
+        "import sys\n\ndef where():\n    import onlyhere_h17b\n"
+        "    return {'python': sys.executable, 'module': onlyhere_h17b.WHERE}\n")
+    on_a, on_b = {"custom": {"nodeA": 1}}, {"custom": {"nodeB": 1}}
+    # The workstream names the interpreter (a virtualenv directory, relative to the plan).
+    plan = write(tmp_path, "plan.json", {"workstreams": [{"id": "w", "python": "venv", "tasks": [
+        {"id": "where-a", "tool": "python", "callable": "probe_h17b:where", "resources": on_a},
+        {"id": "where-b", "tool": "python", "callable": "probe_h17b:where", "resources": on_b},
+        # Its virtualenv's bin is first on a shell task's PATH too, as if activated.
+        {"id": "shell", "tool": "shell", "resources": on_b,
+         "command": "python -c 'import onlyhere_h17b, sys; print(sys.executable)'"},
+        # Present when the plan is read, gone from the node when the task runs there.
+        {"id": "remove", "tool": "shell", "command": f"rm -r {gone}", "resources": on_a},
+        {"id": "orphan", "tool": "python", "callable": "probe_h17b:where", "python": "gone-venv",
+         "depends_on": ["remove"], "resources": on_a},
+    ]}]})
+
+    result = run(tmp_path, "run", str(plan))
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    run_id = run_id_of(result.stdout)
+    tasks = shown(tmp_path, run_id)
+    assert {key: task["state"] for key, task in tasks.items()} == {
+        "w/where-a": "COMPLETED", "w/where-b": "COMPLETED", "w/shell": "COMPLETED", "w/remove": "COMPLETED",
+        "w/orphan": "FAILED"}
+    attempts = {key: task["attempt_history"][-1] for key, task in tasks.items()}
+    assert NODE.search(attempts["w/where-a"]["message"]).group(1) != NODE.search(
+        attempts["w/where-b"]["message"]).group(1)
+    for key in ("w/where-a", "w/where-b"):
+        assert attempts[key]["result"] == {
+            "python": str(venv / "bin" / "python"),
+            "module": str(venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+                          / "onlyhere_h17b" / "__init__.py")}
+    logs = tmp_path / ".state" / "logs" / run_id / "w"
+    assert (logs / "shell.log").read_text() == f"{venv / 'bin' / 'python'}\n"
+    orphan = attempts["w/orphan"]
+    assert (orphan["status"], orphan["error_class"]) == ("FAILED", "bad_input"), orphan["message"]
+    assert orphan["message"].startswith(
+        f"could not start: task w/orphan: its python {gone / 'bin' / 'python'} is not an interpreter on this Ray node; "
+        "install it there at that path, or set the task's (workstream's, plan's) \"python\" to one the node has; "
+        "on ray node "), orphan["message"]
+    assert tasks["w/orphan"]["attempts"] == 1  # the plan's fault: not retried, not the cluster's
 
 
 def test_a_timed_out_and_a_cancelled_task_leave_no_process_on_their_node(cluster, tmp_path):
