@@ -42,7 +42,7 @@ def _worked(tmp_path: Path, run_id: str) -> list[str]:
     return sorted(row[0] for row in rows)
 
 
-def test_a_merged_workstream_is_reused_whole_without_a_worktree_or_a_second_merge(tmp_path, orchestrate):
+def test_a_merged_workstream_is_reused_whole_without_a_worktree_or_a_second_merge(tmp_path, db_url, orchestrate):
     repo = make_repo(tmp_path)
     _plan(tmp_path)
     first = _run(orchestrate, tmp_path)
