@@ -147,6 +147,21 @@ def ledger(directory: Path):
     return db
 
 
+def worked_tasks(directory: Path, run_id: str) -> set[str]:
+    """Tasks of ``run_id`` that did work: an attempt not taken from the cache."""
+    rows = ledger(directory).execute(
+        "select step_name from step_attempts where run_id = ? and cached_from is null", (run_id,)).fetchall()
+    return {row[0] for row in rows}
+
+
+def reused_tasks(directory: Path, run_id: str) -> set[str]:
+    """Tasks of ``run_id`` completed with an earlier run's result (incremental runs)."""
+    rows = ledger(directory).execute(
+        "select step_name from step_attempts where run_id = ? and cached_from is not null and adapter = 'cache' "
+        "and status = 'COMPLETED'", (run_id,)).fetchall()
+    return {row[0] for row in rows}
+
+
 def ledger_errors() -> tuple[type[Exception], ...]:
     """What reading a ledger that is not there yet (no file, no tables) raises."""
     try:

@@ -19,25 +19,15 @@ from pathlib import Path
 
 from actors.incremental import policies
 from planning.loader import load_plan
-from tests.conftest import ROOT, ledger, link_project_venv
+from tests.conftest import ROOT, ledger, link_project_venv, reused_tasks, worked_tasks
 
 log = logging.getLogger(__name__)
 def _run_id(output: str) -> str:
     return output.split("orchestrate: run ", 1)[1].split()[0]
 
 
-def _worked(directory: Path, run_id: str) -> set[str]:
-    """Tasks of ``run_id`` that did work (an attempt not taken from the cache)."""
-    rows = ledger(directory).execute(
-        "select step_name from step_attempts where run_id = ? and cached_from is null", (run_id,)).fetchall()
-    return {row[0] for row in rows}
 
 
-def _reused(directory: Path, run_id: str) -> set[str]:
-    rows = ledger(directory).execute(
-        "select step_name from step_attempts where run_id = ? and cached_from is not null and adapter = 'cache' "
-        "and status = 'COMPLETED'", (run_id,)).fetchall()
-    return {row[0] for row in rows}
 
 
 def _quickstart(tmp_path: Path) -> Path:
@@ -62,8 +52,8 @@ def test_the_quickstart_run_twice_reuses_every_task_and_a_changed_file_reruns_it
     assert second.code == 0, second.out + second.err
     again = _run_id(second.out)
     assert again != _run_id(first.out)  # the first run completed: a new run, its work reused
-    assert _reused(where, again) == every_task
-    assert _worked(where, again) == set()
+    assert reused_tasks(where, again) == every_task
+    assert worked_tasks(where, again) == set()
     assert "13 completed (13 cached)" in second.out
     assert _commits(where / "sandbox") == merged, "the agent's merged work was reused, not merged again"
     assert not ledger(where).execute("select 1 from events where run_id = ? and event_type = 'WORKTREE_READY'",
@@ -74,14 +64,14 @@ def test_the_quickstart_run_twice_reuses_every_task_and_a_changed_file_reruns_it
     # A content change, not a touch: keys hash what files hold.
     (where / "project" / "README.txt").touch()
     touched = orchestrate("run", "plan", cwd=where, timeout=300)
-    assert _worked(where, _run_id(touched.out)) == set(), touched.out
+    assert worked_tasks(where, _run_id(touched.out)) == set(), touched.out
     with open(where / "project" / "README.txt", "a", encoding="utf-8") as readme:
         readme.write("\nOne more line of words to count.\n")
     third = orchestrate("run", "plan", cwd=where, timeout=300)
     assert third.code == 0, third.out + third.err
     rerun = {"words/count", "words/summary", "report/bundle", "report/announce"}
-    assert _worked(where, _run_id(third.out)) == rerun
-    assert _reused(where, _run_id(third.out)) == every_task - rerun
+    assert worked_tasks(where, _run_id(third.out)) == rerun
+    assert reused_tasks(where, _run_id(third.out)) == every_task - rerun
 
     # The tests are read by the unit tests and copied into the agent's sandbox: both run again,
     # with what follows them, the agent's workstream included (in a new sandbox).
@@ -89,7 +79,7 @@ def test_the_quickstart_run_twice_reuses_every_task_and_a_changed_file_reruns_it
         tests.write("\n# a comment the key sees\n")
     fourth = orchestrate("run", "plan", cwd=where, timeout=300)
     assert fourth.code == 0, fourth.out + fourth.err
-    assert _worked(where, _run_id(fourth.out)) == {
+    assert worked_tasks(where, _run_id(fourth.out)) == {
         "tests/unit", "report/bundle", "report/announce",
         "sandbox/init", "feature/implement", "feature/changelog", "feature/@merge"}
 
@@ -113,9 +103,9 @@ def test_a_task_whose_files_in_changed_while_it_ran_records_no_key_and_is_not_re
                                         (_run_id(first.out),)).fetchone()[0]
     assert recorded is None
     second = orchestrate("run", str(plan))
-    assert _worked(tmp_path, _run_id(second.out)) == {"w/format"}, "the tidied file is new to the cache"
+    assert worked_tasks(tmp_path, _run_id(second.out)) == {"w/format"}, "the tidied file is new to the cache"
     third = orchestrate("run", str(plan))
-    assert _reused(tmp_path, _run_id(third.out)) == {"w/format"}, "unchanged while it ran: cached"
+    assert reused_tasks(tmp_path, _run_id(third.out)) == {"w/format"}, "unchanged while it ran: cached"
     assert "files_in_changed_while_running" in (tmp_path / ".state" / "logs" / "executor.jsonl").read_text()
 
 
@@ -141,17 +131,17 @@ def test_explain_force_and_a_deleted_output_decide_what_runs(tmp_path, orchestra
 
     forced = orchestrate("run", str(plan), "--force", "w/read")
     assert forced.code == 0, forced.out + forced.err
-    assert _worked(tmp_path, _run_id(forced.out)) == {"w/read", "w/use", "w/plain", "w/off"}
+    assert worked_tasks(tmp_path, _run_id(forced.out)) == {"w/read", "w/use", "w/plain", "w/off"}
 
     (tmp_path / "out" / "size.txt").unlink()
     explained = orchestrate("run", str(plan), "--explain")
     assert "its files_out 'out/size.txt' match no file now" in explained.out, explained.out
     rerun = orchestrate("run", str(plan))
-    assert _worked(tmp_path, _run_id(rerun.out)) == {"w/use", "w/plain", "w/off"}
+    assert worked_tasks(tmp_path, _run_id(rerun.out)) == {"w/use", "w/plain", "w/off"}
     assert (tmp_path / "out" / "size.txt").read_text().strip() == "6"
 
     everything = orchestrate("run", str(plan), "--force")
-    assert _worked(tmp_path, _run_id(everything.out)) == {"w/read", "w/use", "w/plain", "w/off"}
+    assert worked_tasks(tmp_path, _run_id(everything.out)) == {"w/read", "w/use", "w/plain", "w/off"}
     unknown = orchestrate("run", str(plan), "--force", "w/nope")
     assert unknown.code == 2 and "--force: no task 'w/nope'" in unknown.err
 
@@ -170,7 +160,7 @@ def test_a_reused_result_is_passed_on_as_an_input(tmp_path, orchestrate, write_p
     assert orchestrate("run", str(plan)).code == 0
     (tmp_path / "shown.json").unlink()
     second = orchestrate("run", str(plan))
-    assert _worked(tmp_path, _run_id(second.out)) == {"w/show"}
+    assert worked_tasks(tmp_path, _run_id(second.out)) == {"w/show"}
     assert json.loads((tmp_path / "shown.json").read_text()) == {"d": 40}
 
 

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ORCHESTRATE, ledger, runtime_env, wait_until
+from tests.conftest import (
+    ORCHESTRATE,
+    ledger,
+    reused_tasks,
+    runtime_env,
+    wait_until,
+    worked_tasks,
+)
 
 # The plan: `read` copies src.txt (its files_in) and returns its number; `double` receives it as
 # an input; `count` reads words.txt; `plain` declares nothing it reads (never cached); `lint`
@@ -60,12 +67,17 @@ def served(tmp_path):
         wait_until(lambda: socket.exists() and _pings(tmp_path), timeout=60, what="the runtime to listen")
         yield process
     finally:
-        subprocess.run([sys.executable, str(ORCHESTRATE), "shutdown", "--timeout-s", "5"], cwd=tmp_path,
-                       env=runtime_env(tmp_path), capture_output=True, timeout=60)
-        try:
-            process.communicate(timeout=60)
-        finally:
-            process.kill()
+        _shut_down(process, tmp_path)
+
+
+def _shut_down(process: subprocess.Popen, directory: Path) -> None:
+    """Ask the runtime in ``directory`` to shut down, wait for it, and kill it if it did not."""
+    subprocess.run([sys.executable, str(ORCHESTRATE), "shutdown", "--timeout-s", "5"], cwd=directory,
+                   env=runtime_env(directory), capture_output=True, timeout=60)
+    try:
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
 
 
 def _pings(directory: Path) -> bool:
@@ -93,17 +105,8 @@ def _updated_at(directory: Path, run_id: str) -> str:
     return ledger(directory).execute("select updated_at from runs where run_id = ?", (run_id,)).fetchone()[0]
 
 
-def _worked(directory: Path, run_id: str) -> set[str]:
-    rows = ledger(directory).execute(
-        "select step_name from step_attempts where run_id = ? and cached_from is null", (run_id,)).fetchall()
-    return {row[0] for row in rows}
 
 
-def _reused(directory: Path, run_id: str) -> set[str]:
-    rows = ledger(directory).execute(
-        "select step_name from step_attempts where run_id = ? and cached_from is not null and adapter = 'cache' "
-        "and status = 'COMPLETED'", (run_id,)).fetchall()
-    return {row[0] for row in rows}
 
 
 def test_a_second_submit_reuses_every_cacheable_task_and_a_changed_file_reruns_its_readers(
@@ -112,14 +115,14 @@ def test_a_second_submit_reuses_every_cacheable_task_and_a_changed_file_reruns_i
     first = _submit(orchestrate)
     assert first["resumed"] is False and first["cached"] == 0
     assert _finished(tmp_path, first["run_id"]) == "completed"  # the allowed failure does not fail it
-    assert _worked(tmp_path, first["run_id"]) == CACHEABLE | NEVER_CACHED
+    assert worked_tasks(tmp_path, first["run_id"]) == CACHEABLE | NEVER_CACHED
 
     second = _submit(orchestrate)
     assert second["run_id"] != first["run_id"]  # the first completed: a new run, its work reused
     assert second["cached"] == len(CACHEABLE)
     assert _finished(tmp_path, second["run_id"]) == "completed"
-    assert _reused(tmp_path, second["run_id"]) == CACHEABLE
-    assert _worked(tmp_path, second["run_id"]) == NEVER_CACHED
+    assert reused_tasks(tmp_path, second["run_id"]) == CACHEABLE
+    assert worked_tasks(tmp_path, second["run_id"]) == NEVER_CACHED
     # A reused result is passed on: `double`'s recorded result is the one its input gave.
     result = ledger(tmp_path).execute(
         "select result_json from step_attempts where run_id = ? and step_name = 'w/double'",
@@ -129,16 +132,16 @@ def test_a_second_submit_reuses_every_cacheable_task_and_a_changed_file_reruns_i
     (tmp_path / "src.txt").write_text("21\n")
     third = _submit(orchestrate)
     assert _finished(tmp_path, third["run_id"]) == "completed"
-    assert _worked(tmp_path, third["run_id"]) == {"w/read", "w/double"} | NEVER_CACHED
-    assert _reused(tmp_path, third["run_id"]) == {"w/count"}
+    assert worked_tasks(tmp_path, third["run_id"]) == {"w/read", "w/double"} | NEVER_CACHED
+    assert reused_tasks(tmp_path, third["run_id"]) == {"w/count"}
     assert (tmp_path / "doubled.txt").read_text() == "42"
 
     forced = _submit(orchestrate, "--force", "w/read")
     assert _finished(tmp_path, forced["run_id"]) == "completed"
-    assert _worked(tmp_path, forced["run_id"]) == {"w/read", "w/double"} | NEVER_CACHED
+    assert worked_tasks(tmp_path, forced["run_id"]) == {"w/read", "w/double"} | NEVER_CACHED
     everything = _submit(orchestrate, "--force")
     assert _finished(tmp_path, everything["run_id"]) == "completed"
-    assert _worked(tmp_path, everything["run_id"]) == CACHEABLE | NEVER_CACHED
+    assert worked_tasks(tmp_path, everything["run_id"]) == CACHEABLE | NEVER_CACHED
 
     unknown = orchestrate("submit", "plan.json", "--force", "w/nope")
     assert unknown.code == 2 and "no task 'w/nope'" in unknown.err and "w/read" in unknown.err, unknown.err
@@ -274,12 +277,7 @@ def test_after_its_runtime_is_killed_submitting_the_plan_to_a_new_runtime_contin
             "select step_name, count(*) from step_attempts where run_id = ? group by step_name", (run_id,)).fetchall())
         assert attempts == {"b/first": 1, "b/wait": 2}
     finally:
-        subprocess.run([sys.executable, str(ORCHESTRATE), "shutdown", "--timeout-s", "5"], cwd=tmp_path,
-                       env=runtime_env(tmp_path), capture_output=True, timeout=60)
-        try:
-            second.communicate(timeout=60)
-        finally:
-            second.kill()
+        _shut_down(second, tmp_path)
 
 
 def _alive(pid: int) -> bool:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import ledger
+from tests.conftest import ledger, worked_tasks
 from tests.test_worktree_runs import git, make_repo
 
-WORK = ["feature/edit", "feature/more", "feature/@merge"]
+WORK = {"feature/edit", "feature/more", "feature/@merge"}
 
 
 def _plan(tmp_path: Path, *, cache: bool | None = True, reads: list[str] | None = None,
@@ -35,22 +35,17 @@ def _run(orchestrate, tmp_path: Path, *args: str) -> str:
     return done.out.split("orchestrate: run ", 1)[1].split()[0]
 
 
-def _worked(tmp_path: Path, run_id: str) -> list[str]:
-    rows = ledger(tmp_path).execute(
-        "select step_name from step_attempts where run_id = ? and cached_from is null order by id",
-        (run_id,)).fetchall()
-    return sorted(row[0] for row in rows)
 
 
 def test_a_merged_workstream_is_reused_whole_without_a_worktree_or_a_second_merge(tmp_path, db_url, orchestrate):
     repo = make_repo(tmp_path)
     _plan(tmp_path)
     first = _run(orchestrate, tmp_path)
-    assert _worked(tmp_path, first) == sorted([*WORK, "after/read"])
+    assert worked_tasks(tmp_path, first) == WORK | {"after/read"}
     history = git(repo, "rev-list", "main")
 
     second = _run(orchestrate, tmp_path)
-    assert _worked(tmp_path, second) == []
+    assert worked_tasks(tmp_path, second) == set()
     assert git(repo, "rev-list", "main") == history, "nothing merged again"
     assert (repo / "shared.txt").read_text().count("added") == 1
     db = ledger(tmp_path)
@@ -69,13 +64,13 @@ def test_work_landing_on_the_target_after_the_merge_reruns_the_workstream_unless
     _run(orchestrate, tmp_path)
     (repo / "README").write_text("someone else's change\n")
     git(repo, "commit", "-qam", "unrelated")
-    assert _worked(tmp_path, _run(orchestrate, tmp_path)) == [], "README is not what the workstream reads"
+    assert worked_tasks(tmp_path, _run(orchestrate, tmp_path)) == set(), "README is not what the workstream reads"
 
     (repo / "shared.txt").write_text("rewritten by a person\n")
     git(repo, "commit", "-qam", "related")
     explained = orchestrate("run", "plan.json", "--explain").out
     assert "what it reads changed in main since its merge" in explained
-    assert _worked(tmp_path, _run(orchestrate, tmp_path)) == sorted([*WORK, "after/read"])
+    assert worked_tasks(tmp_path, _run(orchestrate, tmp_path)) == WORK | {"after/read"}
 
     # With no files_in declared, any later commit counts.
     _plan(tmp_path)
@@ -84,7 +79,7 @@ def test_work_landing_on_the_target_after_the_merge_reruns_the_workstream_unless
     git(repo, "commit", "-qam", "anything")
     explained = orchestrate("run", "plan.json", "--explain").out
     assert "main changed since its merge" in explained and "any change counts" in explained
-    assert _worked(tmp_path, _run(orchestrate, tmp_path)) == sorted([*WORK, "after/read"])
+    assert worked_tasks(tmp_path, _run(orchestrate, tmp_path)) == WORK | {"after/read"}
 
 
 def test_a_merge_taken_out_of_the_target_or_a_changed_step_reruns_the_whole_workstream(tmp_path, orchestrate):
@@ -95,13 +90,13 @@ def test_a_merge_taken_out_of_the_target_or_a_changed_step_reruns_the_whole_work
     git(repo, "reset", "-q", "--hard", base)
     explained = orchestrate("run", "plan.json", "--explain").out
     assert "is no longer in main" in explained
-    assert _worked(tmp_path, _run(orchestrate, tmp_path)) == sorted([*WORK, "after/read"])
+    assert worked_tasks(tmp_path, _run(orchestrate, tmp_path)) == WORK | {"after/read"}
 
     _plan(tmp_path, edit="echo changed >> shared.txt")  # only the first step changed
-    assert _worked(tmp_path, _run(orchestrate, tmp_path)) == sorted([*WORK, "after/read"])
+    assert worked_tasks(tmp_path, _run(orchestrate, tmp_path)) == WORK | {"after/read"}
 
     forced = _run(orchestrate, tmp_path, "--force", "feature/more")
-    assert _worked(tmp_path, forced) == sorted([*WORK, "after/read"]), "half a workstream is never reused"
+    assert worked_tasks(tmp_path, forced) == WORK | {"after/read"}, "half a workstream is never reused"
 
 
 def test_without_cache_true_a_worktree_workstream_runs_every_time_and_explain_says_why(tmp_path, orchestrate):
@@ -110,7 +105,7 @@ def test_without_cache_true_a_worktree_workstream_runs_every_time_and_explain_sa
     _run(orchestrate, tmp_path)
     explained = orchestrate("run", "plan.json", "--explain").out
     assert 'a worktree workstream is cached only as a whole, with "cache": true on the workstream' in explained
-    assert _worked(tmp_path, _run(orchestrate, tmp_path)) == sorted([*WORK, "after/read"])
+    assert worked_tasks(tmp_path, _run(orchestrate, tmp_path)) == WORK | {"after/read"}
 
 
 def test_cache_on_a_workstream_without_a_repository_is_refused_naming_the_field(tmp_path, orchestrate, write_plan):
