@@ -10,9 +10,17 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import time
 from collections.abc import Iterable
 
 _CHUNK = 1 << 20
+# A file's hash is remembered with its stat signature (device, inode, size, mtime, ctime) and
+# reused while the signature holds -- many tasks read the same sources, and a task's files_in
+# are hashed again as it ends. Only for files settled this long: a write within the clock's
+# granularity could keep mtime (git's "racy clean" problem), and ctime cannot be set back.
+_SETTLED_NS = 2_000_000_000
+_REMEMBERED_MAX = 200_000
+_remembered: dict[str, tuple[tuple[int, int, int, int, int], str]] = {}
 
 
 def expand(cwd: str, patterns: Iterable[str]) -> tuple[dict[str, list[str]], list[str]]:
@@ -38,11 +46,24 @@ def expand(cwd: str, patterns: Iterable[str]) -> tuple[dict[str, list[str]], lis
 
 
 def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
+    """The SHA-256 of ``path``'s content; read again only when its stat signature changed
+    since it was last read (or it had changed just before)."""
+    path = os.path.abspath(path)
     with open(path, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        signature = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        known = _remembered.get(path)
+        if known is not None and known[0] == signature:
+            return known[1]
+        digest = hashlib.sha256()
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+    hexdigest = digest.hexdigest()
+    if time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) > _SETTLED_NS:
+        if len(_remembered) >= _REMEMBERED_MAX:
+            _remembered.clear()
+        _remembered[path] = (signature, hexdigest)
+    return hexdigest
 
 
 def hash_files(cwd: str, patterns: Iterable[str]) -> tuple[dict[str, str], list[str]]:
