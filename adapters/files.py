@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Iterable
 
@@ -26,7 +27,8 @@ _remembered: dict[str, tuple[tuple[int, int, int, int, int], str]] = {}
 def expand(cwd: str, patterns: Iterable[str]) -> tuple[dict[str, list[str]], list[str]]:
     """``({pattern: [file, ...]}, [pattern that matched nothing, ...])``: the files each
     pattern matches under ``cwd`` (paths relative to it, sorted; a matched directory stands for
-    every file below it; ``**`` crosses directories)."""
+    every file below it; ``**`` crosses directories). Only regular files (or links to them)
+    count: a FIFO, socket or device has no content to hash, and opening one may block forever."""
     matched: dict[str, list[str]] = {}
     empty: list[str] = []
     for pattern in patterns:
@@ -35,7 +37,8 @@ def expand(cwd: str, patterns: Iterable[str]) -> tuple[dict[str, list[str]], lis
             full = os.path.join(cwd, found)
             if os.path.isdir(full):
                 for top, _dirs, names in os.walk(full):
-                    files.update(os.path.relpath(os.path.join(top, name), cwd) for name in names)
+                    files.update(os.path.relpath(os.path.join(top, name), cwd) for name in names
+                                 if os.path.isfile(os.path.join(top, name)))
             elif os.path.isfile(full):
                 files.add(os.path.normpath(found))
         if files:
@@ -46,11 +49,16 @@ def expand(cwd: str, patterns: Iterable[str]) -> tuple[dict[str, list[str]], lis
 
 
 def sha256_file(path: str) -> str:
-    """The SHA-256 of ``path``'s content; read again only when its stat signature changed
-    since it was last read (or it had changed just before)."""
+    """The SHA-256 of the regular file ``path``'s content; read again only when its stat
+    signature changed since it was last read (or it had changed just before). Raises OSError
+    for anything but a regular file: it is opened without blocking, so a FIFO put in the file's
+    place cannot hang the caller."""
     path = os.path.abspath(path)
-    with open(path, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(descriptor, "rb") as handle:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path} is not a regular file")
         signature = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         known = _remembered.get(path)
         if known is not None and known[0] == signature:
