@@ -16,7 +16,13 @@ import structlog
 
 from actors.directory import LEDGER
 from actors.incremental import plan_reuse
-from actors.runs import CREATE_RUN_TIMEOUT_S, RESUMABLE, completed_tasks, create_or_find_run, reused_results
+from actors.runs import (
+    CREATE_RUN_TIMEOUT_S,
+    completed_tasks,
+    continued_statuses,
+    create_or_find_run,
+    reused_results,
+)
 from actors.runtime import (
     SOCKET_FILE,
     AdapterUnavailable,
@@ -389,7 +395,7 @@ def _run_plan(args: argparse.Namespace, plan_path: str) -> tuple[int, str]:
             return _explain(store, plan, args, force, force_all), ""
         runtime = _runtime(args, store, state_dir, router, args.concurrency)
         try:
-            reuse = frozenset() if args.new else RESUMABLE
+            reuse = continued_statuses(store, plan, args.concurrency, args.new, force, force_all)
             run_id, created = _create_or_find_run(runtime.directory.get(LEDGER), store, plan, args.concurrency, reuse,
                                                   plan_source=plan_path)
             cached = reused_results(store, plan, run_id, created, force, force_all)
@@ -417,7 +423,8 @@ def _explain(store: Store, plan: Plan, args: argparse.Namespace, force: tuple[st
     existing = None if args.new else store.find_run_by_request_hash(request.request_hash)
     run = store.get_run(existing, metadata=False) if existing else None
     done: list[str] = []
-    if run is not None and run["status"] in RESUMABLE:
+    if run is not None and run["status"] in continued_statuses(store, plan, args.concurrency, args.new, force,
+                                                               force_all):
         done = completed_tasks(store, run["run_id"])
         print(f"run {plan.source}: would continue run {run['run_id']} ({run['status']}; "
               f"{len(done)} tasks completed)")

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
+from domain.forcing import UnknownTasksForced, forced_tasks, forcing_needs_new_run
 from tests.conftest import ledger
 
 
@@ -60,3 +63,44 @@ def test_special_files_among_files_in_are_not_read_and_the_task_still_caches(tmp
     (data / "a.txt").write_text("b\n")
     third = orchestrate("run", str(plan), "--explain", timeout=60)
     assert "w/read  run" in third.out, third.out
+
+
+def test_force_by_a_matrix_tasks_name_forces_every_expansion():
+    known = {"w/tests[shard=1]", "w/tests[shard=2]", "w/test", "w/build"}
+    assert forced_tasks(["w/tests"], known, "p.json") == (False, ("w/tests[shard=1]", "w/tests[shard=2]"))
+    assert forced_tasks(["w/tests[shard=2]", "w/build"], known, "p.json") == (False, ("w/tests[shard=2]", "w/build"))
+    with pytest.raises(UnknownTasksForced, match="no task 'w/tes'"):
+        forced_tasks(["w/tes"], known, "p.json")
+
+
+def test_forcing_a_task_the_unfinished_run_completed_needs_a_new_run():
+    assert forcing_needs_new_run(False, ["w/a"], completed=["w/a", "w/b"])
+    assert forcing_needs_new_run(True, [], completed=["w/b"])
+    assert not forcing_needs_new_run(False, ["w/c"], completed=["w/a", "w/b"])
+    assert not forcing_needs_new_run(True, [], completed=[])
+
+
+def test_force_on_a_partial_runs_completed_task_runs_it_in_a_new_run_reusing_the_rest(
+        tmp_path, orchestrate, write_plan):
+    plan = write_plan({"id": "w", "tasks": [
+        {"id": "gen", "tool": "shell", "matrix": {"shard": [1, 2]}, "cache": True,
+         "command": "echo ${matrix.shard} >> gen.log"},
+        {"id": "gate", "tool": "shell", "command": "test -f ok"}]})
+    first = orchestrate("run", str(plan), "-q")
+    assert first.code == 1, first.out + first.err  # partial: w/gate failed, both shards completed
+    explained = orchestrate("run", str(plan), "--force", "w/gen[shard=1]", "--explain")
+    assert "would make a new run" in explained.out, explained.out
+    (tmp_path / "ok").write_text("")
+    second = orchestrate("run", str(plan), "--force", "w/gen[shard=1]", "-q")
+    assert second.code == 0, second.out + second.err
+    # Continuing the partial run would have kept shard 1 without running it.
+    assert (tmp_path / "gen.log").read_text().split().count("1") == 2
+    assert (tmp_path / "gen.log").read_text().split().count("2") == 1
+    db = ledger(tmp_path)
+    runs = [row[0] for row in db.execute("select run_id from runs order by created_at")]
+    assert len(runs) == 2
+    rows = {row["step_name"]: row["adapter"] for row in db.execute(
+        "select step_name, adapter from step_attempts where run_id = ?", (runs[1],))}
+    assert rows == {"w/gen[shard=1]": "shell", "w/gen[shard=2]": "cache", "w/gate": "shell"}
+    third = orchestrate("run", str(plan), "--force", "w/gen", "--explain")
+    assert third.code == 0 and third.out.count("forced (--force)") == 2, third.out + third.err
