@@ -544,7 +544,15 @@ def cmd_execute(args: argparse.Namespace) -> int:
         runtime = _runtime(args, store, state_dir, router, concurrency)
         _audit(runtime.directory.get(LEDGER), "execute", {"run": args.run_id, "concurrency": concurrency},
                args.run_id, True, f"executing run {args.run_id} ({run['status']})")
-        return _execute(runtime, store, args.run_id, choose_mode(args.quiet, args.json))
+        # Resumed as `run PLAN` continues it: what earlier runs' results still vouch for is reused.
+        plan = Plan.from_json(run["metadata"]["plan"])
+        try:
+            cached = None if run["status"] == RunState.COMPLETED.value else reused_results(
+                store, plan, args.run_id, created=False)
+        except BaseException:
+            runtime.stop()
+            raise
+        return _execute(runtime, store, args.run_id, choose_mode(args.quiet, args.json), plan, cached=cached)
     finally:
         _close(store)
 
@@ -581,10 +589,11 @@ def _apply_plan(args: argparse.Namespace, store: Store, state_dir: Path, router:
                   f"{len(change.rerun)} task{'s' if len(change.rerun) != 1 else ''} run again", flush=True)
         else:
             print(f"applying {args.plan} to run {run_id}: no task changed", flush=True)
+        cached = reused_results(store, plan, run_id, created=False)
     except BaseException:
         runtime.stop()
         raise
-    return _execute(runtime, store, run_id, choose_mode(args.quiet, args.json), plan)
+    return _execute(runtime, store, run_id, choose_mode(args.quiet, args.json), plan, cached=cached)
 
 
 def retry_in_foreground(args: argparse.Namespace) -> int:

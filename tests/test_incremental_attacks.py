@@ -104,3 +104,24 @@ def test_force_on_a_partial_runs_completed_task_runs_it_in_a_new_run_reusing_the
     assert rows == {"w/gen[shard=1]": "shell", "w/gen[shard=2]": "cache", "w/gate": "shell"}
     third = orchestrate("run", str(plan), "--force", "w/gen", "--explain")
     assert third.code == 0 and third.out.count("forced (--force)") == 2, third.out + third.err
+
+
+def test_execute_run_reuses_earlier_results_as_run_plan_does(tmp_path, orchestrate, write_plan):
+    (tmp_path / "in.txt").write_text("x\n")
+    plan = write_plan({"id": "w", "tasks": [
+        {"id": "read", "tool": "shell", "command": "cat in.txt >> ran.log", "files_in": ["in.txt"]},
+        {"id": "after", "tool": "shell", "command": "true", "depends_on": ["read"]}]})
+    assert orchestrate("run", str(plan), "-q").code == 0
+    # Runs made but not executed: what a runtime killed before it started anything leaves.
+    made = [orchestrate("request", "--workstream", str(plan), "--new") for _ in range(2)]
+    ids = [result.out.split()[2] for result in made]
+    assert all(result.code == 0 for result in made) and ids[0] != ids[1], [r.out + r.err for r in made]
+    resumed = orchestrate("execute", "--run", ids[0])
+    assert resumed.code == 0 and "1 to reuse from earlier runs" in resumed.out, resumed.out + resumed.err
+    applied = orchestrate("execute", "--run", ids[1], "--plan", str(plan))
+    assert applied.code == 0 and "1 to reuse from earlier runs" in applied.out, applied.out + applied.err
+    assert (tmp_path / "ran.log").read_text() == "x\n"  # read ran once, in the first run
+    db = ledger(tmp_path)
+    for run_id in ids:
+        adapters = dict(db.execute("select step_name, adapter from step_attempts where run_id = ?", (run_id,)))
+        assert adapters == {"w/read": "cache", "w/after": "shell"}, adapters
