@@ -6,7 +6,9 @@ wrong value before it was a test."""
 from __future__ import annotations
 
 import os
+import sys
 
+import psutil
 import pytest
 
 from domain.forcing import UnknownTasksForced, forced_tasks, forcing_needs_new_run
@@ -125,3 +127,30 @@ def test_execute_run_reuses_earlier_results_as_run_plan_does(tmp_path, orchestra
     for run_id in ids:
         adapters = dict(db.execute("select step_name, adapter from step_attempts where run_id = ?", (run_id,)))
         assert adapters == {"w/read": "cache", "w/after": "shell"}, adapters
+
+
+def test_an_interpreter_that_is_a_script_leaving_children_leaves_nothing_running(tmp_path, orchestrate, write_plan):
+    """A task's ``python`` may be a wrapper script; what it starts in the background dies with
+    the runtime — also when orchestrate merely asked it for its site-packages."""
+    wrapper = tmp_path / "venv" / "bin" / "python"
+    wrapper.parent.mkdir(parents=True)
+    pids = tmp_path / "pids"
+    wrapper.write_text(f"#!/bin/sh\nsleep 1000 > /dev/null 2>&1 < /dev/null &\necho $! >> {pids}\n"
+                       f"exec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    plan = write_plan({"id": "w", "tasks": [
+        {"id": "where", "tool": "python", "callable": "os:getcwd", "python": "venv", "timeout_s": 60}]})
+    result = orchestrate("run", str(plan))
+    assert result.code == 0, result.out + result.err
+    started = [int(line) for line in pids.read_text().split()]
+    assert len(started) >= 2  # the site-packages query and the worker
+    left = []
+    for pid in started:
+        try:
+            process = psutil.Process(pid)
+            if process.status() != psutil.STATUS_ZOMBIE and "sleep" in process.name():
+                left.append(pid)
+                process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not left, f"left running: {left}"
