@@ -11,6 +11,7 @@ import sys
 import psutil
 import pytest
 
+from adapters.files import expand
 from domain.forcing import UnknownTasksForced, forced_tasks, forcing_needs_new_run
 from tests.conftest import ledger
 
@@ -154,3 +155,23 @@ def test_an_interpreter_that_is_a_script_leaving_children_leaves_nothing_running
         except psutil.NoSuchProcess:
             pass
     assert not left, f"left running: {left}"
+
+
+def test_files_in_globs_cross_links_that_loop_once_and_still_see_changes(tmp_path, orchestrate, write_plan):
+    """Two links to ``.`` under a ``**`` made ``glob`` walk 2**40 paths: run and --explain hung."""
+    tree = tmp_path / "src"
+    (tree / "pkg").mkdir(parents=True)
+    (tree / "pkg" / "mod.py").write_text("x = 1\n")
+    (tree / "here").symlink_to(".")
+    (tree / "pkg" / "up").symlink_to("..")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "lib.py").write_text("y = 1\n")
+    (tree / "lib").symlink_to(shared)  # a link to a directory elsewhere is followed
+    plan = write_plan({"id": "w", "tasks": [
+        {"id": "build", "tool": "shell", "command": "true", "files_in": ["src/**/*.py", "src/**"]}]})
+    assert expand(str(tmp_path), ["src/**/*.py"])[0] == {"src/**/*.py": ["src/lib/lib.py", "src/pkg/mod.py"]}
+    assert orchestrate("run", str(plan), "-q", timeout=60).code == 0
+    assert "w/build  reuse" in orchestrate("run", str(plan), "--explain", timeout=60).out
+    (shared / "lib.py").write_text("y = 2\n")
+    assert "w/build  run" in orchestrate("run", str(plan), "--explain", timeout=60).out
