@@ -175,3 +175,23 @@ def test_files_in_globs_cross_links_that_loop_once_and_still_see_changes(tmp_pat
     assert "w/build  reuse" in orchestrate("run", str(plan), "--explain", timeout=60).out
     (shared / "lib.py").write_text("y = 2\n")
     assert "w/build  run" in orchestrate("run", str(plan), "--explain", timeout=60).out
+
+
+def test_a_large_or_deep_python_result_is_shown_cut_short_in_the_log_and_judged_as_json(
+        tmp_path, orchestrate, write_plan):
+    (tmp_path / "values.py").write_text(
+        "def nested(depth):\n    v = []\n    for _ in range(depth):\n        v = [v]\n    return v\n"
+        "def big():\n    return {'text': 'x' * 5_000_000, 'numbers': list(range(100_000))}\n")
+    plan = write_plan({"id": "w", "python": sys.executable, "tasks": [
+        {"id": "big", "tool": "python", "callable": "values:big"},
+        {"id": "deep", "tool": "python", "callable": "values:nested", "args": [5000]}]})
+    result = orchestrate("run", str(plan))
+    assert result.code == 1, result.out + result.err
+    rows = _attempts(tmp_path)
+    assert rows["w/big"]["status"] == "COMPLETED"
+    # Its repr was printed whole to the log: 5 MB of it, for a value kept in its result file.
+    big_log = next((tmp_path / ".state" / "logs").rglob("big.log"))
+    assert big_log.stat().st_size < 20_000
+    # repr raised RecursionError and the task failed with a traceback about printing it.
+    assert rows["w/deep"]["status"] == "FAILED"
+    assert "the result of values:nested is not JSON" in rows["w/deep"]["message"], rows["w/deep"]["message"]
