@@ -25,7 +25,12 @@ from sqlalchemy import text
 
 from actors.directory import LEDGER, SCHEDULER, SUPERVISOR, Directory, PeerUnavailable
 from actors.ledger import LedgerWriter
-from actors.runs import RESUMABLE, completed_tasks, create_or_find_run, reused_results
+from actors.runs import (
+    completed_tasks,
+    continued_statuses,
+    create_or_find_run,
+    reused_results,
+)
 from actors.status_view import StatusView
 from control.protocol import ControlError
 from control.server import Peer
@@ -258,7 +263,7 @@ class RuntimeControl:
         store = self.runtime.store
         try:
             run_id, created = create_or_find_run(self.runtime.directory.get(LEDGER), store, plan, concurrency,
-                                                  frozenset() if new else RESUMABLE)
+                                                  continued_statuses(store, plan, concurrency, new, force, force_all))
         except (RequestInvalid, WriteStalled) as error:
             raise ControlError("refused", f"cannot create the run: {error}") from None
         except (PeerUnavailable, pykka.ActorDeadError, pykka.Timeout):

@@ -18,6 +18,7 @@ import pykka
 
 from actors.incremental import plan_reuse
 from domain.cache import CacheHit
+from domain.forcing import forcing_needs_new_run
 from domain.plan import Plan
 from domain.states import RunState, TaskState
 from messages.ledger import CreateRun
@@ -57,6 +58,24 @@ def create_or_find_run(
             return run["run_id"], False
     created = ledger.ask(CreateRun(json.dumps(request_json), plan, run_id), timeout=CREATE_RUN_TIMEOUT_S)
     return created, True
+
+
+def continued_statuses(store: Store, plan: Plan, concurrency: int, new: bool, force: Collection[str] = (),
+                       force_all: bool = False) -> frozenset[str]:
+    """The statuses of the latest run of ``plan`` that ``run``/``submit`` continue (the
+    ``reuse`` of :func:`create_or_find_run`): none for ``--new``, nor when ``--force`` names a task
+    that run completed (see :func:`domain.forcing.forcing_needs_new_run`); else every unfinished
+    one."""
+    if new:
+        return frozenset()
+    if not force_all and not force:
+        return RESUMABLE
+    existing = store.find_run_by_request_hash(build_request(plan, concurrency=concurrency).request_hash)
+    run = store.get_run(existing, metadata=False) if existing is not None else None
+    if run is not None and run["status"] in RESUMABLE and forcing_needs_new_run(
+            force_all, force, completed_tasks(store, run["run_id"])):
+        return frozenset()
+    return RESUMABLE
 
 
 def completed_tasks(store: Store, run_id: str) -> list[str]:

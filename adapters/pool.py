@@ -52,6 +52,7 @@ import json
 import math
 import os
 import selectors
+import signal
 import site
 import subprocess
 import sys
@@ -98,6 +99,8 @@ POOL_MARKER = "ORCHESTRATE_POOL_WORKER"
 _ATTEMPT_VARIABLES = ("ORCHESTRATE_RUN_ID", "ORCHESTRATE_TASK", "ORCHESTRATE_ATTEMPT", "ORCHESTRATE_ATTEMPT_ID")
 # Stopping: how long to wait for the reactor to report the workers killed (grace + SIGKILL wait).
 _STOP_WAIT_S = 10.0
+# How long an interpreter may take to name its site-packages (once per pool and interpreter).
+SITE_QUERY_TIMEOUT_S = 30.0
 _PYWORKER = Path(__file__).with_name("pyworker.py")
 # As for pycall: run_path keeps orchestrate's home and adapters/ off the worker's sys.path.
 _BOOTSTRAP = "import runpy; runpy.run_path(__import__('sys').argv[1], run_name='__main__')"
@@ -716,13 +719,38 @@ def _site_dirs_of(python: str) -> list[str]:
     if python == sys.executable:
         return _site_dirs()
     try:
-        done = subprocess.run([python, "-E", "-c", _SITE_DIRS_SCRIPT], capture_output=True, text=True,
-                              timeout=30, check=True, stdin=subprocess.DEVNULL)
-        found = json.loads(done.stdout)
+        # Its own process group (in our session: see ProcessReactor), killed afterwards: a
+        # "python" that is a script may leave children behind, or hang until the timeout.
+        with subprocess.Popen([python, "-E", "-c", _SITE_DIRS_SCRIPT], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
+                              process_group=0) as asked:
+            try:
+                out, _ = asked.communicate(timeout=SITE_QUERY_TIMEOUT_S)
+            finally:
+                _kill_group(asked.pid)
+        if asked.returncode != 0:
+            raise ValueError(f"exit code {asked.returncode}")
+        found = json.loads(out)
     except (OSError, subprocess.SubprocessError, ValueError):
         log.warning("could not ask an interpreter for its site-packages", python=python)
         return []
     return [entry for entry in found if isinstance(entry, str)]
+
+
+def _kill_group(group: int) -> None:
+    """Kill what is left of process group ``group`` and reap those of them that are ours (as
+    subreaper, orphans of it come to us; the reactor leaves children of our session alone)."""
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:
+        return
+    while True:
+        try:
+            os.waitpid(-group, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
 
 
 def _spawn_error(text: str) -> ProcessResult:

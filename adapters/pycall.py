@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import reprlib
 import sys
 import traceback
 
@@ -89,7 +90,7 @@ def call(request: dict, result_file: str | None) -> int:
     except SystemExit as exit_:
         print(f"{NOT_RETURNED} (sys.exit({exit_.code!r}))", file=sys.stderr, flush=True)
         return 1
-    print(f"result: {result!r}", flush=True)
+    print(f"result: {_shown(result)}", flush=True)
     if result_file:
         try:
             encoded = json.dumps(result, allow_nan=False)
@@ -111,6 +112,19 @@ def input_values(inputs: list) -> dict:
             with open(path, encoding="utf-8") as handle:
                 values[name] = json.load(handle)
     return values
+
+
+def _shown(result: object) -> str:
+    """``result`` as the log shows it: its repr, cut short where it is large or deep (the whole
+    value is the result file's). A 50 MB result repr'd in full filled the log; one nested a
+    thousand deep made repr raise, failing a task that had returned."""
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxstring, shown.maxother, shown.maxlong = 20, 2000, 2000, 2000
+    shown.maxlist = shown.maxtuple = shown.maxdict = shown.maxset = shown.maxfrozenset = shown.maxdeque = 100
+    try:
+        return shown.repr(result)
+    except (RecursionError, ValueError):  # ValueError: an int too large to print
+        return f"<{type(result).__name__}>"
 
 
 def not_json(callable_name: str, result: object, error: BaseException) -> str:

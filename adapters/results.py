@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 
 from adapters.pycall import result_path
@@ -28,26 +29,33 @@ class Collected:
 def collect(log_path: str, results_dir: str, task_key: str, attempt: int, limit: int,
             validate: bool) -> Collected:
     """The result the attempt logging to ``log_path`` left. ``validate``: check it is JSON
-    (a shell command wrote it; a callable's is JSON by construction)."""
+    (a shell command wrote it; a callable's is JSON by construction) — strict JSON: UTF-8, and
+    no ``NaN`` or ``Infinity``, which other readers of it (``jq``, a browser) refuse. What a
+    command put there that is not a regular file (a FIFO, a link to ``/dev/zero``) is refused
+    without reading it: it could block or never end."""
     source = result_path(log_path)
     try:
-        handle = open(source, "rb")
-    except OSError:
+        descriptor = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
         return Collected()
-    with handle:
-        size = os.fstat(handle.fileno()).st_size
-        data = handle.read() if size <= limit else None
-    if data is not None:
-        text = data.decode("utf-8", "replace")
+    except OSError as error:
+        return Collected(error=f"its $ORCHESTRATE_OUTPUT cannot be read ({error.strerror})")
+    with open(descriptor, "rb") as handle:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            return Collected(error="its $ORCHESTRATE_OUTPUT is not a regular file (write the result into it; "
+                                   "do not replace it with a FIFO, a device or a link to one)")
+        data = handle.read(limit + 1)
+    if len(data) <= limit:
         if validate:
-            problem = _json_problem(lambda: json.loads(text))
+            problem = _json_problem(lambda: _strict_json(data))
             if problem:
                 return Collected(error=problem)
-        return Collected(ResultRef(text=text))
+        return Collected(ResultRef(text=data.decode("utf-8")))
     if validate:
         def load() -> object:
-            with open(source, encoding="utf-8") as file:
-                return json.load(file)
+            with open(source, "rb") as file:
+                return _strict_json(file.read())
         problem = _json_problem(load)
         if problem:
             return Collected(error=problem)
@@ -57,10 +65,20 @@ def collect(log_path: str, results_dir: str, task_key: str, attempt: int, limit:
     return Collected(ResultRef(path=target))
 
 
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _strict_json(data: bytes) -> object:
+    return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+
+
 def _json_problem(load) -> str:  # noqa: ANN001 - a zero-argument loader
     try:
         load()
-    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+    except UnicodeDecodeError as error:
+        return f"what it wrote to $ORCHESTRATE_OUTPUT is not UTF-8 text ({error})"
+    except (ValueError, RecursionError) as error:
         return f"what it wrote to $ORCHESTRATE_OUTPUT is not JSON ({error})"
     return ""
 

@@ -16,7 +16,13 @@ import structlog
 
 from actors.directory import LEDGER
 from actors.incremental import plan_reuse
-from actors.runs import CREATE_RUN_TIMEOUT_S, RESUMABLE, completed_tasks, create_or_find_run, reused_results
+from actors.runs import (
+    CREATE_RUN_TIMEOUT_S,
+    completed_tasks,
+    continued_statuses,
+    create_or_find_run,
+    reused_results,
+)
 from actors.runtime import (
     SOCKET_FILE,
     AdapterUnavailable,
@@ -389,7 +395,7 @@ def _run_plan(args: argparse.Namespace, plan_path: str) -> tuple[int, str]:
             return _explain(store, plan, args, force, force_all), ""
         runtime = _runtime(args, store, state_dir, router, args.concurrency)
         try:
-            reuse = frozenset() if args.new else RESUMABLE
+            reuse = continued_statuses(store, plan, args.concurrency, args.new, force, force_all)
             run_id, created = _create_or_find_run(runtime.directory.get(LEDGER), store, plan, args.concurrency, reuse,
                                                   plan_source=plan_path)
             cached = reused_results(store, plan, run_id, created, force, force_all)
@@ -417,7 +423,8 @@ def _explain(store: Store, plan: Plan, args: argparse.Namespace, force: tuple[st
     existing = None if args.new else store.find_run_by_request_hash(request.request_hash)
     run = store.get_run(existing, metadata=False) if existing else None
     done: list[str] = []
-    if run is not None and run["status"] in RESUMABLE:
+    if run is not None and run["status"] in continued_statuses(store, plan, args.concurrency, args.new, force,
+                                                               force_all):
         done = completed_tasks(store, run["run_id"])
         print(f"run {plan.source}: would continue run {run['run_id']} ({run['status']}; "
               f"{len(done)} tasks completed)")
@@ -537,7 +544,15 @@ def cmd_execute(args: argparse.Namespace) -> int:
         runtime = _runtime(args, store, state_dir, router, concurrency)
         _audit(runtime.directory.get(LEDGER), "execute", {"run": args.run_id, "concurrency": concurrency},
                args.run_id, True, f"executing run {args.run_id} ({run['status']})")
-        return _execute(runtime, store, args.run_id, choose_mode(args.quiet, args.json))
+        # Resumed as `run PLAN` continues it: what earlier runs' results still vouch for is reused.
+        plan = Plan.from_json(run["metadata"]["plan"])
+        try:
+            cached = None if run["status"] == RunState.COMPLETED.value else reused_results(
+                store, plan, args.run_id, created=False)
+        except BaseException:
+            runtime.stop()
+            raise
+        return _execute(runtime, store, args.run_id, choose_mode(args.quiet, args.json), plan, cached=cached)
     finally:
         _close(store)
 
@@ -574,10 +589,11 @@ def _apply_plan(args: argparse.Namespace, store: Store, state_dir: Path, router:
                   f"{len(change.rerun)} task{'s' if len(change.rerun) != 1 else ''} run again", flush=True)
         else:
             print(f"applying {args.plan} to run {run_id}: no task changed", flush=True)
+        cached = reused_results(store, plan, run_id, created=False)
     except BaseException:
         runtime.stop()
         raise
-    return _execute(runtime, store, run_id, choose_mode(args.quiet, args.json), plan)
+    return _execute(runtime, store, run_id, choose_mode(args.quiet, args.json), plan, cached=cached)
 
 
 def retry_in_foreground(args: argparse.Namespace) -> int:

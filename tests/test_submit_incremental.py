@@ -287,3 +287,20 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_submit_force_of_a_task_the_unfinished_run_completed_makes_a_new_run_that_runs_it(
+        tmp_path, served, orchestrate):
+    _plan(tmp_path)
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    plan["tasks"].append({"id": "gate", "tool": "shell", "command": "test -f ready.txt"})
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    first = _submit(orchestrate)
+    assert _finished(tmp_path, first["run_id"]) == "partial"
+    (tmp_path / "ready.txt").write_text("")
+    # Continuing the partial run would keep w/read (it completed there) and never run it.
+    forced = _submit(orchestrate, "--force", "w/read")
+    assert forced["run_id"] != first["run_id"] and forced["resumed"] is False
+    assert _finished(tmp_path, forced["run_id"]) == "completed"
+    assert worked_tasks(tmp_path, forced["run_id"]) == {"w/read", "w/double", "w/gate"} | NEVER_CACHED
+    assert reused_tasks(tmp_path, forced["run_id"]) == {"w/count"}
