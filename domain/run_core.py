@@ -524,14 +524,14 @@ class RunCore:
         if event.cost_usd:
             run.costs[key] += event.cost_usd
         verdict = event.verdict
-        recorded_key = ""
+        lane_key = ""  # the key of a worktree task, which its executor could not know
         if verdict.state is TaskState.COMPLETED:
             if key in run.consumed:
                 run.results[key] = event.result or NO_RESULT
-            recorded_key = event.cache_key or self._lane_key(run, key)
-            if recorded_key:
-                run.keys[key] = recorded_key
-        self._out.append(ReportAccepted(event.report, recorded_key if recorded_key != event.cache_key else ""))
+            lane_key = "" if event.cache_key else self._lane_key(run, key)
+            if event.cache_key or lane_key:
+                run.keys[key] = event.cache_key or lane_key
+        self._out.append(ReportAccepted(event.report, lane_key))
         self._breaker_saw(running.adapter, verdict, run)
         if self.adapters.get(running.adapter) and self.adapters[running.adapter].type in AGENT_TYPES:
             run.agent_history.setdefault(run.specs[key].workstream_id, []).insert(0, running)
