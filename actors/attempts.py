@@ -8,15 +8,24 @@ from dataclasses import replace
 from typing import TypeVar
 
 import pykka
+import structlog
 
 from adapters.pool import CallSpec, WorkerPool
-from adapters.process import OnExit, OnStarted, ProcessReactor, ProcessSpec
+from adapters.process import (
+    OnExit,
+    OnStarted,
+    ProcessReactor,
+    ProcessSpec,
+    StarterStopped,
+)
 from adapters.tools import MARKER_ATTEMPT_ID, attempt_id, attempt_markers
 from domain.agent_usage import NO_USAGE, AgentUsage
 from domain.outcomes import ProcessResult, Verdict
 from messages import AttemptFinished, AttemptStarted, ExecuteTask
 from messages.executor import ProcessExited
 from persistence.clock import utc_now_iso
+
+log = structlog.get_logger("orchestrate.executor")
 
 
 def attempt_started(request: ExecuteTask, adapter: str, pid: int = -1, create_time: float = 0.0) -> AttemptStarted:
@@ -138,10 +147,17 @@ def start_for_attempt(
     ``on_started`` hears the pid, ``executor`` is told a :class:`ProcessExited` when it ends.
     Cancel it with ``starter.cancel_marked(attempt_marker(request))``."""
     on_exit = _exit_reporter(executor, request, phase, check_index)
-    if isinstance(starter, WorkerPool):
-        starter.start_call(_marked(spec, request), on_started or _ignore_start, on_exit)  # type: ignore[arg-type]
-    else:
-        starter.start_process(_marked(spec, request), on_started or _ignore_start, on_exit)  # type: ignore[arg-type]
+    try:
+        if isinstance(starter, WorkerPool):
+            starter.start_call(_marked(spec, request), on_started or _ignore_start, on_exit)  # type: ignore[arg-type]
+        else:
+            starter.start_process(_marked(spec, request), on_started or _ignore_start, on_exit)  # type: ignore[arg-type]
+    except StarterStopped:
+        # The runtime is stopping (only its stop stops a starter): the attempt stays running in
+        # the ledger and the stop records it interrupted. Letting this crash the executor would
+        # instead fail every attempt it holds as "executor crashed".
+        log.info("start_refused_while_stopping", run_id=request.run_id, task=request.task.key,
+                 attempt=request.attempt, phase=phase)
 
 
 def _ignore_start(pid: int, create_time: float) -> None:

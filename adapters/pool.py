@@ -74,6 +74,7 @@ from adapters.process import (
     OnStarted,
     ProcessReactor,
     ProcessSpec,
+    StarterStopped,
     environment_for,
     kill_below,
     report_exit,
@@ -231,7 +232,7 @@ class WorkerPool:
 
     def spawn(self, spec: CallSpec, on_exit: OnExit) -> tuple[int, float]:
         """Run ``spec`` on an idle worker (a new one if none is idle) and return the worker's
-        ``(pid, create_time)``. Raises RuntimeError if the pool is not running."""
+        ``(pid, create_time)``. Raises StarterStopped if the pool is not running."""
         future: Future[tuple[int, float]] = Future()
         self.start_call(spec, lambda pid, create_time: future.set_result((pid, create_time)), on_exit)
         return future.result()
@@ -239,7 +240,7 @@ class WorkerPool:
     def start_call(self, spec: CallSpec, on_started: OnStarted, on_exit: OnExit) -> None:
         """Like :meth:`spawn` without waiting: ``on_started`` hears the worker's ``(pid,
         create_time)`` — ``(-1, 0.0)`` when the task could not be given to one — on the pool's
-        thread, before ``on_exit`` can be called. Raises RuntimeError if the pool is not running."""
+        thread, before ``on_exit`` can be called. Raises StarterStopped if the pool is not running."""
         if not os.path.isdir(spec.cwd):
             # As a process would: it cannot start in a missing directory.
             error = _spawn_error(f"No such file or directory: {spec.cwd!r}")
@@ -286,7 +287,7 @@ class WorkerPool:
     def _post_or_raise(self, command: Callable[[], None]) -> None:
         with self._lock:
             if not self._accepting:
-                raise RuntimeError("WorkerPool is not running")
+                raise StarterStopped("WorkerPool is not running")
             self._post_locked(command)
 
     def _post_locked(self, command: Callable[[], None]) -> None:

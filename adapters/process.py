@@ -57,6 +57,11 @@ _PR_SET_CHILD_SUBREAPER = 36
 _SESSION = os.getsid(0)
 
 
+class StarterStopped(RuntimeError):
+    """A start was asked of a process reactor or worker pool that has stopped (the runtime is
+    stopping): nothing was started and nothing will be reported."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessSpec:
     """What to run. ``env`` is the complete environment (see :func:`environment_for`)."""
@@ -614,11 +619,11 @@ class ProcessReactor:
         thread, after the process is reaped and every process of its tree is dead (background jobs
         it left behind are killed too, even after a successful exit). If it cannot be started
         (bad cwd, missing executable, unwritable log) ``on_exit`` gets outcome ``spawn_error`` and
-        this returns ``(-1, 0.0)``. Raises RuntimeError if the reactor is not running.
+        this returns ``(-1, 0.0)``. Raises StarterStopped if the reactor is not running.
         """
         with self._lock:
             if not self._accepting:
-                raise RuntimeError("ProcessReactor is not running")
+                raise StarterStopped("ProcessReactor is not running")
             self._spawning += 1
         try:
             return self._spawn(spec, None, on_exit)
@@ -632,10 +637,10 @@ class ProcessReactor:
         called on that thread with ``(pid, create_time)`` — ``(-1, 0.0)`` when it could not
         start — before ``on_exit`` can be. A request still queued when the reactor stops never
         starts: it is reported ``(-1, 0.0)`` and, unless reporting is off, outcome ``cancelled``.
-        Raises RuntimeError if the reactor is not running."""
+        Raises StarterStopped if the reactor is not running."""
         with self._lock:
             if not self._accepting:
-                raise RuntimeError("ProcessReactor is not running")
+                raise StarterStopped("ProcessReactor is not running")
             self._requests.put((spec, on_started, on_exit))
 
     def _spawner(self) -> None:
@@ -686,7 +691,7 @@ class ProcessReactor:
                 os.killpg(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 os.close(pidfd)
-                raise RuntimeError("ProcessReactor is not running")
+                raise StarterStopped("ProcessReactor is not running")
             self._tasks.add(task)
             self._post_locked(functools.partial(self._watch, task))
         return task.pid, task.create_time
