@@ -262,6 +262,10 @@ def test_after_its_runtime_is_killed_submitting_the_plan_to_a_new_runtime_contin
         wait_until(lambda: ledger(tmp_path).execute(
             "select state from tasks where run_id = ? and task_key = 'b/first'", (run_id,)).fetchone()[0] == "COMPLETED",
             timeout=120, what="the ledger to commit b/first")
+        # Group commit: the waiting task's process can run before its attempt is in the ledger.
+        wait_until(lambda: ledger(tmp_path).execute(
+            "select count(*) from step_attempts where run_id = ? and step_name = 'b/wait'", (run_id,)).fetchone()[0],
+            timeout=120, what="the ledger to commit b/wait's attempt")
         killed.kill()  # SIGKILL: no clean-up, the run stays `running` in the ledger
         killed.communicate(timeout=60)
     finally:
